@@ -1,0 +1,3 @@
+from keycourier.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The thin click layer: parse options, call one library function, render."""

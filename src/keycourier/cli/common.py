@@ -1,0 +1,133 @@
+"""Shared CLI plumbing: secret input, private files, output rendering.
+
+Secret input comes from a file, stdin (``-``), an environment variable or a
+terminal prompt; never from argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+
+from keycourier.errors import UsageError
+from keycourier.redact import Secret
+
+MAX_SECRET_FILE_BYTES = 64 * 1024
+PASSPHRASE_ENV = "KEYCOURIER_PASSPHRASE"
+
+
+def read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{what} is larger than {limit} bytes")
+    return data
+
+
+def read_secret_source(source: str, what: str, *, limit: int = MAX_SECRET_FILE_BYTES) -> bytes:
+    """Read a secret from a path or ``-`` (stdin). Returns raw bytes, unmodified."""
+    if source == "-":
+        return read_limited(sys.stdin.buffer, limit, what)
+    try:
+        with open(source, "rb") as fh:
+            return read_limited(fh, limit, what)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} from {source}: {exc.strerror}") from None
+
+
+def _strip_one_newline(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    if data.endswith(b"\n"):
+        return data[:-1]
+    return data
+
+
+def get_passphrase(
+    passphrase_file: str | None,
+    *,
+    confirm: bool = False,
+    stdin_busy: bool = False,
+    what: str = "passphrase",
+) -> Secret:
+    """Passphrase from --passphrase-file, then KEYCOURIER_PASSPHRASE, then a prompt.
+
+    ``stdin_busy`` is true when the command also reads its input from stdin,
+    in which case ``--passphrase-file -`` is refused.
+    """
+    if passphrase_file is not None:
+        if passphrase_file == "-" and stdin_busy:
+            raise UsageError(
+                "--passphrase-file - cannot be used while the input also comes from stdin",
+                hints=["pass the input as a file argument, or the passphrase in a file"],
+            )
+        raw = _strip_one_newline(read_secret_source(passphrase_file, what))
+    elif os.environ.get(PASSPHRASE_ENV):
+        raw = os.environ[PASSPHRASE_ENV].encode("utf-8")
+    elif sys.stdin.isatty() and not stdin_busy:
+        value = click.prompt(
+            f"Enter {what}", hide_input=True, confirmation_prompt=confirm, err=True
+        )
+        raw = str(value).encode("utf-8")
+    else:
+        raise UsageError(
+            f"no {what} given",
+            hints=[f"use --passphrase-file FILE, set {PASSPHRASE_ENV}, or run on a terminal"],
+        )
+    if not raw:
+        raise UsageError(f"the {what} is empty")
+    return Secret(raw)
+
+
+def write_private(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600, never leaving a partial file."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_output(path: str | None, data: bytes, *, private: bool) -> None:
+    """Write to ``path`` (0600 when private) or to stdout when ``path`` is None or ``-``."""
+    if path is None or path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if private:
+        write_private(path, data)
+    else:
+        try:
+            Path(path).write_bytes(data)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def emit_json(obj: Mapping[str, Any] | list[Any]) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def info(text: str) -> None:
+    """A diagnostic line on stderr."""
+    click.echo(f"keycourier: {text}", err=True)
+
+
+def warn(text: str) -> None:
+    click.echo(f"keycourier: warning: {text}", err=True)

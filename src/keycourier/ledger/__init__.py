@@ -1,0 +1,1 @@
+"""keycourier.ledger."""

@@ -1,0 +1,76 @@
+"""The provenance port: what every ledger backend and the recorder facade offer.
+
+Events never hold a secret: only bundle IDs, fingerprints, masked IDs, key
+fingerprints, policy digests and plain metadata.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class EventType(enum.StrEnum):
+    REJECTED = "rejected"
+    SEALED = "sealed"
+    OPENED = "opened"
+    INGESTED = "ingested"
+    REVOKED = "revoked"
+    DENIED_FINGERPRINT = "denied_fingerprint"
+    TOKEN_ISSUED = "token_issued"
+    TOKEN_HANDED_OUT = "token_handed_out"
+    CONNECTION_CREATED = "connection_created"
+    CONNECTION_CONNECTED = "connection_connected"
+    CONNECTION_DISCONNECTED = "connection_disconnected"
+
+
+class VaultStatus(enum.StrEnum):
+    RECORDED = "recorded"  # written to Vault and confirmed
+    PENDING = "pending"  # Vault unreachable: kept locally, `keycourier sync` delivers it
+    DISABLED = "disabled"  # no Vault configured: local ledger only
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One provenance event, as the caller describes it (before sequencing)."""
+
+    type: EventType
+    at: datetime  # timezone-aware UTC
+    actor: str  # who did it: a signing-key fingerprint, a client name, a profile
+    bundle_id: str | None = None
+    fingerprint: str | None = None  # credential fingerprint (redact.fingerprint)
+    policy_digest: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)  # JSON-able, no secrets
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the ledger holds it: sequenced and chained."""
+
+    seq: int
+    event: Event
+    prev_hash: str
+    hash: str
+    vault_status: VaultStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    seq: int
+    vault_status: VaultStatus
+    detail: str = ""  # e.g. why Vault was not reached; never a secret
+
+
+class Recorder(Protocol):
+    """Local ledger + Vault, as seal/open/ingest/revoke/token see them."""
+
+    def record(self, event: Event) -> RecordOutcome: ...
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> Sequence[StoredEvent]: ...
+
+    def close(self) -> None: ...

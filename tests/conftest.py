@@ -1,0 +1,50 @@
+"""Suite-wide fixtures: hypothesis profiles and a real OpenBao dev server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.support.openbao import BaoServer, start_dev_server
+
+settings.register_profile(
+    "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+VECTORS = Path(__file__).parent / "vectors" / "age"
+
+
+@pytest.fixture(scope="session")
+def bao_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    """One real ``bao server -dev`` for the whole session, stopped by PID at the end."""
+    server = start_dev_server(tmp_path_factory.mktemp("bao-dev"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test away from the real ~/.config and ~/.local/share."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    for var in (
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+        "KEYCOURIER_CONFIG",
+        "KEYCOURIER_LEDGER",
+        "KEYCOURIER_POLICY",
+        "KEYCOURIER_PASSPHRASE",
+        "KEYCOURIER_HELPER_URL",
+    ):
+        monkeypatch.delenv(var, raising=False)
