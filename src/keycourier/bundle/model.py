@@ -1,0 +1,227 @@
+"""Bundle domain objects: credentials, manifest, and their strict parsers."""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from keycourier.errors import IntegrityError
+from keycourier.redact import Secret
+
+FORMAT = "keycourier-bundle/v1"
+PAYLOAD_FORMAT = "keycourier-credentials/v1"
+MAX_RECIPIENTS = 20
+
+INTEGRITY_MESSAGE = (
+    "bundle verification failed: it is damaged or was altered, it is not addressed to this "
+    "identity, or its sender is not trusted"
+)
+INTEGRITY_HINTS = (
+    "run 'keycourier inspect BUNDLE' to see who signed it and for whom, without any key",
+    "ask the sender for a fresh bundle if it may have been changed in transit",
+)
+
+
+def integrity_error() -> IntegrityError:
+    """The one error every tamper, truncation, wrong-key or untrusted-sender case raises."""
+    return IntegrityError(INTEGRITY_MESSAGE, hints=INTEGRITY_HINTS)
+
+
+class Platform(enum.StrEnum):
+    QUICKBOOKS = "quickbooks"
+    XERO = "xero"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    platform: str
+    client_id: str
+    client_secret: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    by: str
+    statement: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStamp:
+    digest: str
+    verdict: str  # "pass" or "warn"
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    bundle_id: str
+    created_at: datetime
+    expires_at: datetime
+    platform: str
+    environment: str
+    partner: str | None
+    attestation: Attestation | None
+    client_id_masked: str
+    fingerprint: str
+    recipients: tuple[str, ...]
+    sender_key: str  # "ed25519:<base64>"
+    sender_fingerprint: str
+    policy: PolicyStamp
+    payload_sha256: str
+    payload_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "bundle_id": self.bundle_id,
+            "created_at": format_time(self.created_at),
+            "expires_at": format_time(self.expires_at),
+            "platform": self.platform,
+            "environment": self.environment,
+            "partner": self.partner,
+            "attestation": (
+                None
+                if self.attestation is None
+                else {"by": self.attestation.by, "statement": self.attestation.statement}
+            ),
+            "client_id_masked": self.client_id_masked,
+            "fingerprint": self.fingerprint,
+            "recipients": list(self.recipients),
+            "sender": {"signing_key": self.sender_key, "fingerprint": self.sender_fingerprint},
+            "policy": {
+                "digest": self.policy.digest,
+                "verdict": self.policy.verdict,
+                "warnings": list(self.policy.warnings),
+            },
+            "payload": {"type": "age-v1", "sha256": self.payload_sha256, "size": self.payload_size},
+        }
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_FP = re.compile(r"^kc1:[0-9a-f]{32}$")
+_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_RULE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_RECIPIENT = re.compile(r"^age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}$")
+
+
+def _printable(value: object, max_len: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= max_len or not value.isprintable():
+        raise integrity_error()
+    return value
+
+
+def _parse_time(value: object) -> datetime:
+    if not isinstance(value, str) or not _TIME_RE.match(value):
+        raise integrity_error()
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise integrity_error() from None
+
+
+def _match(pattern: re.Pattern[str], value: object) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise integrity_error()
+    return value
+
+
+def _object(value: object, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) != keys:
+        raise integrity_error()
+    return value
+
+
+_MANIFEST_KEYS = {
+    "format",
+    "bundle_id",
+    "created_at",
+    "expires_at",
+    "platform",
+    "environment",
+    "partner",
+    "attestation",
+    "client_id_masked",
+    "fingerprint",
+    "recipients",
+    "sender",
+    "policy",
+    "payload",
+}
+
+
+def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
+    """Strictly parse a manifest object; any deviation is the integrity error."""
+    _object(obj, _MANIFEST_KEYS)
+    if obj["format"] != FORMAT:
+        raise integrity_error()
+    bundle_id = obj["bundle_id"]
+    if not isinstance(bundle_id, str):
+        raise integrity_error()
+    try:
+        parsed = uuid.UUID(bundle_id)
+    except ValueError:
+        raise integrity_error() from None
+    if str(parsed) != bundle_id or parsed.version != 4:
+        raise integrity_error()
+    created = _parse_time(obj["created_at"])
+    expires = _parse_time(obj["expires_at"])
+    if expires <= created:
+        raise integrity_error()
+    platform = obj["platform"]
+    if platform not in {p.value for p in Platform}:
+        raise integrity_error()
+    environment = _printable(obj["environment"], 32)
+    partner = None if obj["partner"] is None else _printable(obj["partner"], 128)
+    attestation = None
+    if obj["attestation"] is not None:
+        att = _object(obj["attestation"], {"by", "statement"})
+        attestation = Attestation(_printable(att["by"], 128), _printable(att["statement"], 512))
+    masked = _printable(obj["client_id_masked"], 64)
+    fingerprint = _match(_FP, obj["fingerprint"])
+    recipients = obj["recipients"]
+    if (
+        not isinstance(recipients, list)
+        or not 1 <= len(recipients) <= MAX_RECIPIENTS
+        or len(set(map(str, recipients))) != len(recipients)
+    ):
+        raise integrity_error()
+    recips = tuple(_match(_RECIPIENT, r) for r in recipients)
+    sender = _object(obj["sender"], {"signing_key", "fingerprint"})
+    policy = _object(obj["policy"], {"digest", "verdict", "warnings"})
+    if policy["verdict"] not in ("pass", "warn") or not isinstance(policy["warnings"], list):
+        raise integrity_error()
+    payload = _object(obj["payload"], {"type", "sha256", "size"})
+    size = payload["size"]
+    if payload["type"] != "age-v1" or not isinstance(size, int) or isinstance(size, bool):
+        raise integrity_error()
+    return Manifest(
+        bundle_id=bundle_id,
+        created_at=created,
+        expires_at=expires,
+        platform=platform,
+        environment=environment,
+        partner=partner,
+        attestation=attestation,
+        client_id_masked=masked,
+        fingerprint=fingerprint,
+        recipients=recips,
+        sender_key=_match(_KEY, sender["signing_key"]),
+        sender_fingerprint=_match(_FP, sender["fingerprint"]),
+        policy=PolicyStamp(
+            digest=_match(_DIGEST, policy["digest"]),
+            verdict=policy["verdict"],
+            warnings=tuple(_match(_RULE, w) for w in policy["warnings"]),
+        ),
+        payload_sha256=_match(_HEX64, payload["sha256"]),
+        payload_size=size,
+    )

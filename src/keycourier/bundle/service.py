@@ -1,0 +1,73 @@
+"""Library entry points that combine bundles with the handover policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from keycourier.bundle.core import open_verified
+from keycourier.bundle.identity import MAX_IDENTITY_BYTES, KeycourierIdentity, load_identity
+from keycourier.bundle.model import Credentials, Manifest
+from keycourier.errors import PolicyError, UsageError
+from keycourier.redact import Secret
+
+if TYPE_CHECKING:
+    from keycourier.policy import Policy, Report
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBundle:
+    """A bundle that passed verification, expiry and the receiver's policy."""
+
+    manifest: Manifest
+    credentials: Credentials
+    report: Report
+
+
+def read_identity(path: Path, passphrase: Secret | None) -> KeycourierIdentity:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_IDENTITY_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read identity {path}: {exc.strerror}") from None
+    return load_identity(data, passphrase)
+
+
+def open_bundle(
+    text: bytes,
+    *,
+    identity: KeycourierIdentity,
+    trusted: Sequence[str],
+    policy: Policy,
+    now: datetime,
+    denied: Callable[[str], str | None] = lambda _fp: None,
+) -> CheckedBundle:
+    """Verify and decrypt, then re-run the receiver's handover policy.
+
+    Raises the integrity error (exit 4) for every tamper case, and
+    PolicyError (exit 7) when expired or when the receiver's policy rejects.
+    """
+    from keycourier.policy import HandoverFacts, SandboxContext, Verdict, evaluate
+
+    opened = open_verified(text, identity=identity, trusted=trusted, now=now)
+    m = opened.manifest
+    facts = HandoverFacts(
+        platform=m.platform,
+        client_id=opened.credentials.client_id,
+        client_secret=opened.credentials.client_secret,
+        environment=m.environment,
+        attested_by=m.attestation.by if m.attestation else None,
+        attestation=m.attestation.statement if m.attestation else None,
+        lifetime=m.expires_at - m.created_at,
+        context=SandboxContext(),
+    )
+    report = evaluate(policy, facts, now=now, denied=denied)
+    if report.verdict == Verdict.REJECT:
+        raise PolicyError(
+            f"the receiving policy rejects bundle {m.bundle_id}: " + ", ".join(report.rejected),
+            hints=[f.hint for f in report.findings if f.rule_id in report.rejected and f.hint],
+        )
+    return CheckedBundle(manifest=m, credentials=opened.credentials, report=report)

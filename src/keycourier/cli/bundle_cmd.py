@@ -1,0 +1,477 @@
+"""`keycourier seal`, `inspect`, `open` and `bundle extract-age`."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from keycourier.cli.common import (
+    emit_json,
+    info,
+    read_limited,
+    warn,
+    write_output,
+    write_private,
+)
+from keycourier.cli.identity_cmd import load_identity_for_cli
+from keycourier.cli.main import settings_from
+from keycourier.cli.policy_cmd import facts_from_options, handover_options
+from keycourier.errors import PolicyError, UsageError
+
+if TYPE_CHECKING:
+    from keycourier.bundle import CheckedBundle, Manifest
+    from keycourier.config import Settings
+    from keycourier.ledger.interface import Recorder
+
+DEFAULT_LIFETIME_DAYS = 7
+
+
+def read_bundle(source: str) -> bytes:
+    from keycourier.bundle.core import MAX_BUNDLE_BYTES
+
+    if source == "-":
+        return read_limited(sys.stdin.buffer, MAX_BUNDLE_BYTES, "the bundle")
+    try:
+        with open(source, "rb") as fh:
+            return read_limited(fh, MAX_BUNDLE_BYTES, "the bundle")
+    except OSError as exc:
+        raise UsageError(f"cannot read bundle {source}: {exc.strerror}") from None
+
+
+def identity_option(f: Any) -> Any:
+    f = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Passphrase of the identity file (else KEYCOURIER_PASSPHRASE or a prompt).",
+    )(f)
+    return click.option(
+        "--identity",
+        "identity_path",
+        required=True,
+        type=click.Path(dir_okay=False, exists=True),
+        help="Your keycourier identity file.",
+    )(f)
+
+
+def trust_option(f: Any) -> Any:
+    f = click.option(
+        "--trust-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="File of trusted sender keys or fingerprints, one per line.",
+    )(f)
+    return click.option(
+        "--trust",
+        multiple=True,
+        help="A trusted sender: 'ed25519:<key>' or its 'kc1:' fingerprint (repeatable).",
+    )(f)
+
+
+def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]:
+    values = [t.strip() for t in trust if t.strip()]
+    if trust_file:
+        with open(trust_file, encoding="ascii", errors="replace") as fh:
+            for line in fh.read(64 * 1024).splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    values.append(line)
+    if not values:
+        raise UsageError(
+            "no trusted sender given",
+            hints=["pin the sender with --trust kc1:... (see 'keycourier identity show')"],
+        )
+    return values
+
+
+def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
+    from keycourier import age
+
+    out: list[str] = []
+    for r in recipient:
+        out.append(age.parse_recipient(r).to_string())
+    for path in recipients_file:
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read(1024 * 1024)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read recipients file {path}: {exc}") from None
+        out.extend(r.to_string() for r in age.parse_recipients_file(text))
+    if not out:
+        raise UsageError("at least one recipient is required (-r age1... or -R FILE)")
+    return out
+
+
+def _summary(manifest: Manifest) -> dict[str, Any]:
+    d = manifest.to_dict()
+    return {k: d[k] for k in ("bundle_id", "platform", "environment", "partner", "client_id_masked",
+                              "fingerprint", "created_at", "expires_at", "recipients")}
+
+
+# -- seal ---------------------------------------------------------------------------
+
+
+@click.command()
+@handover_options
+@identity_option
+@click.option("-r", "--recipient", multiple=True, help="An age recipient (age1... or age1pq1...).")
+@click.option("-R", "--recipients-file", multiple=True, type=click.Path(dir_okay=False, exists=True), help="A file of age recipients.")
+@click.option("--partner", help="Your organisation's name, shown in the manifest.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), help="Bundle file to write (default stdout).")
+@click.option("--require-vault", is_flag=True, help="Fail (exit 6) and release nothing unless the event reaches Vault.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE).")
+@click.pass_context
+def seal(
+    ctx: click.Context,
+    identity_path: str,
+    passphrase_file: str | None,
+    recipient: tuple[str, ...],
+    recipients_file: tuple[str, ...],
+    partner: str | None,
+    output: str | None,
+    require_vault: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Check credentials against the handover policy and seal them into a bundle.
+
+    The client secret is read from --client-secret-file (a file, or '-' for
+    stdin); it is never accepted on the command line.
+
+    \b
+    Example:
+      keycourier seal --platform quickbooks --client-id ABc...Z \\
+        --client-secret-file secret.txt --attested-by "Jane Doe, CTO" \\
+        --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
+    """
+    from keycourier import bundle
+    from keycourier.cli.policy_cmd import denied_lookup, render_report
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.policy import Verdict, evaluate, load_policy
+
+    if as_json and (output is None or output == "-"):
+        raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
+    settings = settings_from(ctx, policy_path=options.get("policy"))
+    recipients = _recipients(recipient, recipients_file)
+    secret_on_stdin = options.get("client_secret_file") == "-"
+    sender = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=secret_on_stdin)
+    facts = facts_from_options(options)
+    if facts.lifetime is None:
+        from dataclasses import replace
+        from datetime import timedelta
+
+        facts = replace(facts, lifetime=timedelta(days=DEFAULT_LIFETIME_DAYS))
+    policy = load_policy(settings.policy_path)
+    now = datetime.now(UTC)
+    report = evaluate(
+        policy, facts, now=now, denied=denied_lookup(settings), probe=bool(options.get("probe"))
+    )
+    actor = sender.public().signing_fingerprint
+    if report.verdict == Verdict.REJECT:
+        _record(
+            settings,
+            Event(
+                type=EventType.REJECTED,
+                at=now,
+                actor=actor,
+                fingerprint=report.fingerprint,
+                policy_digest=policy.digest,
+                data={"platform": facts.platform, "rules": list(report.rejected),
+                      "client_id_masked": report.masked_client_id, "partner": partner},
+            ),
+            require_vault=False,
+        )
+        with _to_stderr():
+            render_report(report, as_json=False)
+        raise PolicyError(
+            "the handover policy rejects these credentials: " + ", ".join(report.rejected),
+            hints=[f.hint for f in report.findings if f.rule_id in report.rejected and f.hint][:3],
+        )
+    assert report.secret is not None  # noqa: S101 - evaluate guarantees it when not rejected
+    warnings = tuple(f.rule_id for f in report.findings if f.outcome == "warn")
+    for f in report.findings:
+        if f.outcome == "warn":
+            warn(f"{f.rule_id}: {f.message}")
+    sealed = bundle.seal(
+        bundle.Credentials(facts.platform, facts.client_id, report.secret),
+        sender=sender,
+        recipients=recipients,
+        policy=bundle.PolicyStamp(policy.digest, str(report.verdict), warnings),
+        lifetime=facts.lifetime,
+        environment=facts.environment or "unspecified",
+        partner=partner,
+        attestation=(
+            bundle.Attestation(facts.attested_by, facts.attestation or "")
+            if facts.attested_by
+            else None
+        ),
+        now=now,
+    )
+    m = sealed.manifest
+    _record(
+        settings,
+        Event(
+            type=EventType.SEALED,
+            at=now,
+            actor=actor,
+            bundle_id=m.bundle_id,
+            fingerprint=m.fingerprint,
+            policy_digest=policy.digest,
+            data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
+        ),
+        require_vault=require_vault,
+    )
+    write_output(output, sealed.text, private=True)
+    if as_json:
+        emit_json(_summary(m))
+    else:
+        info(f"sealed bundle {m.bundle_id} for {len(m.recipients)} recipient(s)")
+        info(f"credential fingerprint {m.fingerprint}, expires {m.expires_at:%Y-%m-%d %H:%M} UTC")
+
+
+class _to_stderr:  # noqa: N801 - used as a context manager name
+    def __enter__(self) -> None:
+        self._saved = sys.stdout
+        sys.stdout = sys.stderr
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout = self._saved
+
+
+def _record(settings: Settings, event: Any, *, require_vault: bool) -> None:
+    from keycourier.cli.record import open_recorder, report_outcome
+
+    recorder = open_recorder(settings, require_vault=require_vault)
+    try:
+        outcome = recorder.record(event)
+    finally:
+        recorder.close()
+    report_outcome(event, outcome)
+
+
+# -- inspect -------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(bundle_file: str, as_json: bool) -> None:
+    """Show a bundle's public manifest and whether its signature is valid.
+
+    Needs no key and shows no secret. Exit 4 when the bundle is malformed or
+    its signature or payload digest does not verify.
+
+    \b
+    Example:
+      keycourier inspect handover.kcb
+    """
+    from keycourier import bundle
+    from keycourier.errors import IntegrityError
+
+    result = bundle.inspect(read_bundle(bundle_file))
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        m = result.manifest
+        rows = [
+            ("bundle", m.bundle_id),
+            ("platform", m.platform),
+            ("environment", m.environment),
+            ("partner", m.partner or "-"),
+            ("client id", m.client_id_masked),
+            ("fingerprint", m.fingerprint),
+            ("created", m.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ("expires", m.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+             + (" (EXPIRED)" if result.expired else "")),
+            ("attested by", f"{m.attestation.by}: {m.attestation.statement}" if m.attestation else "-"),
+            ("sender", f"{m.sender_fingerprint} ({m.sender_key})"),
+            ("signature", "valid" if result.signature_valid else "INVALID"),
+            ("payload", "digest matches" if result.payload_digest_valid else "DIGEST MISMATCH"),
+            ("policy", f"{m.policy.verdict} ({m.policy.digest[:19]}…)"
+             + (f" warnings: {', '.join(m.policy.warnings)}" if m.policy.warnings else "")),
+        ]
+        rows += [("recipient", r if len(r) < 80 else r[:40] + "…") for r in m.recipients]
+        for k, v in rows:
+            click.echo(f"{k + ':':<13} {v}")
+        click.echo("(the signature proves who sealed it only if you trust that sender key)", err=True)
+    if not (result.signature_valid and result.payload_digest_valid):
+        raise IntegrityError("the bundle's signature or payload digest does not verify")
+
+
+# -- open ----------------------------------------------------------------------------
+
+
+@click.command("open")
+@click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, allow_dash=True))
+@identity_option
+@trust_option
+@click.option("--policy", type=click.Path(dir_okay=False, exists=True), help="Receiver's handover policy (env KEYCOURIER_POLICY).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the credentials here (0600).")
+@click.option("--reveal", is_flag=True, help="Allow printing the credentials to a terminal.")
+@click.option("--json", "as_json", is_flag=True, help="Output the credentials as JSON.")
+@click.option("--allow-reopen", is_flag=True, help="Open a bundle that was already opened.")
+@click.option("--require-vault", is_flag=True, help="Fail (exit 6) and release nothing unless the event reaches Vault.")
+@click.pass_context
+def open_bundle(
+    ctx: click.Context,
+    bundle_file: str,
+    identity_path: str,
+    passphrase_file: str | None,
+    trust: tuple[str, ...],
+    trust_file: str | None,
+    policy: str | None,
+    output: str | None,
+    reveal: bool,
+    as_json: bool,
+    allow_reopen: bool,
+    require_vault: bool,
+) -> None:
+    """Verify a bundle from a pinned sender, decrypt it and release the credentials.
+
+    Nothing is written or printed unless every check passed: signature by a
+    trusted sender, payload digest, decryption, inner manifest binding,
+    expiry, the receiver's policy, and the ledger (not revoked, not opened
+    before). Credentials go to -o (0600) or to stdout when it is not a
+    terminal (or with --reveal).
+
+    \b
+    Example:
+      keycourier open handover.kcb --identity platform.kcid \\
+        --trust kc1:0123... -o creds.json --json
+    """
+    if output is None and sys.stdout.isatty() and not reveal:
+        raise UsageError(
+            "refusing to print credentials to the terminal",
+            hints=["use -o FILE, pipe the output, or pass --reveal"],
+        )
+    settings = settings_from(ctx, policy_path=policy)
+    text = read_bundle(bundle_file)
+    ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
+    checked = open_for_cli(settings, text, ident, trusted_senders(trust, trust_file),
+                           allow_reopen=allow_reopen, require_vault=require_vault)
+    c = checked.credentials
+    m = checked.manifest
+    if as_json:
+        import json
+
+        data = json.dumps(
+            {
+                "bundle_id": m.bundle_id,
+                "platform": c.platform,
+                "client_id": c.client_id,
+                "client_secret": c.client_secret.reveal(),
+                "fingerprint": m.fingerprint,
+                "partner": m.partner,
+                "sealed_by": m.sender_fingerprint,
+                "sealed_at": m.to_dict()["created_at"],
+            },
+            indent=2,
+            sort_keys=True,
+        ) + "\n"
+    else:
+        data = (
+            f"platform={c.platform}\nclient_id={c.client_id}\n"
+            f"client_secret={c.client_secret.reveal()}\n"
+        )
+    if output:
+        write_private(output, data.encode("utf-8"))
+        info(f"credentials of bundle {m.bundle_id} written to {output}")
+    else:
+        write_output(None, data.encode("utf-8"), private=True)
+
+
+def open_for_cli(
+    settings: Settings,
+    text: bytes,
+    ident: Any,
+    trusted: list[str],
+    *,
+    allow_reopen: bool,
+    require_vault: bool,
+) -> CheckedBundle:
+    """Verify, re-check policy, check the ledger, and record `opened`; the shared path of open/ingest."""
+    from keycourier import bundle
+    from keycourier.cli.policy_cmd import denied_lookup
+    from keycourier.cli.record import open_recorder, report_outcome
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.policy import load_policy
+
+    policy_obj = load_policy(settings.policy_path)
+    now = datetime.now(UTC)
+    checked = bundle.open_bundle(
+        text, identity=ident, trusted=trusted, policy=policy_obj, now=now,
+        denied=denied_lookup(settings),
+    )
+    me = ident.public().signing_fingerprint
+    recorder = open_recorder(settings, require_vault=require_vault)
+    try:
+        _check_state(recorder, checked.manifest.bundle_id, me, allow_reopen=allow_reopen)
+        event = Event(
+            type=EventType.OPENED,
+            at=now,
+            actor=me,
+            bundle_id=checked.manifest.bundle_id,
+            fingerprint=checked.manifest.fingerprint,
+            policy_digest=policy_obj.digest,
+            data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
+        )
+        outcome = recorder.record(event)
+    finally:
+        recorder.close()
+    report_outcome(event, outcome)
+    return checked
+
+
+def _check_state(recorder: Recorder, bundle_id: str, me: str, *, allow_reopen: bool) -> None:
+    from keycourier.ledger.service import bundle_state
+
+    state = bundle_state(recorder, bundle_id)
+    if state.revoked is not None:
+        raise PolicyError(
+            f"bundle {bundle_id} was revoked: {state.revoked}",
+            hints=["ask the sender for a new bundle"],
+        )
+    others = [who for who in state.opened_by if who != me]
+    if others:
+        warn(
+            f"bundle {bundle_id} was already opened by another identity ({', '.join(others)}): "
+            "possible interception; treat these credentials as compromised and ask for rotation"
+        )
+    if state.opened_by and not allow_reopen:
+        raise PolicyError(
+            f"bundle {bundle_id} was already opened",
+            hints=["pass --allow-reopen if you really mean to open it again"],
+        )
+
+
+# -- bundle extract-age -------------------------------------------------------------
+
+
+@click.group()
+def bundle() -> None:
+    """Low-level bundle tools.
+
+    \b
+    Example:
+      keycourier bundle extract-age handover.kcb -o payload.age
+    """
+
+
+@bundle.command("extract-age")
+@click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the armored age file here.")
+def extract_age(bundle_file: str, output: str | None) -> None:
+    """Write a bundle's age payload (armored) for a stock age tool.
+
+    This skips the sender signature, expiry and policy checks: it is a
+    recovery path, not the normal way to open a bundle.
+
+    \b
+    Example:
+      keycourier identity export-age platform.kcid -o platform.agekey
+      keycourier bundle extract-age handover.kcb | age -d -i platform.agekey
+    """
+    from keycourier import bundle as _bundle
+
+    write_output(output, _bundle.extract_age(read_bundle(bundle_file)), private=False)
