@@ -206,6 +206,8 @@ def parse(text: bytes) -> ParsedBundle:
     if not _SIG_RE.match(lines[5]):
         raise integrity_error()
     signature = base64.b64decode(lines[5])
+    if base64.b64encode(signature) != lines[5].encode("ascii"):  # non-canonical padding bits
+        raise integrity_error()
     armored = ("\n".join(lines[7:]) + "\n").encode("ascii")
     if len(armored) > MAX_PAYLOAD_BYTES * 2:
         raise integrity_error()

@@ -1,0 +1,42 @@
+"""Each documented exit code, through a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "keycourier", *args],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_ok_and_usage() -> None:
+    assert run("--help").returncode == 0
+    bad = run("no-such-command")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(b"keycourier: error:")
+
+
+def test_config_error_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[vault]\nadress = 'http://127.0.0.1:1'\n")
+    out = run("--config", str(cfg), "inspect", "-", stdin=b"")
+    assert out.returncode == 3
+    assert b"vault.adress" in out.stderr
+
+
+def test_integrity_error_for_a_garbage_bundle(tmp_path: Path) -> None:
+    f = tmp_path / "b.kcb"
+    f.write_bytes(b"keycourier-bundle/v1\nnot a bundle\n")
+    out = run("inspect", str(f))
+    assert out.returncode == 4
+    assert b"Traceback" not in out.stderr
