@@ -1,0 +1,98 @@
+"""Benchmark: in-process seal + sign of a one-recipient bundle vs the bare primitive chain.
+
+Target (issue 2): seal rate >= 0.6 x the rate of X25519 + HKDF-SHA256 +
+ChaCha20-Poly1305 + Ed25519 sign, measured in the same run, interleaved.
+Writes the `bench:bundle` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import write_section  # noqa: E402
+
+from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp, seal  # noqa: E402
+from keycourier.redact import Secret  # noqa: E402
+
+
+def bare_chain() -> Callable[[], None]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from nacl.signing import SigningKey
+
+    recipient = X25519PrivateKey.generate().public_key()
+    signer = SigningKey.generate()
+    plaintext = os.urandom(200)
+    message = os.urandom(600)
+
+    def run() -> None:
+        eph = X25519PrivateKey.generate()
+        shared = eph.exchange(recipient)
+        key = HKDF(hashes.SHA256(), 32, b"salt", b"info").derive(shared)
+        ChaCha20Poly1305(key).encrypt(b"\x00" * 12, plaintext, None)
+        signer.sign(message)
+
+    return run
+
+
+def seal_once() -> Callable[[], None]:
+    sender = KeycourierIdentity.generate()
+    receiver = KeycourierIdentity.generate().public().recipient
+    creds = Credentials("quickbooks", "AB" + "x7" * 24, Secret("s3cr3tK3y" * 4 + "abcd"))
+    stamp = PolicyStamp("sha256:" + "0" * 64, "pass", ())
+    now = datetime.now(UTC)
+
+    def run() -> None:
+        seal(creds, sender=sender, recipients=[receiver], policy=stamp,
+             lifetime=timedelta(days=7), environment="production", partner="Acme", now=now)
+
+    return run
+
+
+def rate(fn: Callable[[], None], seconds: float = 0.4) -> float:
+    n = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def main() -> int:
+    base, ours = bare_chain(), seal_once()
+    for fn in (base, ours):  # warm up
+        rate(fn, 0.2)
+    base_rates, our_rates = [], []
+    for _ in range(7):  # interleaved rounds: both sides see the same machine noise
+        base_rates.append(rate(base))
+        our_rates.append(rate(ours))
+    b, o = statistics.median(base_rates), statistics.median(our_rates)
+    ratio = o / b
+    verdict = "PASS" if ratio >= 0.6 else "FAIL"
+    body = (
+        "Command: `./scripts/bench bundle` (runs `.venv/bin/python scripts/bench_bundle.py`)\n\n"
+        "| measurement (median of 7 interleaved rounds) | rate |\n|---|---|\n"
+        f"| baseline: bare X25519 + HKDF-SHA256 + ChaCha20-Poly1305 + Ed25519 sign | {b:,.0f}/s |\n"
+        f"| keycourier `bundle.seal` (one recipient, signed manifest, armor) | {o:,.0f}/s |\n"
+        f"| ratio (target >= 0.60) | **{ratio:.2f}** {verdict} |\n"
+    )
+    write_section("bundle", "Seal + sign, in process", body)
+    print(body)
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
