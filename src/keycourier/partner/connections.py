@@ -51,6 +51,7 @@ from keycourier.errors import (
 )
 
 if TYPE_CHECKING:
+    from keycourier.config import Settings
     from keycourier.ledger.interface import Recorder, RecordOutcome
     from keycourier.redact import Secret
 
@@ -1035,3 +1036,44 @@ class StaticTokenSource:
 
     def invalidate(self) -> None:
         return None
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
+    """The connection endpoint of profile ``name`` (``[profiles.NAME]`` in the config)."""
+    table = settings.profiles.get(name)
+    if table is None:
+        known = ", ".join(sorted(settings.profiles)) or "none"
+        raise ConfigError(f"no profile named {safe_text(name[:64])!r} (configured: {known})")
+
+    def text(key: str, *, required: bool = True) -> str | None:
+        value = table.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"profile {name}: {key} must be a non-empty string")
+        return value
+
+    dialect = text("dialect")
+    base_url = text("base_url")
+    version = text("version")
+    assert dialect is not None  # noqa: S101
+    assert base_url is not None  # noqa: S101
+    assert version is not None  # noqa: S101
+    return make_endpoint(
+        dialect=dialect,
+        base_url=base_url,
+        version=version,
+        version_header=text("version_header", required=False),
+        profile=name,
+    )
+
+
+def helper_token_source(settings: Settings, profile: str) -> TokenSource:
+    """The token helper's cached partner token for ``profile``."""
+    raise ConfigError(
+        "the token helper is not available yet in this build",
+        hints=["pass the partner token with --token-file FILE"],
+    )

@@ -1,0 +1,435 @@
+"""``keycourier connection ...``: create and follow accounting connections.
+
+Thin: each command parses its options, calls one function of
+``keycourier.partner.connections`` and renders the result. Data goes to
+stdout (``--json`` for machines), diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from keycourier.cli.common import emit_json, info
+from keycourier.cli.main import settings_from
+from keycourier.errors import ConfigError, PolicyError, UsageError
+
+if TYPE_CHECKING:
+    from keycourier.config import Settings
+    from keycourier.ledger.interface import Recorder
+    from keycourier.partner.connections import (
+        Connection,
+        ConnectionClient,
+        Recorded,
+        TokenSource,
+    )
+
+EXAMPLE_ENTITY = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+EXAMPLE_CONN = "9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    settings: Settings
+    client: ConnectionClient
+    scope_id: str
+    profile: str
+
+    @property
+    def actor(self) -> str:
+        return f"profile:{self.profile}"
+
+    def recorder(self) -> Callable[[], Recorder]:
+        return _recorder_factory(self.settings)
+
+
+def _recorder_factory(settings: Settings) -> Callable[[], Recorder]:
+    """``keycourier.ledger.service.open_recorder(settings)``, resolved before any change."""
+    import importlib
+
+    try:
+        service = importlib.import_module("keycourier.ledger.service")
+    except ImportError:
+        raise ConfigError(
+            "the provenance ledger is not available in this installation",
+            hints=["connection changes are only made when they can be recorded"],
+        ) from None
+
+    def factory() -> Recorder:
+        recorder: Recorder = service.open_recorder(settings)
+        return recorder
+
+    return factory
+
+
+def _pick_profile(settings: Settings, name: str | None) -> str:
+    if name is not None:
+        return name
+    names = sorted(settings.profiles)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(
+            "no platform profile is configured",
+            hints=["add a [profiles.NAME] table to the config file (see docs/connections.md)"],
+        )
+    raise UsageError(
+        "several profiles are configured; choose one with --profile",
+        hints=["profiles: " + ", ".join(names)],
+    )
+
+
+def _token_source(settings: Settings, profile: str, token_file: str | None) -> TokenSource:
+    from keycourier.partner.connections import StaticTokenSource
+    from keycourier.redact import Secret
+
+    if token_file is not None:
+        from keycourier.cli.common import read_secret_source
+
+        raw = read_secret_source(token_file, "partner token").strip()
+        if not raw or b"\n" in raw:
+            raise UsageError("the partner token file must hold exactly one token")
+        return StaticTokenSource(Secret(raw))
+    from keycourier.partner.connections import helper_token_source
+
+    return helper_token_source(settings, profile)
+
+
+def _call(ctx: click.Context, profile: str | None, entity: str, token_file: str | None) -> _Call:
+    from keycourier.partner.connections import ConnectionClient, endpoint_for_profile, parse_uuid
+
+    scope_id = parse_uuid(entity, "entity ID")
+    settings: Settings = settings_from(ctx)
+    name = _pick_profile(settings, profile)
+    endpoint = endpoint_for_profile(settings, name)
+    tokens = _token_source(settings, name, token_file)
+    return _Call(settings, ConnectionClient(endpoint, tokens), scope_id, name)
+
+
+def _conn_id(value: str) -> str:
+    from keycourier.partner.connections import parse_uuid
+
+    return parse_uuid(value, "connection ID")
+
+
+def _show(conn: Connection) -> None:
+    rows = [
+        ("connection_id", conn.id),
+        ("status", conn.status.value if conn.status else "unknown"),
+        ("platform", conn.platform or "-"),
+        ("connection_url", conn.connection_url),
+    ]
+    if conn.last_pull is not None:
+        rows.append(("last_pull", conn.last_pull.isoformat()))
+    rows.extend(("error", message) for message in conn.errors)
+    for key, value in rows:
+        click.echo(f"{key}: {value}")
+
+
+def _recorded_json(items: Sequence[Recorded]) -> list[dict[str, Any]]:
+    return [
+        {
+            "event": r.event,
+            "seq": r.outcome.seq,
+            "vault": r.outcome.vault_status.value,
+            "detail": r.outcome.detail,
+        }
+        for r in items
+    ]
+
+
+def _say_recorded(items: Sequence[Recorded]) -> None:
+    from keycourier.ledger.interface import VaultStatus
+
+    for r in items:
+        where = {
+            VaultStatus.RECORDED: "in the ledger and in Vault",
+            VaultStatus.PENDING: "in the local ledger; Vault pending (run: keycourier sync)",
+            VaultStatus.DISABLED: "in the local ledger (no Vault configured)",
+        }[r.outcome.vault_status]
+        detail = f" ({r.outcome.detail})" if r.outcome.detail else ""
+        info(f"recorded {r.event} as event {r.outcome.seq} {where}{detail}")
+
+
+def _confirmer(yes: bool) -> Callable[[Sequence[Connection]], bool]:
+    def confirm(active: Sequence[Connection]) -> bool:
+        from keycourier.partner.connections import describe
+
+        if yes:
+            return True
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise PolicyError(
+                "refusing to replace the active connection without confirmation",
+                hints=["no terminal to ask on: pass --yes to confirm"],
+            )
+        for conn in active:
+            info(f"active connection: {describe(conn)}")
+        return click.confirm("Disconnect it and create a new one?", default=False, err=True)
+
+    return confirm
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="Use this partner token (file or - for stdin) instead of the token helper's "
+        "cache; it cannot be refreshed on a 401.",
+    )(func)
+    func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+    func = click.option(
+        "--entity",
+        "--organization",
+        "entity",
+        required=True,
+        metavar="UUID",
+        help="The entity (Monite) or organization (Tesouro) ID.",
+    )(func)
+    return click.option(
+        "--profile",
+        default=None,
+        metavar="NAME",
+        help="Platform profile from the config (default: the only one configured).",
+    )(func)
+
+
+@click.group(
+    "connection",
+    epilog=f"""\b
+Example:
+  keycourier connection create --profile prod --entity {EXAMPLE_ENTITY}
+  keycourier connection wait ID --profile prod --entity {EXAMPLE_ENTITY} --timeout 30m
+""",
+)
+def connection() -> None:
+    """Create and follow accounting connections (one per entity/organization).
+
+    The Monite dialect uses /accounting_connections with x-monite-entity-id;
+    the Tesouro dialect /accounting-connections with x-organization-id. The
+    profile chooses.
+    """
+
+
+@connection.command(
+    "create",
+    epilog=f"""\b
+Example:
+  keycourier connection create --profile prod --entity {EXAMPLE_ENTITY}
+  keycourier connection create --profile prod --entity {EXAMPLE_ENTITY} --replace --yes --json
+""",
+)
+@_common
+@click.option("--replace", is_flag=True, help="Disconnect the active connection first.")
+@click.option("--yes", is_flag=True, help="Do not ask before --replace disconnects.")
+@click.option(
+    "--platform",
+    type=click.Choice(["xero", "quickbooks_online", "quickbooks"]),
+    default=None,
+    help="Send {platform} in the body (API versions up to 2024; newer ones take no body).",
+)
+@click.pass_context
+def create(
+    ctx: click.Context,
+    profile: str | None,
+    entity: str,
+    as_json: bool,
+    token_file: str | None,
+    replace: bool,
+    yes: bool,
+    platform: str | None,
+) -> None:
+    """Create the accounting connection and print its connection_url.
+
+    Refuses (exit 7) while the entity has an active connection, unless
+    --replace. Send the connection_url to the entity's user, then run
+    'keycourier connection wait'.
+    """
+    from keycourier.partner.connections import create_connection
+
+    call = _call(ctx, profile, entity, token_file)
+    result = create_connection(
+        call.client,
+        call.scope_id,
+        replace=replace,
+        confirm_replace=_confirmer(yes),
+        platform=platform,
+        recorder=call.recorder(),
+        actor=call.actor,
+    )
+    conn = result.connection
+    if as_json:
+        emit_json(
+            {
+                "connection": conn.to_json(),
+                "replaced": [c.to_json() for c in result.replaced],
+                "recorded": _recorded_json(result.recorded),
+            }
+        )
+    else:
+        for old in result.replaced:
+            info(f"disconnected {old.id}")
+        _show(conn)
+    _say_recorded(result.recorded)
+    if not as_json:
+        info("send the connection_url to the entity's user, then run:")
+        info(f"  keycourier connection wait {conn.id} --profile {call.profile} \\")
+        info(f"      --entity {call.scope_id}")
+
+
+@connection.command(
+    "list",
+    epilog=f"""\b
+Example:
+  keycourier connection list --profile prod --entity {EXAMPLE_ENTITY} --json
+""",
+)
+@_common
+@click.pass_context
+def list_(
+    ctx: click.Context, profile: str | None, entity: str, as_json: bool, token_file: str | None
+) -> None:
+    """List the entity's accounting connections (all states)."""
+    call = _call(ctx, profile, entity, token_file)
+    items = call.client.list(call.scope_id)
+    if as_json:
+        emit_json({"data": [c.to_json() for c in items]})
+        return
+    if not items:
+        info("no accounting connections")
+        return
+    for c in items:
+        status = c.status.value if c.status else "unknown"
+        click.echo(f"{c.id}  {status:<13} {c.platform or '-':<18} {c.created_at.isoformat()}")
+
+
+@connection.command(
+    "get",
+    epilog=f"""\b
+Example:
+  keycourier connection get {EXAMPLE_CONN} --profile prod --entity {EXAMPLE_ENTITY}
+""",
+)
+@click.argument("connection_id", metavar="ID")
+@_common
+@click.pass_context
+def get(
+    ctx: click.Context,
+    connection_id: str,
+    profile: str | None,
+    entity: str,
+    as_json: bool,
+    token_file: str | None,
+) -> None:
+    """Show one accounting connection."""
+    cid = _conn_id(connection_id)
+    call = _call(ctx, profile, entity, token_file)
+    conn = call.client.get(call.scope_id, cid)
+    if as_json:
+        emit_json(conn.to_json())
+    else:
+        _show(conn)
+
+
+@connection.command(
+    "disconnect",
+    epilog=f"""\b
+Example:
+  keycourier connection disconnect {EXAMPLE_CONN} --profile prod --entity {EXAMPLE_ENTITY}
+""",
+)
+@click.argument("connection_id", metavar="ID")
+@_common
+@click.pass_context
+def disconnect(
+    ctx: click.Context,
+    connection_id: str,
+    profile: str | None,
+    entity: str,
+    as_json: bool,
+    token_file: str | None,
+) -> None:
+    """Disconnect an accounting connection (its status becomes disconnected)."""
+    from keycourier.partner.connections import disconnect_connection
+
+    cid = _conn_id(connection_id)
+    call = _call(ctx, profile, entity, token_file)
+    result = disconnect_connection(
+        call.client, call.scope_id, cid, recorder=call.recorder(), actor=call.actor
+    )
+    if as_json:
+        emit_json(
+            {"connection": result.connection.to_json(), "recorded": _recorded_json(result.recorded)}
+        )
+    else:
+        _show(result.connection)
+    _say_recorded(result.recorded)
+
+
+@connection.command(
+    "wait",
+    epilog=f"""\b
+Exit codes: 0 connected (prints the platform), 5 deauthorized,
+6 timeout (run wait again), 7 disconnected or errors reported.
+Example:
+  keycourier connection wait {EXAMPLE_CONN} --profile prod --entity {EXAMPLE_ENTITY} --timeout 30m
+""",
+)
+@click.argument("connection_id", metavar="ID")
+@_common
+@click.option("--timeout", default="30m", show_default=True, help="Give up after (90s, 30m, 2h).")
+@click.option(
+    "--poll-interval",
+    default="2s",
+    show_default=True,
+    help="First pause between polls; grows 1.5x up to 30s.",
+)
+@click.pass_context
+def wait(
+    ctx: click.Context,
+    connection_id: str,
+    profile: str | None,
+    entity: str,
+    as_json: bool,
+    token_file: str | None,
+    timeout: str,
+    poll_interval: str,
+) -> None:
+    """Wait until the connection is connected, then print its platform."""
+    from keycourier.partner.connections import WaitPolicy, parse_duration, wait_for_connection
+
+    cid = _conn_id(connection_id)
+    limit = parse_duration(timeout, "--timeout")
+    first = parse_duration(poll_interval, "--poll-interval")
+    call = _call(ctx, profile, entity, token_file)
+    last: list[str] = []
+
+    def progress(conn: Connection) -> None:
+        status = conn.status.value if conn.status else "unknown"
+        if last != [status]:
+            last[:] = [status]
+            info(f"connection {conn.id}: {status}")
+
+    result = wait_for_connection(
+        call.client,
+        call.scope_id,
+        cid,
+        timeout=limit,
+        policy=WaitPolicy(first=first, maximum=max(30.0, first)),
+        recorder=call.recorder(),
+        actor=call.actor,
+        on_poll=progress,
+    )
+    conn = result.connection
+    if as_json:
+        emit_json({"connection": conn.to_json(), "recorded": _recorded_json(result.recorded)})
+    else:
+        click.echo(conn.platform)
+    _say_recorded(result.recorded)
