@@ -1,0 +1,372 @@
+"""`keycourier check` and `keycourier policy show|deny`; the options `seal` reuses."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import click
+
+from keycourier.cli.common import emit_json, read_secret_source
+from keycourier.errors import PolicyError, UsageError
+from keycourier.policy import (
+    HandoverFacts,
+    Report,
+    Verdict,
+    evaluate,
+    load_policy,
+    make_context,
+    merge_contexts,
+    parse_context_file,
+    parse_duration,
+)
+from keycourier.redact import Secret
+
+if TYPE_CHECKING:
+    from keycourier.config import Settings
+    from keycourier.policy import Policy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REFRESH_TOKEN_ENV: Final = "KEYCOURIER_PROBE_REFRESH_TOKEN"  # noqa: S105 - a variable name
+_FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}$")
+_MAX_REASON: Final = 500
+
+_HANDOVER_OPTIONS: Final[list[Callable[[Any], Any]]] = [
+    click.option("--platform", required=True, help="quickbooks or xero."),
+    click.option("--client-id", required=True, help="The app's client ID (not secret)."),
+    click.option(
+        "--client-secret-file",
+        required=True,
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="File holding the client secret ('-' for stdin). One final newline is allowed.",
+    ),
+    click.option("--environment", default=None, help="Declared environment; must be production."),
+    click.option("--attested-by", default=None, help="Who attests that these are production keys."),
+    click.option(
+        "--attestation",
+        default=None,
+        help="The attested statement (default: the policy's statement).",
+    ),
+    click.option("--expires-in", default=None, help="Bundle lifetime, e.g. 7d or 36h."),
+    click.option("--api-base", default=None, help="API base URL that comes with the key."),
+    click.option("--userinfo-host", default=None, help="OpenID userinfo host or URL in use."),
+    click.option("--redirect-uri", default=None, help="OAuth redirect URI registered for the app."),
+    click.option("--realm-id", default=None, help="QuickBooks company (realm) ID."),
+    click.option(
+        "--sandbox-realm", is_flag=True, default=False, help="The realm is a sandbox company."
+    ),
+    click.option("--xero-tenant-name", default=None, help="Name of the connected Xero tenant."),
+    click.option(
+        "--xero-demo-company",
+        is_flag=True,
+        default=None,
+        help="The Xero organisation reports IsDemoCompany: true.",
+    ),
+    click.option(
+        "--context-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="JSON file with the same context fields (api_base, realm_id, ...).",
+    ),
+    click.option(
+        "--policy",
+        "policy_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Policy file (default: the shipped policy; env KEYCOURIER_POLICY).",
+    ),
+    click.option("--probe", is_flag=True, help="Also run the live vendor probe (network)."),
+    click.option(
+        "--probe-refresh-token-file",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        default=None,
+        help=f"QuickBooks refresh token for the probe ('-' for stdin; or env {REFRESH_TOKEN_ENV}).",
+    ),
+]
+
+
+def handover_options(f: F) -> F:
+    """Add the handover options (shared by `check` and `seal`)."""
+    for option in reversed(_HANDOVER_OPTIONS):
+        f = option(f)
+    return f
+
+
+def facts_from_options(options: Mapping[str, Any]) -> HandoverFacts:
+    """Read the secret sources and build the facts the policy evaluates."""
+    secret_src = str(options["client_secret_file"])
+    token_src = options.get("probe_refresh_token_file")
+    if secret_src == "-" and token_src == "-":  # noqa: S105 - "-" means stdin
+        raise UsageError("--client-secret-file - and --probe-refresh-token-file - both read stdin")
+    secret = Secret(read_secret_source(secret_src, "client secret"))
+    refresh: Secret | None = None
+    if token_src is not None:
+        refresh = Secret(read_secret_source(str(token_src), "probe refresh token", limit=8192))
+    elif os.environ.get(REFRESH_TOKEN_ENV):
+        refresh = Secret(os.environ[REFRESH_TOKEN_ENV])
+    lifetime = None
+    if options.get("expires_in"):
+        try:
+            lifetime = parse_duration(str(options["expires_in"]), what="--expires-in")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    ctx = make_context(
+        api_base=options.get("api_base"),
+        userinfo_host=options.get("userinfo_host"),
+        redirect_uri=options.get("redirect_uri"),
+        realm_id=options.get("realm_id"),
+        realm_is_sandbox=bool(options.get("sandbox_realm")),
+        xero_tenant_name=options.get("xero_tenant_name"),
+        xero_is_demo_company=True if options.get("xero_demo_company") else None,
+    )
+    if options.get("context_file"):
+        ctx = merge_contexts(parse_context_file(Path(str(options["context_file"]))), ctx)
+    return HandoverFacts(
+        platform=str(options["platform"]),
+        client_id=str(options["client_id"]),
+        client_secret=secret,
+        environment=options.get("environment"),
+        attested_by=options.get("attested_by"),
+        attestation=options.get("attestation"),
+        lifetime=lifetime,
+        context=ctx,
+        probe_refresh_token=refresh,
+    )
+
+
+def denied_lookup(settings: Settings) -> Callable[[str], str | None]:
+    """A deny-list lookup over the ledger's `denied_fingerprint` events.
+
+    With no ledger file yet there is nothing denied, and no file is created.
+    """
+    ledger_path = Path(settings.ledger_path)
+
+    def lookup(fingerprint: str) -> str | None:
+        if not ledger_path.exists():
+            return None
+        from keycourier.cli.record import open_recorder
+        from keycourier.ledger.interface import EventType
+
+        recorder = open_recorder(settings)
+        try:
+            for stored in recorder.history(fingerprint=fingerprint):
+                event = stored.event
+                if event.type == EventType.DENIED_FINGERPRINT and event.fingerprint == fingerprint:
+                    return str(event.data.get("reason", "")) or "(no reason recorded)"
+            return None
+        finally:
+            recorder.close()
+
+    return lookup
+
+
+_OUTCOME_LABEL: Final = {
+    "pass": "PASS",
+    "warn": "WARN",
+    "reject": "REJECT",
+    "unverified": "UNVERIFIED",
+    "skip": "skip",
+}
+
+
+def render_report(report: Report, *, as_json: bool) -> None:
+    """The report to stdout: a table for people, or JSON. Never the secret."""
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    click.echo(f"verdict:        {report.verdict}")
+    click.echo(f"platform:       {report.platform}")
+    click.echo(f"client ID:      {report.masked_client_id}")
+    click.echo(f"fingerprint:    {report.fingerprint or '(withheld)'}")
+    click.echo(f"policy:         {report.policy_digest} ({report.policy_source})")
+    if report.attested_by:
+        click.echo(f"attested by:    {report.attested_by}")
+    for note in report.notes:
+        click.echo(f"note:           {note}")
+    click.echo("")
+    width = max(len(f.rule_id) for f in report.findings)
+    for finding in report.findings:
+        label = _OUTCOME_LABEL[str(finding.outcome)]
+        click.echo(f"{label:<10} {finding.rule_id:<{width}}  {finding.message}")
+        if finding.effect != Verdict.PASS:
+            click.echo(f"{'':<10} {'':<{width}}  hint: {finding.hint}")
+
+
+def _settings(ctx: click.Context, policy_file: str | None) -> Settings:
+    from keycourier.cli.main import settings_from
+
+    settings: Settings = settings_from(ctx, policy_path=policy_file)
+    return settings
+
+
+def rejection_error(report: Report) -> PolicyError:
+    rules = ", ".join(report.rejected)
+    return PolicyError(
+        f"the handover is rejected by the policy (rules: {rules})",
+        hints=["see the report above: each rejected rule has a hint"],
+    )
+
+
+@click.command()
+@handover_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def check(ctx: click.Context, /, as_json: bool, **options: object) -> None:
+    """Run the handover policy without sealing anything (a dry run: nothing is recorded).
+
+    Exit status 0 when the handover would pass (warnings allowed), 7 when a
+    reject rule fires. The report lists every rule with its outcome and hint;
+    it never shows the secret, only a masked client ID and a fingerprint.
+
+    \b
+    Example:
+      keycourier check --platform quickbooks --client-id AB... \\
+        --client-secret-file secret.txt --environment production \\
+        --attested-by "Ana Lima" --expires-in 7d
+    """
+    policy_file = options.pop("policy_file")
+    settings = _settings(ctx, str(policy_file) if policy_file else None)
+    pol = load_policy(settings.policy_path)
+    probe = bool(options.pop("probe"))
+    facts = facts_from_options(options)
+    report = evaluate(
+        pol, facts, now=datetime.now(UTC), denied=denied_lookup(settings), probe=probe
+    )
+    render_report(report, as_json=as_json)
+    if report.verdict == Verdict.REJECT:
+        raise rejection_error(report)
+
+
+@click.group()
+def policy() -> None:
+    """Show the handover policy in force; deny credential fingerprints.
+
+    \b
+    Example:
+      keycourier policy show --json
+      keycourier policy deny kc1:0123... --reason "sandbox key sent by mistake"
+    """
+
+
+def _policy_option(f: F) -> F:
+    return click.option(
+        "--policy",
+        "policy_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Policy file (default: the shipped policy; env KEYCOURIER_POLICY).",
+    )(f)
+
+
+def _render_policy(pol: Policy) -> None:
+    click.echo(f"source: {pol.source}")
+    click.echo(f"digest: {pol.digest}")
+    for rule_id, setting in pol.rules.items():
+        click.echo(f"\n[{rule_id}] {setting.severity}")
+        for key, value in setting.params.items():
+            shown = ", ".join(value) if isinstance(value, tuple) else value
+            click.echo(f"  {key} = {shown}")
+        click.echo(f"  hint: {setting.hint}")
+
+
+@policy.command("show")
+@_policy_option
+@click.option("--json", "as_json", is_flag=True, help="Print the policy as JSON.")
+@click.pass_context
+def show(ctx: click.Context, policy_file: str | None, as_json: bool) -> None:
+    """Print the policy in force and its digest.
+
+    \b
+    Example:
+      keycourier policy show
+      KEYCOURIER_POLICY=strict.toml keycourier policy show --json
+    """
+    pol = load_policy(_settings(ctx, policy_file).policy_path)
+    if as_json:
+        emit_json({"source": pol.source, "digest": pol.digest, "policy": pol.to_dict()})
+    else:
+        _render_policy(pol)
+
+
+@policy.command("deny")
+@click.argument("fingerprint")
+@click.option("--reason", required=True, help="Why: e.g. 'sandbox key', 'leaked in a ticket'.")
+@click.option("--by", "actor", default=None, help="Who denies it (default: the login name).")
+@_policy_option
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded event as JSON.")
+@click.pass_context
+def deny(
+    ctx: click.Context,
+    fingerprint: str,
+    reason: str,
+    actor: str | None,
+    policy_file: str | None,
+    as_json: bool,
+) -> None:
+    """Deny a credential fingerprint forever (recorded as a denied_fingerprint event).
+
+    Any later check, seal or open of that credential is rejected by the
+    denied-fingerprint rule.
+
+    \b
+    Example:
+      keycourier policy deny kc1:4f0c2a9e1b7d3c5a8e6f0b2d4c6a8e0f \\
+        --reason "development key, sent by mistake"
+    """
+    from keycourier.cli.record import open_recorder, report_outcome
+    from keycourier.ledger.interface import Event, EventType
+
+    if not _FINGERPRINT.match(fingerprint):
+        raise UsageError(
+            "the fingerprint must look like kc1:<32 lowercase hex>",
+            hints=["copy it from 'keycourier check' or 'keycourier inspect'"],
+        )
+    text = reason.strip()
+    if not text or len(text) > _MAX_REASON or any(ord(c) < 0x20 for c in text):
+        raise UsageError(f"--reason must be 1 to {_MAX_REASON} printable characters")
+    settings = _settings(ctx, policy_file)
+    pol = load_policy(settings.policy_path)
+    who = (actor or _login_name()).strip()
+    if not who or len(who) > 200:
+        raise UsageError("--by must be 1 to 200 characters")
+    event = Event(
+        type=EventType.DENIED_FINGERPRINT,
+        at=datetime.now(UTC),
+        actor=who,
+        fingerprint=fingerprint,
+        policy_digest=pol.digest,
+        data={"reason": text},
+    )
+    recorder = open_recorder(settings)
+    try:
+        outcome = recorder.record(event)
+    finally:
+        recorder.close()
+    report_outcome(event, outcome)
+    if as_json:
+        emit_json(
+            {
+                "type": str(event.type),
+                "fingerprint": fingerprint,
+                "reason": text,
+                "actor": who,
+                "seq": outcome.seq,
+                "vault_status": str(outcome.vault_status),
+                "policy_digest": pol.digest,
+            }
+        )
+    else:
+        click.echo(f"denied {fingerprint}")
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
