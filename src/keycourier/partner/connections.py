@@ -1042,31 +1042,33 @@ class StaticTokenSource:
 
 
 def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
-    """The connection endpoint of profile ``name`` (``[profiles.NAME]`` in the config)."""
-    table = settings.profiles.get(name)
-    if table is None:
-        known = ", ".join(sorted(settings.profiles)) or "none"
-        raise ConfigError(f"no profile named {safe_text(name[:64])!r} (configured: {known})")
+    """The connection endpoint of profile ``name``, parsed by the token helper's parser.
 
-    def text(key: str, *, required: bool = True) -> str | None:
-        value = table.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"profile {name}: {key} must be a non-empty string")
-        return value
+    The profile's ``base_url`` is the platform's API base. Monite's already
+    ends in ``/v1`` (``https://api.sandbox.monite.com/v1``); Tesouro's token
+    endpoint lives at the host root (``/openid/connect/token``), so a base URL
+    that does not end in ``/v1`` gets ``/v1`` appended for connection calls
+    (``https://api.sandbox.tesouro.com/v1/accounting-connections``). The
+    version header is the profile's, so tokens and connections use the same.
+    """
+    from keycourier.helper.profiles import get_profile
 
-    dialect = text("dialect")
-    base_url = text("base_url")
-    version = text("version")
-    assert dialect is not None  # noqa: S101
-    assert base_url is not None  # noqa: S101
-    assert version is not None  # noqa: S101
+    profile = get_profile(settings, name)
+    if profile.version is None:
+        raise ConfigError(
+            f"profile {name}: connection calls need an API version",
+            hints=[
+                f"set profiles.{name}.version, e.g. 2024-05-25 (Monite) or 2025-06-23 (Tesouro)"
+            ],
+        )
+    base = profile.base_url.rstrip("/")
+    if not urlsplit(base).path.endswith("/v1"):
+        base += "/v1"
     return make_endpoint(
-        dialect=dialect,
-        base_url=base_url,
-        version=version,
-        version_header=text("version_header", required=False),
+        dialect=profile.dialect.value,
+        base_url=base,
+        version=profile.version,
+        version_header=profile.version_header,
         profile=name,
     )
 
