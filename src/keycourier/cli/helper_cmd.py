@@ -1,0 +1,66 @@
+"""CLI for the token helper: ``token``, ``exec``, ``serve`` and ``helper client``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from keycourier.cli.main import settings_from
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  keycourier token --profile ci --format json
+  eval "$(keycourier token --profile ci --format env --env-name MONITE_TOKEN)"
+  keycourier token --profile ci --format github      # inside GitHub Actions
+  # ~/.aws-style: credential_process = keycourier token --profile ci --format credential-process
+"""
+)
+@click.option(
+    "--profile",
+    "-p",
+    "profile",
+    required=True,
+    help="Profile name ([profiles.NAME] in the config).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["raw", "json", "env", "github", "credential-process"]),
+    default="raw",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--env-name",
+    default=None,
+    help="Variable name for env/github formats (default: the profile's env_name).",
+)
+@click.option("--no-cache", is_flag=True, help="Do not read or write the 0600 token cache file.")
+@click.pass_context
+def token(ctx: click.Context, profile: str, fmt: str, env_name: str | None, no_cache: bool) -> None:
+    """Print a partner access token for PROFILE (cached, refreshed ahead of expiry).
+
+    With KEYCOURIER_HELPER_URL set, the running helper is asked instead of the
+    platform (client key from KEYCOURIER_HELPER_KEY or KEYCOURIER_HELPER_KEY_FILE).
+    """
+    from keycourier.cli.common import warn
+    from keycourier.helper.formats import Format, check_env_name, render, write_github_env
+    from keycourier.helper.service import obtain_token
+
+    settings = settings_from(ctx)
+    if env_name is not None:
+        check_env_name(env_name)
+    got = obtain_token(settings, profile, use_cache=not no_cache)
+    if got.warning:
+        warn(got.warning)
+    name = env_name or got.env_name
+    out = Format(fmt)
+    now = time.time()
+    if out is Format.GITHUB:
+        write_github_env(got.token, name, settings.env)
+    sys.stdout.write(render(got.token, out, now=now, env_name=name))
+    sys.stdout.flush()

@@ -1,0 +1,123 @@
+"""Get a token for the CLI (``token``, ``exec``): from the helper, the file cache or upstream.
+
+Order: if ``KEYCOURIER_HELPER_URL`` is set, ask the running helper (and never
+call upstream here). Otherwise use the 0600 file cache (unless disabled):
+a token before its refresh point is served as is; otherwise one process,
+holding the profile's lock, calls upstream, records ``token_issued``, and
+writes the cache; if that call fails while the cached token is still valid,
+the cached token is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from keycourier.errors import Error
+from keycourier.helper.profiles import Profile, get_profile
+from keycourier.partner.tokens import ClientCredentials, Token
+
+HELPER_URL_ENV = "KEYCOURIER_HELPER_URL"
+
+if TYPE_CHECKING:
+    from keycourier.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Obtained:
+    profile_name: str
+    token: Token
+    origin: str  # "cache", "upstream" or "helper"
+    credentials: ClientCredentials | None = None  # known when we minted or loaded them here
+    env_name: str = "PARTNER_TOKEN"
+    warning: str | None = None
+
+
+def obtain_token(
+    settings: Settings,
+    profile_name: str,
+    *,
+    use_cache: bool = True,
+    clock: Callable[[], float] = time.time,
+    record: bool = True,
+) -> Obtained:
+    helper_url = settings.env.get(HELPER_URL_ENV)
+    if helper_url:
+        from keycourier.helper.client import HelperClient
+
+        client = HelperClient.from_env(helper_url, settings.env)
+        token = client.token(profile_name, clock=clock)
+        env_name = "PARTNER_TOKEN"
+        if profile_name in settings.profiles:
+            env_name = get_profile(settings, profile_name).env_name
+        return Obtained(profile_name, token, "helper", None, env_name)
+
+    profile = get_profile(settings, profile_name)
+    from keycourier.helper.credentials import load_credentials
+
+    creds = load_credentials(profile, settings)
+    if not use_cache:
+        token = _mint(profile, creds, clock)
+        warning = _record_issued(settings, profile, token) if record else None
+        return Obtained(profile.name, token, "upstream", creds, profile.env_name, warning)
+
+    from keycourier.helper.filecache import FileCache, cache_dir
+
+    cache = FileCache(cache_dir(settings.env), clock=clock)
+    cached = cache.read(profile)
+    if cached is not None and clock() < cached.refresh_at(profile.refresh_fraction):
+        return Obtained(profile.name, cached, "cache", creds, profile.env_name)
+    with cache.lock(profile):
+        cached = cache.read(profile)  # another process may have refreshed meanwhile
+        now = clock()
+        if cached is not None and now < cached.refresh_at(profile.refresh_fraction):
+            return Obtained(profile.name, cached, "cache", creds, profile.env_name)
+        try:
+            token = _mint(profile, creds, clock)
+        except Error as exc:
+            if cached is not None and clock() < cached.expires_at - 1:
+                return Obtained(
+                    profile.name,
+                    cached,
+                    "cache",
+                    creds,
+                    profile.env_name,
+                    warning="refresh failed, serving the cached token until it expires: "
+                    + exc.message,
+                )
+            raise
+        cache.write(profile, token)
+    warning = _record_issued(settings, profile, token) if record else None
+    return Obtained(profile.name, token, "upstream", creds, profile.env_name, warning)
+
+
+def _mint(profile: Profile, creds: ClientCredentials, clock: Callable[[], float]) -> Token:
+    from keycourier.partner.tokens import fetch_token
+
+    return asyncio.run(fetch_token(profile, creds, clock=clock))
+
+
+def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | None:
+    """Record ``token_issued``; return a warning instead of failing the command."""
+    from keycourier.helper.recording import issued_event, open_recorder
+
+    try:
+        recorder = open_recorder(settings)
+    except ImportError:
+        return "the ledger is not available: token_issued was not recorded"
+    except Error as exc:
+        return f"token_issued was not recorded: {exc.message}"
+    try:
+        outcome = recorder.record(
+            issued_event(profile.name, token, environment=profile.environment.value)
+        )
+    except Error as exc:
+        return f"token_issued was not recorded: {exc.message}"
+    finally:
+        recorder.close()
+    if outcome.vault_status.value == "pending":
+        return "token_issued is in the local ledger but not yet in Vault (run keycourier sync)"
+    return None
