@@ -28,9 +28,6 @@ if TYPE_CHECKING:
         TokenSource,
     )
 
-EXAMPLE_ENTITY = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
-EXAMPLE_CONN = "9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10"
-
 
 @dataclass(frozen=True, slots=True)
 class _Call:
@@ -201,31 +198,23 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-@click.group(
-    "connection",
-    epilog=f"""\b
-Example:
-  keycourier connection create --profile prod --entity {EXAMPLE_ENTITY}
-  keycourier connection wait ID --profile prod --entity {EXAMPLE_ENTITY} --timeout 30m
-""",
-)
+@click.group("connection")
 def connection() -> None:
     """Create and follow accounting connections (one per entity/organization).
 
     The Monite dialect uses /accounting_connections with x-monite-entity-id;
     the Tesouro dialect /accounting-connections with x-organization-id. The
     profile chooses.
+
+    \b
+    Example:
+      keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
+      keycourier connection wait ID --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 \\
+          --timeout 30m
     """
 
 
-@connection.command(
-    "create",
-    epilog=f"""\b
-Example:
-  keycourier connection create --profile prod --entity {EXAMPLE_ENTITY}
-  keycourier connection create --profile prod --entity {EXAMPLE_ENTITY} --replace --yes --json
-""",
-)
+@connection.command("create")
 @_common
 @click.option("--replace", is_flag=True, help="Disconnect the active connection first.")
 @click.option("--yes", is_flag=True, help="Do not ask before --replace disconnects.")
@@ -251,6 +240,12 @@ def create(
     Refuses (exit 7) while the entity has an active connection, unless
     --replace. Send the connection_url to the entity's user, then run
     'keycourier connection wait'.
+
+    \b
+    Example:
+      keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
+      keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 \\
+          --replace --yes --json
     """
     from keycourier.partner.connections import create_connection
 
@@ -284,19 +279,18 @@ def create(
         info(f"      --entity {call.scope_id}")
 
 
-@connection.command(
-    "list",
-    epilog=f"""\b
-Example:
-  keycourier connection list --profile prod --entity {EXAMPLE_ENTITY} --json
-""",
-)
+@connection.command("list")
 @_common
 @click.pass_context
 def list_(
     ctx: click.Context, profile: str | None, entity: str, as_json: bool, token_file: str | None
 ) -> None:
-    """List the entity's accounting connections (all states)."""
+    """List the entity's accounting connections (all states).
+
+    \b
+    Example:
+      keycourier connection list --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 --json
+    """
     call = _call(ctx, profile, entity, token_file)
     items = call.client.list(call.scope_id)
     if as_json:
@@ -310,13 +304,7 @@ def list_(
         click.echo(f"{c.id}  {status:<13} {c.platform or '-':<18} {c.created_at.isoformat()}")
 
 
-@connection.command(
-    "get",
-    epilog=f"""\b
-Example:
-  keycourier connection get {EXAMPLE_CONN} --profile prod --entity {EXAMPLE_ENTITY}
-""",
-)
+@connection.command("get")
 @click.argument("connection_id", metavar="ID")
 @_common
 @click.pass_context
@@ -328,7 +316,13 @@ def get(
     as_json: bool,
     token_file: str | None,
 ) -> None:
-    """Show one accounting connection."""
+    """Show one accounting connection.
+
+    \b
+    Example:
+      keycourier connection get 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
+          --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
+    """
     cid = _conn_id(connection_id)
     call = _call(ctx, profile, entity, token_file)
     conn = call.client.get(call.scope_id, cid)
@@ -338,13 +332,7 @@ def get(
         _show(conn)
 
 
-@connection.command(
-    "disconnect",
-    epilog=f"""\b
-Example:
-  keycourier connection disconnect {EXAMPLE_CONN} --profile prod --entity {EXAMPLE_ENTITY}
-""",
-)
+@connection.command("disconnect")
 @click.argument("connection_id", metavar="ID")
 @_common
 @click.pass_context
@@ -356,7 +344,13 @@ def disconnect(
     as_json: bool,
     token_file: str | None,
 ) -> None:
-    """Disconnect an accounting connection (its status becomes disconnected)."""
+    """Disconnect an accounting connection (its status becomes disconnected).
+
+    \b
+    Example:
+      keycourier connection disconnect 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
+          --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
+    """
     from keycourier.partner.connections import disconnect_connection
 
     cid = _conn_id(connection_id)
@@ -375,11 +369,9 @@ def disconnect(
 
 @connection.command(
     "wait",
-    epilog=f"""\b
+    epilog="""\b
 Exit codes: 0 connected (prints the platform), 5 deauthorized,
 6 timeout (run wait again), 7 disconnected or errors reported.
-Example:
-  keycourier connection wait {EXAMPLE_CONN} --profile prod --entity {EXAMPLE_ENTITY} --timeout 30m
 """,
 )
 @click.argument("connection_id", metavar="ID")
@@ -402,7 +394,13 @@ def wait(
     timeout: str,
     poll_interval: str,
 ) -> None:
-    """Wait until the connection is connected, then print its platform."""
+    """Wait until the connection is connected, then print its platform.
+
+    \b
+    Example:
+      keycourier connection wait 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
+          --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 --timeout 30m
+    """
     from keycourier.partner.connections import WaitPolicy, parse_duration, wait_for_connection
 
     cid = _conn_id(connection_id)
