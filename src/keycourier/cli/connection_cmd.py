@@ -91,9 +91,10 @@ def _token_source(settings: Settings, profile: str, token_file: str | None) -> T
         if not raw or b"\n" in raw:
             raise UsageError("the partner token file must hold exactly one token")
         return StaticTokenSource(Secret(raw))
+    from keycourier.cli.common import warn
     from keycourier.partner.connections import helper_token_source
 
-    return helper_token_source(settings, profile)
+    return helper_token_source(settings, profile, on_warning=warn)
 
 
 def _call(ctx: click.Context, profile: str | None, entity: str, token_file: str | None) -> _Call:

@@ -1073,9 +1073,53 @@ def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
     )
 
 
-def helper_token_source(settings: Settings, profile: str) -> TokenSource:
+class HelperTokenSource:
+    """The token helper's partner token for a profile (``helper.service.obtain_token``).
+
+    ``get`` asks once and keeps the token for this process: from the running
+    helper when ``KEYCOURIER_HELPER_URL`` is set, else from the 0600 file
+    cache, minting (and recording ``token_issued``) when needed.
+    ``invalidate`` drops it and removes the profile's file-cache entry, so
+    the next ``get`` mints a fresh token instead of re-reading the refused one.
+    Warnings of the token helper go to ``on_warning``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        profile: str,
+        *,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._profile = profile
+        self._on_warning = on_warning
+        self._token: Secret | None = None
+
+    def get(self) -> Secret:
+        if self._token is None:
+            from keycourier.helper.service import obtain_token
+
+            got = obtain_token(self._settings, self._profile, use_cache=True)
+            if got.warning and self._on_warning is not None:
+                self._on_warning(got.warning)
+            self._token = got.token.access_token
+        return self._token
+
+    def invalidate(self) -> None:
+        self._token = None
+        from keycourier.helper.service import HELPER_URL_ENV
+
+        if self._settings.env.get(HELPER_URL_ENV):
+            return  # the helper owns its cache; asking again is all we can do
+        from keycourier.helper.filecache import FileCache, cache_dir
+        from keycourier.helper.profiles import get_profile
+
+        FileCache(cache_dir(self._settings.env)).clear(get_profile(self._settings, self._profile))
+
+
+def helper_token_source(
+    settings: Settings, profile: str, *, on_warning: Callable[[str], None] | None = None
+) -> TokenSource:
     """The token helper's cached partner token for ``profile``."""
-    raise ConfigError(
-        "the token helper is not available yet in this build",
-        hints=["pass the partner token with --token-file FILE"],
-    )
+    return HelperTokenSource(settings, profile, on_warning=on_warning)
