@@ -366,12 +366,8 @@ def _secret_ok(run: _Run, platform: str, secret: str) -> bool:
 
 def _check_formats(run: _Run, platform: str, client_id: str, secret: str) -> bool:
     id_ok, secret_ok = _id_ok(run, platform, client_id), _secret_ok(run, platform, secret)
-    swapped = (
-        not id_ok
-        and not secret_ok
-        and _id_ok(run, platform, secret)
-        and _secret_ok(run, platform, client_id)
-    )
+    # The ID field holds a secret-shaped value and the secret field an ID-shaped one.
+    swapped = not id_ok and _secret_ok(run, platform, client_id) and _id_ok(run, platform, secret)
     if swapped:
         run.fail("swapped-fields", "the client ID has the secret's format and the secret the ID's")
     else:
