@@ -26,13 +26,24 @@ Errors follow the documented shapes: 400 ``missing_api_version``, 401,
 ``inject``). Every reply carries the rate-limit headers and echoes the
 version header.
 
-Run it on its own::
+Run it on its own (127.0.0.1 only; ``--port 0`` picks a free port)::
 
-    python -m tests.support.connections_standin --port 8080 --tokens-file tokens.txt
+    python -m tests.support.connections_standin --port 0 --write-token TOKENFILE
+    python -m tests.support.connections_standin --port 0 --clients-file clients.json
 
-prints ``url=http://127.0.0.1:8080/v1`` (the profile's base URL) on stdout
-and serves until SIGINT/SIGTERM. In tests: ``start_standin(state)`` runs it on
-127.0.0.1, port 0, in a background thread; ``.stop()`` ends it.
+The first accepts the bearer tokens in ``--tokens-file`` / the fresh one it
+writes (0600) to ``--write-token``. The second also serves the token
+stand-in's routes (``tests/support/platform_standin.py``: Monite
+``/v1/auth/token``, Tesouro ``/openid/connect/token``) for the client IDs and
+secrets in the JSON file, and accepts the tokens they issue, so keycourier's
+token helper and ``keycourier connection`` work end to end. Both print
+``url=http://127.0.0.1:PORT/v1`` (a Monite profile's ``base_url``) and
+``root=http://127.0.0.1:PORT`` (a Tesouro profile's) on stdout, then serve
+until SIGINT/SIGTERM.
+
+In tests: ``start_standin(state)`` (connections only) or
+``start_platform(clients)`` (composed) run it on 127.0.0.1, port 0, in a
+background thread; ``.stop()`` ends it.
 """
 
 from __future__ import annotations
@@ -140,12 +151,14 @@ class ConnectionsState:
         *,
         accepted_tokens: Iterable[str] = (),
         token_validator: Callable[[str], bool] | None = None,
+        token_lookup: Callable[[str], str] | None = None,
         already_exists_status: int = 400,
         default_platform: str = "xero",
     ) -> None:
         self._lock = threading.Lock()
         self._tokens = [t.encode() for t in accepted_tokens]
         self._validator = token_validator
+        self._lookup = token_lookup  # "valid" | "expired" | "unknown" (the auth stand-in's)
         self.already_exists_status = already_exists_status
         self.default_platform = default_platform
         self.connections: dict[str, StandinConnection] = {}
@@ -164,11 +177,19 @@ class ConnectionsState:
             self._tokens = [t for t in self._tokens if not hmac.compare_digest(t, token.encode())]
 
     def token_ok(self, token: str) -> bool:
+        return self.token_status(token) == "valid"
+
+    def token_status(self, token: str) -> str:
+        """ "valid", "expired" or "unknown"."""
         with self._lock:
             fixed = any(hmac.compare_digest(t, token.encode()) for t in self._tokens)
         if fixed:
-            return True
-        return self._validator is not None and self._validator(token)
+            return "valid"
+        if self._lookup is not None:
+            return self._lookup(token)
+        if self._validator is not None and self._validator(token):
+            return "valid"
+        return "unknown"
 
     # -- the simulated world
 
@@ -282,7 +303,11 @@ def connection_routes(state: ConnectionsState) -> list[web.RouteDef]:
             )
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
-        if scheme != "Bearer" or not token or not state.token_ok(token):
+        status = state.token_status(token) if scheme == "Bearer" and token else "unknown"
+        if status == "expired" and rules is TESOURO:
+            # Tesouro answers an expired token with 400 (platform-apis.md 1.5).
+            return None, _error(400, "The token has been expired.")
+        if status != "valid":
             return None, _error(401, "Invalid or expired token")
         scope = request.headers.get(rules.scope_header)
         if scope is None:
@@ -514,6 +539,51 @@ def start_standin(
     return RunningStandin(state.base_url, bound, state, loop, thread, stop)
 
 
+@dataclass
+class RunningPlatform:
+    """The token stand-in and the connection stand-in in one app on one port."""
+
+    root: str  # http://127.0.0.1:PORT: the Tesouro profile's base_url
+    auth: Any  # tests.support.platform_standin.StandinState
+    connections: ConnectionsState
+    _running: RunningStandin
+
+    @property
+    def monite_base(self) -> str:
+        """The Monite profile's base_url (its token route is /v1/auth/token)."""
+        return self.root + PREFIX
+
+    def stop(self) -> None:
+        self._running.stop()
+
+
+def make_platform_app(auth_state: Any, state: ConnectionsState) -> web.Application:
+    """The token stand-in's routes (``platform_standin.make_app``) plus the connection routes.
+
+    Bearer tokens on the connection routes are the ones the token stand-in
+    issued (``auth_state.lookup``): unknown gives 401, expired gives 401
+    (Monite) or 400 "The token has been expired." (Tesouro).
+    """
+    from tests.support import platform_standin
+
+    state._lookup = auth_state.lookup
+    app = platform_standin.make_app(auth_state)
+    app.add_routes(connection_routes(state))
+    return app
+
+
+def start_platform(clients: Mapping[str, str], *, port: int = 0) -> RunningPlatform:
+    """Start the composed platform stand-in on 127.0.0.1 for these client credentials."""
+    from tests.support import platform_standin
+
+    auth_state = platform_standin.StandinState(clients=dict(clients))
+    state = ConnectionsState()
+    running = start_standin(
+        state, app_factory=lambda st: make_platform_app(auth_state, st), port=port
+    )
+    return RunningPlatform(running.url.removesuffix(PREFIX), auth_state, state, running)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import signal
@@ -523,7 +593,6 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.support.connections_standin",
         description="Run the accounting-connection stand-in on loopback (test/demo only).",
     )
-    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
         "--tokens-file",
@@ -531,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         "generated and written to --write-token)",
     )
     parser.add_argument("--write-token", help="write a generated token to this file (0600)")
+    parser.add_argument(
+        "--clients-file",
+        help='JSON {"client_id": "client_secret"}: also serve the token endpoints '
+        "(tests/support/platform_standin.py) and accept the tokens they issue",
+    )
     args = parser.parse_args(argv)
     tokens: list[str] = []
     if args.tokens_file:
@@ -544,12 +618,21 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(token + "\n")
         tokens.append(token)
-    if not tokens:
-        parser.error("give --tokens-file or --write-token (no token would be accepted)")
-    running = start_standin(
-        ConnectionsState(accepted_tokens=tokens), host=args.host, port=args.port
-    )
-    sys.stdout.write(f"url={running.url}\n")
+    if not tokens and not args.clients_file:
+        parser.error("give --clients-file, --tokens-file or --write-token")
+    running: RunningStandin | RunningPlatform
+    if args.clients_file:
+        with open(args.clients_file, encoding="utf-8") as fh:
+            clients = json.load(fh)
+        platform = start_platform(clients, port=args.port)
+        for token in tokens:
+            platform.connections.accept_token(token)
+        running = platform
+        url = platform.monite_base
+    else:
+        running = start_standin(ConnectionsState(accepted_tokens=tokens), port=args.port)
+        url = running.url
+    sys.stdout.write(f"url={url}\nroot={url.removesuffix(PREFIX)}\n")
     sys.stdout.flush()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

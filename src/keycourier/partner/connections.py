@@ -1054,6 +1054,12 @@ def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
     from keycourier.helper.profiles import get_profile
 
     profile = get_profile(settings, name)
+    if profile.dialect.value not in {d.value for d in Dialect}:
+        raise ConfigError(
+            f"profile {name}: connections support the dialects "
+            f"{', '.join(d.value for d in Dialect)}, not {profile.dialect.value}",
+            hints=["the oauth2 dialect is for tokens only"],
+        )
     if profile.version is None:
         raise ConfigError(
             f"profile {name}: connection calls need an API version",
