@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from keycourier.errors import Error
 from keycourier.helper.profiles import Profile, get_profile
 from keycourier.partner.tokens import ClientCredentials, Token
+from keycourier.redact import Secret
 
 HELPER_URL_ENV = "KEYCOURIER_HELPER_URL"
 
@@ -121,3 +122,33 @@ def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | 
     if outcome.vault_status.value == "pending":
         return "token_issued is in the local ledger but not yet in Vault (run keycourier sync)"
     return None
+
+
+class ProfileTokenSource:
+    """``partner.connections.TokenSource`` backed by the token helper (cache, helper or upstream).
+
+    ``invalidate()`` (after a 401 from the platform) drops the cached token,
+    so the next ``get()`` mints a new one.
+    """
+
+    def __init__(self, settings: Settings, profile: str) -> None:
+        self._settings = settings
+        self._profile = profile
+        self._force = False
+        self.warnings: list[str] = []
+
+    def get(self) -> Secret:
+        got = obtain_token(self._settings, self._profile, use_cache=not self._force)
+        if got.origin == "upstream" and self._force:
+            from keycourier.helper.filecache import FileCache, cache_dir
+
+            FileCache(cache_dir(self._settings.env)).write(
+                get_profile(self._settings, self._profile), got.token
+            )
+        self._force = False
+        if got.warning:
+            self.warnings.append(got.warning)
+        return got.token.access_token
+
+    def invalidate(self) -> None:
+        self._force = True

@@ -1,0 +1,197 @@
+"""``keycourier token`` end to end: real subprocesses, a real config file, the platform stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.support.platform_standin import RunningStandin, StandinState, start_standin
+
+MONITE_ID = "0c6f0a52-3f7e-4a53-9d55-0d8c2b1e9a77"
+MONITE_SECRET = "cli-secret-9a8b7c6d5e4f3a2b1c0d"
+
+
+@pytest.fixture
+def standin() -> Iterator[RunningStandin]:
+    running = start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET}))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, standin: RunningStandin) -> dict[str, str]:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[profiles.ci]
+dialect = "monite"
+base_url = "{standin.url}/v1"
+environment = "sandbox"
+version = "2024-05-25"
+client_id_env = "MONITE_CLIENT_ID"
+client_secret_env = "MONITE_CLIENT_SECRET"
+env_name = "MONITE_TOKEN"
+"""
+    )
+    e = dict(os.environ)
+    e.update(
+        KEYCOURIER_CONFIG=str(config),
+        KEYCOURIER_LEDGER=str(tmp_path / "ledger.db"),
+        MONITE_CLIENT_ID=MONITE_ID,
+        MONITE_CLIENT_SECRET=MONITE_SECRET,
+        XDG_RUNTIME_DIR="",
+    )
+    e.pop("GITHUB_ENV", None)
+    return e
+
+
+def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keycourier", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_json_format(env: dict[str, str], standin: RunningStandin) -> None:
+    r = kc(env, "token", "--profile", "ci", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"access_token", "token_type", "expires_in", "expires_at"}
+    assert doc["token_type"] == "Bearer"
+    assert 1790 <= doc["expires_in"] <= 1800
+    at = datetime.strptime(doc["expires_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    assert abs(at - (time.time() + 1800)) < 30
+    assert standin.state.is_valid(doc["access_token"])
+    assert MONITE_SECRET not in r.stdout + r.stderr
+
+
+def test_raw_env_and_credential_process_formats_share_the_cached_token(
+    env: dict[str, str], standin: RunningStandin, tmp_path: Path
+) -> None:
+    raw = kc(env, "token", "--profile", "ci")
+    assert raw.returncode == 0, raw.stderr
+    token = raw.stdout.strip()
+    assert standin.state.is_valid(token)
+    envf = kc(env, "token", "--profile", "ci", "--format", "env")
+    assert envf.returncode == 0
+    assert f"export MONITE_TOKEN={token}\n" in envf.stdout
+    assert "export MONITE_TOKEN_EXPIRES_AT=" in envf.stdout
+    named = kc(env, "token", "--profile", "ci", "--format", "env", "--env-name", "X_TOKEN")
+    assert named.stdout.startswith(f"export X_TOKEN={token}\n")
+    cp = kc(env, "token", "--profile", "ci", "--format", "credential-process")
+    doc = json.loads(cp.stdout)
+    assert doc["Version"] == 1
+    assert doc["AccessToken"] == token
+    assert doc["Expiration"].endswith("Z")
+    datetime.strptime(doc["Expiration"], "%Y-%m-%dT%H:%M:%SZ")
+    assert standin.state.token_calls == 1  # the 0600 file cache served the rest
+    files = list((Path(env["HOME"]) / ".cache" / "keycourier" / "tokens").glob("ci-*.json"))
+    assert len(files) == 1
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
+    nocache = kc(env, "token", "--profile", "ci", "--no-cache")
+    assert nocache.stdout.strip() != token
+    assert standin.state.token_calls == 2
+
+
+def test_parallel_cli_processes_make_one_upstream_call(
+    env: dict[str, str], standin: RunningStandin
+) -> None:
+    standin.state.delay = 0.3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "keycourier", "token", "--profile", "ci"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(set(outs)) == 1
+    assert standin.state.token_calls == 1
+
+
+def test_github_format_masks_and_appends_heredoc(env: dict[str, str], tmp_path: Path) -> None:
+    gh = tmp_path / "github_env"
+    gh.write_text("EXISTING=1\n")
+    env["GITHUB_ENV"] = str(gh)
+    r = kc(env, "token", "--profile", "ci", "--format", "github")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("::add-mask::")
+    token = lines[0][len("::add-mask::") :]
+    assert token not in r.stderr
+    text = gh.read_text().splitlines()
+    assert text[0] == "EXISTING=1"
+    assert text[1].startswith("MONITE_TOKEN<<ghadelimiter_")
+    delim = text[1].split("<<", 1)[1]
+    assert text[2] == token
+    assert text[3] == delim
+    assert text[4].startswith("MONITE_TOKEN_EXPIRES_AT<<")
+
+
+def test_github_format_outside_actions_is_a_config_error(env: dict[str, str]) -> None:
+    r = kc(env, "token", "--profile", "ci", "--format", "github")
+    assert r.returncode == 3
+    assert "GITHUB_ENV" in r.stderr
+    assert r.stdout == ""
+
+
+def test_wrong_secret_exits_5_naming_profile_and_source(env: dict[str, str]) -> None:
+    env["MONITE_CLIENT_SECRET"] = "wrong-secret-0000000000"
+    r = kc(env, "token", "--profile", "ci")
+    assert r.returncode == 5
+    assert "profile ci" in r.stderr
+    assert "MONITE_CLIENT_ID/MONITE_CLIENT_SECRET" in r.stderr
+    assert "wrong-secret-0000000000" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_malformed_config_exits_3_naming_the_key(env: dict[str, str], tmp_path: Path) -> None:
+    cfg = Path(env["KEYCOURIER_CONFIG"])
+    cfg.write_text(cfg.read_text().replace('environment = "sandbox"', 'environment = "prod"'))
+    r = kc(env, "token", "--profile", "ci")
+    assert r.returncode == 3
+    assert "profiles.ci.environment" in r.stderr
+    cfg.write_text(cfg.read_text() + 'client_secret = "oops-in-file"\n')
+    r = kc(env, "token", "--profile", "ci")
+    assert r.returncode == 3
+    assert "oops-in-file" not in r.stderr
+
+
+def test_missing_env_credentials_and_unknown_profile_exit_3(env: dict[str, str]) -> None:
+    env.pop("MONITE_CLIENT_SECRET")
+    r = kc(env, "token", "--profile", "ci")
+    assert r.returncode == 3
+    assert "MONITE_CLIENT_SECRET" in r.stderr
+    r = kc(env, "token", "--profile", "nope")
+    assert r.returncode == 3
+    assert "no profile named 'nope'" in r.stderr
+
+
+def test_upstream_outage_exits_6(env: dict[str, str], standin: RunningStandin) -> None:
+    standin.state.inject(503, count=50)
+    cfg = Path(env["KEYCOURIER_CONFIG"])
+    cfg.write_text(cfg.read_text() + "max_retries = 1\n")
+    r = kc(env, "token", "--profile", "ci", "--no-cache")
+    assert r.returncode == 6
+    assert "HTTP 503" in r.stderr
