@@ -1,0 +1,151 @@
+"""Encrypt and decrypt whole age files, as bytes or as streams."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import os
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from keycourier.age._format import (
+    FILE_KEY_SIZE,
+    MAGIC_PREFIX,
+    NONCE_SIZE,
+    ArmorDecoder,
+    ArmorEncoder,
+    Reader,
+    Stanza,
+    decrypt_payload,
+    encode_header,
+    encrypt_payload,
+    header_mac,
+    payload_key,
+    read_header,
+)
+from keycourier.age.errors import AgeUsageError, HeaderError, HmacError, NoMatchError
+from keycourier.age.recipients import (
+    SCRYPT_TYPE,
+    Identity,
+    Recipient,
+    ScryptRecipient,
+    check_stanza,
+)
+
+
+def _stanzas_for(recipients: Sequence[Recipient], file_key: bytes) -> list[Stanza]:
+    recipients = list(recipients)
+    if not recipients:
+        raise AgeUsageError("at least one recipient is required")
+    for r in recipients:
+        if not isinstance(r, Recipient):
+            raise AgeUsageError("recipients must be keycourier.age Recipient objects")
+    if any(isinstance(r, ScryptRecipient) for r in recipients) and len(recipients) > 1:
+        raise AgeUsageError("a passphrase cannot be combined with other recipients")
+    if len({r.post_quantum for r in recipients}) > 1:
+        raise AgeUsageError(
+            "post-quantum (age1pq1...) and classic recipients cannot be mixed in one file",
+            hints=["a classic recipient would undo the post-quantum protection"],
+        )
+    stanzas: list[Stanza] = []
+    for r in recipients:
+        stanzas.extend(r.wrap(file_key))
+    return stanzas
+
+
+def encrypt_stream_from_parts(
+    stanzas: Sequence[Stanza],
+    file_key: bytes,
+    nonce: bytes,
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    armor: bool = False,
+) -> None:
+    """Deterministic seam: write an age file from given stanzas, file key and nonce.
+
+    For tests and vectors only; real callers use ``encrypt_stream``, which draws
+    a fresh file key and nonce.
+    """
+    if len(file_key) != FILE_KEY_SIZE or len(nonce) != NONCE_SIZE:
+        raise AgeUsageError("the file key and nonce are 16 bytes each")
+    encoder = ArmorEncoder(dst) if armor else None
+    write = encoder.write if encoder is not None else dst.write
+    write(encode_header(list(stanzas), file_key) + nonce)
+    encrypt_payload(payload_key(file_key, nonce), src, write)
+    if encoder is not None:
+        encoder.close()
+
+
+def encrypt_stream(
+    recipients: Sequence[Recipient], src: BinaryIO, dst: BinaryIO, *, armor: bool = False
+) -> None:
+    """Encrypt ``src`` to ``dst`` for ``recipients``, one 64 KiB chunk at a time."""
+    file_key = os.urandom(FILE_KEY_SIZE)
+    stanzas = _stanzas_for(recipients, file_key)
+    encrypt_stream_from_parts(stanzas, file_key, os.urandom(NONCE_SIZE), src, dst, armor=armor)
+
+
+def encrypt(recipients: Sequence[Recipient], plaintext: bytes, *, armor: bool = False) -> bytes:
+    """Encrypt ``plaintext`` for ``recipients``; returns the (optionally armored) age file."""
+    out = io.BytesIO()
+    encrypt_stream(recipients, io.BytesIO(plaintext), out, armor=armor)
+    return out.getvalue()
+
+
+def _open_source(src: BinaryIO) -> Reader:
+    """Detect armor: a binary file starts with the age magic, anything else must be armor."""
+    raw = Reader(src)
+    start = raw.peek(len(MAGIC_PREFIX))
+    if not start or start == MAGIC_PREFIX:
+        return raw
+    return Reader(ArmorDecoder(raw))
+
+
+def unwrap_file_key(identities: Sequence[Identity], stanzas: Sequence[Stanza]) -> bytes:
+    """Check every stanza, then return the first file key an identity unwraps."""
+    for stanza in stanzas:
+        check_stanza(stanza)
+    if len(stanzas) > 1 and any(s.type == SCRYPT_TYPE for s in stanzas):
+        raise HeaderError("an scrypt stanza must be the only stanza in the header")
+    for identity in identities:
+        file_key = identity.unwrap(stanzas)
+        if file_key is not None:
+            if len(file_key) != FILE_KEY_SIZE:
+                raise HeaderError("the unwrapped file key has the wrong length")
+            return file_key
+    raise NoMatchError(
+        "no identity matched any of the file's recipients",
+        hints=["check that you use the right identity file or passphrase"],
+    )
+
+
+def decrypt_stream(identities: Sequence[Identity], src: BinaryIO, dst: BinaryIO) -> None:
+    """Decrypt ``src`` (binary or armored) to ``dst`` with bounded memory.
+
+    Plaintext is written one verified chunk at a time, so on a ``PayloadError``
+    ``dst`` holds a prefix of the plaintext: callers that need all-or-nothing
+    must discard ``dst`` on error (``decrypt`` and the CLI do).
+    """
+    identities = list(identities)
+    if not identities:
+        raise AgeUsageError("at least one identity or passphrase is required")
+    for ident in identities:
+        if not isinstance(ident, Identity):
+            raise AgeUsageError("identities must be keycourier.age Identity objects")
+    reader = _open_source(src)
+    header = read_header(reader)
+    file_key = unwrap_file_key(identities, header.stanzas)
+    if not hmac.compare_digest(header_mac(file_key, header.mac_input), header.mac):
+        raise HmacError("the age header MAC does not match: the header was changed")
+    nonce = reader.read(NONCE_SIZE)
+    if len(nonce) != NONCE_SIZE:
+        raise HeaderError("the age file is truncated (no payload nonce)")
+    decrypt_payload(payload_key(file_key, nonce), reader, dst.write)
+
+
+def decrypt(identities: Sequence[Identity], data: bytes) -> bytes:
+    """Decrypt a whole age file (binary or armored); all-or-nothing."""
+    out = io.BytesIO()
+    decrypt_stream(identities, io.BytesIO(data), out)
+    return out.getvalue()

@@ -1,0 +1,390 @@
+"""The age v1 wire format: header, ASCII armor and the STREAM payload.
+
+Everything here works on streams with bounded buffers: the header is capped
+at ``MAX_HEADER_BYTES`` and the payload is processed one 64 KiB chunk at a
+time, so memory does not grow with the size of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Final, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from keycourier.age._encoding import b64decode, b64decode_padded, b64encode
+from keycourier.age.errors import ArmorError, HeaderError, PayloadError
+
+VERSION_LINE: Final = b"age-encryption.org/v1\n"
+MAGIC_PREFIX: Final = b"age-encryption.org/"
+MAX_HEADER_BYTES: Final = 4 * 1024 * 1024
+FILE_KEY_SIZE: Final = 16
+NONCE_SIZE: Final = 16
+CHUNK_SIZE: Final = 64 * 1024
+TAG_SIZE: Final = 16
+ENC_CHUNK_SIZE: Final = CHUNK_SIZE + TAG_SIZE
+_MAX_CHUNKS: Final = 1 << 88
+
+ARMOR_BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
+ARMOR_END: Final = b"-----END AGE ENCRYPTED FILE-----"
+_ARMOR_WS: Final = b" \t\r\n"
+_ARMOR_MAX_WS: Final = 1024
+_ARMOR_LINE: Final = 64
+_ARMOR_BYTES_PER_LINE: Final = 48
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Reader:
+    """A small buffered reader over anything with ``read(n)``: lines, exact reads, peeks."""
+
+    __slots__ = ("_buf", "_eof", "_src")
+
+    def __init__(self, src: _Readable) -> None:
+        self._src = src
+        self._buf = bytearray()
+        self._eof = False
+
+    def _fill(self, want: int) -> None:
+        while len(self._buf) < want and not self._eof:
+            data = self._src.read(max(want - len(self._buf), CHUNK_SIZE))
+            if not data:
+                self._eof = True
+            else:
+                self._buf += data
+
+    def peek(self, n: int) -> bytes:
+        self._fill(n)
+        return bytes(self._buf[:n])
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to ``n`` bytes; fewer only at end of input."""
+        if n < 0:
+            raise ValueError("Reader.read needs a size")
+        if not self._buf and n >= CHUNK_SIZE and not self._eof:
+            # Fast path for the payload: hand over the source's buffer directly.
+            out = bytearray()
+            while len(out) < n:
+                data = self._src.read(n - len(out))
+                if not data:
+                    self._eof = True
+                    break
+                out += data
+            return bytes(out)
+        self._fill(n)
+        out_b = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out_b
+
+    def readline(self, limit: int) -> bytes:
+        """A line including its LF, at most ``limit`` bytes (then possibly without LF)."""
+        start = 0
+        while True:
+            idx = self._buf.find(b"\n", start)
+            if idx >= 0 and idx < limit:
+                line = bytes(self._buf[: idx + 1])
+                del self._buf[: idx + 1]
+                return line
+            if len(self._buf) >= limit or self._eof:
+                line = bytes(self._buf[:limit])
+                del self._buf[:limit]
+                return line
+            start = len(self._buf)
+            self._fill(len(self._buf) + 1)
+
+
+# -- header ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stanza:
+    """One recipient stanza: its type, its other arguments and its raw body."""
+
+    type: str
+    args: tuple[str, ...]
+    body: bytes
+
+    def encode(self) -> bytes:
+        words = [self.type, *self.args]
+        for word in words:
+            if not word or any(not 0x21 <= ord(c) <= 0x7E for c in word):
+                raise ValueError("stanza arguments must be non-empty printable ASCII")
+        out = bytearray(b"-> " + " ".join(words).encode("ascii") + b"\n")
+        encoded = b64encode(self.body)
+        for i in range(0, len(encoded) + 1, 64):
+            out += encoded[i : i + 64] + b"\n"  # the final line may be empty
+        return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    stanzas: tuple[Stanza, ...]
+    mac: bytes
+    mac_input: bytes  # the exact bytes from the version line through "---"
+
+
+def _is_vchar_arg(arg: bytes) -> bool:
+    return bool(arg) and all(0x21 <= b <= 0x7E for b in arg)
+
+
+def read_header(reader: Reader) -> Header:
+    """Parse an age header strictly, from the version line through the MAC line."""
+    raw = bytearray()
+
+    def line() -> bytes:
+        remaining = MAX_HEADER_BYTES - len(raw)
+        if remaining <= 0:
+            raise HeaderError("the age header is too large")
+        got = reader.readline(remaining)
+        if not got.endswith(b"\n"):
+            if len(got) >= remaining:
+                raise HeaderError("the age header is too large")
+            raise HeaderError("the age header is truncated")
+        return got
+
+    first = line()
+    if first != VERSION_LINE:
+        if first.startswith(MAGIC_PREFIX):
+            raise HeaderError("unsupported age format version")
+        raise HeaderError("not an age file (bad version line)")
+    raw += first
+    stanzas: list[Stanza] = []
+    current = line()
+    while True:
+        if current.startswith(b"--- "):
+            mac_text = current[4:-1]
+            if len(mac_text) != 43:
+                raise HeaderError("malformed header MAC line")
+            try:
+                mac = b64decode(mac_text)
+            except ValueError:
+                raise HeaderError("malformed header MAC line") from None
+            raw += b"---"
+            if not stanzas:
+                raise HeaderError("the age header has no recipient stanza")
+            return Header(tuple(stanzas), mac, bytes(raw))
+        if not current.startswith(b"-> "):
+            raise HeaderError("malformed age header line")
+        raw += current
+        words = current[3:-1].split(b" ")
+        if not all(_is_vchar_arg(w) for w in words):
+            raise HeaderError("malformed recipient stanza arguments")
+        body = bytearray()
+        while True:
+            body_line = line()
+            raw += body_line
+            text = body_line[:-1]
+            if len(text) > 64:
+                raise HeaderError("stanza body line is too long")
+            try:
+                body += b64decode(text)
+            except ValueError:
+                raise HeaderError("malformed stanza body encoding") from None
+            if len(text) < 64:
+                break
+        decoded = [w.decode("ascii") for w in words]
+        stanzas.append(Stanza(decoded[0], tuple(decoded[1:]), bytes(body)))
+        current = line()
+
+
+def header_mac(file_key: bytes, mac_input: bytes) -> bytes:
+    return hmac.new(hkdf(file_key, b"", b"header"), mac_input, hashlib.sha256).digest()
+
+
+def encode_header(stanzas: list[Stanza], file_key: bytes) -> bytes:
+    if not stanzas:
+        raise ValueError("at least one stanza is needed")
+    mac_input = VERSION_LINE + b"".join(s.encode() for s in stanzas) + b"---"
+    return mac_input + b" " + b64encode(header_mac(file_key, mac_input)) + b"\n"
+
+
+# -- armor -------------------------------------------------------------------------
+
+
+class ArmorDecoder:
+    """Strict streaming PEM decoder; ``read(n)`` yields the binary age file."""
+
+    __slots__ = ("_done", "_last_seen", "_pending", "_reader")
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+        self._pending = bytearray()
+        self._done = False
+        self._last_seen = False
+        skipped = 0
+        while True:
+            b = reader.peek(1)
+            if not b or b not in _ARMOR_WS:
+                break
+            reader.read(1)
+            skipped += 1
+            if skipped > _ARMOR_MAX_WS:
+                raise ArmorError("too much whitespace before the armor")
+        begin = reader.readline(len(ARMOR_BEGIN) + 2)
+        if begin not in (ARMOR_BEGIN + b"\n", ARMOR_BEGIN + b"\r\n"):
+            raise ArmorError("not an age file: no age header and no age armor")
+
+    def _next_line(self) -> None:
+        raw = self._reader.readline(_ARMOR_LINE + 2)
+        if raw.endswith(b"\r\n"):
+            content, eol = raw[:-2], True
+        elif raw.endswith(b"\n"):
+            content, eol = raw[:-1], True
+        else:
+            content, eol = raw, False
+        if content == ARMOR_END:
+            rest = self._reader.read(_ARMOR_MAX_WS + 1)
+            if rest and (not eol or rest.strip(_ARMOR_WS) or len(rest) > _ARMOR_MAX_WS):
+                raise ArmorError("unexpected data after the armor")
+            self._done = True
+            return
+        if self._last_seen:
+            raise ArmorError("armor data after the last line, or a missing end line")
+        if not eol:
+            raise ArmorError("the armor is truncated (no end line)")
+        if not content or len(content) > _ARMOR_LINE:
+            raise ArmorError("armor lines must be 1 to 64 characters")
+        if len(content) < _ARMOR_LINE or content.endswith(b"="):
+            self._last_seen = True
+        try:
+            self._pending += b64decode_padded(content)
+        except ValueError:
+            raise ArmorError("invalid base64 in the armor") from None
+
+    def read(self, n: int = -1, /) -> bytes:
+        while len(self._pending) < n and not self._done:
+            self._next_line()
+        out = bytes(self._pending[:n])
+        del self._pending[:n]
+        return out
+
+
+class ArmorEncoder:
+    """Write-side armor: 64-column padded base64 between the BEGIN and END lines."""
+
+    __slots__ = ("_dst", "_rest")
+
+    def __init__(self, dst: BinaryIO) -> None:
+        self._dst = dst
+        self._rest = b""
+        dst.write(ARMOR_BEGIN + b"\n")
+
+    def write(self, data: bytes) -> None:
+        import binascii
+
+        data = self._rest + data
+        full = len(data) - len(data) % _ARMOR_BYTES_PER_LINE
+        out = bytearray()
+        for i in range(0, full, _ARMOR_BYTES_PER_LINE):
+            out += binascii.b2a_base64(data[i : i + _ARMOR_BYTES_PER_LINE])
+        self._rest = data[full:]
+        if out:
+            self._dst.write(bytes(out))
+
+    def close(self) -> None:
+        import binascii
+
+        if self._rest:
+            self._dst.write(binascii.b2a_base64(self._rest))
+        self._dst.write(ARMOR_END + b"\n")
+
+
+# -- STREAM ------------------------------------------------------------------------
+
+
+def _nonce(counter: int, last: bool) -> bytes:
+    if counter >= _MAX_CHUNKS:
+        raise PayloadError("the payload has too many chunks")
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def payload_key(file_key: bytes, nonce: bytes) -> bytes:
+    return hkdf(file_key, nonce, b"payload")
+
+
+def read_exact(src: _Readable, n: int) -> bytes:
+    out = src.read(n)
+    if len(out) == n or not out:
+        return out
+    parts = bytearray(out)
+    while len(parts) < n:
+        more = src.read(n - len(parts))
+        if not more:
+            break
+        parts += more
+    return bytes(parts)
+
+
+def encrypt_payload(key: bytes, src: _Readable, write: Callable[[bytes], object]) -> None:
+    """Encrypt ``src`` chunk by chunk; a full final chunk is allowed, as in age."""
+    aead = ChaCha20Poly1305(key)
+    counter = 0
+    chunk = read_exact(src, CHUNK_SIZE)
+    while True:
+        following = read_exact(src, CHUNK_SIZE) if len(chunk) == CHUNK_SIZE else b""
+        last = not following
+        write(aead.encrypt(_nonce(counter, last), chunk, None))
+        if last:
+            return
+        chunk = following
+        counter += 1
+
+
+def decrypt_payload(key: bytes, reader: _Readable, write: Callable[[bytes], object]) -> None:
+    """Decrypt and release one verified chunk at a time; raise on any STREAM violation.
+
+    A full-size chunk may be final or not: like the reference implementation,
+    try the non-final nonce first, then the final one, and then insist on
+    what must follow (more chunks, or the end of the input).
+    """
+    aead = ChaCha20Poly1305(key)
+
+    def open_chunk(counter: int, chunk: bytes, last: bool) -> bytes | None:
+        try:
+            return aead.decrypt(_nonce(counter, last), chunk, None)
+        except InvalidTag:
+            return None
+
+    counter = 0
+    buf = read_exact(reader, ENC_CHUNK_SIZE + 1)
+    if not buf:
+        raise PayloadError("the payload has no chunks")
+    while True:
+        more = len(buf) > ENC_CHUNK_SIZE
+        chunk = buf[:ENC_CHUNK_SIZE] if more else buf
+        if len(chunk) < TAG_SIZE:
+            raise PayloadError("the payload is truncated")
+        if len(chunk) == ENC_CHUNK_SIZE:
+            plain = open_chunk(counter, chunk, False)
+            if plain is not None:
+                write(plain)
+                if not more:
+                    raise PayloadError("the payload is truncated (no final chunk)")
+                counter += 1
+                carry = buf[ENC_CHUNK_SIZE:]
+                buf = carry + read_exact(reader, ENC_CHUNK_SIZE + 1 - len(carry))
+                continue
+        plain = open_chunk(counter, chunk, True)
+        if plain is None:
+            raise PayloadError("the payload was changed or truncated")
+        if not plain and counter > 0:
+            raise PayloadError("the final payload chunk is empty")
+        write(plain)
+        if more:
+            raise PayloadError("unexpected data after the final payload chunk")
+        return
