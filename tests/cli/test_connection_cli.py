@@ -1,0 +1,467 @@
+"""``keycourier connection ...`` end to end: real subprocesses, the composed platform stand-in.
+
+The token comes from the token helper (client credentials in the
+environment, minted at the stand-in's token endpoint, cached 0600); every
+state change lands in a real SQLite ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from keycourier.cli.connection_cmd import connection
+from tests.support.connections_standin import RunningPlatform, start_platform
+
+ENTITY = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+ORG = "7d1e6a52-3c1b-4b8e-9f0e-2a6c5d4e3f21"
+CLIENT_ID = str(uuid.UUID(int=0xC0FFEE))
+CLIENT_SECRET = "cli-secret-" + "y" * 24
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Env:
+    platform: RunningPlatform
+    env: dict[str, str]
+    tmp: Path
+
+    def run(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> Run:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keycourier", *args],
+            env=self.env,
+            input=stdin if stdin is not None else b"",
+            capture_output=True,
+            timeout=timeout,
+            cwd=self.tmp,
+            check=False,
+        )
+        return Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    def monite(self, *args: str) -> Run:
+        return self.run("connection", *args, "--profile", "m", "--entity", ENTITY)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Env]:
+    platform = start_platform({CLIENT_ID: CLIENT_SECRET})
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"""
+[profiles.m]
+dialect = "monite"
+base_url = "{platform.monite_base}"
+environment = "sandbox"
+version = "2024-05-25"
+client_id_env = "KC_TEST_CLIENT_ID"
+client_secret_env = "KC_TEST_CLIENT_SECRET"
+
+[profiles.t]
+dialect = "tesouro"
+base_url = "{platform.root}"
+environment = "sandbox"
+version = "2025-06-23"
+version_header = "x-finops-version"
+client_id_env = "KC_TEST_CLIENT_ID"
+client_secret_env = "KC_TEST_CLIENT_SECRET"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "KEYCOURIER_"))}
+    env.update(
+        {
+            "HOME": str(tmp_path),
+            "XDG_CONFIG_HOME": str(tmp_path / ".config"),
+            "XDG_DATA_HOME": str(tmp_path / ".local"),
+            "XDG_CACHE_HOME": str(tmp_path / ".cache"),
+            "KEYCOURIER_CONFIG": str(cfg),
+            "KEYCOURIER_LEDGER": str(tmp_path / "ledger.db"),
+            "KC_TEST_CLIENT_ID": CLIENT_ID,
+            "KC_TEST_CLIENT_SECRET": CLIENT_SECRET,
+            "PYTHONPATH": str(ROOT / "src"),
+        }
+    )
+    env.pop("XDG_RUNTIME_DIR", None)
+    try:
+        yield Env(platform, env, tmp_path)
+    finally:
+        platform.stop()
+
+
+def authorize(url: str, platform: str = "xero") -> str:
+    with urllib.request.urlopen(f"{url}&platform={platform}", timeout=10) as resp:  # noqa: S310
+        return str(resp.read().decode())
+
+
+def ledger_events(world: Env) -> list[dict[str, Any]]:
+    """The connection events in the ledger, as the auditor's CLI exports them."""
+    run = world.run("audit", "show", "--json")
+    assert run.code == 0, run.err
+    doc = run.json()
+    items = doc["events"] if isinstance(doc, dict) else doc
+    return [e for e in items if str(e["type"]).startswith("connection_")]
+
+
+def test_full_flow_monite(world: Env) -> None:
+    listed = world.monite("list")
+    assert listed.code == 0, listed.err
+    assert "no accounting connections" in listed.err
+
+    created = world.run("connection", "create", "--profile", "m", "--entity", ENTITY, "--json")
+    assert created.code == 0, created.err
+    doc = created.json()
+    cid = doc["connection"]["id"]
+    url = doc["connection"]["connection_url"]
+    assert doc["connection"]["status"] == "pending_auth"
+    assert doc["recorded"][0]["event"] == "connection_created"
+    assert CLIENT_SECRET not in created.out + created.err
+
+    # While one is active, a second create is refused with the existing one's details.
+    refused = world.monite("create")
+    assert refused.code == 7
+    assert cid in refused.err
+    assert "status pending_auth" in refused.err
+    assert "--replace" in refused.err
+
+    # Hand the URL to the user, who authorizes QuickBooks.
+    assert authorize(url, "quickbooks") == "connected to quickbooks\n"
+    waited = world.run(
+        "connection",
+        "wait",
+        cid,
+        "--profile",
+        "m",
+        "--entity",
+        ENTITY,
+        "--timeout",
+        "20s",
+        "--poll-interval",
+        "100ms",
+    )
+    assert waited.code == 0, waited.err
+    assert waited.out == "quickbooks\n"
+    assert "connection_connected" in waited.err
+
+    got = world.run("connection", "get", cid, "--profile", "m", "--entity", ENTITY, "--json")
+    assert got.code == 0
+    assert got.json()["status"] == "connected"
+    assert got.json()["platform"] == "quickbooks"
+
+    # --replace with no terminal and no --yes: refused, nothing changes.
+    no_tty = world.monite("create", "--replace")
+    assert no_tty.code == 7
+    assert "--yes" in no_tty.err
+    assert world.platform.connections.status_of(cid) == "connected"
+
+    replaced = world.run(
+        "connection", "create", "--profile", "m", "--entity", ENTITY, "--replace", "--yes", "--json"
+    )
+    assert replaced.code == 0, replaced.err
+    rdoc = replaced.json()
+    new_id = rdoc["connection"]["id"]
+    assert [c["id"] for c in rdoc["replaced"]] == [cid]
+    assert [r["event"] for r in rdoc["recorded"]] == [
+        "connection_disconnected",
+        "connection_created",
+    ]
+    assert world.platform.connections.status_of(cid) == "disconnected"
+
+    gone = world.run("connection", "disconnect", new_id, "--profile", "m", "--entity", ENTITY)
+    assert gone.code == 0, gone.err
+    assert "status: disconnected" in gone.out
+
+    # Re-create after disconnect is allowed.
+    again = world.monite("create")
+    assert again.code == 0, again.err
+    assert "connection_url: http://127.0.0.1:" in again.out
+
+    table = world.monite("list")
+    assert table.code == 0
+    assert len(table.out.strip().splitlines()) == 3
+
+    events = ledger_events(world)
+    kinds = [e["type"] for e in events]
+    assert kinds == [
+        "connection_created",
+        "connection_connected",
+        "connection_disconnected",
+        "connection_created",
+        "connection_disconnected",
+        "connection_created",
+    ]
+    first = events[0]["data"]
+    assert first["entity_id"] == ENTITY
+    assert first["connection_id"] == cid
+    assert CLIENT_SECRET not in json.dumps(events)
+    # One token was minted and reused through the 0600 file cache.
+    assert len(world.platform.auth.issued) == 1
+
+
+def test_tesouro_dialect_through_the_cli(world: Env) -> None:
+    created = world.run("connection", "create", "--profile", "t", "--organization", ORG, "--json")
+    assert created.code == 0, created.err
+    cid = created.json()["connection"]["id"]
+    world.platform.connections.authorize(cid, "xero")
+    waited = world.run(
+        "connection",
+        "wait",
+        cid,
+        "--profile",
+        "t",
+        "--organization",
+        ORG,
+        "--timeout",
+        "10s",
+        "--poll-interval",
+        "100ms",
+    )
+    assert waited.code == 0, waited.err
+    assert waited.out == "xero\n"
+    seen = [r for r in world.platform.connections.requests if "accounting" in r.path]
+    assert seen
+    assert all(r.path.startswith("/v1/accounting-connections") for r in seen)
+    assert all(r.headers["x-finops-version"] == "2025-06-23" for r in seen)
+    assert all(r.headers["x-organization-id"] == ORG for r in seen)
+    assert all(r.headers["authorization"] == "Bearer ****" for r in seen)
+
+
+def test_wait_exit_codes(world: Env) -> None:
+    def fresh() -> str:
+        r = world.run(
+            "connection", "create", "--profile", "m", "--entity", str(uuid.uuid4()), "--json"
+        )
+        assert r.code == 0, r.err
+        return str(r.json()["connection"]["id"])
+
+    state = world.platform.connections
+
+    def wait(cid: str, timeout: str = "10s") -> Run:
+        entity = state.connections[cid].scope_id
+        return world.run(
+            "connection",
+            "wait",
+            cid,
+            "--profile",
+            "m",
+            "--entity",
+            entity,
+            "--timeout",
+            timeout,
+            "--poll-interval",
+            "100ms",
+        )
+
+    timed_out = fresh()
+    r = wait(timed_out, "300ms")
+    assert r.code == 6
+    assert "still pending_auth after the timeout" in r.err
+
+    deauth = fresh()
+    state.authorize(deauth, "xero")
+    state.deauthorize(deauth)
+    r = wait(deauth)
+    assert r.code == 5
+    assert "deauthorized in xero" in r.err
+
+    broken = fresh()
+    state.report_error(broken, "Xero rejected the app keys")
+    r = wait(broken)
+    assert r.code == 7
+    assert "Xero rejected the app keys" in r.err
+
+    dropped = fresh()
+    entity = state.connections[dropped].scope_id
+    assert (
+        world.run("connection", "disconnect", dropped, "--profile", "m", "--entity", entity).code
+        == 0
+    )
+    r = wait(dropped)
+    assert r.code == 7
+    assert "is disconnected" in r.err
+
+
+def test_ids_are_validated_before_any_request(world: Env) -> None:
+    r = world.run("connection", "list", "--profile", "m", "--entity", "not-a-uuid")
+    assert r.code == 2
+    assert "entity ID 'not-a-uuid' is not a UUID" in r.err
+    r = world.run("connection", "get", "1234", "--profile", "m", "--entity", ENTITY)
+    assert r.code == 2
+    assert "connection ID '1234' is not a UUID" in r.err
+    r = world.run(
+        "connection",
+        "wait",
+        str(uuid.uuid4()),
+        "--profile",
+        "m",
+        "--entity",
+        ENTITY,
+        "--timeout",
+        "2d",
+    )
+    assert r.code == 2
+    assert world.platform.connections.requests == []
+    assert world.platform.auth.token_calls == 0
+
+
+def test_platform_errors_in_plain_words(world: Env) -> None:
+    state = world.platform.connections
+    state.inject(
+        422,
+        body={
+            "detail": [
+                {
+                    "loc": ["body", "platform"],
+                    "msg": "value is not a valid enumeration member",
+                    "type": "type_error.enum",
+                }
+            ]
+        },
+        method="POST",
+    )
+    r = world.monite("create")
+    assert r.code == 2
+    assert "platform: value is not a valid enumeration member" in r.err
+    assert "Traceback" not in r.err
+    r = world.run("connection", "get", str(uuid.uuid4()), "--profile", "m", "--entity", ENTITY)
+    assert r.code == 2
+    assert "Accounting connection not found" in r.err
+    state.inject(429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "1"})
+    started = time.monotonic()
+    r = world.monite("list")
+    assert r.code == 0, r.err
+    assert time.monotonic() - started >= 1.0
+    state.inject(429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "600"})
+    r = world.monite("list")
+    assert r.code == 6
+    assert "asks to wait 600 s" in r.err
+
+
+def test_token_refresh_after_401(world: Env) -> None:
+    assert world.monite("list").code == 0
+    with world.platform.auth.lock:
+        world.platform.auth.issued.clear()  # the platform revokes the cached token
+    r = world.monite("list")
+    assert r.code == 0, r.err
+    assert len(world.platform.auth.issued) == 1
+    statuses = [r.path for r in world.platform.connections.requests]
+    assert len(statuses) == 3
+
+
+def test_bad_client_credentials_are_an_auth_error(world: Env) -> None:
+    world.env["KC_TEST_CLIENT_SECRET"] = "wrong-secret-" + "z" * 20
+    r = world.monite("list")
+    assert r.code == 5
+    assert "wrong-secret" not in r.err
+
+
+def test_token_file_instead_of_the_helper(world: Env) -> None:
+    token_file = world.tmp / "token"
+    token_file.write_text("fixed-token-for-ci\n")
+    world.platform.connections.accept_token("fixed-token-for-ci")
+    r = world.run(
+        "connection",
+        "list",
+        "--profile",
+        "m",
+        "--entity",
+        ENTITY,
+        "--token-file",
+        str(token_file),
+        "--json",
+    )
+    assert r.code == 0, r.err
+    assert r.json() == {"data": []}
+    assert world.platform.auth.token_calls == 0
+    world.platform.connections.revoke_token("fixed-token-for-ci")
+    r = world.run(
+        "connection",
+        "list",
+        "--profile",
+        "m",
+        "--entity",
+        ENTITY,
+        "--token-file",
+        "-",
+        stdin=b"fixed-token-for-ci\n",
+    )
+    assert r.code == 5
+    assert "even after a fresh token" in r.err
+    assert "fixed-token-for-ci" not in r.err
+
+
+def test_replace_asks_on_a_terminal(world: Env) -> None:
+    first = world.monite("create")
+    assert first.code == 0
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keycourier",
+            "connection",
+            "create",
+            "--profile",
+            "m",
+            "--entity",
+            ENTITY,
+            "--replace",
+        ],
+        env=world.env,
+        stdin=slave,
+        stderr=slave,
+        stdout=subprocess.PIPE,
+        cwd=world.tmp,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"Disconnect it and create a new one?" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                seen += os.read(master, 4096)
+        assert b"active connection:" in seen
+        os.write(master, b"y\n")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"connection_id:" in out
+    statuses = sorted(c.status for c in world.platform.connections.connections.values())
+    assert statuses == ["disconnected", "pending_auth"]
+
+
+def test_help_has_examples() -> None:
+    runner = CliRunner()
+    for name in ["create", "list", "get", "disconnect", "wait"]:
+        result = runner.invoke(connection, [name, "--help"])
+        assert result.exit_code == 0
+        assert "Example:" in result.output
+        assert "--entity" in result.output
+    assert "5 deauthorized" in runner.invoke(connection, ["wait", "--help"]).output
