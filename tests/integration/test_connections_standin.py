@@ -293,3 +293,59 @@ def test_standalone_runner(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     assert proc.returncode == 0
+
+
+def test_standalone_runner_with_token_endpoints(tmp_path: Path) -> None:
+    """The demo's set-up: token routes and connection routes in one process."""
+    import json
+
+    client_id = "6a1f3c8e-2b4d-4e5f-8a9b-0c1d2e3f4a5b"
+    secret = "demo-secret-" + "q" * 20
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps({client_id: secret}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.connections_standin",
+            "--port",
+            "0",
+            "--clients-file",
+            str(clients),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip().removeprefix("url=")
+        root = proc.stdout.readline().decode().strip().removeprefix("root=")
+        assert url == root + "/v1"
+        request = urllib.request.Request(  # noqa: S310 - loopback stand-in
+            url + "/auth/token",
+            data=json.dumps(
+                {
+                    "grant_type": "client_credentials",
+                    "client_id": client_id,
+                    "client_secret": secret,
+                }
+            ).encode(),
+            headers={"content-type": "application/json", "x-monite-version": "2024-05-25"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            token = json.loads(resp.read())["access_token"]
+        client = ConnectionClient(endpoint(url, "monite"), StaticTokenSource(Secret(token)))
+        conn = create_connection(client, ENTITY).connection
+        assert open_url(conn.connection_url) == "connected to xero\n"
+        assert client.get(ENTITY, conn.id).ready
+        bad = ConnectionClient(endpoint(url, "monite"), StaticTokenSource(Secret("made-up")))
+        with pytest.raises(AuthError):
+            bad.list(ENTITY)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0

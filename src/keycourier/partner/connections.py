@@ -163,6 +163,7 @@ class Endpoint:
     version_header: str
     version: str  # YYYY-MM-DD
     profile: str = "default"
+    timeout: float = 30.0  # seconds per HTTP request
 
     @property
     def spec(self) -> DialectSpec:
@@ -176,6 +177,7 @@ def make_endpoint(
     version: str,
     version_header: str | None = None,
     profile: str = "default",
+    timeout: float = 30.0,
 ) -> Endpoint:
     """Validate the pieces of an endpoint (they come from a config file or flags)."""
     try:
@@ -192,12 +194,15 @@ def make_endpoint(
         )
     if not _DATE_RE.match(version):
         raise ConfigError(f"profile {profile}: API version must be a date, YYYY-MM-DD")
+    if not 0 < timeout <= 300:
+        raise ConfigError(f"profile {profile}: timeout must be between 0 and 300 seconds")
     return Endpoint(
         dialect=parsed_dialect,
         base_url=check_base_url(base_url, profile),
         version_header=header,
         version=version,
         profile=profile,
+        timeout=timeout,
     )
 
 
@@ -558,7 +563,10 @@ class UrllibTransport:
             def redirect_request(self, *args: object, **kwargs: object) -> None:
                 return None
 
-        opener = urllib.request.build_opener(_NoRedirect)
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if (urlsplit(url).hostname or "") in _LOOPBACK_HOSTS:
+            handlers.append(urllib.request.ProxyHandler({}))  # loopback never via a proxy
+        opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))  # noqa: S310 - URL validated by check_base_url
         try:
             with opener.open(request, timeout=self._timeout) as resp:
@@ -635,7 +643,7 @@ class ConnectionClient:
     ) -> None:
         self.endpoint = endpoint
         self._tokens = tokens
-        self._transport: Transport = transport or UrllibTransport()
+        self._transport: Transport = transport or UrllibTransport(endpoint.timeout)
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._now = now
@@ -1076,6 +1084,7 @@ def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
         version=profile.version,
         version_header=profile.version_header,
         profile=name,
+        timeout=profile.timeout,
     )
 
 
