@@ -1,0 +1,470 @@
+"""The SQLite ledger: append-only, hash-chained, checkpoints signed with Ed25519.
+
+Layout (schema version 1):
+
+- ``meta(key, value)``: ``schema_version``, ``ledger_id`` (random, names this
+  ledger in Vault records), ``public_key`` (hex Ed25519 checkpoint key),
+  ``created_at``.
+- ``events(seq, body, prev_hash, hash)``: the chain. ``body`` is the
+  canonical JSON of the event (see ``chain.py``); bundle and fingerprint
+  look-ups use expression indexes over it, so there is no second copy of a
+  field that could disagree with the hashed body. Triggers refuse UPDATE
+  and DELETE.
+- ``checkpoints(seq, head_hash, signed_at, signature)``: signed chain heads,
+  append-only as well.
+- ``delivery(seq, status, path, version, detail)``: where each event stands
+  with Vault (pending / recorded / disabled). Deliberately outside the chain:
+  it changes when ``sync`` runs, and ``audit verify --vault`` re-checks it
+  against Vault itself.
+
+The checkpoint signing key is a 0600 file beside the ledger
+(``<ledger>.key``), created with it; its public half is in ``meta``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from keycourier.errors import ConfigError, IntegrityError, UnavailableError
+from keycourier.ledger import chain
+from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
+
+SCHEMA_VERSION = 1
+CHECKPOINT_EVERY = 1000
+KEY_HEADER = "keycourier-ledger-key-v1"
+
+_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger checkpoints are append-only'); END;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    events: int
+    checkpoints: int
+    head_seq: int
+    head_hash: str
+    public_key: str
+    unsigned_tail: int  # events after the last checkpoint
+    first_break: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_break is None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    stored: StoredEvent
+    path: str | None
+    version: int | None
+
+
+def key_path_for(ledger_path: Path) -> Path:
+    return ledger_path.with_name(ledger_path.name + ".key")
+
+
+def _now() -> str:
+    return chain.format_time(datetime.now(UTC))
+
+
+class SqliteLedger:
+    """One ledger file. Not thread-safe: use it from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        import sqlite_utils
+
+        self.path = path
+        fresh = not path.exists()
+        if fresh:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create the ledger directory {path.parent}: {exc.strerror}"
+                ) from None
+        try:
+            self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the ledger {path}: {exc}") from None
+        if fresh:
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)
+        self.db = sqlite_utils.Database(self.conn)
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 10000")
+            self.db.enable_wal()
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise ConfigError(f"{path} is not a usable keycourier ledger: {exc}") from None
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        self.ledger_id: str = meta["ledger_id"]
+        self.public_key: str = meta["public_key"]
+        self._signing_key: bytes | None = None
+        self.appended_since_checkpoint = 0
+
+    # -- schema ---------------------------------------------------------------------
+
+    def _schema_version(self) -> int:
+        if "meta" not in self.db.table_names():
+            return 0
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return int(row[0]) if row else 0
+        except ValueError:
+            raise ConfigError(f"{self.path}: the ledger's schema version is not a number") from None
+
+    def _migrate(self) -> None:
+        version = self._schema_version()
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} has ledger schema version {version}, newer than this keycourier "
+                f"knows ({SCHEMA_VERSION})",
+                hints=["upgrade keycourier; it never downgrades or rewrites a newer ledger"],
+            )
+        if version == SCHEMA_VERSION:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._schema_version() == 0:
+                self._create_v1()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _create_v1(self) -> None:
+        from nacl.signing import SigningKey
+
+        db = self.db
+        db.table("meta").create({"key": str, "value": str}, pk="key")
+        db.table("events").create(
+            {"seq": int, "body": str, "prev_hash": str, "hash": str},
+            pk="seq",
+            not_null={"body", "prev_hash", "hash"},
+        )
+        db.table("checkpoints").create(
+            {"seq": int, "head_hash": str, "signed_at": str, "signature": str},
+            pk="seq",
+            not_null={"head_hash", "signed_at", "signature"},
+        )
+        db.table("delivery").create(
+            {"seq": int, "status": str, "path": str, "version": int, "detail": str},
+            pk="seq",
+            not_null={"status"},
+        )
+        self.conn.execute("CREATE INDEX events_bundle ON events(json_extract(body, '$.bundle_id'))")
+        self.conn.execute(
+            "CREATE INDEX events_fingerprint ON events(json_extract(body, '$.fingerprint'))"
+        )
+        db.table("delivery").create_index(["status"])
+        db.table("delivery").create_index(["path", "version"])
+        for stmt in _TRIGGERS.strip().split("END;"):
+            if stmt.strip():
+                self.conn.execute(stmt + "END;")
+        key_path = key_path_for(self.path)
+        seed = secrets.token_bytes(32)
+        try:
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(
+                f"{key_path} already exists but the ledger {self.path} is new",
+                hints=["move the stale key file away; it belongs to another ledger"],
+            ) from None
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(f"{KEY_HEADER}\n{seed.hex()}\n")
+        public = SigningKey(seed).verify_key.encode().hex()
+        db.table("meta").insert_all(
+            [
+                {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                {"key": "ledger_id", "value": secrets.token_hex(8)},
+                {"key": "public_key", "value": public},
+                {"key": "created_at", "value": _now()},
+            ]
+        )
+
+    # -- keys -----------------------------------------------------------------------
+
+    def _key(self) -> bytes:
+        if self._signing_key is None:
+            from nacl.signing import SigningKey
+
+            key_path = key_path_for(self.path)
+            try:
+                text = key_path.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError):
+                raise ConfigError(
+                    f"cannot read the ledger checkpoint key {key_path}",
+                    hints=["it is created with the ledger; restore it from backup"],
+                ) from None
+            lines = text.split()
+            try:
+                seed = (
+                    bytes.fromhex(lines[1]) if len(lines) == 2 and lines[0] == KEY_HEADER else b""
+                )
+            except ValueError:
+                seed = b""
+            if len(seed) != 32:
+                raise ConfigError(f"{key_path} is not a keycourier ledger key")
+            if SigningKey(seed).verify_key.encode().hex() != self.public_key:
+                raise IntegrityError(f"{key_path} does not match the ledger's public key")
+            self._signing_key = seed
+        return self._signing_key
+
+    # -- writing --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise UnavailableError(f"the ledger {self.path} is busy: {exc}") from None
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def head(self) -> tuple[int, str]:
+        row = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, chain.GENESIS)
+
+    def append(self, event: Event, status: VaultStatus, path: str | None) -> StoredEvent:
+        with self._tx():
+            seq, prev = self.head()
+            seq += 1
+            body = chain.event_body(event, seq=seq, ledger_id=self.ledger_id)
+            digest = chain.link_hash(prev, body)
+            self.conn.execute(
+                "INSERT INTO events (seq, body, prev_hash, hash) VALUES (?, ?, ?, ?)",
+                (seq, body, prev, digest),
+            )
+            self.conn.execute(
+                "INSERT INTO delivery (seq, status, path, version, detail)"
+                " VALUES (?, ?, ?, NULL, '')",
+                (seq, str(status), path),
+            )
+        self.appended_since_checkpoint += 1
+        if self.appended_since_checkpoint >= CHECKPOINT_EVERY:
+            self.checkpoint()
+        return StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
+
+    def mark_delivered(self, results: Sequence[tuple[int, int]]) -> None:
+        """Record (seq, Vault version) pairs as delivered."""
+        if not results:
+            return
+        with self._tx():
+            self.conn.executemany(
+                "UPDATE delivery SET status = 'recorded', version = ?, detail = '' WHERE seq = ?",
+                [(version, seq) for seq, version in results],
+            )
+
+    def mark_detail(self, seq: int, detail: str) -> None:
+        with self._tx():
+            self.conn.execute("UPDATE delivery SET detail = ? WHERE seq = ?", (detail[:300], seq))
+
+    def checkpoint(self) -> int | None:
+        """Sign the chain head unless it is already signed. Returns the signed seq."""
+        from nacl.signing import SigningKey
+
+        seq, head_hash = self.head()
+        self.appended_since_checkpoint = 0
+        if seq == 0:
+            return None
+        last = self.conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
+        if last is not None and int(last) >= seq:
+            return None
+        signed_at = _now()
+        message = chain.checkpoint_message(self.ledger_id, seq, head_hash, signed_at)
+        signature = SigningKey(self._key()).sign(message).signature.hex()
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO checkpoints (seq, head_hash, signed_at, signature)"
+                " VALUES (?, ?, ?, ?)",
+                (seq, head_hash, signed_at, signature),
+            )
+        return seq
+
+    # -- reading --------------------------------------------------------------------
+
+    def _stored(self, row: tuple[int, str, str, str, str | None]) -> StoredEvent:
+        seq, body, prev, digest, status = row
+        _, _, event = chain.parse_body(body)
+        return StoredEvent(
+            seq=int(seq),
+            event=event,
+            prev_hash=prev,
+            hash=digest,
+            vault_status=VaultStatus(status or "disabled"),
+        )
+
+    _SELECT = (
+        "SELECT e.seq, e.body, e.prev_hash, e.hash, d.status"
+        " FROM events e LEFT JOIN delivery d ON d.seq = e.seq"
+    )
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> list[StoredEvent]:
+        clauses: list[str] = []
+        params: list[str] = []
+        if bundle_id is not None:
+            clauses.append("json_extract(e.body, '$.bundle_id') = ?")
+            params.append(bundle_id)
+        if fingerprint is not None:
+            clauses.append("json_extract(e.body, '$.fingerprint') = ?")
+            params.append(fingerprint)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self.conn.execute(f"{self._SELECT}{where} ORDER BY e.seq", params).fetchall()
+        return [self._stored(r) for r in rows]
+
+    def iter_all(self) -> Iterator[StoredEvent]:
+        for row in self.conn.execute(f"{self._SELECT} ORDER BY e.seq"):
+            yield self._stored(row)
+
+    def pending(self) -> list[Delivery]:
+        rows = self.conn.execute(
+            "SELECT e.seq, e.body, e.prev_hash, e.hash, d.status, d.path FROM events e "
+            "JOIN delivery d ON d.seq = e.seq WHERE d.status = 'pending' ORDER BY e.seq"
+        ).fetchall()
+        return [Delivery(self._stored(r[:5]), r[5], None) for r in rows]
+
+    def pending_count(self) -> int:
+        return int(
+            self.conn.execute("SELECT count(*) FROM delivery WHERE status = 'pending'").fetchone()[
+                0
+            ]
+        )
+
+    def has_pending_before(self, path: str, seq: int) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM delivery WHERE path = ? AND status = 'pending' AND seq < ? LIMIT 1",
+            (path, seq),
+        ).fetchone()
+        return row is not None
+
+    def known_version(self, path: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT max(version) FROM delivery WHERE path = ?", (path,)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def delivered(self) -> list[tuple[int, str, int, str, str, str]]:
+        """(seq, path, version, body, prev_hash, hash) of every event marked recorded in Vault."""
+        rows = self.conn.execute(
+            "SELECT e.seq, d.path, d.version, e.body, e.prev_hash, e.hash FROM events e "
+            "JOIN delivery d ON d.seq = e.seq WHERE d.status = 'recorded' ORDER BY e.seq"
+        ).fetchall()
+        return [(int(a), str(b), int(c), str(d), str(e), str(f)) for a, b, c, d, e, f in rows]
+
+    def event_row(self, seq: int) -> tuple[str, str, str] | None:
+        row = self.conn.execute(
+            "SELECT body, prev_hash, hash FROM events WHERE seq = ?", (seq,)
+        ).fetchone()
+        return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+    def delivery_of(self, seq: int) -> tuple[str, str | None, int | None]:
+        row = self.conn.execute(
+            "SELECT status, path, version FROM delivery WHERE seq = ?", (seq,)
+        ).fetchone()
+        if row is None:
+            return ("missing", None, None)
+        return (str(row[0]), row[1], None if row[2] is None else int(row[2]))
+
+    # -- verification ---------------------------------------------------------------
+
+    def verify(self) -> ChainReport:
+        """Check every link and every checkpoint signature; report the first break."""
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+
+        checkpoints = self.conn.execute(
+            "SELECT seq, head_hash, signed_at, signature FROM checkpoints ORDER BY seq"
+        ).fetchall()
+        first: ChainBreak | None = None
+        try:
+            verify_key = VerifyKey(bytes.fromhex(self.public_key))
+        except ValueError:
+            return ChainReport(
+                0, 0, 0, chain.GENESIS, self.public_key, 0, ChainBreak(0, "bad public key in meta")
+            )
+        wanted: dict[int, str] = {}
+        for cp_seq, cp_hash, signed_at, signature in checkpoints:
+            message = chain.checkpoint_message(
+                self.ledger_id, int(cp_seq), str(cp_hash), str(signed_at)
+            )
+            try:
+                verify_key.verify(message, bytes.fromhex(str(signature)))
+            except (BadSignatureError, ValueError):
+                if first is None or int(cp_seq) < first.seq:
+                    first = ChainBreak(int(cp_seq), "checkpoint signature is invalid")
+                continue
+            wanted[int(cp_seq)] = str(cp_hash)
+
+        sha256 = hashlib.sha256
+        prev = chain.GENESIS
+        expected = 1
+        count = 0
+        chain_break: ChainBreak | None = None
+        for seq, body, digest in self.conn.execute(
+            "SELECT seq, body, hash FROM events ORDER BY seq"
+        ):
+            if seq != expected:
+                chain_break = ChainBreak(
+                    expected if seq > expected else seq,
+                    f"event #{expected} is missing (next is #{seq})",
+                )
+                break
+            if sha256((prev + body).encode()).hexdigest() != digest:
+                chain_break = ChainBreak(seq, "hash does not match the event and the previous link")
+                break
+            if seq in wanted and wanted.pop(seq) != digest:
+                chain_break = ChainBreak(seq, "event differs from the signed checkpoint")
+                break
+            prev = digest
+            expected += 1
+            count += 1
+        if chain_break is None and wanted:
+            missing = min(wanted)
+            chain_break = ChainBreak(
+                missing, f"checkpoint #{missing} signs an event that is not in the ledger"
+            )
+        if chain_break is not None and (first is None or chain_break.seq < first.seq):
+            first = chain_break
+        last_cp = int(checkpoints[-1][0]) if checkpoints else 0
+        return ChainReport(
+            events=count,
+            checkpoints=len(checkpoints),
+            head_seq=expected - 1,
+            head_hash=prev,
+            public_key=self.public_key,
+            unsigned_tail=max(0, expected - 1 - last_cp),
+            first_break=first,
+        )
+
+    def close(self) -> None:
+        self.conn.close()
