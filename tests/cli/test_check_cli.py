@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from click.testing import CliRunner, Result
 from keycourier.cli.main import cli
 from keycourier.errors import Error
 from keycourier.redact import fingerprint
+from tests.support.openbao import BaoServer
 from tests.unit.policy import creds
 
 ALL_RULES_PASS: frozenset[str] = frozenset()
@@ -767,7 +769,6 @@ def test_subprocess_secret_from_stdin(tmp_path: Path) -> None:
 
 
 def test_policy_deny_then_check_rejects(tmp_path: Path) -> None:
-    pytest.importorskip("keycourier.ledger.service", reason="ledger service not built yet")
     ledger = tmp_path / "ledger.db"
     env = {"KEYCOURIER_LEDGER": str(ledger)}
     h = qb()
@@ -837,3 +838,18 @@ def test_help_has_examples() -> None:
         result = invoke(args)
         assert result.exit_code == 0
         assert "Example" in result.stdout
+
+
+def test_policy_deny_is_recorded_in_vault(bao_dev: BaoServer, tmp_path: Path) -> None:
+    """With Vault configured the denial reaches Vault too, and the command says so."""
+    env = {
+        "KEYCOURIER_LEDGER": str(tmp_path / "ledger.db"),
+        "VAULT_ADDR": bao_dev.addr,
+        "VAULT_TOKEN": bao_dev.token,
+    }
+    fp = "kc1:" + secrets.token_hex(16)
+    result = invoke(["policy", "deny", fp, "--reason", "leaked in a ticket", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["vault_status"] == "recorded"
+    assert "recorded in the local ledger and in Vault" in result.stderr
