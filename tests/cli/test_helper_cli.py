@@ -195,3 +195,153 @@ def test_upstream_outage_exits_6(env: dict[str, str], standin: RunningStandin) -
     r = kc(env, "token", "--profile", "ci", "--no-cache")
     assert r.returncode == 6
     assert "HTTP 503" in r.stderr
+
+
+CHILD = r"""
+import base64, json, os, sys, time
+from urllib.parse import quote
+tok = os.environ["MONITE_TOKEN"]
+cid, sec = sys.argv[1], open(sys.argv[2]).read()
+lines = [
+    "raw " + tok,
+    "url " + quote(tok, safe=""),
+    "Authorization: Basic " + base64.b64encode((cid + ":" + sec).encode()).decode(),
+    "bearer-in-basic " + base64.b64encode(("user:" + tok).encode()).decode(),
+    "json " + json.dumps({"token": tok}),
+]
+for line in lines:
+    for ch in line + "\n":  # one byte per write: secrets split across reads
+        sys.stdout.write(ch)
+        sys.stdout.flush()
+sys.stderr.write("err " + tok + "\n")
+sys.exit(int(sys.argv[3]))
+"""
+
+
+def _child(tmp_path: Path) -> tuple[Path, Path]:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text(MONITE_SECRET)
+    return script, secret_file
+
+
+def test_exec_masks_every_encoding_and_returns_the_exit_code(
+    env: dict[str, str], standin: RunningStandin, tmp_path: Path
+) -> None:
+    from base64 import b64encode
+    from urllib.parse import quote
+
+    standin.state.token_suffix = "+/="
+    script, secret_file = _child(tmp_path)
+    r = kc(
+        env,
+        "exec",
+        "--profile",
+        "ci",
+        "--",
+        sys.executable,
+        str(script),
+        MONITE_ID,
+        str(secret_file),
+        "7",
+    )
+    assert r.returncode == 7, r.stderr
+    tokens = list(standin.state.issued)
+    assert len(tokens) == 1
+    token = tokens[0]
+    assert "+/=" in token
+    out = r.stdout + r.stderr
+    for leaked in (
+        token,
+        quote(token, safe=""),
+        MONITE_SECRET,
+        b64encode(f"{MONITE_ID}:{MONITE_SECRET}".encode()).decode(),
+        b64encode(token.encode()).decode()[:-4],
+    ):
+        assert leaked not in out
+    assert r.stdout.count("<concealed by keycourier>") == 5
+    assert "err <concealed by keycourier>" in r.stderr
+    assert r.stdout.startswith("raw <concealed by keycourier>\nurl <concealed by keycourier>\n")
+
+
+def test_exec_no_mask_passes_output_through(
+    env: dict[str, str], standin: RunningStandin, tmp_path: Path
+) -> None:
+    script, secret_file = _child(tmp_path)
+    r = kc(
+        env,
+        "exec",
+        "--profile",
+        "ci",
+        "--no-mask",
+        "--",
+        sys.executable,
+        str(script),
+        MONITE_ID,
+        str(secret_file),
+        "0",
+    )
+    assert r.returncode == 0
+    token = next(iter(standin.state.issued))
+    assert f"raw {token}\n" in r.stdout
+
+
+def test_exec_env_name_and_missing_command(env: dict[str, str], tmp_path: Path) -> None:
+    r = kc(
+        env,
+        "exec",
+        "--profile",
+        "ci",
+        "--env-name",
+        "OTHER",
+        "--no-mask",
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(len(os.environ['OTHER']) > 10, 'MONITE_TOKEN' in os.environ)",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True False"
+    r = kc(env, "exec", "--profile", "ci", "--", str(tmp_path / "does-not-exist"))
+    assert r.returncode == 127
+    assert "command not found" in r.stderr
+
+
+def test_exec_forwards_signals(env: dict[str, str], tmp_path: Path) -> None:
+    import signal
+
+    child = tmp_path / "sig.py"
+    child.write_text(
+        "import signal, sys, time\n"
+        "def h(n, f):\n"
+        "    print('got', n, flush=True); sys.exit(42)\n"
+        "signal.signal(signal.SIGTERM, h)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+        "sys.exit(1)\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keycourier",
+            "exec",
+            "--profile",
+            "ci",
+            "--",
+            sys.executable,
+            str(child),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 42
+    assert f"got {int(signal.SIGTERM)}" in out

@@ -91,6 +91,7 @@ class StandinState:
     tesouro_lifetime: int = 3600
     delay: float = 0.0
     rate_limit: int = 30
+    token_suffix: str = ""  # appended to Monite tokens (e.g. "+/=" to exercise URL encoding)
     clock: Callable[[], float] = time.time
     issued: dict[str, IssuedToken] = field(default_factory=dict)
     token_calls: int = 0
@@ -129,7 +130,7 @@ class StandinState:
             )
             token = f"{header}.{payload}.{secrets.token_urlsafe(32)}"
         else:
-            token = secrets.token_urlsafe(32)
+            token = secrets.token_urlsafe(32) + self.token_suffix
         now = self.clock()
         issued = IssuedToken(token, client_id, dialect, now, now + lifetime)
         with self.lock:
