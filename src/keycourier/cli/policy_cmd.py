@@ -76,7 +76,7 @@ _HANDOVER_OPTIONS: Final[list[Callable[[Any], Any]]] = [
     ),
     click.option(
         "--policy",
-        "policy_file",
+        "policy",
         type=click.Path(dir_okay=False),
         default=None,
         help="Policy file (default: the shipped policy; env KEYCOURIER_POLICY).",
@@ -92,7 +92,12 @@ _HANDOVER_OPTIONS: Final[list[Callable[[Any], Any]]] = [
 
 
 def handover_options(f: F) -> F:
-    """Add the handover options (shared by `check` and `seal`)."""
+    """Add the handover options (shared by `check` and `seal`).
+
+    The command receives them as keyword arguments named after the options
+    (``platform``, ``client_id``, ``client_secret_file``, ..., ``policy``,
+    ``probe``, ``probe_refresh_token_file``); pass them to ``facts_from_options``.
+    """
     for option in reversed(_HANDOVER_OPTIONS):
         f = option(f)
     return f
@@ -230,7 +235,7 @@ def check(ctx: click.Context, /, as_json: bool, **options: object) -> None:
         --client-secret-file secret.txt --environment production \\
         --attested-by "Ana Lima" --expires-in 7d
     """
-    policy_file = options.pop("policy_file")
+    policy_file = options.pop("policy")
     settings = _settings(ctx, str(policy_file) if policy_file else None)
     pol = load_policy(settings.policy_path)
     probe = bool(options.pop("probe"))
