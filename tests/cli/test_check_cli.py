@@ -562,11 +562,51 @@ def test_sample_value_fingerprint_in_policy(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["rejected"] == ["sample-value"]
 
 
-def test_shipped_sample_fingerprints_are_enforced(tmp_path: Path) -> None:
+def test_shipped_sample_fingerprints_are_well_formed() -> None:
     from keycourier.policy import load_policy
 
     shipped = load_policy(None).param("sample-value", "fingerprints")
-    assert len(shipped) >= 2  # Intuit PHP SDK example ID and secret, as fingerprints
+    assert len(shipped) >= 2  # Intuit PHP SDK example ID and secret, kept as fingerprints only
+    assert len(set(shipped)) == len(shipped)
+    assert all(fp.startswith("kc1:") and len(fp) == 36 for fp in shipped)
+
+
+def test_handover_options_give_seal_the_documented_keys() -> None:
+    import click
+
+    from keycourier.cli.policy_cmd import facts_from_options, handover_options
+
+    seen: dict[str, object] = {}
+
+    @click.command()
+    @handover_options
+    def probe_cmd(**options: object) -> None:
+        seen.update(options)
+        facts = facts_from_options(options)
+        assert facts.client_secret.reveal_bytes() == b"s\n"
+        assert facts.lifetime is not None
+
+    result = CliRunner().invoke(
+        probe_cmd,
+        [
+            "--platform",
+            "xero",
+            "--client-id",
+            "X",
+            "--client-secret-file",
+            "-",
+            "--expires-in",
+            "2d",
+        ],
+        input=b"s\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert set(seen) == {
+        "platform", "client_id", "client_secret_file", "environment", "attested_by",
+        "attestation", "expires_in", "api_base", "userinfo_host", "redirect_uri", "realm_id",
+        "sandbox_realm", "xero_tenant_name", "xero_demo_company", "context_file", "policy",
+        "probe", "probe_refresh_token_file",
+    }  # fmt: skip
 
 
 def test_policy_env_var_selects_the_policy(tmp_path: Path) -> None:
