@@ -893,3 +893,10 @@ def test_policy_deny_is_recorded_in_vault(bao_dev: BaoServer, tmp_path: Path) ->
     shown = json.loads(result.stdout)
     assert shown["vault_status"] == "recorded"
     assert "recorded in the local ledger and in Vault" in result.stderr
+
+
+def test_overlong_client_id_is_a_usage_error(tmp_path: Path) -> None:
+    args, _ = _args(qb(client_id="A" * 513), tmp_path)
+    result = invoke(args)
+    assert exit_code(result) == 2
+    assert "longer than 512" in str(result.exception)

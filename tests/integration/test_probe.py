@@ -305,3 +305,12 @@ def test_check_probe_through_the_cli(qb_vendor: VendorStandin, tmp_path: Path) -
         cli, env_args, env={"KEYCOURIER_PROBE_REFRESH_TOKEN": state.refresh_token}
     )
     assert _exit(result) == 0, result.output
+
+
+def test_unusable_access_token_is_unverified(xero_vendor: VendorStandin, tmp_path: Path) -> None:
+    """A token with a newline or non-ASCII character is never put into a header."""
+    xero_vendor.state.bad_token = "abc\r\nX-Injected: 1"
+    outcome, message = _probe_finding(_probe(xero_vendor, tmp_path, platform="xero"))
+    assert outcome == Outcome.UNVERIFIED
+    assert "without a usable access_token" in message
+    assert len(xero_vendor.state.requests) == 1

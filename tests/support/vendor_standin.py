@@ -60,6 +60,7 @@ class VendorState:
     delay_seconds: float = 0.0
     malformed: set[str] = field(default_factory=set)  # "token", "company", "organisation"
     force_status: dict[str, int] = field(default_factory=dict)  # same keys
+    bad_token: str | None = None  # hand out this (malformed) access token instead
     # observations
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, auth scheme)
     issued: set[str] = field(default_factory=set)
@@ -119,6 +120,8 @@ def _handler(state: VendorState) -> type[BaseHTTPRequestHandler]:
             return parse_qs(body)
 
         def _issue(self) -> str:
+            if state.bad_token is not None:
+                return state.bad_token
             token = "eyJ" + secrets.token_urlsafe(48)
             state.issued.add(token)
             return token

@@ -25,6 +25,7 @@ from keycourier.policy import (
     parse_context_file,
     parse_duration,
 )
+from keycourier.policy.rules import MAX_CLIENT_ID_CHARS
 from keycourier.redact import Secret
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ def facts_from_options(options: Mapping[str, Any]) -> HandoverFacts:
     token_src = options.get("probe_refresh_token_file")
     if secret_src == "-" and token_src == "-":  # noqa: S105 - "-" means stdin
         raise UsageError("--client-secret-file - and --probe-refresh-token-file - both read stdin")
+    if len(str(options["client_id"])) > MAX_CLIENT_ID_CHARS:
+        raise UsageError(f"--client-id is longer than {MAX_CLIENT_ID_CHARS} characters")
     secret = Secret(read_secret_source(secret_src, "client secret"))
     refresh: Secret | None = None
     if token_src is not None:

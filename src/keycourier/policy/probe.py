@@ -27,6 +27,7 @@ from keycourier.redact import Secret
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
 _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 _REALM = re.compile(r"^[0-9]{1,30}$")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")  # printable ASCII: safe in a header
 
 
 class ProbeStatus(enum.StrEnum):
@@ -119,7 +120,7 @@ def _basic(client_id: str, secret: Secret) -> str:
 def _token(resp: _Response, what: str) -> Secret:
     doc = resp.json(what)
     token = doc.get("access_token") if isinstance(doc, dict) else None
-    if not isinstance(token, str) or not token or len(token) > 16384:
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         raise _UnverifiedError(f"{what} answered without a usable access_token")
     return Secret(token)
 

@@ -24,7 +24,7 @@ from keycourier.policy.context import SandboxContext
 from keycourier.policy.model import Policy, Severity, format_duration
 from keycourier.redact import Secret, fingerprint, mask
 
-MAX_CLIENT_ID_CHARS: Final = 512
+MAX_CLIENT_ID_CHARS: Final = 512  # enforced at the edge (the CLI options)
 
 
 class Outcome(enum.StrEnum):
@@ -532,8 +532,6 @@ def evaluate(
     except UnicodeDecodeError:
         secret_text = None
     client_id = facts.client_id
-    if len(client_id) > MAX_CLIENT_ID_CHARS:
-        client_id = client_id[:MAX_CLIENT_ID_CHARS]
 
     platform_ok = _check_platform(run, platform)
     _check_environment(run, facts)
