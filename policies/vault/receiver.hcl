@@ -1,0 +1,36 @@
+# keycourier receiver (open / ingest): read handover records, append the
+# `opened` and `ingested` events, write partner credentials under
+# secret/partners/. It cannot read partner credentials back, delete or
+# destroy anything, or change metadata other than custom_metadata.
+
+path "secret/data/keycourier/handovers/*" {
+  capabilities = ["create", "update", "read"]
+}
+
+path "secret/metadata/keycourier/handovers/*" {
+  capabilities = ["read", "create", "update"]
+  allowed_parameters = {
+    "custom_metadata" = []
+  }
+}
+
+path "secret/data/keycourier/events/*" {
+  capabilities = ["create", "read"]
+}
+
+path "secret/metadata/keycourier/events/*" {
+  capabilities = ["read"]
+}
+
+# `keycourier ingest --vault-path partners/...`: write the credentials (a new
+# version per ingest) and their provenance custom_metadata.
+path "secret/data/partners/*" {
+  capabilities = ["create", "update"]
+}
+
+path "secret/metadata/partners/*" {
+  capabilities = ["create", "update"]
+  allowed_parameters = {
+    "custom_metadata" = []
+  }
+}

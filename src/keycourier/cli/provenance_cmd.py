@@ -1,0 +1,521 @@
+"""Provenance commands: ingest, revoke, sync, audit (verify/show/export), doctor."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from keycourier.cli.bundle_cmd import identity_option, trust_option
+from keycourier.cli.common import emit_json, info, warn
+from keycourier.cli.main import settings_from
+from keycourier.errors import (
+    ConfigError,
+    Error,
+    ExitCode,
+    IntegrityError,
+    UnavailableError,
+    UsageError,
+)
+
+MAX_REASON_CHARS = 500
+
+
+def ledger_option(f: Any) -> Any:  # noqa: ANN401 - click decorator
+    return click.option(
+        "--ledger",
+        "ledger_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Ledger file (env KEYCOURIER_LEDGER; default ~/.local/share/keycourier/ledger.db).",
+    )(f)
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _exit(code: ExitCode) -> None:
+    if code != ExitCode.OK:
+        raise click.exceptions.Exit(int(code))
+
+
+# -- ingest ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, allow_dash=True))
+@identity_option
+@trust_option
+@click.option(
+    "--vault-path",
+    required=True,
+    help="KV v2 path for the credentials, e.g. partners/acme/quickbooks (see receiver.hcl).",
+)
+@click.option(
+    "--policy", type=click.Path(dir_okay=False, exists=True), help="Receiver's handover policy."
+)
+@click.option("--allow-reopen", is_flag=True, help="Ingest a bundle that was already opened.")
+@click.option(
+    "--require-vault", is_flag=True, help="Fail (exit 6) unless the provenance events reach Vault."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@ledger_option
+@click.pass_context
+def ingest(
+    ctx: click.Context,
+    bundle_file: str,
+    identity_path: str,
+    passphrase_file: str | None,
+    trust: tuple[str, ...],
+    trust_file: str | None,
+    vault_path: str,
+    policy: str | None,
+    allow_reopen: bool,
+    require_vault: bool,
+    as_json: bool,
+    ledger_path: str | None,
+) -> None:
+    """Open a bundle and store its credentials in Vault KV v2 with provenance metadata.
+
+    Verifies and re-checks the bundle exactly like 'open' (and records
+    'opened'), writes the credentials to --vault-path with custom_metadata
+    (bundle ID, fingerprint, sealed by, sealed at), then records 'ingested'
+    with the KV version written. Nothing is printed but the summary.
+
+    \b
+    Example:
+      keycourier ingest handover.kcb --identity platform.kcid \\
+        --trust kc1:0123... --vault-path partners/acme/quickbooks
+    """
+    from keycourier import vault
+    from keycourier.cli.bundle_cmd import open_for_cli, read_bundle, trusted_senders
+    from keycourier.cli.identity_cmd import load_identity_for_cli
+    from keycourier.cli.record import report_outcome
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.service import open_recorder
+
+    settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
+    if not settings.vault.addr:
+        raise ConfigError(
+            "ingest writes to Vault, but no Vault is configured", hints=["set VAULT_ADDR"]
+        )
+    vault.check_path(vault_path, "--vault-path")
+    trusted = trusted_senders(trust, trust_file)
+    client = vault.connect(settings)  # fail early (exit 5/6) before anything is opened
+    text = read_bundle(bundle_file)
+    ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
+    checked = open_for_cli(
+        settings, text, ident, trusted, allow_reopen=allow_reopen, require_vault=require_vault
+    )
+    m = checked.manifest
+    c = checked.credentials
+    sealed_at = str(m.to_dict().get("created_at", ""))
+    mount = settings.vault.mount
+    try:
+        version = vault.kv_write(
+            client,
+            mount,
+            vault_path,
+            {
+                "platform": c.platform,
+                "client_id": c.client_id,
+                "client_secret": c.client_secret.reveal(),
+            },
+            cas=None,
+        )
+        vault.kv_write_custom_metadata(
+            client,
+            mount,
+            vault_path,
+            {
+                "bundle_id": m.bundle_id,
+                "fingerprint": m.fingerprint,
+                "sealed_by": m.sender_fingerprint,
+                "sealed_at": sealed_at,
+                "platform": c.platform,
+                "partner": m.partner or "",
+            },
+        )
+    except Error as exc:
+        exc.hints = (
+            *exc.hints,
+            f"bundle {m.bundle_id} is now recorded as opened: retry with --allow-reopen",
+        )
+        raise
+    event = Event(
+        type=EventType.INGESTED,
+        at=datetime.now(UTC),
+        actor=ident.public().signing_fingerprint,
+        bundle_id=m.bundle_id,
+        fingerprint=m.fingerprint,
+        policy_digest=m.policy.digest,
+        data={
+            "vault_path": f"{mount}/{vault_path}",
+            "kv_version": version,
+            "platform": c.platform,
+            "partner": m.partner,
+            "sealed_by": m.sender_fingerprint,
+        },
+    )
+    with open_recorder(settings, require_vault=require_vault) as recorder:
+        outcome = recorder.record(event)
+    report_outcome(event, outcome)
+    summary = {
+        "bundle_id": m.bundle_id,
+        "fingerprint": m.fingerprint,
+        "vault_path": f"{mount}/{vault_path}",
+        "kv_version": version,
+        "ledger_seq": outcome.seq,
+        "vault_status": str(outcome.vault_status),
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        info(
+            f"credentials of bundle {m.bundle_id} stored at {mount}/{vault_path}"
+            f" (version {version})"
+        )
+
+
+# -- revoke ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("bundle_id")
+@click.option("--reason", required=True, help="Why the bundle is revoked (recorded, not secret).")
+@click.option("--actor", default=None, help="Who revokes (default user@host).")
+@click.option("--require-vault", is_flag=True, help="Fail (exit 6) unless the event reaches Vault.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable outcome on stdout.")
+@ledger_option
+@click.pass_context
+def revoke(
+    ctx: click.Context,
+    bundle_id: str,
+    reason: str,
+    actor: str | None,
+    require_vault: bool,
+    as_json: bool,
+    ledger_path: str | None,
+) -> None:
+    """Record that a bundle is revoked; open and ingest then refuse it.
+
+    \b
+    Example:
+      keycourier revoke 01J9Z8... --reason "sent to the wrong address"
+    """
+    from keycourier.cli.record import report_outcome
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.service import open_recorder
+
+    reason = reason.strip()
+    if not reason or len(reason) > MAX_REASON_CHARS:
+        raise UsageError(f"--reason must be 1-{MAX_REASON_CHARS} characters")
+    if not bundle_id or len(bundle_id) > 128 or not bundle_id.isascii() or "/" in bundle_id:
+        raise UsageError("BUNDLE_ID is not a bundle ID")
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    event = Event(
+        type=EventType.REVOKED,
+        at=datetime.now(UTC),
+        actor=actor or _default_actor(),
+        bundle_id=bundle_id,
+        data={"reason": reason},
+    )
+    with open_recorder(settings, require_vault=require_vault) as recorder:
+        outcome = recorder.record(event)
+    report_outcome(event, outcome)
+    if as_json:
+        emit_json(
+            {"bundle_id": bundle_id, "seq": outcome.seq, "vault_status": str(outcome.vault_status)}
+        )
+
+
+# -- sync --------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--workers", type=click.IntRange(1, 32), default=8, show_default=True, help="Parallel records."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
+@ledger_option
+@click.pass_context
+def sync(ctx: click.Context, workers: int, as_json: bool, ledger_path: str | None) -> None:
+    """Deliver pending ledger events to Vault, idempotently.
+
+    An identical record already in Vault counts as delivered; a different
+    one is an integrity alarm (exit 4) that names the bundle. Exit 6 when
+    Vault is still unreachable (the events stay pending).
+
+    \b
+    Example:
+      keycourier sync && keycourier audit verify --vault
+    """
+    from keycourier.ledger.service import open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    if not settings.vault.addr:
+        raise ConfigError("no Vault configured: nothing to sync to", hints=["set VAULT_ADDR"])
+    with open_recorder(settings) as recorder:
+        report = recorder.sync(workers=workers)
+    if as_json:
+        emit_json(
+            {
+                "attempted": report.attempted,
+                "delivered": report.delivered,
+                "already_present": report.already_present,
+                "remaining": report.remaining,
+                "conflicts": [
+                    {"seq": c.seq, "bundle_id": c.bundle_id, "path": c.path}
+                    for c in report.conflicts
+                ],
+                "unavailable": report.unavailable or None,
+            }
+        )
+    else:
+        info(
+            f"delivered {report.delivered} of {report.attempted} pending event(s) to Vault"
+            f" ({report.already_present} were already there); {report.remaining} still pending"
+        )
+    if report.conflicts:
+        first = report.conflicts[0]
+        raise IntegrityError(
+            first.message,
+            hints=[
+                f"{len(report.conflicts)} conflicting record(s); the first is event #{first.seq}"
+            ],
+        )
+    if report.unavailable:
+        raise UnavailableError(
+            f"Vault is unavailable: {report.unavailable};"
+            f" {report.remaining} event(s) still pending",
+            hints=["run 'keycourier sync' again when Vault is back"],
+        )
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+@click.group()
+def audit() -> None:
+    """Verify, show and export the provenance ledger.
+
+    \b
+    Example:
+      keycourier audit verify --vault
+      keycourier audit show 01J9Z8...
+      keycourier audit export --format csv --since 2026-01-01 > ledger.csv
+    """
+
+
+@audit.command("verify")
+@click.option("--vault", "with_vault", is_flag=True, help="Also cross-check every record in Vault.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
+@ledger_option
+@click.pass_context
+def audit_verify(
+    ctx: click.Context, with_vault: bool, as_json: bool, ledger_path: str | None
+) -> None:
+    """Check every hash link and checkpoint signature (and Vault with --vault); exit 4 on a break.
+
+    \b
+    Example:
+      keycourier audit verify --vault --json
+    """
+    from keycourier.ledger.service import open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    if not settings.ledger_path.exists():
+        raise ConfigError(f"no ledger at {settings.ledger_path}")
+    with open_recorder(settings) as recorder:
+        report = recorder.verify(vault=with_vault)
+    c = report.chain
+    first = report.first_break
+    if as_json:
+        emit_json(
+            {
+                "ok": report.ok,
+                "events": c.events,
+                "checkpoints": c.checkpoints,
+                "head_seq": c.head_seq,
+                "head_hash": c.head_hash,
+                "public_key": c.public_key,
+                "unsigned_tail": c.unsigned_tail,
+                "pending": report.pending,
+                "vault_checked": report.vault_checked,
+                "vault_records_checked": report.vault_records_checked,
+                "foreign_records": report.foreign_records,
+                "first_break": None if first is None else {"seq": first[0], "reason": first[1]},
+                "vault_breaks": [{"seq": b.seq, "reason": b.reason} for b in report.vault_breaks],
+                "notes": list(report.notes),
+            }
+        )
+    else:
+        click.echo(f"ledger:       {settings.ledger_path}")
+        click.echo(f"public key:   ed25519:{c.public_key}")
+        click.echo(f"events:       {c.events} (head #{c.head_seq} {c.head_hash[:16]}...)")
+        click.echo(f"checkpoints:  {c.checkpoints} ({c.unsigned_tail} event(s) after the last one)")
+        click.echo(f"pending:      {report.pending} event(s) not yet in Vault")
+        if report.vault_checked:
+            click.echo(
+                f"vault:        {report.vault_records_checked} record version(s) cross-checked, "
+                f"{report.foreign_records} from other ledgers"
+            )
+        for note in report.notes:
+            warn(note)
+        click.echo(
+            "result:       OK" if first is None else f"result:       BROKEN at event #{first[0]}"
+        )
+    if first is not None:
+        raise IntegrityError(
+            f"the ledger is broken at event #{first[0]}: {first[1]}",
+            hints=["keep a copy of the ledger file and the Vault records for investigation"],
+        )
+
+
+@audit.command("show")
+@click.argument("key", metavar="BUNDLE_ID|FINGERPRINT")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable timeline on stdout.")
+@ledger_option
+@click.pass_context
+def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | None) -> None:
+    """Show the timeline of a bundle or a credential fingerprint (ledger, plus Vault when set).
+
+    \b
+    Example:
+      keycourier audit show 01J9Z8...
+    """
+    from keycourier.ledger.chain import format_time
+    from keycourier.ledger.service import open_recorder, timeline
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    with open_recorder(settings) as recorder:
+        rows = timeline(recorder, key)
+    if not rows:
+        raise UsageError(f"nothing recorded for {key}")
+    if as_json:
+        emit_json(
+            [
+                {
+                    "source": src,
+                    "type": str(e.type),
+                    "at": format_time(e.at),
+                    "actor": e.actor,
+                    "bundle_id": e.bundle_id,
+                    "fingerprint": e.fingerprint,
+                    "data": dict(e.data),
+                    "vault_status": status,
+                }
+                for src, e, status in rows
+            ]
+        )
+        return
+    for src, e, status in rows:
+        extra = ", ".join(
+            f"{k}={v}" for k, v in sorted(e.data.items()) if not isinstance(v, dict | list)
+        )
+        click.echo(
+            f"{format_time(e.at)}  {e.type:<22} {e.actor:<28} bundle={e.bundle_id or '-'}"
+            f"  [{src}/{status}]{'  ' + extra if extra else ''}"
+        )
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            "--since must be an ISO date, e.g. 2026-01-31 or 2026-01-31T12:00Z"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+@audit.command("export")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--since", default=None, help="Only events at or after this ISO date/time (UTC if no zone)."
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of stdout."
+)
+@ledger_option
+@click.pass_context
+def audit_export(
+    ctx: click.Context, fmt: str, since: str | None, output: str | None, ledger_path: str | None
+) -> None:
+    """Export the ledger (no secrets are ever in it) as JSON lines or CSV.
+
+    \b
+    Example:
+      keycourier audit export --format csv --since 2026-01-01 -o ledger.csv
+    """
+    from keycourier.ledger.service import export, open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    start = _parse_since(since)
+    with open_recorder(settings) as recorder:
+        lines = export(recorder.ledger.iter_all(), fmt, since=start)
+        if output is None or output == "-":
+            for line in lines:
+                sys.stdout.write(line)
+        else:
+            try:
+                with open(output, "w", encoding="utf-8", newline="") as fh:
+                    fh.writelines(lines)
+            except OSError as exc:
+                raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+
+
+# -- doctor ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--role",
+    type=click.Choice(["sender", "receiver", "auditor", "token-helper"]),
+    default=None,
+    help="Check that the token's policies allow what this role needs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
+@click.pass_context
+def doctor(ctx: click.Context, role: str | None, as_json: bool) -> None:
+    """Check Vault: reachability, seal status, KV v2 mount, audit device, token capabilities.
+
+    Exit 6 when Vault is unreachable or sealed, 5 when the token is refused
+    or lacks a capability, 3 when the mount is not KV v2.
+
+    \b
+    Example:
+      VAULT_ADDR=https://vault:8200 keycourier doctor --role receiver
+    """
+    from keycourier.ledger import doctor as doc
+
+    settings = settings_from(ctx)
+    report = doc.run(settings, doc.Role(role) if role else None)
+    if as_json:
+        emit_json(
+            {
+                "addr": report.addr,
+                "exit_code": int(report.exit_code),
+                "checks": [
+                    {"name": c.name, "status": str(c.status), "detail": c.detail}
+                    for c in report.checks
+                ],
+            }
+        )
+    else:
+        for c in report.checks:
+            click.echo(f"[{c.status.upper():<4}] {c.name:<14} {c.detail}")
+    _exit(report.exit_code)

@@ -1,0 +1,60 @@
+"""An in-memory Recorder for unit tests of other packages (same chain, no files, no Vault).
+
+``vault_status`` chooses what every record() reports: DISABLED (default),
+RECORDED (pretend Vault took it) or PENDING (pretend Vault was down; with
+``require_vault=True`` record() then raises UnavailableError after keeping
+the event, like the real recorder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+from keycourier.errors import UnavailableError
+from keycourier.ledger import chain
+from keycourier.ledger.interface import Event, RecordOutcome, StoredEvent, VaultStatus
+
+
+class MemoryRecorder:
+    def __init__(
+        self, *, vault_status: VaultStatus = VaultStatus.DISABLED, require_vault: bool = False
+    ) -> None:
+        self.vault_status = vault_status
+        self.require_vault = require_vault
+        self.events: list[StoredEvent] = []
+        self.closed = False
+        self.ledger_id = "memory"
+
+    def __enter__(self) -> MemoryRecorder:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def record(self, event: Event) -> RecordOutcome:
+        seq = len(self.events) + 1
+        prev = self.events[-1].hash if self.events else chain.GENESIS
+        body = chain.event_body(event, seq=seq, ledger_id=self.ledger_id)
+        stored = StoredEvent(seq, event, prev, chain.link_hash(prev, body), self.vault_status)
+        self.events.append(stored)
+        if self.vault_status == VaultStatus.PENDING:
+            if self.require_vault:
+                raise UnavailableError(f"Vault is unreachable; event #{seq} is kept as pending")
+            return RecordOutcome(seq, VaultStatus.PENDING, "Vault is unreachable (memory fake)")
+        return RecordOutcome(seq, self.vault_status)
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> Sequence[StoredEvent]:
+        return [
+            s
+            for s in self.events
+            if (bundle_id is None or s.event.bundle_id == bundle_id)
+            and (fingerprint is None or s.event.fingerprint == fingerprint)
+        ]
+
+    def close(self) -> None:
+        self.closed = True
