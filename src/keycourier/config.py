@@ -46,7 +46,7 @@ class VaultSettings:
     timeout: float = 10.0
     auth: str = "token"  # token | approle | jwt
     auth_mount: str | None = None
-    token_env: str = "VAULT_TOKEN"
+    token_env: str = "VAULT_TOKEN"  # noqa: S105 - the name of a variable
     token_file: Path | None = None
     role_id: str | None = None
     secret_id_file: Path | None = None
@@ -108,7 +108,9 @@ def _table(doc: Mapping[str, Any], key: str, where: Path) -> Mapping[str, Any]:
     return value
 
 
-def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, Any], prefix: str, where: Path) -> None:
+def _check_keys(
+    table: Mapping[str, Any], allowed: Mapping[str, Any], prefix: str, where: Path
+) -> None:
     for key, value in table.items():
         if key not in allowed:
             raise ConfigError(f"{where}: unknown key {prefix}.{key}")
@@ -159,8 +161,9 @@ def load(
     )
     policy = policy_path or env.get("KEYCOURIER_POLICY") or policy_t.get("path")
 
-    def pick(env_name: str, key: str) -> Any:
-        return env.get(env_name) or vault_t.get(key)
+    def pick(env_name: str, key: str) -> str | None:
+        value = env.get(env_name) or vault_t.get(key)
+        return None if value is None else str(value)
 
     timeout_raw = pick("KEYCOURIER_VAULT_TIMEOUT", "timeout")
     try:

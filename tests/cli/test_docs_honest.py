@@ -33,7 +33,7 @@ def test_every_command_is_in_the_readme() -> None:
 
 def test_every_command_has_help_with_an_example() -> None:
     ctx = click.Context(cli)
-    lacking = []
+    lacking: list[str | None] = []
     for name in COMMANDS:
         cmd = cli.get_command(ctx, name)
         assert cmd is not None

@@ -88,7 +88,9 @@ class BaoServer:
             timeout=60,
         )
         if out.returncode != 0:
-            raise RuntimeError(f"bao {' '.join(args)} failed: {out.stderr.decode(errors='replace')}")
+            raise RuntimeError(
+                f"bao {' '.join(args)} failed: {out.stderr.decode(errors='replace')}"
+            )
         return out.stdout.decode()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -9,8 +9,17 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "keycourier"
 CORE = ["age", "bundle", "policy", "errors.py", "redact.py"]
-FORBIDDEN = ("click", "hvac", "requests", "sqlite_utils", "aiohttp", "keycourier.cli",
-             "keycourier.ledger", "keycourier.helper", "keycourier.partner")
+FORBIDDEN = (
+    "click",
+    "hvac",
+    "requests",
+    "sqlite_utils",
+    "aiohttp",
+    "keycourier.cli",
+    "keycourier.ledger",
+    "keycourier.helper",
+    "keycourier.partner",
+)
 
 
 def _core_files() -> list[Path]:

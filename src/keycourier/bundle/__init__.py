@@ -7,7 +7,6 @@ from keycourier.bundle.core import (
     OpenedBundle,
     ParsedBundle,
     SealedBundle,
-    credential_fingerprint,
     extract_age,
     inspect,
     open_verified,
@@ -30,6 +29,7 @@ from keycourier.bundle.model import (
     integrity_error,
 )
 from keycourier.bundle.service import CheckedBundle, open_bundle, read_identity
+from keycourier.policy import credential_fingerprint
 
 __all__ = [
     "Attestation",

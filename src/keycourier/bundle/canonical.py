@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 from keycourier.errors import IntegrityError
 
 
-def canonical_json(obj: Any) -> bytes:
+def canonical_json(obj: object) -> bytes:
     """Sorted keys, no whitespace, ASCII only. Floats are not allowed."""
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")
 
 
-def _no_float(value: str) -> Any:
+def _no_float(value: str) -> NoReturn:
     raise ValueError("floats are not allowed")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import re
 import uuid
@@ -27,7 +28,8 @@ from keycourier.bundle.model import (
     manifest_from_dict,
 )
 from keycourier.errors import PolicyError, UsageError
-from keycourier.redact import Secret, fingerprint, mask
+from keycourier.policy import credential_fingerprint
+from keycourier.redact import Secret, mask
 
 MAX_BUNDLE_BYTES = 1024 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024
@@ -41,13 +43,6 @@ _END_S = "-----END KEYCOURIER SIGNATURE-----"
 _BEGIN_A = "-----BEGIN AGE ENCRYPTED FILE-----"
 _END_A = "-----END AGE ENCRYPTED FILE-----"
 _SIG_RE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
-
-
-def credential_fingerprint(platform: str, client_id: str, secret: Secret) -> str:
-    """The credential fingerprint of docs/bundle-format.md section 4."""
-    return fingerprint(
-        "credential", platform.encode(), client_id.encode(), secret.reveal_bytes()
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,24 +116,25 @@ def seal(
     # The payload must commit to the manifest and the manifest to the payload.
     # Break the cycle: the plaintext carries the digest of the manifest
     # *without* the payload object, and the signature covers the full manifest.
-    base = {
-        "bundle_id": bid,
-        "created_at": created,
-        "expires_at": created + lifetime,
-        "platform": credentials.platform,
-        "environment": environment,
-        "partner": partner,
-        "attestation": attestation,
-        "client_id_masked": mask(credentials.client_id),
-        "fingerprint": credential_fingerprint(
+    pre = Manifest(
+        bundle_id=bid,
+        created_at=created,
+        expires_at=created + lifetime,
+        platform=credentials.platform,
+        environment=environment,
+        partner=partner,
+        attestation=attestation,
+        client_id_masked=mask(credentials.client_id),
+        fingerprint=credential_fingerprint(
             credentials.platform, credentials.client_id, credentials.client_secret
         ),
-        "recipients": tuple(r.to_string() for r in parsed_recipients),
-        "sender_key": "ed25519:" + base64.b64encode(pub).decode("ascii"),
-        "sender_fingerprint": signing_fingerprint(pub),
-        "policy": policy,
-    }
-    pre = Manifest(**base, payload_sha256="0" * 64, payload_size=0)
+        recipients=tuple(r.to_string() for r in parsed_recipients),
+        sender_key="ed25519:" + base64.b64encode(pub).decode("ascii"),
+        sender_fingerprint=signing_fingerprint(pub),
+        policy=policy,
+        payload_sha256="0" * 64,
+        payload_size=0,
+    )
     plaintext = canonical_json(
         {
             "format": PAYLOAD_FORMAT,
@@ -150,8 +146,8 @@ def seal(
         }
     )
     binary = age.encrypt(parsed_recipients, plaintext)
-    manifest = Manifest(
-        **base, payload_sha256=hashlib.sha256(binary).hexdigest(), payload_size=len(binary)
+    manifest = dataclasses.replace(
+        pre, payload_sha256=hashlib.sha256(binary).hexdigest(), payload_size=len(binary)
     )
     manifest_bytes = canonical_json(manifest.to_dict())
     signature = sender.sign(SIGNATURE_CONTEXT + manifest_bytes)
@@ -168,7 +164,11 @@ def seal(
 
 
 def _binding_digest(manifest: Manifest) -> str:
-    """SHA-256 of the canonical manifest with the payload object removed."""
+    """SHA-256 of the canonical manifest with the payload object removed.
+
+    The payload's own digest cannot be known before encryption, so the
+    plaintext commits to everything else and the signature covers the rest.
+    """
     d = manifest.to_dict()
     del d["payload"]
     return hashlib.sha256(canonical_json(d)).hexdigest()
@@ -177,9 +177,7 @@ def _binding_digest(manifest: Manifest) -> str:
 def _armor(binary: bytes) -> bytes:
     body = base64.b64encode(binary)
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return (
-        _BEGIN_A.encode() + b"\n" + b"\n".join(lines) + b"\n" + _END_A.encode() + b"\n"
-    )
+    return _BEGIN_A.encode() + b"\n" + b"\n".join(lines) + b"\n" + _END_A.encode() + b"\n"
 
 
 # -- parsing --------------------------------------------------------------------
@@ -311,15 +309,7 @@ def open_verified(
     keys = {"format", "bundle_id", "manifest_sha256", "platform", "client_id", "client_secret"}
     if set(obj) != keys or not all(isinstance(obj[k], str) for k in keys):
         raise integrity_error()
-    pre = Manifest(
-        **{
-            f: getattr(m, f)
-            for f in Manifest.__dataclass_fields__
-            if f not in ("payload_sha256", "payload_size")
-        },
-        payload_sha256="0" * 64,
-        payload_size=0,
-    )
+    pre = dataclasses.replace(m, payload_sha256="0" * 64, payload_size=0)
     secret = Secret(obj["client_secret"])
     if (
         obj["format"] != PAYLOAD_FORMAT
@@ -336,6 +326,4 @@ def open_verified(
             f"bundle {m.bundle_id} expired at {format_time(m.expires_at)}",
             hints=["ask the sender to seal a new bundle"],
         )
-    return OpenedBundle(
-        manifest=m, credentials=Credentials(m.platform, obj["client_id"], secret)
-    )
+    return OpenedBundle(manifest=m, credentials=Credentials(m.platform, obj["client_id"], secret))

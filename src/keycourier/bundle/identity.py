@@ -22,13 +22,16 @@ import base64
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from keycourier import age
 from keycourier.bundle.canonical import canonical_json, parse_canonical
 from keycourier.bundle.model import format_time
 from keycourier.errors import IntegrityError, UsageError
 from keycourier.redact import Secret, fingerprint
+
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey
 
 IDENTITY_FORMAT = "keycourier-identity/v1"
 HEADER_LINE = "# keycourier identity v1"
@@ -70,9 +73,7 @@ class KeycourierIdentity:
     def generate(cls, *, pq: bool = False, now: datetime | None = None) -> KeycourierIdentity:
         import os
 
-        ident: age.Identity = (
-            age.HybridIdentity.generate() if pq else age.X25519Identity.generate()
-        )
+        ident: age.Identity = age.HybridIdentity.generate() if pq else age.X25519Identity.generate()
         return cls(ident, Secret(os.urandom(32)), now or datetime.now(UTC))
 
     @property
@@ -83,7 +84,7 @@ class KeycourierIdentity:
     def created_at(self) -> datetime:
         return self._created
 
-    def _signing_key(self) -> Any:
+    def _signing_key(self) -> SigningKey:
         from nacl.signing import SigningKey
 
         return SigningKey(self._seed.reveal_bytes())
@@ -108,8 +109,7 @@ class KeycourierIdentity:
         """A stock age identity file (``AGE-SECRET-KEY-1...``), for the age tool."""
         pub = self.public()
         return (
-            f"# created: {pub.created_at}\n# public key: {pub.recipient}\n"
-            f"{self._age.to_string()}\n"
+            f"# created: {pub.created_at}\n# public key: {pub.recipient}\n{self._age.to_string()}\n"
         )
 
     def __repr__(self) -> str:
@@ -127,7 +127,9 @@ class KeycourierIdentity:
             }
         )
 
-    def to_file(self, passphrase: Secret | None, *, work_factor: int = DEFAULT_WORK_FACTOR) -> bytes:
+    def to_file(
+        self, passphrase: Secret | None, *, work_factor: int = DEFAULT_WORK_FACTOR
+    ) -> bytes:
         """Serialise; ``passphrase`` None writes an unprotected file."""
         pub = self.public()
         header = (
@@ -191,9 +193,7 @@ def is_protected(data: bytes) -> bool:
 def load_identity(data: bytes, passphrase: Secret | None) -> KeycourierIdentity:
     """Load an identity file. Protected files need the passphrase."""
     fields, body = _split(data)
-    bad_file = IntegrityError(
-        "the identity file is damaged or its header does not match its keys"
-    )
+    bad_file = IntegrityError("the identity file is damaged or its header does not match its keys")
     if body.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----"):
         if passphrase is None:
             raise UsageError("this identity is protected by a passphrase")
@@ -202,7 +202,9 @@ def load_identity(data: bytes, passphrase: Secret | None) -> KeycourierIdentity:
         except age.NoMatchError:
             raise IntegrityError(
                 "wrong passphrase for this identity file",
-                hints=["the passphrase comes from --passphrase-file, KEYCOURIER_PASSPHRASE or a prompt"],
+                hints=[
+                    "the passphrase comes from --passphrase-file, KEYCOURIER_PASSPHRASE or a prompt"
+                ],
             ) from None
         except age.AgeError:
             raise bad_file from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,11 +25,12 @@ from keycourier.cli.policy_cmd import facts_from_options, handover_options
 from keycourier.errors import PolicyError, UsageError
 
 if TYPE_CHECKING:
-    from keycourier.bundle import CheckedBundle, Manifest
+    from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Recorder
+    from keycourier.ledger.interface import Event, Recorder
 
 DEFAULT_LIFETIME_DAYS = 7
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_bundle(source: str) -> bytes:
@@ -41,7 +45,7 @@ def read_bundle(source: str) -> bytes:
         raise UsageError(f"cannot read bundle {source}: {exc.strerror}") from None
 
 
-def identity_option(f: Any) -> Any:
+def identity_option(f: F) -> F:
     f = click.option(
         "--passphrase-file",
         type=click.Path(dir_okay=False, allow_dash=True),
@@ -56,7 +60,7 @@ def identity_option(f: Any) -> Any:
     )(f)
 
 
-def trust_option(f: Any) -> Any:
+def trust_option(f: F) -> F:
     f = click.option(
         "--trust-file",
         type=click.Path(dir_okay=False, exists=True),
@@ -88,9 +92,7 @@ def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]
 def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
     from keycourier import age
 
-    out: list[str] = []
-    for r in recipient:
-        out.append(age.parse_recipient(r).to_string())
+    out = [age.parse_recipient(r).to_string() for r in recipient]
     for path in recipients_file:
         try:
             with open(path, encoding="ascii") as fh:
@@ -105,8 +107,20 @@ def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) ->
 
 def _summary(manifest: Manifest) -> dict[str, Any]:
     d = manifest.to_dict()
-    return {k: d[k] for k in ("bundle_id", "platform", "environment", "partner", "client_id_masked",
-                              "fingerprint", "created_at", "expires_at", "recipients")}
+    return {
+        k: d[k]
+        for k in (
+            "bundle_id",
+            "platform",
+            "environment",
+            "partner",
+            "client_id_masked",
+            "fingerprint",
+            "created_at",
+            "expires_at",
+            "recipients",
+        )
+    }
 
 
 # -- seal ---------------------------------------------------------------------------
@@ -116,14 +130,30 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
 @handover_options
 @identity_option
 @click.option("-r", "--recipient", multiple=True, help="An age recipient (age1... or age1pq1...).")
-@click.option("-R", "--recipients-file", multiple=True, type=click.Path(dir_okay=False, exists=True), help="A file of age recipients.")
+@click.option(
+    "-R",
+    "--recipients-file",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="A file of age recipients.",
+)
 @click.option("--partner", help="Your organisation's name, shown in the manifest.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), help="Bundle file to write (default stdout).")
-@click.option("--require-vault", is_flag=True, help="Fail (exit 6) and release nothing unless the event reaches Vault.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Bundle file to write (default stdout).",
+)
+@click.option(
+    "--require-vault",
+    is_flag=True,
+    help="Fail (exit 6) and release nothing unless the event reaches Vault.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE).")
 @click.pass_context
 def seal(
     ctx: click.Context,
+    /,
     identity_path: str,
     passphrase_file: str | None,
     recipient: tuple[str, ...],
@@ -132,7 +162,7 @@ def seal(
     output: str | None,
     require_vault: bool,
     as_json: bool,
-    **options: Any,
+    **options: object,
 ) -> None:
     """Check credentials against the handover policy and seal them into a bundle.
 
@@ -146,27 +176,24 @@ def seal(
         --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
     """
     from keycourier import bundle
-    from keycourier.cli.policy_cmd import denied_lookup, render_report
+    from keycourier.cli.policy_cmd import denied_lookup, rejection_error, render_report
     from keycourier.ledger.interface import Event, EventType
     from keycourier.policy import Verdict, evaluate, load_policy
 
     if as_json and (output is None or output == "-"):
         raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
-    settings = settings_from(ctx, policy_path=options.get("policy"))
+    policy_opt = options.pop("policy", None)
+    settings = settings_from(ctx, policy_path=str(policy_opt) if policy_opt else None)
+    probe = bool(options.pop("probe", False))
     recipients = _recipients(recipient, recipients_file)
     secret_on_stdin = options.get("client_secret_file") == "-"
     sender = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=secret_on_stdin)
     facts = facts_from_options(options)
-    if facts.lifetime is None:
-        from dataclasses import replace
-        from datetime import timedelta
-
-        facts = replace(facts, lifetime=timedelta(days=DEFAULT_LIFETIME_DAYS))
+    lifetime = facts.lifetime or timedelta(days=DEFAULT_LIFETIME_DAYS)
+    facts = dataclasses.replace(facts, lifetime=lifetime)
     policy = load_policy(settings.policy_path)
     now = datetime.now(UTC)
-    report = evaluate(
-        policy, facts, now=now, denied=denied_lookup(settings), probe=bool(options.get("probe"))
-    )
+    report = evaluate(policy, facts, now=now, denied=denied_lookup(settings), probe=probe)
     actor = sender.public().signing_fingerprint
     if report.verdict == Verdict.REJECT:
         _record(
@@ -177,33 +204,34 @@ def seal(
                 actor=actor,
                 fingerprint=report.fingerprint,
                 policy_digest=policy.digest,
-                data={"platform": facts.platform, "rules": list(report.rejected),
-                      "client_id_masked": report.masked_client_id, "partner": partner},
+                data={
+                    "platform": facts.platform,
+                    "rules": list(report.rejected),
+                    "client_id_masked": report.masked_client_id,
+                    "partner": partner,
+                },
             ),
             require_vault=False,
         )
-        with _to_stderr():
+        with contextlib.redirect_stdout(sys.stderr):
             render_report(report, as_json=False)
-        raise PolicyError(
-            "the handover policy rejects these credentials: " + ", ".join(report.rejected),
-            hints=[f.hint for f in report.findings if f.rule_id in report.rejected and f.hint][:3],
-        )
-    assert report.secret is not None  # noqa: S101 - evaluate guarantees it when not rejected
-    warnings = tuple(f.rule_id for f in report.findings if f.outcome == "warn")
+        raise rejection_error(report)
+    if report.secret is None:  # pragma: no cover - evaluate always sets it unless rejected
+        raise UsageError("the policy produced no normalised secret")
     for f in report.findings:
-        if f.outcome == "warn":
+        if f.effect == Verdict.WARN:
             warn(f"{f.rule_id}: {f.message}")
     sealed = bundle.seal(
         bundle.Credentials(facts.platform, facts.client_id, report.secret),
         sender=sender,
         recipients=recipients,
-        policy=bundle.PolicyStamp(policy.digest, str(report.verdict), warnings),
-        lifetime=facts.lifetime,
+        policy=bundle.PolicyStamp(policy.digest, str(report.verdict), report.warned),
+        lifetime=lifetime,
         environment=facts.environment or "unspecified",
         partner=partner,
         attestation=(
-            bundle.Attestation(facts.attested_by, facts.attestation or "")
-            if facts.attested_by
+            bundle.Attestation(report.attested_by, report.attestation or "")
+            if report.attested_by
             else None
         ),
         now=now,
@@ -230,16 +258,7 @@ def seal(
         info(f"credential fingerprint {m.fingerprint}, expires {m.expires_at:%Y-%m-%d %H:%M} UTC")
 
 
-class _to_stderr:  # noqa: N801 - used as a context manager name
-    def __enter__(self) -> None:
-        self._saved = sys.stdout
-        sys.stdout = sys.stderr
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stdout = self._saved
-
-
-def _record(settings: Settings, event: Any, *, require_vault: bool) -> None:
+def _record(settings: Settings, event: Event, *, require_vault: bool) -> None:
     from keycourier.cli.record import open_recorder, report_outcome
 
     recorder = open_recorder(settings, require_vault=require_vault)
@@ -282,19 +301,30 @@ def inspect(bundle_file: str, as_json: bool) -> None:
             ("client id", m.client_id_masked),
             ("fingerprint", m.fingerprint),
             ("created", m.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
-            ("expires", m.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-             + (" (EXPIRED)" if result.expired else "")),
-            ("attested by", f"{m.attestation.by}: {m.attestation.statement}" if m.attestation else "-"),
+            (
+                "expires",
+                m.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                + (" (EXPIRED)" if result.expired else ""),
+            ),
+            (
+                "attested by",
+                f"{m.attestation.by}: {m.attestation.statement}" if m.attestation else "-",
+            ),
             ("sender", f"{m.sender_fingerprint} ({m.sender_key})"),
             ("signature", "valid" if result.signature_valid else "INVALID"),
             ("payload", "digest matches" if result.payload_digest_valid else "DIGEST MISMATCH"),
-            ("policy", f"{m.policy.verdict} ({m.policy.digest[:19]}…)"
-             + (f" warnings: {', '.join(m.policy.warnings)}" if m.policy.warnings else "")),
+            (
+                "policy",
+                f"{m.policy.verdict} ({m.policy.digest[:19]}…)"
+                + (f" warnings: {', '.join(m.policy.warnings)}" if m.policy.warnings else ""),
+            ),
         ]
         rows += [("recipient", r if len(r) < 80 else r[:40] + "…") for r in m.recipients]
         for k, v in rows:
             click.echo(f"{k + ':':<13} {v}")
-        click.echo("(the signature proves who sealed it only if you trust that sender key)", err=True)
+        click.echo(
+            "(the signature proves who sealed it only if you trust that sender key)", err=True
+        )
     if not (result.signature_valid and result.payload_digest_valid):
         raise IntegrityError("the bundle's signature or payload digest does not verify")
 
@@ -306,15 +336,26 @@ def inspect(bundle_file: str, as_json: bool) -> None:
 @click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, allow_dash=True))
 @identity_option
 @trust_option
-@click.option("--policy", type=click.Path(dir_okay=False, exists=True), help="Receiver's handover policy (env KEYCOURIER_POLICY).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the credentials here (0600).")
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Receiver's handover policy (env KEYCOURIER_POLICY).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the credentials here (0600)."
+)
 @click.option("--reveal", is_flag=True, help="Allow printing the credentials to a terminal.")
 @click.option("--json", "as_json", is_flag=True, help="Output the credentials as JSON.")
 @click.option("--allow-reopen", is_flag=True, help="Open a bundle that was already opened.")
-@click.option("--require-vault", is_flag=True, help="Fail (exit 6) and release nothing unless the event reaches Vault.")
+@click.option(
+    "--require-vault",
+    is_flag=True,
+    help="Fail (exit 6) and release nothing unless the event reaches Vault.",
+)
 @click.pass_context
 def open_bundle(
     ctx: click.Context,
+    /,
     bundle_file: str,
     identity_path: str,
     passphrase_file: str | None,
@@ -348,27 +389,36 @@ def open_bundle(
     settings = settings_from(ctx, policy_path=policy)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    checked = open_for_cli(settings, text, ident, trusted_senders(trust, trust_file),
-                           allow_reopen=allow_reopen, require_vault=require_vault)
+    checked = open_for_cli(
+        settings,
+        text,
+        ident,
+        trusted_senders(trust, trust_file),
+        allow_reopen=allow_reopen,
+        require_vault=require_vault,
+    )
     c = checked.credentials
     m = checked.manifest
     if as_json:
         import json
 
-        data = json.dumps(
-            {
-                "bundle_id": m.bundle_id,
-                "platform": c.platform,
-                "client_id": c.client_id,
-                "client_secret": c.client_secret.reveal(),
-                "fingerprint": m.fingerprint,
-                "partner": m.partner,
-                "sealed_by": m.sender_fingerprint,
-                "sealed_at": m.to_dict()["created_at"],
-            },
-            indent=2,
-            sort_keys=True,
-        ) + "\n"
+        data = (
+            json.dumps(
+                {
+                    "bundle_id": m.bundle_id,
+                    "platform": c.platform,
+                    "client_id": c.client_id,
+                    "client_secret": c.client_secret.reveal(),
+                    "fingerprint": m.fingerprint,
+                    "partner": m.partner,
+                    "sealed_by": m.sender_fingerprint,
+                    "sealed_at": m.to_dict()["created_at"],
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
+        )
     else:
         data = (
             f"platform={c.platform}\nclient_id={c.client_id}\n"
@@ -384,13 +434,13 @@ def open_bundle(
 def open_for_cli(
     settings: Settings,
     text: bytes,
-    ident: Any,
+    ident: KeycourierIdentity,
     trusted: list[str],
     *,
     allow_reopen: bool,
     require_vault: bool,
 ) -> CheckedBundle:
-    """Verify, re-check policy, check the ledger, and record `opened`; the shared path of open/ingest."""
+    """Verify, re-check policy, check the ledger and record `opened` (shared by open/ingest)."""
     from keycourier import bundle
     from keycourier.cli.policy_cmd import denied_lookup
     from keycourier.cli.record import open_recorder, report_outcome
@@ -400,7 +450,11 @@ def open_for_cli(
     policy_obj = load_policy(settings.policy_path)
     now = datetime.now(UTC)
     checked = bundle.open_bundle(
-        text, identity=ident, trusted=trusted, policy=policy_obj, now=now,
+        text,
+        identity=ident,
+        trusted=trusted,
+        policy=policy_obj,
+        now=now,
         denied=denied_lookup(settings),
     )
     me = ident.public().signing_fingerprint
@@ -460,7 +514,9 @@ def bundle() -> None:
 
 @bundle.command("extract-age")
 @click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the armored age file here.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the armored age file here."
+)
 def extract_age(bundle_file: str, output: str | None) -> None:
     """Write a bundle's age payload (armored) for a stock age tool.
 

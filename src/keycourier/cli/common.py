@@ -6,6 +6,7 @@ terminal prompt; never from argv.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from keycourier.errors import UsageError
 from keycourier.redact import Secret
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
-PASSPHRASE_ENV = "KEYCOURIER_PASSPHRASE"
+PASSPHRASE_ENV = "KEYCOURIER_PASSPHRASE"  # noqa: S105 - a variable name
 
 
 def read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:
@@ -62,7 +63,7 @@ def get_passphrase(
     in which case ``--passphrase-file -`` is refused.
     """
     if passphrase_file is not None:
-        if passphrase_file == "-" and stdin_busy:
+        if passphrase_file == "-" and stdin_busy:  # noqa: S105 - "-" means stdin
             raise UsageError(
                 "--passphrase-file - cannot be used while the input also comes from stdin",
                 hints=["pass the input as a file argument, or the passphrase in a file"],
@@ -98,10 +99,8 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -53,13 +53,34 @@ def identity() -> None:
 
 
 @identity.command("new")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to create (0600).")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to create (0600)."
+)
 @click.option("--pq", is_flag=True, help="Use the post-quantum ML-KEM-768 + X25519 hybrid age key.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False, allow_dash=True), help="Read the protecting passphrase from FILE ('-' for stdin).")
-@click.option("--unprotected", is_flag=True, help="Store the keys without a passphrase (not recommended).")
-@click.option("--work-factor", type=click.IntRange(10, 22), default=18, show_default=True, help="scrypt work factor (log2 N) for the passphrase.")
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Read the protecting passphrase from FILE ('-' for stdin).",
+)
+@click.option(
+    "--unprotected", is_flag=True, help="Store the keys without a passphrase (not recommended)."
+)
+@click.option(
+    "--work-factor",
+    type=click.IntRange(10, 22),
+    default=18,
+    show_default=True,
+    help="scrypt work factor (log2 N) for the passphrase.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the public identity as JSON.")
-def new(output: str, pq: bool, passphrase_file: str | None, unprotected: bool, work_factor: int, as_json: bool) -> None:
+def new(
+    output: str,
+    pq: bool,
+    passphrase_file: str | None,
+    unprotected: bool,
+    work_factor: int,
+    as_json: bool,
+) -> None:
     """Create an identity file.
 
     \b
@@ -71,12 +92,22 @@ def new(output: str, pq: bool, passphrase_file: str | None, unprotected: bool, w
     _refuse_existing(output)
     if unprotected and passphrase_file:
         raise UsageError("--unprotected and --passphrase-file exclude each other")
-    passphrase = None if unprotected else get_passphrase(passphrase_file, confirm=True, what="new passphrase")
+    passphrase = (
+        None
+        if unprotected
+        else get_passphrase(passphrase_file, confirm=True, what="new passphrase")
+    )
     ident = KeycourierIdentity.generate(pq=pq)
     write_private(output, ident.to_file(passphrase, work_factor=work_factor))
     pub = ident.public()
     if as_json:
-        emit_json({"recipient": pub.recipient, "signing_key": pub.signing_key, "signing_fingerprint": pub.signing_fingerprint})
+        emit_json(
+            {
+                "recipient": pub.recipient,
+                "signing_key": pub.signing_key,
+                "signing_fingerprint": pub.signing_fingerprint,
+            }
+        )
     else:
         click.echo(f"Public key: {pub.recipient}", err=True)
         click.echo(f"Signing key: {pub.signing_key}", err=True)
@@ -85,8 +116,14 @@ def new(output: str, pq: bool, passphrase_file: str | None, unprotected: bool, w
 
 @identity.command("show")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--verify", is_flag=True, help="Decrypt the file and check that the header matches its keys.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False, allow_dash=True), help="Passphrase for --verify.")
+@click.option(
+    "--verify", is_flag=True, help="Decrypt the file and check that the header matches its keys."
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Passphrase for --verify.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(file: str, verify: bool, passphrase_file: str | None, as_json: bool) -> None:
     """Print an identity's public recipient and signing key fingerprint.
@@ -123,8 +160,17 @@ def show(file: str, verify: bool, passphrase_file: str | None, as_json: bool) ->
 
 @identity.command("export-age")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the stock age identity here (0600).")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False, allow_dash=True), help="Passphrase of the identity.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the stock age identity here (0600).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Passphrase of the identity.",
+)
 @click.option("--reveal", is_flag=True, help="Allow printing the secret key to a terminal.")
 def export_age(file: str, output: str | None, passphrase_file: str | None, reveal: bool) -> None:
     """Write the identity's age key as a stock AGE-SECRET-KEY-1... file.

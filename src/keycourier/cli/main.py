@@ -9,32 +9,55 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from keycourier import __version__
 from keycourier.errors import Error, ExitCode
 
+if TYPE_CHECKING:
+    from keycourier.config import Settings
+
 # name -> (module, attribute, one-line help). Keep the help here so that
 # ``--help`` lists every command without importing any of them.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "age": ("keycourier.cli.age_cmd", "age", "Encrypt and decrypt standard age v1 files."),
-    "identity": ("keycourier.cli.identity_cmd", "identity", "Create and show keycourier identities."),
+    "identity": (
+        "keycourier.cli.identity_cmd",
+        "identity",
+        "Create and show keycourier identities.",
+    ),
     "seal": ("keycourier.cli.bundle_cmd", "seal", "Check credentials and seal them into a bundle."),
     "inspect": ("keycourier.cli.bundle_cmd", "inspect", "Show a bundle's public manifest."),
     "open": ("keycourier.cli.bundle_cmd", "open_bundle", "Verify, decrypt and release a bundle."),
-    "bundle": ("keycourier.cli.bundle_cmd", "bundle", "Low-level bundle tools (extract the age payload)."),
+    "bundle": (
+        "keycourier.cli.bundle_cmd",
+        "bundle",
+        "Low-level bundle tools (extract the age payload).",
+    ),
     "check": ("keycourier.cli.policy_cmd", "check", "Run the handover policy without sealing."),
-    "policy": ("keycourier.cli.policy_cmd", "policy", "Show the policy in force; deny fingerprints."),
+    "policy": (
+        "keycourier.cli.policy_cmd",
+        "policy",
+        "Show the policy in force; deny fingerprints.",
+    ),
     "ingest": ("keycourier.cli.provenance_cmd", "ingest", "Open a bundle and store it in Vault."),
     "revoke": ("keycourier.cli.provenance_cmd", "revoke", "Record that a bundle is revoked."),
     "sync": ("keycourier.cli.provenance_cmd", "sync", "Deliver pending ledger events to Vault."),
     "audit": ("keycourier.cli.provenance_cmd", "audit", "Verify, show and export the ledger."),
-    "doctor": ("keycourier.cli.provenance_cmd", "doctor", "Check Vault reachability and permissions."),
+    "doctor": (
+        "keycourier.cli.provenance_cmd",
+        "doctor",
+        "Check Vault reachability and permissions.",
+    ),
     "token": ("keycourier.cli.helper_cmd", "token", "Print a partner access token."),
     "exec": ("keycourier.cli.helper_cmd", "exec_", "Run a command with a partner token injected."),
-    "serve": ("keycourier.cli.helper_cmd", "serve", "Run the authenticated token helper on loopback."),
+    "serve": (
+        "keycourier.cli.helper_cmd",
+        "serve",
+        "Run the authenticated token helper on loopback.",
+    ),
     "helper": ("keycourier.cli.helper_cmd", "helper", "Manage token helper client keys."),
     "connection": (
         "keycourier.cli.connection_cmd",
@@ -136,10 +159,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
 
 
-def settings_from(ctx: click.Context, **overrides: Any) -> Any:
+def settings_from(
+    ctx: click.Context, *, policy_path: str | None = None, ledger_path: str | None = None
+) -> Settings:
     """Load settings once per invocation, honouring the global --config flag."""
     from keycourier import config
 
     root = ctx.find_root()
     obj = root.obj or {}
-    return config.load(config_path=obj.get("config_path"), **overrides)
+    return config.load(
+        config_path=obj.get("config_path"), policy_path=policy_path, ledger_path=ledger_path
+    )

@@ -8,7 +8,7 @@ from keycourier.cli.common import info, warn
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event, RecordOutcome, Recorder
+    from keycourier.ledger.interface import Event, Recorder, RecordOutcome
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorder:

@@ -22,7 +22,10 @@ def trust(ident: KeycourierIdentity) -> list[str]:
 
 
 def test_round_trip_releases_exact_credentials(
-    sealed: SealedBundle, sender: KeycourierIdentity, receiver: KeycourierIdentity, creds: Credentials
+    sealed: SealedBundle,
+    sender: KeycourierIdentity,
+    receiver: KeycourierIdentity,
+    creds: Credentials,
 ) -> None:
     opened = bundle.open_verified(sealed.text, identity=receiver, trusted=trust(sender), now=LATER)
     assert opened.credentials.client_id == creds.client_id
@@ -60,7 +63,10 @@ def test_inspect_needs_no_key(sealed: SealedBundle) -> None:
     assert result.signature_valid
     assert result.payload_digest_valid
     assert not result.expired
-    assert json.loads(json.dumps(result.to_dict()))["manifest"]["bundle_id"] == sealed.manifest.bundle_id
+    assert (
+        json.loads(json.dumps(result.to_dict()))["manifest"]["bundle_id"]
+        == sealed.manifest.bundle_id
+    )
 
 
 def test_untrusted_sender_gets_the_one_integrity_error(
@@ -111,9 +117,12 @@ def test_resigned_manifest_with_foreign_payload_is_detected(
     mb = canonical_json(m)
     sig = base64.b64encode(sender.sign(SIGNATURE_CONTEXT + mb))
     text = (
-        b"keycourier-bundle/v1\n-----BEGIN KEYCOURIER MANIFEST-----\n" + mb
+        b"keycourier-bundle/v1\n-----BEGIN KEYCOURIER MANIFEST-----\n"
+        + mb
         + b"\n-----END KEYCOURIER MANIFEST-----\n-----BEGIN KEYCOURIER SIGNATURE-----\n"
-        + sig + b"\n-----END KEYCOURIER SIGNATURE-----\n" + _blocks(b.text)[1]
+        + sig
+        + b"\n-----END KEYCOURIER SIGNATURE-----\n"
+        + _blocks(b.text)[1]
     )
     assert bundle.inspect(text, now=LATER).signature_valid
     with pytest.raises(IntegrityError):
@@ -144,7 +153,9 @@ def test_crlf_and_outer_whitespace_survive_transport(
         lambda t: t.replace(b"keycourier-bundle/v1", b"keycourier-bundle/v2", 1),
         lambda t: t.replace(b'"partner":"Acme Ltd"', b'"partner": "Acme Ltd"', 1),
         lambda t: t.replace(b'"partner":"Acme Ltd"', b'"partner":"Acme Ltd","x":1', 1),
-        lambda t: t.replace(b"-----END KEYCOURIER SIGNATURE-----\n", b"-----END KEYCOURIER SIGNATURE-----\n\n", 1),
+        lambda t: t.replace(
+            b"-----END KEYCOURIER SIGNATURE-----\n", b"-----END KEYCOURIER SIGNATURE-----\n\n", 1
+        ),
         lambda t: b"junk\n" + t,
         lambda t: t + b"junk\n",
         lambda t: t + t,
@@ -157,14 +168,18 @@ def test_layout_deviations_are_rejected(
 ) -> None:
     assert callable(mutate)
     with pytest.raises(IntegrityError):
-        bundle.open_verified(mutate(sealed.text), identity=receiver, trusted=trust(sender), now=LATER)
+        bundle.open_verified(
+            mutate(sealed.text), identity=receiver, trusted=trust(sender), now=LATER
+        )
 
 
 def test_oversized_bundle_is_rejected_before_parsing(
     sender: KeycourierIdentity, receiver: KeycourierIdentity
 ) -> None:
     with pytest.raises(IntegrityError):
-        bundle.open_verified(b"x" * (1024 * 1024 + 1), identity=receiver, trusted=trust(sender), now=LATER)
+        bundle.open_verified(
+            b"x" * (1024 * 1024 + 1), identity=receiver, trusted=trust(sender), now=LATER
+        )
 
 
 def test_every_bit_flip_is_rejected(
@@ -199,11 +214,25 @@ def test_every_truncation_is_rejected(
 
 def test_seal_refuses_bad_recipients(sender: KeycourierIdentity, creds: Credentials) -> None:
     with pytest.raises(UsageError):
-        bundle.seal(creds, sender=sender, recipients=[], policy=STAMP,
-                    lifetime=timedelta(days=1), environment="production", now=NOW)
+        bundle.seal(
+            creds,
+            sender=sender,
+            recipients=[],
+            policy=STAMP,
+            lifetime=timedelta(days=1),
+            environment="production",
+            now=NOW,
+        )
     with pytest.raises(UsageError):
-        bundle.seal(creds, sender=sender, recipients=["age1notarecipient"], policy=STAMP,
-                    lifetime=timedelta(days=1), environment="production", now=NOW)
+        bundle.seal(
+            creds,
+            sender=sender,
+            recipients=["age1notarecipient"],
+            policy=STAMP,
+            lifetime=timedelta(days=1),
+            environment="production",
+            now=NOW,
+        )
 
 
 def test_stock_age_decrypts_the_extracted_payload(
