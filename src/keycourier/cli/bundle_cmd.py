@@ -205,7 +205,7 @@ def seal(
                 fingerprint=report.fingerprint,
                 policy_digest=policy.digest,
                 data={
-                    "platform": facts.platform,
+                    "platform": report.platform,
                     "rules": list(report.rejected),
                     "client_id_masked": report.masked_client_id,
                     "partner": partner,
@@ -222,7 +222,7 @@ def seal(
         if f.effect == Verdict.WARN:
             warn(f"{f.rule_id}: {f.message}")
     sealed = bundle.seal(
-        bundle.Credentials(facts.platform, facts.client_id, report.secret),
+        bundle.Credentials(report.platform, facts.client_id, report.secret),
         sender=sender,
         recipients=recipients,
         policy=bundle.PolicyStamp(policy.digest, str(report.verdict), report.warned),

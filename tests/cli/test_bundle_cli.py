@@ -1,0 +1,318 @@
+"""seal / inspect / open / identity / bundle extract-age through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import string
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from keycourier import bundle
+from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp
+from keycourier.redact import Secret
+
+ALNUM = string.ascii_letters + string.digits
+PASS = "test passphrase 123"
+
+
+def run(
+    *args: str, cwd: Path, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    full_env = {**os.environ, "KEYCOURIER_PASSPHRASE": PASS, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "keycourier", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+    )
+
+
+@dataclass
+class World:
+    dir: Path
+    client_id: str
+    secret: str
+    platform_recipient: str
+    partner_fpr: str
+    platform_fpr: str
+
+    def seal(self, *extra: str, out: str = "handover.kcb") -> subprocess.CompletedProcess[bytes]:
+        return run(
+            "seal",
+            "--platform",
+            "quickbooks",
+            "--client-id",
+            self.client_id,
+            "--client-secret-file",
+            "secret.txt",
+            "--environment",
+            "production",
+            "--attested-by",
+            "Test Lead",
+            "--identity",
+            "partner.kcid",
+            "-r",
+            self.platform_recipient,
+            "--partner",
+            "Acme",
+            "-o",
+            out,
+            *extra,
+            cwd=self.dir,
+        )
+
+    def open(self, name: str = "handover.kcb", *extra: str) -> subprocess.CompletedProcess[bytes]:
+        return run(
+            "open",
+            name,
+            "--identity",
+            "platform.kcid",
+            "--trust",
+            self.partner_fpr,
+            "-o",
+            "creds.json",
+            "--json",
+            *extra,
+            cwd=self.dir,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    for name in ("partner", "platform"):
+        out = run(
+            "identity", "new", "-o", f"{name}.kcid", "--work-factor", "10", "--json", cwd=tmp_path
+        )
+        assert out.returncode == 0, out.stderr
+    pub = {
+        n: json.loads(run("identity", "show", f"{n}.kcid", "--json", cwd=tmp_path).stdout)
+        for n in ("partner", "platform")
+    }
+    client_id = "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
+    secret = "".join(secrets.choice(ALNUM) for _ in range(40))
+    (tmp_path / "secret.txt").write_text(secret + "\n")
+    return World(
+        tmp_path,
+        client_id,
+        secret,
+        pub["platform"]["recipient"],
+        pub["partner"]["signing_fingerprint"],
+        pub["platform"]["signing_fingerprint"],
+    )
+
+
+def test_identity_file_is_0600_and_encrypted(world: World) -> None:
+    path = world.dir / "partner.kcid"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert b"AGE-SECRET-KEY" not in path.read_bytes()
+    again = run("identity", "new", "-o", "partner.kcid", cwd=world.dir)
+    assert again.returncode == 2  # refuses to overwrite
+
+
+def test_seal_inspect_open_round_trip(world: World) -> None:
+    sealed = world.seal()
+    assert sealed.returncode == 0, sealed.stderr
+    text = (world.dir / "handover.kcb").read_bytes()
+    assert world.secret.encode() not in text
+    assert world.secret.encode() not in sealed.stderr + sealed.stdout
+
+    inspected = run("inspect", "handover.kcb", "--json", cwd=world.dir)
+    assert inspected.returncode == 0
+    info = json.loads(inspected.stdout)
+    assert info["signature_valid"] is True
+    assert info["manifest"]["attestation"]["by"] == "Test Lead"
+    assert info["manifest"]["client_id_masked"] == f"{world.client_id[:4]}…{world.client_id[-4:]}"
+
+    opened = world.open()
+    assert opened.returncode == 0, opened.stderr
+    creds = json.loads((world.dir / "creds.json").read_text())
+    assert creds["client_secret"] == world.secret  # the trailing newline was removed
+    assert creds["client_id"] == world.client_id
+    assert stat.S_IMODE((world.dir / "creds.json").stat().st_mode) == 0o600
+    assert world.secret.encode() not in opened.stderr
+
+
+def test_open_to_a_pipe_and_reopen_refused(world: World) -> None:
+    assert world.seal().returncode == 0
+    first = run(
+        "open",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        "--trust",
+        world.partner_fpr,
+        cwd=world.dir,
+    )
+    assert first.returncode == 0, first.stderr
+    assert f"client_secret={world.secret}".encode() in first.stdout
+    second = run(
+        "open",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        "--trust",
+        world.partner_fpr,
+        cwd=world.dir,
+    )
+    assert second.returncode == 7
+    assert b"already opened" in second.stderr
+    third = run(
+        "open",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        "--trust",
+        world.partner_fpr,
+        "--allow-reopen",
+        cwd=world.dir,
+    )
+    assert third.returncode == 0
+
+
+@pytest.mark.parametrize("case", ["tampered", "untrusted", "wrong-identity", "truncated"])
+def test_every_integrity_failure_is_exit_4_with_nothing_written(world: World, case: str) -> None:
+    assert world.seal().returncode == 0
+    text = (world.dir / "handover.kcb").read_bytes()
+    trust = world.partner_fpr
+    identity = "platform.kcid"
+    if case == "tampered":
+        text = text.replace(b'"partner":"Acme"', b'"partner":"Acne"')
+    elif case == "untrusted":
+        trust = world.platform_fpr
+    elif case == "wrong-identity":
+        identity = "partner.kcid"
+    else:
+        text = text[: len(text) // 2]
+    (world.dir / "b.kcb").write_bytes(text)
+    out = run(
+        "open", "b.kcb", "--identity", identity, "--trust", trust, "-o", "creds.json", cwd=world.dir
+    )
+    assert out.returncode == 4
+    assert out.stderr.startswith(b"keycourier: error: bundle verification failed")
+    assert not (world.dir / "creds.json").exists()
+    assert b"Traceback" not in out.stderr
+
+
+def test_expired_bundle_is_exit_7_and_says_when(world: World) -> None:
+    sender = bundle.read_identity(world.dir / "partner.kcid", Secret(PASS))
+    past = datetime.now(UTC) - timedelta(days=3)
+    sealed = bundle.seal(
+        Credentials("quickbooks", world.client_id, Secret(world.secret)),
+        sender=sender,
+        recipients=[world.platform_recipient],
+        policy=PolicyStamp("sha256:" + "0" * 64, "pass"),
+        lifetime=timedelta(days=1),
+        environment="production",
+        now=past,
+    )
+    (world.dir / "old.kcb").write_bytes(sealed.text)
+    out = world.open("old.kcb")
+    assert out.returncode == 7
+    expected = (past.replace(microsecond=0) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"expired at {expected}".encode() in out.stderr
+    assert not (world.dir / "creds.json").exists()
+
+
+def test_policy_rejection_is_exit_7_recorded_and_releases_nothing(world: World) -> None:
+    out = world.seal(
+        "--redirect-uri", "https://developer.intuit.com/v2/OAuth2Playground/RedirectUrl"
+    )
+    assert out.returncode == 7
+    assert b"playground-redirect" in out.stderr
+    assert world.secret.encode() not in out.stderr + out.stdout
+    assert not (world.dir / "handover.kcb").exists()
+    shown = run("audit", "export", "--format", "jsonl", cwd=world.dir)
+    assert shown.returncode == 0, shown.stderr
+    events = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [e["type"] for e in events] == ["rejected"]
+    assert world.secret not in shown.stdout.decode()
+
+
+def test_secret_from_stdin_and_passphrase_conflict(world: World) -> None:
+    out = run(
+        "seal",
+        "--platform",
+        "quickbooks",
+        "--client-id",
+        world.client_id,
+        "--client-secret-file",
+        "-",
+        "--environment",
+        "production",
+        "--attested-by",
+        "T",
+        "--identity",
+        "partner.kcid",
+        "-r",
+        world.platform_recipient,
+        "-o",
+        "x.kcb",
+        "--passphrase-file",
+        "-",
+        cwd=world.dir,
+        stdin=world.secret.encode(),
+    )
+    assert out.returncode == 2
+    assert b"stdin" in out.stderr
+    ok = run(
+        "seal",
+        "--platform",
+        "quickbooks",
+        "--client-id",
+        world.client_id,
+        "--client-secret-file",
+        "-",
+        "--environment",
+        "production",
+        "--attested-by",
+        "T",
+        "--identity",
+        "partner.kcid",
+        "-r",
+        world.platform_recipient,
+        "-o",
+        "x.kcb",
+        cwd=world.dir,
+        stdin=world.secret.encode(),
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_stock_age_opens_the_payload_with_the_exported_identity(world: World) -> None:
+    assert world.seal().returncode == 0
+    exp = run("identity", "export-age", "platform.kcid", "-o", "platform.agekey", cwd=world.dir)
+    assert exp.returncode == 0, exp.stderr
+    assert stat.S_IMODE((world.dir / "platform.agekey").stat().st_mode) == 0o600
+    ext = run("bundle", "extract-age", "handover.kcb", "-o", "payload.age", cwd=world.dir)
+    assert ext.returncode == 0
+    dec = subprocess.run(
+        ["age", "-d", "-i", "platform.agekey", "payload.age"],
+        cwd=world.dir,
+        capture_output=True,
+        check=True,
+    )
+    assert json.loads(dec.stdout)["client_secret"] == world.secret
+
+
+def test_wrong_passphrase_is_refused(world: World) -> None:
+    out = run(
+        "identity",
+        "show",
+        "partner.kcid",
+        "--verify",
+        cwd=world.dir,
+        env={"KEYCOURIER_PASSPHRASE": "not it"},
+    )
+    assert out.returncode == 4
+    assert b"wrong passphrase" in out.stderr
