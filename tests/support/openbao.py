@@ -149,3 +149,109 @@ def health(addr: str) -> dict[str, object]:
             return dict(json.loads(resp.read()))
     except urllib.error.HTTPError as exc:
         return dict(json.loads(exc.read()))
+
+
+# -- raft (non-dev) servers: persistent storage, init with one key share, unseal --------
+
+
+def _http_json(
+    method: str, url: str, body: dict[str, object] | None = None, token: str = ""
+) -> dict[str, object]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback
+    if token:
+        req.add_header("X-Vault-Token", token)
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+        raw = resp.read()
+    return dict(json.loads(raw)) if raw else {}
+
+
+def _launch_raft(workdir: Path, port: int, cluster_port: int) -> subprocess.Popen[bytes]:
+    data_dir = workdir / "raft"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "server.hcl"
+    config.write_text(
+        f'storage "raft" {{\n  path = "{data_dir}"\n  node_id = "node1"\n}}\n'
+        f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+        f'  cluster_address = "127.0.0.1:{cluster_port}"\n'
+        f"  tls_disable = true\n}}\n"
+        f'api_addr = "http://127.0.0.1:{port}"\ncluster_addr = "http://127.0.0.1:{cluster_port}"\n'
+        "disable_mlock = true\nui = false\n"
+    )
+    env = dict(os.environ)
+    env.pop("VAULT_ADDR", None)
+    env.pop("BAO_ADDR", None)
+    log = (workdir / f"bao-raft-{port}.log").open("ab")
+    proc = subprocess.Popen(
+        [bao_binary(), "server", f"-config={config}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=workdir,
+    )
+    log.close()
+    return proc
+
+
+def _wait_active(addr: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = health(addr) if _port_open(addr) else {}
+        if h.get("initialized") and not h.get("sealed") and not h.get("standby"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{addr} did not become active")
+
+
+def _port_open(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.split("//")[-1], int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_raft_server(workdir: Path) -> BaoServer:
+    """A single-node raft server: init (1 key share), unseal, KV v2 at secret/."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, cluster_port = free_port(), free_port()
+    proc = _launch_raft(workdir, port, cluster_port)
+    addr = f"http://127.0.0.1:{port}"
+    server = BaoServer(
+        proc=proc, addr=addr, token="", workdir=workdir, log_path=workdir / f"bao-raft-{port}.log"
+    )
+    try:
+        wait_http(f"{addr}/v1/sys/health", ok=(200, 429, 472, 473, 501, 503))
+        init = _http_json("PUT", f"{addr}/v1/sys/init", {"secret_shares": 1, "secret_threshold": 1})
+        keys = init.get("keys_b64") or init.get("keys")
+        assert isinstance(keys, list)
+        server.token = str(init["root_token"])
+        server.extra.update(unseal_key=str(keys[0]), port=port, cluster_port=cluster_port)
+        unseal(server)
+        _wait_active(addr)
+        _http_json(
+            "POST",
+            f"{addr}/v1/sys/mounts/secret",
+            {"type": "kv", "options": {"version": "2"}},
+            server.token,
+        )
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def unseal(server: BaoServer) -> None:
+    _http_json("PUT", f"{server.addr}/v1/sys/unseal", {"key": server.extra["unseal_key"]})
+
+
+def restart_raft_server(server: BaoServer) -> None:
+    """Stop the process by PID, start it again on the same ports and data, unseal."""
+    server.stop()
+    server.proc = _launch_raft(
+        server.workdir, int(str(server.extra["port"])), int(str(server.extra["cluster_port"]))
+    )
+    wait_http(f"{server.addr}/v1/sys/health", ok=(200, 429, 472, 473, 501, 503))
+    unseal(server)
+    _wait_active(server.addr)

@@ -1,0 +1,263 @@
+"""The SQLite ledger: append-only triggers, hash chain, checkpoints, tamper detection."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from keycourier import config
+from keycourier.errors import ConfigError, IntegrityError, UnavailableError, UsageError
+from keycourier.ledger import chain
+from keycourier.ledger.interface import Event, EventType, VaultStatus
+from keycourier.ledger.memory import MemoryRecorder
+from keycourier.ledger.service import bundle_state, export, open_recorder
+from keycourier.ledger.sqlite import SqliteLedger, key_path_for
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def ev(kind: EventType, n: int = 0, **kw: object) -> Event:
+    return Event(type=kind, at=T0 + timedelta(seconds=n), actor="kc1:alice", **kw)  # type: ignore[arg-type]
+
+
+def fill(path: Path, count: int) -> None:
+    settings = config.load(ledger_path=path, env={"HOME": str(path.parent)})
+    with open_recorder(settings) as rec:
+        for i in range(count):
+            out = rec.record(
+                ev(EventType.SEALED, i, bundle_id=f"b{i % 3}", fingerprint=f"fp{i % 2}")
+            )
+            assert out.vault_status == VaultStatus.DISABLED
+            assert out.seq == i + 1
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A second connection that goes behind the triggers' back."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name in ("events_no_update", "events_no_delete"):
+        conn.execute(f"DROP TRIGGER {name}")
+    return conn
+
+
+def verify(path: Path) -> tuple[int, str] | None:
+    led = SqliteLedger(path)
+    try:
+        report = led.verify()
+    finally:
+        led.close()
+    return (
+        None if report.first_break is None else (report.first_break.seq, report.first_break.reason)
+    )
+
+
+def test_new_ledger_is_wal_with_private_key(tmp_path: Path) -> None:
+    path = tmp_path / "d" / "ledger.db"
+    fill(path, 2)
+    key = key_path_for(path)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta["schema_version"] == "1"
+    assert len(meta["public_key"]) == 64
+    assert meta["public_key"] not in key.read_text()  # the file holds the seed, not the public key
+
+
+def test_triggers_refuse_update_and_delete(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 3)
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET body = 'x' WHERE seq = 2")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM events WHERE seq = 3")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM checkpoints")
+
+
+def test_chain_links_and_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 5)
+    led = SqliteLedger(path)
+    rows = led.conn.execute("SELECT seq, body, prev_hash, hash FROM events ORDER BY seq").fetchall()
+    prev = chain.GENESIS
+    for seq, body, prev_hash, digest in rows:
+        assert prev_hash == prev
+        assert digest == chain.link_hash(prev, body)
+        assert json.loads(body)["seq"] == seq
+        prev = digest
+    report = led.verify()
+    assert (
+        report.ok and report.events == 5 and report.checkpoints == 1 and report.unsigned_tail == 0
+    )
+    assert report.head_hash == prev
+    led.close()
+
+
+def test_verify_detects_edited_row(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 6)
+    conn = raw(path)
+    body = conn.execute("SELECT body FROM events WHERE seq = 4").fetchone()[0]
+    conn.execute(
+        "UPDATE events SET body = ? WHERE seq = 4", (body.replace("kc1:alice", "kc1:mallory"),)
+    )
+    found = verify(path)
+    assert found is not None and found[0] == 4
+
+
+def test_verify_detects_edit_with_recomputed_chain(tmp_path: Path) -> None:
+    """Rewriting every later hash still fails: the signed checkpoint no longer matches."""
+    path = tmp_path / "ledger.db"
+    fill(path, 6)
+    conn = raw(path)
+    rows = conn.execute("SELECT seq, body FROM events ORDER BY seq").fetchall()
+    prev = chain.GENESIS
+    for seq, body in rows:
+        if seq == 3:
+            body = body.replace("kc1:alice", "kc1:mallory")
+        digest = chain.link_hash(prev, body)
+        conn.execute(
+            "UPDATE events SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (body, prev, digest, seq),
+        )
+        prev = digest
+    found = verify(path)
+    assert found is not None and found[0] == 6 and "checkpoint" in found[1]
+
+
+def test_verify_detects_deleted_row(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 6)
+    raw(path).execute("DELETE FROM events WHERE seq = 3")
+    found = verify(path)
+    assert found is not None and found[0] == 3 and "missing" in found[1]
+
+
+def test_verify_detects_deleted_last_row(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 4)
+    raw(path).execute("DELETE FROM events WHERE seq = 4")
+    found = verify(path)
+    assert found is not None and found[0] == 4
+
+
+def test_verify_detects_reordered_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 6)
+    conn = raw(path)
+    conn.execute("UPDATE events SET seq = -1 WHERE seq = 2")
+    conn.execute("UPDATE events SET seq = 2 WHERE seq = 5")
+    conn.execute("UPDATE events SET seq = 5 WHERE seq = -1")
+    found = verify(path)
+    assert found is not None and found[0] == 2
+
+
+def test_verify_detects_forged_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 3)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER checkpoints_no_update")
+    conn.execute("UPDATE checkpoints SET signature = ? WHERE seq = 3", ("00" * 64,))
+    found = verify(path)
+    assert found is not None and found[0] == 3 and "signature" in found[1]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 1)
+    sqlite3.connect(path, isolation_level=None).execute(
+        "UPDATE meta SET value = '99' WHERE key = 'schema_version'"
+    )
+    with pytest.raises(ConfigError, match="schema version 99, newer"):
+        SqliteLedger(path)
+
+
+def test_not_a_ledger_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError):
+        SqliteLedger(path)
+
+
+def test_missing_key_refuses_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 1)
+    key_path_for(path).unlink()
+    led = SqliteLedger(path)
+    led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
+    with pytest.raises(ConfigError, match="checkpoint key"):
+        led.checkpoint()
+    led.close()
+
+
+def test_history_by_bundle_and_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 7)
+    led = SqliteLedger(path)
+    assert [s.seq for s in led.history(bundle_id="b1")] == [2, 5]
+    assert [s.seq for s in led.history(fingerprint="fp0")] == [1, 3, 5, 7]
+    assert [s.seq for s in led.history(bundle_id="b1", fingerprint="fp1")] == [2]
+    assert led.history(bundle_id="nope") == []
+    led.close()
+
+
+def test_event_validation(tmp_path: Path) -> None:
+    led = SqliteLedger(tmp_path / "ledger.db")
+    with pytest.raises(UsageError, match="timezone"):
+        led.append(Event(EventType.SEALED, datetime(2026, 1, 1), "a"), VaultStatus.DISABLED, None)  # noqa: DTZ001
+    with pytest.raises(UsageError, match="not JSON"):
+        led.append(ev(EventType.SEALED, data={"x": object()}), VaultStatus.DISABLED, None)
+    with pytest.raises(UsageError, match="larger"):
+        led.append(ev(EventType.SEALED, data={"x": "a" * 20000}), VaultStatus.DISABLED, None)
+    assert led.head()[0] == 0  # nothing partial was written
+    led.close()
+
+
+def test_bundle_state_local(tmp_path: Path) -> None:
+    settings = config.load(ledger_path=tmp_path / "l.db", env={"HOME": str(tmp_path)})
+    with open_recorder(settings) as rec:
+        rec.record(ev(EventType.SEALED, 0, bundle_id="B"))
+        rec.record(ev(EventType.OPENED, 1, bundle_id="B"))
+        rec.record(Event(EventType.OPENED, T0 + timedelta(seconds=2), "kc1:bob", bundle_id="B"))
+        rec.record(ev(EventType.REVOKED, 3, bundle_id="B", data={"reason": "leaked"}))
+        state = bundle_state(rec, "B")
+    assert state.opened_by == ("kc1:alice", "kc1:bob")
+    assert state.revoked == "leaked"
+    assert state.sealed_by == "kc1:alice"
+    assert not state.vault_checked and state.vault_detail == "no Vault configured"
+
+
+def test_export_jsonl_and_csv(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    fill(path, 3)
+    led = SqliteLedger(path)
+    lines = list(export(led.iter_all(), "jsonl", since=T0 + timedelta(seconds=1)))
+    assert [json.loads(x)["seq"] for x in lines] == [2, 3]
+    rows = "".join(export(led.iter_all(), "csv")).splitlines()
+    assert rows[0].startswith("seq,type,at,actor")
+    assert len(rows) == 4
+    led.close()
+
+
+def test_memory_recorder_behaves_like_the_port() -> None:
+    rec = MemoryRecorder()
+    assert rec.record(ev(EventType.SEALED, bundle_id="B")).vault_status == VaultStatus.DISABLED
+    assert rec.record(ev(EventType.OPENED, 1, bundle_id="B")).seq == 2
+    assert bundle_state(rec, "B").opened_by == ("kc1:alice",)
+    assert rec.events[1].prev_hash == rec.events[0].hash
+    down = MemoryRecorder(vault_status=VaultStatus.PENDING, require_vault=True)
+    with pytest.raises(UnavailableError):
+        down.record(ev(EventType.SEALED))
+    assert len(down.events) == 1  # kept locally before raising
+
+
+def test_parse_body_rejects_garbage() -> None:
+    with pytest.raises(IntegrityError):
+        chain.parse_body("{}")
