@@ -11,10 +11,12 @@ from hypothesis import HealthCheck, settings
 
 from tests.support.openbao import BaoServer, start_dev_server
 
+# Ordinary property tests run a few hundred examples; the parser fuzz tests ask
+# for FUZZ_EXAMPLES explicitly (tests/support/fuzz.py): 10,000 each in CI.
 settings.register_profile(
-    "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.register_profile("dev", max_examples=300, deadline=None)
+settings.register_profile("dev", max_examples=150, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 VECTORS = Path(__file__).parent / "vectors" / "age"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from keycourier import bundle
-from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp
+from keycourier.bundle import Credentials, PolicyStamp
 from keycourier.redact import Secret
 
 ALNUM = string.ascii_letters + string.digits
