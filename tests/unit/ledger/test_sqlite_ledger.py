@@ -93,9 +93,10 @@ def test_chain_links_and_checkpoint(tmp_path: Path) -> None:
         assert json.loads(body)["seq"] == seq
         prev = digest
     report = led.verify()
-    assert (
-        report.ok and report.events == 5 and report.checkpoints == 1 and report.unsigned_tail == 0
-    )
+    assert report.ok
+    assert report.events == 5
+    assert report.checkpoints == 1
+    assert report.unsigned_tail == 0
     assert report.head_hash == prev
     led.close()
 
@@ -109,7 +110,8 @@ def test_verify_detects_edited_row(tmp_path: Path) -> None:
         "UPDATE events SET body = ? WHERE seq = 4", (body.replace("kc1:alice", "kc1:mallory"),)
     )
     found = verify(path)
-    assert found is not None and found[0] == 4
+    assert found is not None
+    assert found[0] == 4
 
 
 def test_verify_detects_edit_with_recomputed_chain(tmp_path: Path) -> None:
@@ -129,7 +131,9 @@ def test_verify_detects_edit_with_recomputed_chain(tmp_path: Path) -> None:
         )
         prev = digest
     found = verify(path)
-    assert found is not None and found[0] == 6 and "checkpoint" in found[1]
+    assert found is not None
+    assert found[0] == 6
+    assert "checkpoint" in found[1]
 
 
 def test_verify_detects_deleted_row(tmp_path: Path) -> None:
@@ -137,7 +141,9 @@ def test_verify_detects_deleted_row(tmp_path: Path) -> None:
     fill(path, 6)
     raw(path).execute("DELETE FROM events WHERE seq = 3")
     found = verify(path)
-    assert found is not None and found[0] == 3 and "missing" in found[1]
+    assert found is not None
+    assert found[0] == 3
+    assert "missing" in found[1]
 
 
 def test_verify_detects_deleted_last_row(tmp_path: Path) -> None:
@@ -145,7 +151,8 @@ def test_verify_detects_deleted_last_row(tmp_path: Path) -> None:
     fill(path, 4)
     raw(path).execute("DELETE FROM events WHERE seq = 4")
     found = verify(path)
-    assert found is not None and found[0] == 4
+    assert found is not None
+    assert found[0] == 4
 
 
 def test_verify_detects_reordered_rows(tmp_path: Path) -> None:
@@ -156,7 +163,8 @@ def test_verify_detects_reordered_rows(tmp_path: Path) -> None:
     conn.execute("UPDATE events SET seq = 2 WHERE seq = 5")
     conn.execute("UPDATE events SET seq = 5 WHERE seq = -1")
     found = verify(path)
-    assert found is not None and found[0] == 2
+    assert found is not None
+    assert found[0] == 2
 
 
 def test_verify_detects_forged_checkpoint(tmp_path: Path) -> None:
@@ -166,7 +174,9 @@ def test_verify_detects_forged_checkpoint(tmp_path: Path) -> None:
     conn.execute("DROP TRIGGER checkpoints_no_update")
     conn.execute("UPDATE checkpoints SET signature = ? WHERE seq = 3", ("00" * 64,))
     found = verify(path)
-    assert found is not None and found[0] == 3 and "signature" in found[1]
+    assert found is not None
+    assert found[0] == 3
+    assert "signature" in found[1]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -211,7 +221,7 @@ def test_history_by_bundle_and_fingerprint(tmp_path: Path) -> None:
 def test_event_validation(tmp_path: Path) -> None:
     led = SqliteLedger(tmp_path / "ledger.db")
     with pytest.raises(UsageError, match="timezone"):
-        led.append(Event(EventType.SEALED, datetime(2026, 1, 1), "a"), VaultStatus.DISABLED, None)  # noqa: DTZ001
+        led.append(Event(EventType.SEALED, datetime(2026, 1, 1), "a"), VaultStatus.DISABLED, None)
     with pytest.raises(UsageError, match="not JSON"):
         led.append(ev(EventType.SEALED, data={"x": object()}), VaultStatus.DISABLED, None)
     with pytest.raises(UsageError, match="larger"):
@@ -231,7 +241,8 @@ def test_bundle_state_local(tmp_path: Path) -> None:
     assert state.opened_by == ("kc1:alice", "kc1:bob")
     assert state.revoked == "leaked"
     assert state.sealed_by == "kc1:alice"
-    assert not state.vault_checked and state.vault_detail == "no Vault configured"
+    assert not state.vault_checked
+    assert state.vault_detail == "no Vault configured"
 
 
 def test_export_jsonl_and_csv(tmp_path: Path) -> None:

@@ -1,0 +1,235 @@
+"""The recorder against a real OpenBao dev server: write-once records, sync, cross-check."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import hvac
+import pytest
+
+from keycourier import config, vault
+from keycourier.config import Settings
+from keycourier.errors import IntegrityError, UnavailableError
+from keycourier.ledger.interface import Event, EventType, VaultStatus
+from keycourier.ledger.service import bundle_state, open_recorder
+from keycourier.ledger.sqlite import SqliteLedger
+from keycourier.ledger.vault import HANDOVERS, record_for
+from tests.support.openbao import BaoServer, free_port
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def settings_for(tmp: Path, addr: str, token: str, name: str = "ledger.db") -> Settings:
+    return config.load(
+        ledger_path=tmp / name, env={"HOME": str(tmp), "VAULT_ADDR": addr, "VAULT_TOKEN": token}
+    )
+
+
+def dead_addr() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def ev(
+    kind: EventType, bundle: str | None, n: int = 0, actor: str = "kc1:alice", **data: object
+) -> Event:
+    return Event(
+        type=kind,
+        at=T0 + timedelta(seconds=n),
+        actor=actor,
+        bundle_id=bundle,
+        fingerprint="kcfp1:abc",
+        data=data,
+    )
+
+
+def root(server: BaoServer) -> hvac.Client:
+    return hvac.Client(url=server.addr, token=server.token)
+
+
+def test_records_are_write_once_versions_with_metadata(bao_dev: BaoServer, tmp_path: Path) -> None:
+    bid = "kcb-" + uuid.uuid4().hex
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        first = rec.record(ev(EventType.SEALED, bid, platform="xero", partner="Acme"))
+        second = rec.record(ev(EventType.OPENED, bid, 1, actor="kc1:bob"))
+        other = rec.record(ev(EventType.TOKEN_ISSUED, None, 2, profile="ci"))
+        assert first.vault_status == VaultStatus.RECORDED
+        assert second.vault_status == VaultStatus.RECORDED
+        assert other.vault_status == VaultStatus.RECORDED
+        ledger_id = rec.ledger.ledger_id
+        rows = {seq: rec.ledger.event_row(seq) for seq in (1, 2, 3)}
+        report = rec.verify(vault=True)
+    assert report.ok
+    assert report.vault_records_checked == 3
+    client = root(bao_dev)
+    meta = vault.kv_read_metadata(client, "secret", f"{HANDOVERS}/{bid}")
+    assert meta is not None
+    assert meta.current_version == 2
+    assert meta.custom_metadata == {
+        "bundle_id": bid,
+        "platform": "xero",
+        "partner": "Acme",
+        "fingerprint": "kcfp1:abc",
+    }
+    for seq, version in ((1, 1), (2, 2)):
+        got = vault.kv_read_version(client, "secret", f"{HANDOVERS}/{bid}", version)
+        row = rows[seq]
+        assert row is not None
+        assert got is not None
+        assert got.data == record_for(ledger_id, seq, *row)
+    event_path = f"keycourier/events/token_issued/{ledger_id}-{3:010d}"
+    assert vault.kv_read(client, "secret", event_path) is not None
+    # write-once: a second create at the same version is refused by cas
+    with pytest.raises(vault.CasMismatchError):
+        vault.kv_write(client, "secret", f"{HANDOVERS}/{bid}", {"x": "y"}, cas=0)
+
+
+def test_other_ledger_sees_opened_by_another_identity(bao_dev: BaoServer, tmp_path: Path) -> None:
+    bid = "kcb-" + uuid.uuid4().hex
+    sender = settings_for(tmp_path, bao_dev.addr, bao_dev.token, "sender.db")
+    receiver = settings_for(tmp_path, bao_dev.addr, bao_dev.token, "receiver.db")
+    with open_recorder(sender) as rec:
+        rec.record(ev(EventType.SEALED, bid))
+    with open_recorder(receiver) as rec:
+        rec.record(ev(EventType.OPENED, bid, 1, actor="kc1:mallory"))
+    with open_recorder(receiver) as rec:
+        state = bundle_state(rec, bid)
+        assert state.vault_checked
+        assert state.sealed_by == "kc1:alice"  # known only through Vault
+        assert state.opened_by == ("kc1:mallory",)
+        out = rec.record(ev(EventType.OPENED, bid, 2, actor="kc1:bob"))
+        assert out.vault_status == VaultStatus.RECORDED
+    with open_recorder(sender) as rec:
+        state = bundle_state(rec, bid)
+        assert state.opened_by == ("kc1:mallory", "kc1:bob")
+        report = rec.verify(vault=True)
+    assert report.ok
+    assert report.foreign_records == 2
+    meta = vault.kv_read_metadata(root(bao_dev), "secret", f"{HANDOVERS}/{bid}")
+    assert meta is not None
+    assert meta.current_version == 3
+
+
+def test_unreachable_vault_keeps_event_pending(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, dead_addr(), "t")
+    with open_recorder(settings) as rec:
+        out = rec.record(ev(EventType.SEALED, "kcb-pend"))
+        assert out.vault_status == VaultStatus.PENDING
+        assert "unreachable" in out.detail
+        assert rec.ledger.pending_count() == 1
+    with (
+        open_recorder(settings, require_vault=True) as rec,
+        pytest.raises(UnavailableError, match="pending"),
+    ):
+        rec.record(ev(EventType.OPENED, "kcb-pend", 1))
+    led = SqliteLedger(settings.ledger_path)
+    assert led.pending_count() == 2  # kept locally before the error
+    assert led.verify().ok
+    led.close()
+
+
+def test_sync_counts_identical_record_as_delivered(bao_dev: BaoServer, tmp_path: Path) -> None:
+    bid = "kcb-" + uuid.uuid4().hex
+    down = settings_for(tmp_path, dead_addr(), "t")
+    with open_recorder(down) as rec:
+        rec.record(ev(EventType.SEALED, bid))
+        rec.record(ev(EventType.OPENED, bid, 1))
+        rec.record(ev(EventType.DENIED_FINGERPRINT, None, 2, reason="sandbox"))
+        ledger_id = rec.ledger.ledger_id
+        row = rec.ledger.event_row(1)
+    assert row is not None
+    # Someone (a crashed earlier sync) already wrote event #1.
+    vault.kv_write(
+        root(bao_dev), "secret", f"{HANDOVERS}/{bid}", record_for(ledger_id, 1, *row), cas=0
+    )
+    up = settings_for(tmp_path, bao_dev.addr, bao_dev.token)
+    with open_recorder(up) as rec:
+        report = rec.sync()
+        assert report.attempted == 3
+        assert report.delivered == 3
+        assert report.already_present == 1
+        assert report.remaining == 0
+        again = rec.sync()
+        assert again.attempted == 0
+        assert rec.verify(vault=True).ok
+
+
+def test_sync_conflict_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path) -> None:
+    bid = "kcb-" + uuid.uuid4().hex
+    down = settings_for(tmp_path, dead_addr(), "t")
+    with open_recorder(down) as rec:
+        rec.record(ev(EventType.SEALED, bid))
+        ledger_id = rec.ledger.ledger_id
+        body, prev, digest = rec.ledger.event_row(1) or ("", "", "")
+    forged = record_for(ledger_id, 1, body.replace("kc1:alice", "kc1:mallory"), prev, digest)
+    vault.kv_write(root(bao_dev), "secret", f"{HANDOVERS}/{bid}", forged, cas=0)
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        report = rec.sync()
+        assert report.delivered == 0
+        assert len(report.conflicts) == 1
+        assert report.conflicts[0].bundle_id == bid
+        assert bid in report.conflicts[0].message
+        assert rec.ledger.pending_count() == 1
+        # a new event for the same bundle must not jump the queue
+        with pytest.raises(IntegrityError, match=bid):
+            rec.record(ev(EventType.REVOKED, bid, 5, reason="x"))
+
+
+def test_altered_vault_versions_are_detected(bao_dev: BaoServer, tmp_path: Path) -> None:
+    bid = "kcb-" + uuid.uuid4().hex
+    path = f"{HANDOVERS}/{bid}"
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        for i, kind in enumerate((EventType.SEALED, EventType.OPENED, EventType.INGESTED)):
+            rec.record(ev(kind, bid, i))
+        assert rec.verify(vault=True).ok
+        ledger_id = rec.ledger.ledger_id
+        body, prev, digest = rec.ledger.event_row(2) or ("", "", "")
+    client = root(bao_dev)
+    # An attacker with write access appends a version that rewrites event #2.
+    altered = record_for(ledger_id, 2, body.replace("kc1:alice", "kc1:eve"), prev, digest)
+    vault.kv_write(client, "secret", path, altered, cas=3)
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        report = rec.verify(vault=True)
+    assert report.first_break is not None
+    assert report.first_break[0] == 2
+    # ... and soft-deletes version 1 (event #1).
+    client.secrets.kv.v2.delete_secret_versions(path=path, versions=[1], mount_point="secret")
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        report = rec.verify(vault=True)
+    assert report.first_break is not None
+    assert report.first_break[0] == 1
+    assert "deleted" in report.first_break[1]
+
+
+def test_pending_then_sync_after_vault_restart(tmp_path: Path) -> None:
+    """Our own short-lived dev server: stop it mid-test, record, start another, sync."""
+    from tests.support.openbao import start_dev_server
+
+    first = start_dev_server(tmp_path / "bao1")
+    try:
+        s1 = settings_for(tmp_path, first.addr, first.token)
+        with open_recorder(s1) as rec:
+            assert rec.record(ev(EventType.SEALED, "kcb-r")).vault_status == VaultStatus.RECORDED
+            first.stop()
+            out = rec.record(ev(EventType.OPENED, "kcb-r", 1))
+            assert out.vault_status == VaultStatus.PENDING
+            out = rec.record(ev(EventType.REVOKED, "kcb-r", 2, reason="lost"))
+            assert out.vault_status == VaultStatus.PENDING
+    finally:
+        first.stop()
+    second = start_dev_server(tmp_path / "bao2")
+    try:
+        s2 = settings_for(tmp_path, second.addr, second.token)
+        with open_recorder(s2) as rec:
+            report = rec.sync()
+            assert report.delivered == 2
+            assert report.remaining == 0
+            meta = vault.kv_read_metadata(root(second), "secret", f"{HANDOVERS}/kcb-r")
+            assert meta is not None
+            # the in-memory server lost version 1; the two pending events were appended in order
+            assert meta.current_version == 2
+            state = bundle_state(rec, "kcb-r")
+            assert state.revoked == "lost"
+    finally:
+        second.stop()
