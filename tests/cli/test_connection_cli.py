@@ -118,10 +118,9 @@ def authorize(url: str, platform: str = "xero") -> str:
 
 def ledger_events(world: Env) -> list[dict[str, Any]]:
     """The connection events in the ledger, as the auditor's CLI exports them."""
-    run = world.run("audit", "show", "--json")
+    run = world.run("audit", "export", "--format", "jsonl")
     assert run.code == 0, run.err
-    doc = run.json()
-    items = doc["events"] if isinstance(doc, dict) else doc
+    items = [json.loads(line) for line in run.out.splitlines()]
     return [e for e in items if str(e["type"]).startswith("connection_")]
 
 

@@ -45,20 +45,11 @@ class _Call:
 
 
 def _recorder_factory(settings: Settings) -> Callable[[], Recorder]:
-    """``keycourier.ledger.service.open_recorder(settings)``, resolved before any change."""
-    import importlib
-
-    try:
-        service = importlib.import_module("keycourier.ledger.service")
-    except ImportError:
-        raise ConfigError(
-            "the provenance ledger is not available in this installation",
-            hints=["connection changes are only made when they can be recorded"],
-        ) from None
+    """``keycourier.ledger.service.open_recorder(settings)``, opened at the first event."""
+    from keycourier.ledger.service import open_recorder
 
     def factory() -> Recorder:
-        recorder: Recorder = service.open_recorder(settings)
-        return recorder
+        return open_recorder(settings)
 
     return factory
 
