@@ -124,3 +124,175 @@ def exec_(
         sys.stderr.write(f"keycourier: error: {exc.message}\n")
         sys.exit(exc.status)
     sys.exit(code)
+
+
+@click.command()
+@click.option("--listen", default=None, help="HOST:PORT to listen on (default 127.0.0.1:8377).")
+@click.option(
+    "--socket", "socket_path", default=None, help="Listen on a Unix socket (0600) instead."
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a non-loopback address (needs --tls-cert/--tls-key).",
+)
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), default=None, help="TLS certificate (PEM)."
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False), default=None, help="TLS private key (PEM)."
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    listen: str | None,
+    socket_path: str | None,
+    allow_remote: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
+    """Run the authenticated token helper (POST /v1/token, GET /healthz, GET /metrics).
+
+    Clients authenticate with a key from 'keycourier helper client add'. Tokens
+    stay in memory; token_issued and token_handed_out go to the ledger. Stops
+    cleanly on SIGINT/SIGTERM after delivering every queued event.
+
+    \b
+    Example:
+      keycourier serve --listen 127.0.0.1:8377
+      KEYCOURIER_HELPER_URL=http://127.0.0.1:8377 KEYCOURIER_HELPER_KEY_FILE=ci.key \\
+        keycourier token --profile ci
+    """
+    from keycourier.cli.common import info
+    from keycourier.helper.server import run, server_config
+
+    settings = settings_from(ctx)
+    cfg = server_config(
+        settings,
+        listen=listen,
+        socket_path=socket_path,
+        allow_remote=allow_remote,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+    summary = run(settings, cfg, announce=lambda where: info(f"token helper listening on {where}"))
+    info(
+        f"stopped: {summary['recorded']} events recorded, {summary['failed']} failed, "
+        f"{summary['upstream_calls']} upstream calls"
+    )
+
+
+@click.group()
+def helper() -> None:
+    """Manage the token helper's client keys.
+
+    \b
+    Example:
+      keycourier helper client add ci-runner --profile ci --key-file ci.key
+    """
+
+
+@helper.group()
+def client() -> None:
+    """Add, list and revoke client keys (stored hashed, 0600, under the XDG data dir).
+
+    \b
+    Example:
+      keycourier helper client list --json
+    """
+
+
+@client.command("add")
+@click.argument("name")
+@click.option(
+    "--profile",
+    "-p",
+    "profiles",
+    multiple=True,
+    required=True,
+    help="Profile the client may use ('*': all).",
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Requests per second allowed (burst 2x).",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the key to this file (0600).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def client_add(
+    ctx: click.Context,
+    name: str,
+    profiles: tuple[str, ...],
+    rate: float,
+    key_file: str | None,
+    as_json: bool,
+) -> None:
+    """Create a client key for NAME; it is shown once and stored only as a hash.
+
+    \b
+    Example:
+      keycourier helper client add ci-runner --profile ci --key-file ci.key
+    """
+    from keycourier.cli.common import emit_json, info, write_private
+    from keycourier.helper.clients import ClientStore, default_store_path
+
+    settings = settings_from(ctx)
+    record, key = ClientStore(default_store_path(settings)).add(name, profiles, rate=rate)
+    if key_file is not None:
+        write_private(key_file, (key.reveal() + "\n").encode())
+        info(f"client {record.name} ({record.id}) added; key written to {key_file} (0600)")
+        if as_json:
+            emit_json(record.public())
+        return
+    if as_json:
+        emit_json({**record.public(), "key": key.reveal()})
+    else:
+        click.echo(key.reveal())
+    info(f"client {record.name} ({record.id}) added; the key above is shown only once")
+
+
+@client.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def client_list(ctx: click.Context, as_json: bool) -> None:
+    """List client keys (names, IDs, scopes, state; never the keys).
+
+    \b
+    Example:
+      keycourier helper client list
+    """
+    from keycourier.cli.common import emit_json
+    from keycourier.helper.clients import ClientStore, as_mapping, default_store_path
+
+    clients = ClientStore(default_store_path(settings_from(ctx))).clients()
+    if as_json:
+        emit_json(as_mapping(clients))
+        return
+    for c in clients:
+        state = f"revoked {c.revoked_at}" if c.revoked_at else "active"
+        click.echo(f"{c.name}\t{c.id}\t{','.join(c.profiles)}\t{c.rate:g}/s\t{state}")
+
+
+@client.command("revoke")
+@click.argument("name")
+@click.pass_context
+def client_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke the client NAME (or ID); a running helper refuses it within a second.
+
+    \b
+    Example:
+      keycourier helper client revoke ci-runner
+    """
+    from keycourier.cli.common import info
+    from keycourier.helper.clients import ClientStore, default_store_path
+
+    record = ClientStore(default_store_path(settings_from(ctx))).revoke(name)
+    info(f"client {record.name} ({record.id}) revoked at {record.revoked_at}")

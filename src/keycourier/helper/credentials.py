@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from keycourier.errors import AuthError, ConfigError, UnavailableError
+from keycourier.errors import ConfigError
 from keycourier.helper.profiles import EnvCredentials, Profile, VaultCredentials
 from keycourier.partner.tokens import ClientCredentials
 from keycourier.redact import Secret
@@ -63,51 +61,10 @@ def _from_vault(
 
 
 def _kv_read(settings: Settings, mount: str, path: str, where: str) -> Mapping[str, Any]:
-    if importlib.util.find_spec("keycourier.vault") is not None:
-        vault: Any = importlib.import_module("keycourier.vault")
-        client = vault.connect(settings)
-        data = vault.kv_read(client, mount, path)
-        if data is None:
-            raise ConfigError(f"{where}: no such secret")
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: the secret is not a key/value map")
-        return data
-    return _kv_read_hvac(settings, mount, path, where)  # pragma: no cover - until vault.py lands
+    from keycourier import vault
 
-
-def _kv_read_hvac(
-    settings: Settings, mount: str, path: str, where: str
-) -> Mapping[str, Any]:  # pragma: no cover
-    import hvac
-    import hvac.exceptions
-    import requests
-
-    token = settings.env.get(settings.vault.token_env)
-    if settings.vault.token_file is not None:
-        try:
-            token = settings.vault.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the Vault token file: {exc.strerror}") from None
-    if not token:
-        raise AuthError(f"{where}: no Vault token", hints=[f"set {settings.vault.token_env}"])
-    client = hvac.Client(
-        url=settings.vault.addr,
-        token=token,
-        namespace=settings.vault.namespace,
-        timeout=settings.vault.timeout,
-        verify=str(settings.vault.cacert) if settings.vault.cacert else True,
-    )
-    try:
-        resp = client.secrets.kv.v2.read_secret_version(
-            path=path, mount_point=mount, raise_on_deleted_version=True
-        )
-    except hvac.exceptions.InvalidPath:
-        raise ConfigError(f"{where}: no such secret") from None
-    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
-        raise AuthError(f"{where}: Vault refused the read (permission denied)") from None
-    except (requests.exceptions.RequestException, hvac.exceptions.VaultDown) as exc:
-        raise UnavailableError(f"{where}: Vault is unreachable ({type(exc).__name__})") from None
-    data = resp.get("data", {}).get("data")
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: the secret is not a key/value map")
+    client = vault.connect(settings)
+    data = vault.kv_read(client, mount, path)
+    if data is None:
+        raise ConfigError(f"{where}: no such secret")
     return data

@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from keycourier.errors import Error
 
@@ -48,7 +48,7 @@ def handed_out_event(client: str, profile: str, token: Token) -> Event:
     return Event(
         type=EventType.TOKEN_HANDED_OUT,
         at=datetime.now(UTC),
-        actor=f"client:{client}",
+        actor=client,  # "client:NAME" or "vault:NAME"
         fingerprint=token.fingerprint,
         data={"client": client, "profile": profile, "token_fingerprint": token.fingerprint},
     )
@@ -56,30 +56,39 @@ def handed_out_event(client: str, profile: str, token: Token) -> Event:
 
 def open_recorder(settings: Settings) -> Recorder:
     """The ledger's recorder (SQLite + Vault). Imported lazily: heavy dependencies."""
-    import importlib
+    from keycourier.ledger import service
 
-    service: Any = importlib.import_module("keycourier.ledger.service")
-    recorder: Recorder = service.open_recorder(settings)
-    return recorder
+    return service.open_recorder(settings)
 
 
 _STOP = object()
 
 
 class BatchRecorder:
-    """A queue and one worker thread in front of a ``Recorder``."""
+    """A queue and one worker thread in front of a ``Recorder``.
+
+    The recorder is opened, used and closed in the worker thread (SQLite
+    connections belong to the thread that made them); opening errors are
+    raised from the constructor.
+    """
 
     def __init__(
-        self, recorder: Recorder, *, on_error: Callable[[str], None] | None = None
+        self, opener: Callable[[], Recorder], *, on_error: Callable[[str], None] | None = None
     ) -> None:
-        self._recorder = recorder
+        self._opener = opener
         self._queue: queue.Queue[object] = queue.Queue()
         self._on_error = on_error
         self.recorded = 0
         self.failed = 0
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="keycourier-recorder", daemon=True)
         self._thread.start()
-        self._closed = False
+        self._ready.wait()
+        if self._open_error is not None:
+            self._thread.join()
+            raise self._open_error
 
     def submit(self, event: Event) -> None:
         if self._closed:
@@ -89,22 +98,37 @@ class BatchRecorder:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def _report(self, message: str) -> None:
+        if self._on_error is not None:
+            self._on_error(message)
+
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
+        try:
+            recorder = self._opener()
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                try:
+                    recorder.record(item)  # type: ignore[arg-type]
+                    self.recorded += 1
+                except Error as exc:
+                    self.failed += 1
+                    self._report(f"could not record {getattr(item, 'type', '?')}: {exc.message}")
+                except Exception as exc:  # noqa: BLE001 - keep the worker alive; type only
+                    self.failed += 1
+                    self._report(f"could not record an event ({type(exc).__name__})")
+        finally:
             try:
-                self._recorder.record(item)  # type: ignore[arg-type]
-                self.recorded += 1
-            except Error as exc:
-                self.failed += 1
-                if self._on_error is not None:
-                    self._on_error(f"could not record {getattr(item, 'type', '?')}: {exc.message}")
-            except Exception as exc:  # noqa: BLE001 - keep the worker alive; report the type only
-                self.failed += 1
-                if self._on_error is not None:
-                    self._on_error(f"could not record an event ({type(exc).__name__})")
+                recorder.close()
+            except Exception as exc:  # noqa: BLE001 - report, never raise from the worker
+                self._report(f"closing the ledger failed ({type(exc).__name__})")
 
     def close(self) -> None:
         """Deliver everything queued, then close the underlying recorder."""
@@ -113,4 +137,3 @@ class BatchRecorder:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
-        self._recorder.close()

@@ -1,0 +1,649 @@
+"""``keycourier serve``: the authenticated token helper (aiohttp, loopback by default).
+
+Routes:
+
+* ``GET /healthz``: no authentication; ``{"status": "ok"}``.
+* ``POST /v1/token`` with ``{"profile": "NAME"}``: the ``--format json`` shape.
+* ``GET /metrics``: Prometheus text format.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <client key>``
+(from ``keycourier helper client add``), or, when ``[helper] vault_policy`` is
+set, ``X-Vault-Token: <token>`` carrying that policy (checked with
+``auth/token/lookup-self``, cached briefly). Replies: 401 missing or wrong
+credentials; 429 over the client's rate (with ``Retry-After``); 413 body over
+``max_body``; 400 malformed body; 404 unknown profile; 403 profile outside the
+client's scope; 502 the platform refused the profile's credentials (or the
+profile is misconfigured); 503 the platform is unavailable and there is no
+valid cached token (with ``Retry-After`` when known). Tokens live in memory
+only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import signal
+import ssl
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+from keycourier.errors import AuthError, ConfigError, Error, UnavailableError, UsageError
+from keycourier.helper.cache import TokenCache
+from keycourier.helper.clients import ClientStore
+from keycourier.helper.profiles import Profile
+from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from keycourier.config import Settings
+    from keycourier.helper.recording import BatchRecorder
+
+DEFAULT_PORT: Final = 8377
+DEFAULT_MAX_BODY: Final = 1024
+VAULT_CACHE_SECONDS: Final = 30.0
+JSON_TYPE: Final = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str  # "client:NAME" or "vault:DISPLAY_NAME"
+    key: str  # rate-limit bucket key
+    profiles: tuple[str, ...]
+    rate: float
+
+    def allows(self, profile: str) -> bool:
+        return "*" in self.profiles or profile in self.profiles
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str | None
+    port: int
+    socket_path: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    max_body: int = DEFAULT_MAX_BODY
+    vault_policy: str | None = None
+    vault_profiles: tuple[str, ...] = ("*",)
+    vault_rate: float = 50.0
+    vault_cache_seconds: float = VAULT_CACHE_SECONDS
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise UsageError(f"--listen must be HOST:PORT, not {value[:100]!r}")
+    host = host.strip("[]")
+    port = int(port_s)
+    if not 0 <= port <= 65535 or not host:
+        raise UsageError(f"--listen must be HOST:PORT, not {value[:100]!r}")
+    return host, port
+
+
+def server_config(
+    settings: Settings,
+    *,
+    listen: str | None,
+    socket_path: str | None,
+    allow_remote: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> ServerConfig:
+    """Validate flags + ``[helper]``: loopback unless --allow-remote with TLS."""
+    table = dict(settings.helper)
+    allowed = {
+        "listen",
+        "socket",
+        "max_body",
+        "vault_policy",
+        "vault_profiles",
+        "vault_rate",
+        "vault_cache_seconds",
+        "clients_file",
+        "tls_cert",
+        "tls_key",
+    }
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"unknown key helper.{key}")
+    if listen and socket_path:
+        raise UsageError("give --listen or --socket, not both")
+    socket_path = socket_path or (None if listen else table.get("socket"))
+    tls_cert = tls_cert or table.get("tls_cert")
+    tls_key = tls_key or table.get("tls_key")
+    max_body = table.get("max_body", DEFAULT_MAX_BODY)
+    if not isinstance(max_body, int) or isinstance(max_body, bool) or not 64 <= max_body <= 65536:
+        raise ConfigError("helper.max_body must be an integer between 64 and 65536")
+    policy = table.get("vault_policy")
+    if policy is not None and (not isinstance(policy, str) or not policy):
+        raise ConfigError("helper.vault_policy must be a policy name")
+    vprofiles = table.get("vault_profiles", ["*"])
+    if not isinstance(vprofiles, list) or not all(isinstance(p, str) for p in vprofiles):
+        raise ConfigError("helper.vault_profiles must be a list of profile names")
+    vrate = table.get("vault_rate", 50.0)
+    vcache = table.get("vault_cache_seconds", VAULT_CACHE_SECONDS)
+    for key, value, lo, hi in (
+        ("vault_rate", vrate, 0.001, 1e6),
+        ("vault_cache_seconds", vcache, 0, 300),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ConfigError(f"helper.{key} must be a number between {lo} and {hi}")
+    if socket_path:
+        if tls_cert or allow_remote:
+            raise UsageError("--socket is local only: no --allow-remote or TLS")
+        return ServerConfig(
+            None,
+            0,
+            Path(socket_path).expanduser(),
+            None,
+            None,
+            max_body,
+            policy,
+            tuple(vprofiles),
+            float(vrate),
+            float(vcache),
+        )
+    host, port = parse_listen(listen or table.get("listen") or f"127.0.0.1:{DEFAULT_PORT}")
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if not _is_loopback(host):
+        if not allow_remote:
+            raise UsageError(
+                f"refusing to listen on the non-loopback address {host}",
+                hints=["the helper hands out tokens: keep it on 127.0.0.1, or use "
+                       "--allow-remote with --tls-cert and --tls-key"],
+            )  # fmt: skip
+        if not tls_cert:
+            raise UsageError("--allow-remote needs --tls-cert and --tls-key")
+    return ServerConfig(
+        host,
+        port,
+        None,
+        Path(tls_cert).expanduser() if tls_cert else None,
+        Path(tls_key).expanduser() if tls_key else None,
+        max_body,
+        policy,
+        tuple(vprofiles),
+        float(vrate),
+        float(vcache),
+    )
+
+
+class _Bucket:
+    __slots__ = ("last", "tokens")
+
+    def __init__(self, tokens: float, last: float) -> None:
+        self.tokens = tokens
+        self.last = last
+
+
+class HelperState:
+    """Everything one helper process holds: profiles, cache, clients, counters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: Mapping[str, Profile],
+        store: ClientStore,
+        cfg: ServerConfig,
+        *,
+        recorder: BatchRecorder | None = None,
+        fetcher: Callable[[Profile], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.profiles = dict(profiles)
+        self.store = store
+        self.cfg = cfg
+        self.recorder = recorder
+        self.clock = clock
+        self.cache = TokenCache(fetcher or self._fetch, clock=clock, on_issued=self._issued)
+        self.session: aiohttp.ClientSession | None = None
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.handouts_first = 0
+        self.handouts_repeat = 0
+        self._handed: dict[tuple[str, str], float] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
+        self.started = time.monotonic()
+
+    # -- upstream
+
+    async def _fetch(self, profile: Profile) -> Token:
+        from keycourier.helper.credentials import load_credentials
+        from keycourier.partner.tokens import fetch_token
+
+        loop = asyncio.get_running_loop()
+        creds = await loop.run_in_executor(None, load_credentials, profile, self.settings)
+        return await fetch_token(profile, creds, session=self.session, clock=self.clock)
+
+    def _issued(self, profile: Profile, token: Token) -> None:
+        if self.recorder is not None:
+            from keycourier.helper.recording import issued_event
+
+            self.recorder.submit(
+                issued_event(profile.name, token, environment=profile.environment.value)
+            )
+
+    def handed_out(self, principal: Principal, profile: str, token: Token) -> None:
+        key = (principal.name, token.fingerprint)
+        if key in self._handed:
+            self.handouts_repeat += 1
+            return
+        self.handouts_first += 1
+        self._handed[key] = token.expires_at
+        if len(self._handed) > 10_000:  # forget hand-outs of expired tokens
+            now = self.clock()
+            self._handed = {k: v for k, v in self._handed.items() if v > now}
+        if self.recorder is not None:
+            from keycourier.helper.recording import handed_out_event
+
+            self.recorder.submit(handed_out_event(principal.name, profile, token))
+
+    # -- rate limit
+
+    def take(self, principal: Principal) -> float | None:
+        """None if allowed; otherwise the seconds to wait."""
+        now = time.monotonic()
+        burst = max(1.0, principal.rate * 2)
+        bucket = self._buckets.get(principal.key)
+        if bucket is None:
+            bucket = self._buckets[principal.key] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.last) * principal.rate)
+        bucket.last = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        return (1 - bucket.tokens) / principal.rate
+
+    # -- authentication
+
+    async def authenticate(self, request: web.Request) -> Principal | None:
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value or len(value) > 256:
+                return None
+            client = self.store.authenticate(value.strip())
+            if client is None:
+                return None
+            return Principal(f"client:{client.name}", client.id, client.profiles, client.rate)
+        vault_token = request.headers.get("X-Vault-Token")
+        if vault_token is not None and self.cfg.vault_policy:
+            return await self._vault_principal(vault_token)
+        return None
+
+    async def _vault_principal(self, token: str) -> Principal | None:
+        if not token or len(token) > 512:
+            return None
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._vault_cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal, ttl = await self._lookup_self(token)
+        if len(self._vault_cache) > 10_000:
+            self._vault_cache = {k: v for k, v in self._vault_cache.items() if v[0] > now}
+        keep = (
+            min(self.cfg.vault_cache_seconds, ttl)
+            if principal
+            else min(5.0, self.cfg.vault_cache_seconds)
+        )
+        self._vault_cache[digest] = (now + keep, principal)
+        return principal
+
+    async def _lookup_self(self, token: str) -> tuple[Principal | None, float]:
+        import aiohttp
+
+        addr = self.settings.vault.addr
+        if not addr or self.session is None:
+            return None, 0.0
+        headers = {"X-Vault-Token": token}
+        if self.settings.vault.namespace:
+            headers["X-Vault-Namespace"] = self.settings.vault.namespace
+        try:
+            async with self.session.get(
+                addr.rstrip("/") + "/v1/auth/token/lookup-self",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.settings.vault.timeout),
+                ssl=self._vault_ssl(),
+            ) as resp:
+                if resp.status in (400, 401, 403):
+                    return None, 0.0
+                if resp.status != 200:
+                    raise UnavailableError(f"Vault answered HTTP {resp.status} to lookup-self")
+                doc = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise UnavailableError(
+                f"cannot verify the Vault token ({type(exc).__name__})"
+            ) from None
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, dict):
+            return None, 0.0
+        policies = set(data.get("policies") or []) | set(data.get("identity_policies") or [])
+        if self.cfg.vault_policy not in policies:
+            return None, 0.0
+        ttl = data.get("ttl")
+        ttl_s = float(ttl) if isinstance(ttl, int) and ttl > 0 else self.cfg.vault_cache_seconds
+        name = str(data.get("display_name") or data.get("accessor") or "token")[:64]
+        accessor = str(data.get("accessor") or name)
+        return Principal(
+            f"vault:{name}", f"vault:{accessor}", self.cfg.vault_profiles, self.cfg.vault_rate
+        ), ttl_s
+
+    def _vault_ssl(self) -> ssl.SSLContext | bool:
+        cacert = self.settings.vault.cacert
+        if cacert is None:
+            return True
+        return ssl.create_default_context(cafile=str(cacert))
+
+    # -- metrics
+
+    def metrics_text(self) -> str:
+        s = self.cache.stats
+        lines = [
+            "# HELP keycourier_helper_requests_total Requests by route and status.",
+            "# TYPE keycourier_helper_requests_total counter",
+        ]
+        for (route, status), n in sorted(self.requests.items()):
+            lines.append(
+                f'keycourier_helper_requests_total{{route="{route}",status="{status}"}} {n}'
+            )
+        for name, help_text, value in (
+            ("cache_hits_total", "Token requests served from the cache.", s.hits),
+            ("cache_misses_total", "Token requests that waited for the platform.", s.misses),
+            ("upstream_calls_total", "Token requests sent to the platform.", s.upstream_calls),
+            ("upstream_errors_total", "Failed token refreshes.", s.upstream_errors),
+            (
+                "handouts_first_total",
+                "First hand-out of a token to a client (recorded).",
+                self.handouts_first,
+            ),
+            (
+                "handouts_repeat_total",
+                "Repeated hand-outs of a token to the same client.",
+                self.handouts_repeat,
+            ),
+        ):
+            lines += [
+                f"# HELP keycourier_helper_{name} {help_text}",
+                f"# TYPE keycourier_helper_{name} counter",
+                f"keycourier_helper_{name} {value}",
+            ]
+        lines += [
+            "# HELP keycourier_helper_token_age_seconds Age of the cached token per profile.",
+            "# TYPE keycourier_helper_token_age_seconds gauge",
+        ]
+        for name, age in sorted(self.cache.token_ages().items()):
+            lines.append(f'keycourier_helper_token_age_seconds{{profile="{name}"}} {age:.3f}')
+        if self.recorder is not None:
+            lines += [
+                "# HELP keycourier_helper_events_pending Provenance events queued for the ledger.",
+                "# TYPE keycourier_helper_events_pending gauge",
+                f"keycourier_helper_events_pending {self.recorder.pending()}",
+                "# HELP keycourier_helper_events_failed_total Events the ledger refused.",
+                "# TYPE keycourier_helper_events_failed_total counter",
+                f"keycourier_helper_events_failed_total {self.recorder.failed}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+STATE: web.AppKey[HelperState] = web.AppKey("keycourier_helper", HelperState)
+
+
+def _error(
+    state: HelperState,
+    route: str,
+    status: int,
+    reason: str,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    state.requests[(route, status)] += 1
+    return web.Response(
+        body=json.dumps({"error": reason}).encode(),
+        status=status,
+        content_type=JSON_TYPE,
+        headers=headers,
+    )
+
+
+_UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="keycourier"'}
+
+
+async def _guard(state: HelperState, request: web.Request, route: str) -> Principal | web.Response:
+    try:
+        principal = await state.authenticate(request)
+    except UnavailableError as exc:
+        return _error(state, route, 503, exc.message, {"Retry-After": "5"})
+    if principal is None:
+        return _error(state, route, 401, "missing or invalid credentials", _UNAUTHORIZED)
+    wait = state.take(principal)
+    if wait is not None:
+        return _error(
+            state, route, 429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
+        )
+    return principal
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.requests[("healthz", 200)] += 1
+    return web.Response(body=b'{"status":"ok"}', content_type=JSON_TYPE)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    got = await _guard(state, request, "metrics")
+    if isinstance(got, web.Response):
+        return got
+    state.requests[("metrics", 200)] += 1
+    return web.Response(text=state.metrics_text(), content_type="text/plain", charset="utf-8")
+
+
+async def token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    route = "token"
+    got = await _guard(state, request, route)
+    if isinstance(got, web.Response):
+        return got
+    limit = state.cfg.max_body
+    if request.content_length is not None and request.content_length > limit:
+        return _error(state, route, 413, f"request body over {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return _error(state, route, 413, f"request body over {limit} bytes")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _error(state, route, 400, 'the body must be JSON: {"profile": "NAME"}')
+    if not isinstance(doc, dict) or set(doc) != {"profile"} or not isinstance(doc["profile"], str):
+        return _error(state, route, 400, 'the body must be exactly {"profile": "NAME"}')
+    name = doc["profile"]
+    if not got.allows(name):
+        return _error(state, route, 403, "this client may not use that profile")
+    profile = state.profiles.get(name)
+    if profile is None:
+        return _error(state, route, 404, "no such profile")
+    try:
+        result = await state.cache.get(profile)
+    except AuthError as exc:
+        return _error(
+            state, route, 502, f"upstream refused the profile's credentials: {exc.message}"
+        )
+    except UpstreamUnavailableError as exc:
+        headers = (
+            {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after else None
+        )
+        return _error(state, route, 503, f"upstream unavailable: {exc.message}", headers)
+    except UnavailableError as exc:
+        return _error(
+            state, route, 503, f"upstream unavailable: {exc.message}", {"Retry-After": "5"}
+        )
+    except Error as exc:
+        return _error(state, route, 502, f"cannot get a token: {exc.message}")
+    tok = result.token
+    state.handed_out(got, name, tok)
+    state.requests[(route, 200)] += 1
+    payload = json_payload(tok, now=state.clock())
+    return web.Response(
+        body=json.dumps(payload).encode(),
+        content_type=JSON_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def make_app(state: HelperState) -> web.Application:
+    app = web.Application(client_max_size=state.cfg.max_body)
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/token", token)
+
+    async def on_startup(_app: web.Application) -> None:
+        import aiohttp
+
+        state.session = aiohttp.ClientSession()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        if state.session is not None:
+            await state.session.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _tls_context(cfg: ServerConfig) -> ssl.SSLContext | None:
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate or key ({type(exc).__name__})"
+        ) from None
+    return ctx
+
+
+def _prepare_socket(path: Path) -> None:
+    if not path.exists():
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise UsageError(f"{path} exists and is not a socket")
+    import socket as socketlib
+
+    probe = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # stale socket from a previous run
+        return
+    finally:
+        probe.close()
+    raise UsageError(f"another helper is already listening on {path}")
+
+
+async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
+    cfg = state.cfg
+    app = make_app(state)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if cfg.socket_path is not None:
+            _prepare_socket(cfg.socket_path)
+            old = os.umask(0o177)
+            try:
+                site: web.BaseSite = web.UnixSite(runner, str(cfg.socket_path))
+                await site.start()
+            finally:
+                os.umask(old)
+            os.chmod(cfg.socket_path, 0o600)
+            where = f"unix:{cfg.socket_path}"
+        else:
+            assert cfg.host is not None  # noqa: S101 - set for TCP by server_config
+            site = web.TCPSite(
+                runner, cfg.host, cfg.port, ssl_context=_tls_context(cfg), reuse_address=True
+            )
+            try:
+                await site.start()
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}"
+                ) from None
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            port = sockets[0].getsockname()[1] if sockets else cfg.port
+            scheme = "https" if cfg.tls_cert else "http"
+            host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+            where = f"{scheme}://{host}:{port}"
+        announce(where)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        if cfg.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                cfg.socket_path.unlink()
+
+
+def run(
+    settings: Settings, cfg: ServerConfig, *, announce: Callable[[str], None]
+) -> dict[str, int]:
+    """Serve until SIGINT/SIGTERM; drain the recorder; return a summary."""
+    from keycourier.helper.profiles import load_profiles
+    from keycourier.helper.recording import BatchRecorder, open_recorder
+
+    profiles = load_profiles(settings.profiles, settings.config_path)
+    if not profiles:
+        raise ConfigError(
+            "no profiles configured", hints=["add a [profiles.NAME] table (docs/token-helper.md)"]
+        )
+    from keycourier.helper.clients import default_store_path
+
+    store = ClientStore(default_store_path(settings))
+    store.refresh(max_age=0)  # fail now on a malformed or world-readable store
+
+    def report(message: str) -> None:
+        sys.stderr.write(f"keycourier: warning: {message}\n")
+
+    recorder = BatchRecorder(lambda: open_recorder(settings), on_error=report)
+    state = HelperState(settings, profiles, store, cfg, recorder=recorder)
+    try:
+        asyncio.run(_serve(state, announce))
+    finally:
+        recorder.close()
+    return {
+        "recorded": recorder.recorded,
+        "failed": recorder.failed,
+        "upstream_calls": state.cache.stats.upstream_calls,
+    }
