@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 from keycourier.cli.connection_cmd import connection
 from tests.support.connections_standin import RunningPlatform, start_platform
+from tests.support.openbao import BaoServer, free_port
 
 ENTITY = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 ORG = "7d1e6a52-3c1b-4b8e-9f0e-2a6c5d4e3f21"
@@ -464,3 +465,36 @@ def test_help_has_examples() -> None:
         assert "Example:" in result.output
         assert "--entity" in result.output
     assert "5 deauthorized" in runner.invoke(connection, ["wait", "--help"]).output
+
+
+def test_changes_are_recorded_in_vault(world: Env, bao_dev: BaoServer) -> None:
+    world.env.update({"VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": bao_dev.token})
+    created = world.run("connection", "create", "--profile", "m", "--entity", ENTITY, "--json")
+    assert created.code == 0, created.err
+    doc = created.json()
+    cid = doc["connection"]["id"]
+    assert doc["recorded"][0]["vault"] == "recorded"
+    assert "in the ledger and in Vault" in created.err
+    keys = json.loads(
+        bao_dev.bao("kv", "list", "-format=json", "secret/keycourier/events/connection_created")
+    )
+    bodies = [
+        json.loads(
+            bao_dev.bao(
+                "kv", "get", "-format=json", f"secret/keycourier/events/connection_created/{k}"
+            )
+        )
+        for k in keys
+    ]
+    mine = [b for b in bodies if cid in json.dumps(b)]
+    assert len(mine) == 1
+    assert ENTITY in json.dumps(mine[0])
+    assert CLIENT_SECRET not in json.dumps(bodies)
+
+
+def test_vault_down_keeps_the_event_pending(world: Env) -> None:
+    world.env.update({"VAULT_ADDR": f"http://127.0.0.1:{free_port()}", "VAULT_TOKEN": "t"})
+    created = world.run("connection", "create", "--profile", "m", "--entity", ENTITY, "--json")
+    assert created.code == 0, created.err
+    assert created.json()["recorded"][0]["vault"] == "pending"
+    assert "keycourier sync" in created.err
