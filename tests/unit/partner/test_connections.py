@@ -261,13 +261,20 @@ def test_make_endpoint_dialect_defaults() -> None:
         ({"base_url": "https://api.monite.com/v1?x=1"}, "credentials"),
         ({"version": "25-05-2024"}, "YYYY-MM-DD"),
         ({"version_header": "x-api-version"}, "version header"),
+        ({"timeout": "0"}, "timeout"),
     ],
 )
 def test_make_endpoint_rejects(kwargs: dict[str, str], match: str) -> None:
     args = {"dialect": "monite", "base_url": "https://api.monite.com/v1", "version": "2024-05-25"}
     args.update(kwargs)
     with pytest.raises(ConfigError, match=match):
-        make_endpoint(**args)
+        make_endpoint(
+            dialect=args["dialect"],
+            base_url=args["base_url"],
+            version=args["version"],
+            version_header=args.get("version_header"),
+            timeout=float(args.get("timeout", "30")),
+        )
 
 
 def test_loopback_http_is_allowed() -> None:
