@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import io
 import os
 from collections.abc import Sequence
@@ -19,9 +18,9 @@ from keycourier.age._format import (
     decrypt_payload,
     encode_header,
     encrypt_payload,
-    header_mac,
     payload_key,
     read_header,
+    verify_header_mac,
 )
 from keycourier.age.errors import AgeUsageError, HeaderError, HmacError, NoMatchError
 from keycourier.age.recipients import (
@@ -136,7 +135,7 @@ def decrypt_stream(identities: Sequence[Identity], src: BinaryIO, dst: BinaryIO)
     reader = _open_source(src)
     header = read_header(reader)
     file_key = unwrap_file_key(identities, header.stanzas)
-    if not hmac.compare_digest(header_mac(file_key, header.mac_input), header.mac):
+    if not verify_header_mac(file_key, header.mac_input, header.mac):
         raise HmacError("the age header MAC does not match: the header was changed")
     nonce = reader.read(NONCE_SIZE)
     if len(nonce) != NONCE_SIZE:

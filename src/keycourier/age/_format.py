@@ -7,15 +7,14 @@ time, so memory does not grow with the size of the file.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keycourier.age._encoding import b64decode, b64decode_padded, b64encode
@@ -46,8 +45,11 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
 # -- reading ---------------------------------------------------------------------
 
 
-class _Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Readable(Protocol):
+        def read(self, n: int = -1, /) -> bytes: ...
 
 
 class Reader:
@@ -202,8 +204,23 @@ def read_header(reader: Reader) -> Header:
         current = line()
 
 
+def _header_hmac(file_key: bytes, mac_input: bytes) -> HMAC:
+    h = HMAC(hkdf(file_key, b"", b"header"), hashes.SHA256())
+    h.update(mac_input)
+    return h
+
+
 def header_mac(file_key: bytes, mac_input: bytes) -> bytes:
-    return hmac.new(hkdf(file_key, b"", b"header"), mac_input, hashlib.sha256).digest()
+    return _header_hmac(file_key, mac_input).finalize()
+
+
+def verify_header_mac(file_key: bytes, mac_input: bytes, mac: bytes) -> bool:
+    """Constant-time check of the header MAC."""
+    try:
+        _header_hmac(file_key, mac_input).verify(mac)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def encode_header(stanzas: list[Stanza], file_key: bytes) -> bytes:

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from keycourier.age import _x25519
 from keycourier.age._encoding import b64decode, b64encode, bech32_decode, bech32_encode
 from keycourier.age._format import FILE_KEY_SIZE, Stanza, hkdf
 from keycourier.age.errors import AgeUsageError, HeaderError, InvalidKeyError
-from keycourier.redact import Secret
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.hpke import (
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
         MLKEM768X25519PublicKey,
         Suite,
     )
+
+    from keycourier.redact import Secret
 
 X25519_TYPE: Final = "X25519"
 X25519_LABEL: Final = b"age-encryption.org/v1/X25519"
@@ -154,11 +156,11 @@ class X25519Recipient(Recipient):
         return bech32_encode(HRP_RECIPIENT, self._public)
 
     def wrap(self, file_key: bytes) -> list[Stanza]:
-        return [self._wrap_with(file_key, X25519PrivateKey.generate())]
+        return [self._wrap_with(file_key, _x25519.generate())]
 
     def _wrap_with(self, file_key: bytes, ephemeral: X25519PrivateKey) -> Stanza:
         share = ephemeral.public_key().public_bytes_raw()
-        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self._public))
+        shared = ephemeral.exchange(_x25519.public_from_bytes(self._public))
         key = hkdf(shared, share + self._public, X25519_LABEL)
         return Stanza(X25519_TYPE, (b64encode(share).decode("ascii"),), _wrap_key(key, file_key))
 
@@ -178,7 +180,7 @@ class X25519Identity(Identity):
     def __init__(self, secret: bytes) -> None:
         if len(secret) != 32:
             raise InvalidKeyError("an X25519 identity is 32 bytes")
-        self._key = X25519PrivateKey.from_private_bytes(secret)
+        self._key = _x25519.private_from_bytes(secret)
         self._public = self._key.public_key().public_bytes_raw()
 
     @classmethod
@@ -205,7 +207,7 @@ class X25519Identity(Identity):
             check_stanza(stanza)
             share = _decode_arg(stanza.args[0], 32, "X25519 share")
             try:
-                shared = self._key.exchange(X25519PublicKey.from_public_bytes(share))
+                shared = self._key.exchange(_x25519.public_from_bytes(share))
             except ValueError:
                 raise HeaderError("the X25519 share is a low-order point") from None
             key = hkdf(shared, share + self._public, X25519_LABEL)
@@ -219,6 +221,12 @@ class X25519Identity(Identity):
 
 
 # -- scrypt ------------------------------------------------------------------------
+
+
+def _is_secret(value: object) -> bool:
+    from keycourier.redact import Secret
+
+    return isinstance(value, Secret)
 
 
 def _scrypt_key(passphrase: Secret, salt: bytes, log_n: int) -> bytes:
@@ -240,7 +248,7 @@ class ScryptRecipient(Recipient):
     __slots__ = ("_passphrase", "_work_factor")
 
     def __init__(self, passphrase: Secret, work_factor: int = DEFAULT_WORK_FACTOR) -> None:
-        if not isinstance(passphrase, Secret) or not passphrase:
+        if not _is_secret(passphrase) or not passphrase:
             raise AgeUsageError("a passphrase is required (as a non-empty Secret)")
         self._passphrase = passphrase
         self._work_factor = _check_work_factor(work_factor, "work factor")
@@ -270,7 +278,7 @@ class ScryptIdentity(Identity):
     __slots__ = ("_max", "_passphrase")
 
     def __init__(self, passphrase: Secret, max_work_factor: int = MAX_WORK_FACTOR) -> None:
-        if not isinstance(passphrase, Secret) or not passphrase:
+        if not _is_secret(passphrase) or not passphrase:
             raise AgeUsageError("a passphrase is required (as a non-empty Secret)")
         self._passphrase = passphrase
         self._max = _check_work_factor(max_work_factor, "maximum work factor")
@@ -326,7 +334,7 @@ class HybridRecipient(Recipient):
         try:
             self._key: MLKEM768X25519PublicKey = hpke.MLKEM768X25519PublicKey(
                 mlkem.MLKEM768PublicKey.from_public_bytes(public[:1184]),
-                X25519PublicKey.from_public_bytes(public[1184:]),
+                _x25519.public_from_bytes(public[1184:]),
             )
         except ValueError:
             raise InvalidKeyError("malformed hybrid recipient key") from None
@@ -371,11 +379,13 @@ class HybridIdentity(Identity):
         from cryptography.hazmat.primitives import hpke
         from cryptography.hazmat.primitives.asymmetric import mlkem
 
+        from keycourier.redact import Secret
+
         if len(seed) != 32:
             raise InvalidKeyError("a hybrid identity seed is 32 bytes")
         expanded = hashlib.shake_256(seed).digest(96)
         ml = mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64])
-        self._x25519 = X25519PrivateKey.from_private_bytes(expanded[64:])
+        self._x25519 = _x25519.private_from_bytes(expanded[64:])
         self._key: MLKEM768X25519PrivateKey = hpke.MLKEM768X25519PrivateKey(ml, self._x25519)
         self._public = (
             ml.public_key().public_bytes_raw() + self._x25519.public_key().public_bytes_raw()
@@ -408,7 +418,7 @@ class HybridIdentity(Identity):
             try:
                 # HPKE would only report a bad tag; the spec makes an all-zero
                 # X25519 shared secret a hard error, so check it first.
-                self._x25519.exchange(X25519PublicKey.from_public_bytes(enc[1088:]))
+                self._x25519.exchange(_x25519.public_from_bytes(enc[1088:]))
             except ValueError:
                 raise HeaderError("the hybrid X25519 share is a low-order point") from None
             try:

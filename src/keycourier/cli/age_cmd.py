@@ -10,19 +10,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from keycourier.cli.common import get_passphrase
 from keycourier.errors import UsageError
 
 if TYPE_CHECKING:
     from keycourier.age import Identity, Recipient
+    from keycourier.redact import Secret
+
+# Start-up matters for `keycourier age encrypt`: keep tempfile, pathlib, json
+# and keycourier.cli.common (which imports them) out of the common path.
 
 MAX_KEY_FILE_BYTES = 1024 * 1024
 
@@ -67,13 +67,10 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    target = Path(path)
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(
-            dir=target.parent if str(target.parent) else ".",
-            prefix=f".{target.name}.",
-            suffix=".tmp",
-        )
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -81,8 +78,9 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+            if private:
+                os.fsync(fh.fileno())  # plaintext: make it durable before it appears
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -91,6 +89,12 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
 
 def _is_stdin(path: str | None) -> bool:
     return path is None or path == "-"
+
+
+def _passphrase(passphrase_file: str | None, *, confirm: bool, input_path: str | None) -> Secret:
+    from keycourier.cli.common import get_passphrase
+
+    return get_passphrase(passphrase_file, confirm=confirm, stdin_busy=_is_stdin(input_path))
 
 
 @click.group(name="age")
@@ -129,6 +133,8 @@ def keygen(pq: bool, output: str | None) -> None:
         agelib.HybridIdentity.generate() if pq else agelib.X25519Identity.generate()
     )
     public = ident.recipient().to_string()
+    from datetime import datetime
+
     created = datetime.now().astimezone().replace(microsecond=0).isoformat()
     text = f"# created: {created}\n# public key: {public}\n{ident.to_string()}\n".encode()
     if output is None or output == "-":
@@ -218,7 +224,7 @@ def encrypt(
     for path in recipient_files:
         targets.extend(agelib.parse_recipients_file(_read_key_file(path, "recipients")))
     if use_passphrase:
-        secret = get_passphrase(passphrase_file, confirm=True, stdin_busy=_is_stdin(input_path))
+        secret = _passphrase(passphrase_file, confirm=True, input_path=input_path)
         targets = [agelib.ScryptRecipient(secret, work_factor)]
     with _input(input_path) as src, _output(output, private=False) as dst:
         agelib.encrypt_stream(targets, src, dst, armor=armor)
@@ -261,7 +267,7 @@ def decrypt(
     for path in identity_files:
         identities.extend(agelib.parse_identities_file(_read_key_file(path, "identity")))
     if passphrase_file is not None or not identity_files:
-        secret = get_passphrase(passphrase_file, stdin_busy=_is_stdin(input_path))
+        secret = _passphrase(passphrase_file, confirm=False, input_path=input_path)
         identities.append(agelib.ScryptIdentity(secret))
     with _input(input_path) as src, _output(output, private=True) as dst:
         agelib.decrypt_stream(identities, src, dst)

@@ -1,0 +1,48 @@
+"""X25519 key constructors without the start-up cost of cryptography's backend module.
+
+``X25519PrivateKey.generate()`` and friends first import
+``cryptography.hazmat.backends.openssl.backend`` (which pulls in the RSA, EC
+and padding modules, about 8 ms) only to ask whether X25519 is supported.
+``keycourier age encrypt`` is a short-lived process, so use the Rust binding
+the public classes delegate to when it is there, and fall back to the public
+API otherwise. The objects returned are the same types either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+
+def _binding() -> Any:  # noqa: ANN401 - an untyped native module
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        return rust_openssl.x25519
+    except (ImportError, AttributeError):  # pragma: no cover - other cryptography builds
+        return None
+
+
+_RUST = _binding()
+
+
+def generate() -> X25519PrivateKey:
+    if _RUST is not None:
+        key: X25519PrivateKey = _RUST.generate_key()
+        return key
+    return X25519PrivateKey.generate()  # pragma: no cover
+
+
+def private_from_bytes(data: bytes) -> X25519PrivateKey:
+    if _RUST is not None:
+        key: X25519PrivateKey = _RUST.from_private_bytes(data)
+        return key
+    return X25519PrivateKey.from_private_bytes(data)  # pragma: no cover
+
+
+def public_from_bytes(data: bytes) -> X25519PublicKey:
+    if _RUST is not None:
+        key: X25519PublicKey = _RUST.from_public_bytes(data)
+        return key
+    return X25519PublicKey.from_public_bytes(data)  # pragma: no cover
