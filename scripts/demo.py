@@ -8,6 +8,7 @@ stopped by PID at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import string
@@ -31,28 +32,45 @@ def show_cmd(args: Sequence[str]) -> None:
     print("  $ keycourier " + " ".join(args), flush=True)
 
 
-class Demo:
-    def __init__(self, work: Path) -> None:
+class Side:
+    """One machine: its own HOME (config, ledger, caches), sharing the work directory."""
+
+    def __init__(self, name: str, work: Path, passphrase: str) -> None:
+        self.name = name
         self.work = work
-        home = work / "home"
+        home = work / f"home-{name}"
         home.mkdir()
+        self.home = home
         self.env = {
             **os.environ,
             "HOME": str(home),
             "XDG_CONFIG_HOME": str(home / ".config"),
             "XDG_DATA_HOME": str(home / ".local" / "share"),
-            "KEYCOURIER_PASSPHRASE": "demo passphrase " + secrets.token_hex(4),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "KEYCOURIER_PASSPHRASE": passphrase,
         }
-        for var in ("VAULT_ADDR", "VAULT_TOKEN", "KEYCOURIER_CONFIG", "KEYCOURIER_HELPER_URL"):
+        for var in (
+            "VAULT_ADDR",
+            "VAULT_TOKEN",
+            "KEYCOURIER_CONFIG",
+            "KEYCOURIER_HELPER_URL",
+            "KEYCOURIER_LEDGER",
+            "KEYCOURIER_POLICY",
+        ):
             self.env.pop(var, None)
 
     def kc(
         self, *args: str, expect: int = 0, stdin: bytes | None = None, quiet: bool = False
     ) -> subprocess.CompletedProcess[bytes]:
-        show_cmd(args)
+        print(f"  [{self.name}]$ keycourier " + " ".join(args), flush=True)
         out = subprocess.run(
-            [KC, *args], input=stdin, capture_output=True, env=self.env, cwd=self.work,
-            check=False, timeout=120,
+            [KC, *args],
+            input=stdin,
+            capture_output=True,
+            env=self.env,
+            cwd=self.work,
+            check=False,
+            timeout=120,
         )
         if not quiet:
             for stream in (out.stdout, out.stderr):
@@ -60,9 +78,7 @@ class Demo:
                 if text:
                     print(textwrap.indent(text, "    "), flush=True)
         if out.returncode != expect:
-            raise SystemExit(
-                f"demo: step failed: expected exit {expect}, got {out.returncode}"
-            )
+            raise SystemExit(f"demo: step failed: expected exit {expect}, got {out.returncode}")
         return out
 
 
@@ -75,81 +91,265 @@ def random_qbo_key() -> tuple[str, str]:
 
 
 def main() -> int:
+
+    from tests.support.openbao import start_dev_server
+
     with tempfile.TemporaryDirectory(prefix="keycourier-demo-") as tmp:
         work = Path(tmp)
-        d = Demo(work)
-        say("1. The partner (sender) and the platform team (receiver) each make an identity: an "
-            "age key for encryption and an Ed25519 key for signing, stored 0600 and encrypted "
-            "with a passphrase (here from KEYCOURIER_PASSPHRASE).")
-        d.kc("identity", "new", "-o", "partner.kcid", "--work-factor", "15")
-        d.kc("identity", "new", "-o", "platform.kcid", "--work-factor", "15")
-        platform = d.kc("identity", "show", "platform.kcid", "--json", quiet=True)
-        partner = d.kc("identity", "show", "partner.kcid", "--json", quiet=True)
-        import json
-
-        platform_pub = json.loads(platform.stdout)
-        partner_pub = json.loads(partner.stdout)
-        print(f"    platform recipient: {platform_pub['recipient']}")
-        print(f"    partner signing fingerprint: {partner_pub['signing_fingerprint']}")
-
-        client_id, client_secret = random_qbo_key()
-        secret_file = work / "qbo-secret.txt"
-        secret_file.write_text(client_secret + "\n")
-        secret_file.chmod(0o600)
-        say("2. The partner checks its production QuickBooks key against the handover policy "
-            "(the secret is read from a 0600 file, never from the command line).")
-        d.kc("check", "--platform", "quickbooks", "--client-id", client_id,
-             "--client-secret-file", "qbo-secret.txt", "--environment", "production",
-             "--attested-by", "Jane Doe, CTO of Acme")
-
-        say("3. A sandbox key is refused: here the partner's context says its API base is "
-            "Intuit's sandbox host. Exit code 7 (policy), no secret printed.")
-        d.kc("check", "--platform", "quickbooks", "--client-id", client_id,
-             "--client-secret-file", "qbo-secret.txt", "--environment", "production",
-             "--attested-by", "Jane Doe, CTO of Acme",
-             "--api-base", "https://sandbox-quickbooks.api.intuit.com", expect=7)
-
-        say("4. The partner seals the key for the platform: a signed, encrypted text bundle "
-            "that can travel through a password manager or e-mail.")
-        d.kc("seal", "--platform", "quickbooks", "--client-id", client_id,
-             "--client-secret-file", "qbo-secret.txt", "--environment", "production",
-             "--attested-by", "Jane Doe, CTO of Acme", "--partner", "Acme Ltd",
-             "--identity", "partner.kcid", "-r", platform_pub["recipient"],
-             "--expires-in", "7d", "-o", "handover.kcb")
-        text = (work / "handover.kcb").read_text()
-        assert client_secret not in text, "the secret must not appear in the bundle text"
-        print(f"    handover.kcb: {len(text)} bytes of ASCII; the secret does not appear in it")
-
-        say("5. Anyone can inspect the public manifest without a key.")
-        d.kc("inspect", "handover.kcb")
-
-        say("6. A tampered copy and an untrusted sender are refused with the same integrity "
-            "error (exit 4); nothing is released.")
-        tampered = text.replace('"partner":"Acme Ltd"', '"partner":"Evil Ltd"')
-        (work / "tampered.kcb").write_text(tampered)
-        d.kc("open", "tampered.kcb", "--identity", "platform.kcid",
-             "--trust", partner_pub["signing_fingerprint"], "-o", "creds.json", expect=4)
-        d.kc("open", "handover.kcb", "--identity", "platform.kcid",
-             "--trust", platform_pub["signing_fingerprint"], "-o", "creds.json", expect=4)
-        assert not (work / "creds.json").exists()
-
-        say("7. The platform opens the genuine bundle from the pinned partner key: signature, "
-            "payload digest, decryption, inner binding, expiry and its own policy all pass; "
-            "the credentials land in a 0600 file.")
-        d.kc("open", "handover.kcb", "--identity", "platform.kcid",
-             "--trust", partner_pub["signing_fingerprint"], "-o", "creds.json", "--json")
-        creds = json.loads((work / "creds.json").read_text())
-        assert creds["client_secret"] == client_secret
-        mode = oct((work / "creds.json").stat().st_mode & 0o777)
-        print(f"    creds.json mode {mode}; client secret matches what the partner sealed")
-
-        say("8. Opening it a second time is refused (single use), unless --allow-reopen.")
-        d.kc("open", "handover.kcb", "--identity", "platform.kcid",
-             "--trust", partner_pub["signing_fingerprint"], "-o", "creds2.json", expect=7)
-
-        say("Done. Every step above ran for real on this machine; the bundle is a standard age "
-            "v1 payload under a signed manifest (docs/bundle-format.md).")
+        say(
+            "0. Starting a local OpenBao dev server (in memory, 127.0.0.1, a free port) to stand "
+            "for the platform's Vault. It is stopped, by its PID, when the demo ends."
+        )
+        bao = start_dev_server(work / "bao")
+        servers: list[object] = [bao]
+        try:
+            print(f"    OpenBao at {bao.addr} (pid {bao.pid})")
+            passphrase = "demo passphrase " + secrets.token_hex(4)
+            partner = Side("partner", work, passphrase)
+            platform = Side("platform", work, passphrase)
+            for side in (partner, platform):
+                side.env["VAULT_ADDR"] = bao.addr
+                side.env["VAULT_TOKEN"] = bao.token  # the dev root token: demo only
+            run_handover(work, partner, platform)
+            run_token_and_connection(work, partner, bao.addr, bao.token, servers)
+        finally:
+            for server in reversed(servers):
+                server.stop()  # type: ignore[attr-defined]
+        say(
+            "Done. Every step above ran for real on this machine: real age v1 encryption, "
+            "Ed25519 signatures, a real SQLite ledger per side, a real OpenBao, real HTTP on "
+            "127.0.0.1. Only the platform API (token and accounting-connection endpoints) was a "
+            "local stand-in, because the real one is not reachable from here."
+        )
     return 0
+
+
+def run_handover(work: Path, partner: Side, platform: Side) -> None:
+
+    say(
+        "1. The partner and the platform team each make an identity: an age key for "
+        "encryption and an Ed25519 key for signing, stored 0600 and encrypted with a "
+        "passphrase (here from KEYCOURIER_PASSPHRASE; work factor lowered to 15 for speed)."
+    )
+    partner.kc("identity", "new", "-o", "partner.kcid", "--work-factor", "15")
+    platform.kc("identity", "new", "-o", "platform.kcid", "--work-factor", "15")
+    platform_pub = json.loads(
+        platform.kc("identity", "show", "platform.kcid", "--json", quiet=True).stdout
+    )
+    partner_pub = json.loads(
+        partner.kc("identity", "show", "partner.kcid", "--json", quiet=True).stdout
+    )
+    print(f"    platform recipient: {platform_pub['recipient']}")
+    print(
+        f"    partner signing fingerprint (pinned by the platform out of band): "
+        f"{partner_pub['signing_fingerprint']}"
+    )
+
+    client_id, client_secret = random_qbo_key()
+    secret_file = work / "qbo-secret.txt"
+    secret_file.write_text(client_secret + "\n")
+    secret_file.chmod(0o600)
+    common = [
+        "--platform",
+        "quickbooks",
+        "--client-id",
+        client_id,
+        "--client-secret-file",
+        "qbo-secret.txt",
+        "--environment",
+        "production",
+        "--attested-by",
+        "Jane Doe, CTO of Acme",
+    ]
+    say(
+        "2. The partner checks its production QuickBooks key against the handover policy "
+        "(the secret is read from a 0600 file, never from the command line)."
+    )
+    partner.kc("check", *common, quiet=True)
+    print("    verdict: pass (21 rules; see 'keycourier check --json' for the full report)")
+
+    say(
+        "3. A sandbox key is refused: the partner's context says its API base is Intuit's "
+        "sandbox host. Exit code 7 (policy); only the rejected rule and its hint are shown here."
+    )
+    out = partner.kc(
+        "check",
+        *common,
+        "--api-base",
+        "https://sandbox-quickbooks.api.intuit.com",
+        "--json",
+        expect=7,
+        quiet=True,
+    )
+    report = json.loads(out.stdout)
+    for f in report["findings"]:
+        if f["effect"] == "reject":
+            print(f"    REJECT {f['rule']}: {f['message']}\n      hint: {f['hint']}")
+
+    say(
+        "4. The partner seals the key for the platform: a signed, encrypted text bundle that "
+        "can travel through a password manager or e-mail. The event goes to the partner's "
+        "ledger and to Vault (write-once record)."
+    )
+    partner.kc(
+        "seal",
+        *common,
+        "--partner",
+        "Acme Ltd",
+        "--identity",
+        "partner.kcid",
+        "-r",
+        platform_pub["recipient"],
+        "--expires-in",
+        "7d",
+        "-o",
+        "handover.kcb",
+    )
+    text = (work / "handover.kcb").read_text()
+    assert client_secret not in text, "the secret must not appear in the bundle text"
+    bundle_id = json.loads(partner.kc("inspect", "handover.kcb", "--json", quiet=True).stdout)[
+        "manifest"
+    ]["bundle_id"]
+    print(f"    handover.kcb: {len(text)} bytes of ASCII; the secret does not appear in it")
+
+    say("5. Anyone can inspect the public manifest without a key.")
+    platform.kc("inspect", "handover.kcb")
+
+    say(
+        "6. A tampered copy and an untrusted sender are refused with the same integrity error "
+        "(exit 4); nothing is released."
+    )
+    (work / "tampered.kcb").write_text(text.replace('"partner":"Acme Ltd"', '"partner":"Evil Ltd"'))
+    trust = ["--trust", partner_pub["signing_fingerprint"]]
+    platform.kc(
+        "open", "tampered.kcb", "--identity", "platform.kcid", *trust, "-o", "creds.json", expect=4
+    )
+    platform.kc(
+        "open",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        "--trust",
+        platform_pub["signing_fingerprint"],
+        "-o",
+        "creds.json",
+        expect=4,
+    )
+    assert not (work / "creds.json").exists()
+
+    say(
+        "7. The platform ingests the genuine bundle from the pinned partner key: signature, "
+        "payload digest, decryption, inner binding, expiry and its own policy all pass, then "
+        "the credentials are stored in Vault KV with provenance metadata, and 'opened' and "
+        "'ingested' are recorded."
+    )
+    platform.kc(
+        "ingest",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        *trust,
+        "--vault-path",
+        "partners/acme/quickbooks",
+    )
+
+    say("8. A second open (by anyone holding the bundle) is refused: Vault shows it was opened.")
+    platform.kc(
+        "open", "handover.kcb", "--identity", "platform.kcid", *trust, "-o", "creds.json", expect=7
+    )
+
+    say(
+        "9. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
+        "its events with Vault; then the bundle's timeline."
+    )
+    partner.kc("audit", "verify", "--vault")
+    platform.kc("audit", "verify", "--vault")
+    platform.kc("audit", "show", bundle_id)
+
+
+def run_token_and_connection(
+    work: Path, partner: Side, vault_addr: str, vault_token: str, servers: list[object]
+) -> None:
+    import uuid
+    import urllib.request
+
+    import hvac
+
+    from tests.support.connections_standin import start_platform
+
+    say(
+        "10. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
+        "platform API is not reachable from here, so a LOCAL STAND-IN that follows the "
+        "documented Monite contract plays it on 127.0.0.1."
+    )
+    monite_id, monite_secret = str(uuid.uuid4()), secrets.token_urlsafe(32)
+    client = hvac.Client(url=vault_addr, token=vault_token)
+    client.secrets.kv.v2.create_or_update_secret(
+        path="partners/acme/monite", secret={"client_id": monite_id, "client_secret": monite_secret}
+    )
+    platform_api = start_platform({monite_id: monite_secret})
+    servers.append(platform_api)
+    print(f"    stand-in platform API at {platform_api.monite_base} (local, test/demo code)")
+    cfg = partner.home / ".config" / "keycourier" / "config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(
+        "[profiles.demo]\n"
+        'dialect = "monite"\n'
+        f'base_url = "{platform_api.monite_base}"\n'
+        'environment = "sandbox"\n'
+        'version = "2024-05-25"\n'
+        'vault_path = "partners/acme/monite"\n'
+    )
+
+    say(
+        "11. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
+        "refreshed at 80% of its lifetime). The token itself is elided here."
+    )
+    out = partner.kc("token", "--profile", "demo", "--format", "credential-process", quiet=True)
+    doc = json.loads(out.stdout)
+    print(
+        f"    Version={doc['Version']} Expiration={doc['Expiration']} "
+        f"token=<{len(str(doc.get('SessionToken') or doc.get('AccessToken') or ''))} chars>"
+    )
+
+    say("12. 'exec' injects the token into a child process and masks it in the child's output.")
+    partner.kc(
+        "exec",
+        "--profile",
+        "demo",
+        "--env-name",
+        "MONITE_TOKEN",
+        "--",
+        "sh",
+        "-c",
+        'echo "the child sees: $MONITE_TOKEN"',
+    )
+
+    entity = str(uuid.uuid4())
+    say(
+        "13. The partner creates the entity's accounting connection and hands the "
+        "connection_url to the entity's user."
+    )
+    out = partner.kc("connection", "create", "--profile", "demo", "--entity", entity, "--json")
+    conn = json.loads(out.stdout)["connection"]
+    say(
+        "14. The entity's user authorizes (simulated: the demo opens the connection_url on the "
+        "stand-in), and the partner waits for 'connected'."
+    )
+    with urllib.request.urlopen(conn["connection_url"], timeout=10) as resp:  # noqa: S310
+        resp.read()
+    partner.kc(
+        "connection",
+        "wait",
+        conn["id"],
+        "--profile",
+        "demo",
+        "--entity",
+        entity,
+        "--timeout",
+        "30s",
+    )
+    partner.kc("audit", "verify", "--vault")
 
 
 if __name__ == "__main__":
