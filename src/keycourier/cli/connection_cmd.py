@@ -140,7 +140,8 @@ def _say_recorded(items: Sequence[Recorded]) -> None:
             VaultStatus.PENDING: "in the local ledger; Vault pending (run: keycourier sync)",
             VaultStatus.DISABLED: "in the local ledger (no Vault configured)",
         }[r.outcome.vault_status]
-        detail = f" ({r.outcome.detail})" if r.outcome.detail else ""
+        pending = r.outcome.vault_status is VaultStatus.PENDING
+        detail = f" ({r.outcome.detail})" if pending and r.outcome.detail else ""
         info(f"recorded {r.event} as event {r.outcome.seq} {where}{detail}")
 
 
