@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.openbao import BaoServer, free_port
+
 
 def run(
     *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
@@ -31,7 +33,7 @@ def test_ok_and_usage() -> None:
 def test_config_error_names_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text("[vault]\nadress = 'http://127.0.0.1:1'\n")
-    out = run("--config", str(cfg), "inspect", "-", stdin=b"")
+    out = run("--config", str(cfg), "audit", "verify")
     assert out.returncode == 3
     assert b"vault.adress" in out.stderr
 
@@ -42,3 +44,35 @@ def test_integrity_error_for_a_garbage_bundle(tmp_path: Path) -> None:
     out = run("inspect", str(f))
     assert out.returncode == 4
     assert b"Traceback" not in out.stderr
+
+
+def test_auth_error_when_vault_refuses_the_token(bao_dev: BaoServer) -> None:
+    out = run("doctor", env={"VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": "not-a-valid-token"})
+    assert out.returncode == 5
+    assert b"not-a-valid-token" not in out.stderr + out.stdout
+
+
+def test_unavailable_when_vault_cannot_be_reached() -> None:
+    out = run("doctor", env={"VAULT_ADDR": f"http://127.0.0.1:{free_port()}", "VAULT_TOKEN": "x"})
+    assert out.returncode == 6
+    assert b"Traceback" not in out.stderr
+
+
+def test_policy_rejection_is_7(tmp_path: Path) -> None:
+    secret = tmp_path / "s.txt"
+    secret.write_text("changeme")
+    out = run(
+        "check",
+        "--platform",
+        "quickbooks",
+        "--client-id",
+        "AB" + "c" * 48,
+        "--client-secret-file",
+        str(secret),
+        "--environment",
+        "production",
+        "--attested-by",
+        "T",
+    )
+    assert out.returncode == 7
+    assert b"changeme" not in out.stdout + out.stderr
