@@ -440,3 +440,8 @@ class FastKV:
 def token_of(client: hvac.Client) -> Secret:
     """The client's current token (after log-in), wrapped."""
     return Secret(str(client.token or ""))
+
+
+def ping(client: hvac.Client) -> None:
+    """Prove Vault is reachable, unsealed and accepts the token (auth/token/lookup-self)."""
+    _call("a token look-up", client.auth.token.lookup_self)

@@ -14,6 +14,7 @@ from keycourier.cli.bundle_cmd import identity_option, trust_option
 from keycourier.cli.common import emit_json, info, warn
 from keycourier.cli.main import settings_from
 from keycourier.errors import (
+    AuthError,
     ConfigError,
     Error,
     ExitCode,
@@ -43,9 +44,17 @@ def _default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _exit(code: ExitCode) -> None:
-    if code != ExitCode.OK:
-        raise click.exceptions.Exit(int(code))
+def _fail(code: ExitCode, message: str) -> None:
+    """Raise the keycourier error that carries ``code`` (the one place exits are rendered)."""
+    if code == ExitCode.OK:
+        return
+    classes: dict[ExitCode, type[Error]] = {
+        ExitCode.CONFIG: ConfigError,
+        ExitCode.INTEGRITY: IntegrityError,
+        ExitCode.AUTH: AuthError,
+        ExitCode.UNAVAILABLE: UnavailableError,
+    }
+    raise classes.get(code, Error)(message)
 
 
 # -- ingest ------------------------------------------------------------------------------
@@ -110,7 +119,8 @@ def ingest(
         )
     vault.check_path(vault_path, "--vault-path")
     trusted = trusted_senders(trust, trust_file)
-    client = vault.connect(settings)  # fail early (exit 5/6) before anything is opened
+    client = vault.connect(settings)
+    vault.ping(client)  # fail early (exit 5/6) before anything is opened or recorded
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
     checked = open_for_cli(
@@ -518,4 +528,6 @@ def doctor(ctx: click.Context, role: str | None, as_json: bool) -> None:
     else:
         for c in report.checks:
             click.echo(f"[{c.status.upper():<4}] {c.name:<14} {c.detail}")
-    _exit(report.exit_code)
+    failed = [c for c in report.checks if c.status == doc.Status.FAIL]
+    if failed:
+        _fail(report.exit_code, f"doctor: {failed[0].name}: {failed[0].detail}")

@@ -1,0 +1,287 @@
+"""ingest / revoke / sync / audit / doctor through real subprocesses (exit codes, stdout/stderr)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import hvac
+import pytest
+from click.testing import CliRunner
+
+from keycourier.cli.main import cli
+from tests.support.openbao import BaoServer, free_port
+
+PASS = "test passphrase 123"
+ALNUM = string.ascii_letters + string.digits
+
+
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = {
+        **os.environ,
+        "KEYCOURIER_PASSPHRASE": PASS,
+        "KEYCOURIER_LEDGER": str(cwd / "ledger.db"),
+    }
+    for var in ("VAULT_ADDR", "VAULT_TOKEN"):
+        full.pop(var, None)
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "keycourier", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=120,
+        check=False,
+    )
+
+
+def vault_env(server: BaoServer) -> dict[str, str]:
+    return {"VAULT_ADDR": server.addr, "VAULT_TOKEN": server.token}
+
+
+DEAD = {"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_TOKEN": "t"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest"],
+        ["revoke"],
+        ["sync"],
+        ["audit"],
+        ["audit", "verify"],
+        ["audit", "show"],
+        ["audit", "export"],
+        ["doctor"],
+    ],
+)
+def test_help_has_an_example(args: list[str]) -> None:
+    out = CliRunner().invoke(cli, [*args, "--help"])
+    assert out.exit_code == 0
+    assert "Example" in out.output
+    assert "keycourier " in out.output
+
+
+def test_revoke_show_export_without_vault(tmp_path: Path) -> None:
+    out = run("revoke", "kcb-1", "--reason", "sent to the wrong person", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "no Vault configured" in out.stderr
+    assert "in Vault" not in out.stderr
+    show = run("audit", "show", "kcb-1", "--json", cwd=tmp_path)
+    assert show.returncode == 0, show.stderr
+    rows = json.loads(show.stdout)
+    assert rows[0]["type"] == "revoked"
+    assert rows[0]["data"] == {"reason": "sent to the wrong person"}
+    jsonl = run("audit", "export", "--format", "jsonl", cwd=tmp_path)
+    assert jsonl.returncode == 0
+    assert json.loads(jsonl.stdout.splitlines()[0])["vault_status"] == "disabled"
+    csv_out = run("audit", "export", "--format", "csv", "--since", "2999-01-01", cwd=tmp_path)
+    assert csv_out.stdout.splitlines() == [
+        "seq,type,at,actor,bundle_id,fingerprint,policy_digest,data,prev_hash,hash,vault_status"
+    ]
+    bad = run("audit", "export", "--since", "yesterday", cwd=tmp_path)
+    assert bad.returncode == 2
+    verify = run("audit", "verify", "--json", cwd=tmp_path)
+    assert verify.returncode == 0
+    report = json.loads(verify.stdout)
+    assert report["ok"] is True
+    assert report["events"] == 1
+    assert report["checkpoints"] == 1
+
+
+def test_audit_verify_exit_4_names_the_sequence(tmp_path: Path) -> None:
+    for i in range(4):
+        assert run("revoke", f"kcb-{i}", "--reason", "r", cwd=tmp_path).returncode == 0
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("DELETE FROM events WHERE seq = 2")
+    conn.close()
+    out = run("audit", "verify", cwd=tmp_path)
+    assert out.returncode == 4
+    assert "BROKEN at event #2" in out.stdout
+    assert "broken at event #2" in out.stderr
+
+
+def test_pending_require_vault_and_sync(bao_dev: BaoServer, tmp_path: Path) -> None:
+    out = run("revoke", "kcb-p", "--reason", "r", cwd=tmp_path, env=DEAD)
+    assert out.returncode == 0
+    assert "pending" in out.stderr
+    assert "recorded in the local ledger only" in out.stderr
+    strict = run("revoke", "kcb-p", "--reason", "again", "--require-vault", cwd=tmp_path, env=DEAD)
+    assert strict.returncode == 6
+    assert "pending" in strict.stderr
+    assert run("sync", cwd=tmp_path, env=DEAD).returncode == 6
+    ok = run("sync", "--json", cwd=tmp_path, env=vault_env(bao_dev))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["delivered"] == 2
+    verify = run("audit", "verify", "--vault", "--json", cwd=tmp_path, env=vault_env(bao_dev))
+    assert verify.returncode == 0, verify.stderr
+    assert json.loads(verify.stdout)["vault_records_checked"] == 2
+
+
+def test_sync_conflict_exit_4_names_the_bundle(bao_dev: BaoServer, tmp_path: Path) -> None:
+    bid = "kcb-" + secrets.token_hex(8)
+    assert run("revoke", bid, "--reason", "r", cwd=tmp_path, env=DEAD).returncode == 0
+    client = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    client.secrets.kv.v2.create_or_update_secret(
+        path=f"keycourier/handovers/{bid}", secret={"body": "forged"}, cas=0, mount_point="secret"
+    )
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    ledger_id = conn.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()[0]
+    conn.close()
+    client.secrets.kv.v2.create_or_update_secret(
+        path=f"keycourier/handovers/{bid}",
+        secret={"ledger": ledger_id, "seq": 1, "body": "forged"},
+        cas=1,
+        mount_point="secret",
+    )
+    out = run("sync", cwd=tmp_path, env=vault_env(bao_dev))
+    assert out.returncode == 4
+    assert bid in out.stderr
+    assert "integrity alarm" in out.stderr
+
+
+def test_doctor_exit_codes(bao_dev: BaoServer, tmp_path: Path) -> None:
+    none = run("doctor", cwd=tmp_path)
+    assert none.returncode == 0
+    assert "no Vault configured" in none.stdout
+    dead = run(
+        "doctor",
+        cwd=tmp_path,
+        env={"VAULT_ADDR": f"http://127.0.0.1:{free_port()}", "VAULT_TOKEN": "t"},
+    )
+    assert dead.returncode == 6
+    good = run("doctor", "--role", "sender", "--json", cwd=tmp_path, env=vault_env(bao_dev))
+    assert good.returncode == 0, good.stdout
+    checks = {c["name"]: c["status"] for c in json.loads(good.stdout)["checks"]}
+    assert checks["reachable"] == "ok"
+    assert checks["sealed"] == "ok"
+    assert checks["kv mount"] == "ok"
+    assert checks["audit device"] == "warn"  # dev server: none enabled, and we do not try
+    assert checks["role sender"] == "ok"
+    bad = run("doctor", cwd=tmp_path, env={"VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": "wrong"})
+    assert bad.returncode == 5
+    assert "wrong" not in bad.stdout + bad.stderr
+
+
+@pytest.fixture
+def handover(tmp_path: Path, bao_dev: BaoServer) -> dict[str, str]:
+    """Two identities and a sealed bundle (sealed event recorded in Vault)."""
+    for name in ("partner", "platform"):
+        out = run("identity", "new", "-o", f"{name}.kcid", "--work-factor", "10", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    pub = {
+        n: json.loads(run("identity", "show", f"{n}.kcid", "--json", cwd=tmp_path).stdout)
+        for n in ("partner", "platform")
+    }
+    (tmp_path / "secret.txt").write_text("".join(secrets.choice(ALNUM) for _ in range(40)) + "\n")
+    client_id = "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
+    sealed = run(
+        "seal",
+        "--platform",
+        "quickbooks",
+        "--client-id",
+        client_id,
+        "--client-secret-file",
+        "secret.txt",
+        "--environment",
+        "production",
+        "--attested-by",
+        "Test Lead",
+        "--identity",
+        "partner.kcid",
+        "-r",
+        pub["platform"]["recipient"],
+        "--partner",
+        "Acme",
+        "-o",
+        "handover.kcb",
+        "--json",
+        cwd=tmp_path,
+        env={**vault_env(bao_dev), "KEYCOURIER_LEDGER": str(tmp_path / "sender.db")},
+    )
+    assert sealed.returncode == 0, sealed.stderr
+    summary = json.loads(sealed.stdout)
+    return {
+        "bundle_id": summary["bundle_id"],
+        "fingerprint": summary["fingerprint"],
+        "partner_fpr": pub["partner"]["signing_fingerprint"],
+        "client_id": client_id,
+    }
+
+
+def test_ingest_writes_credentials_with_provenance(
+    handover: dict[str, str], bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    vpath = f"partners/acme-{secrets.token_hex(4)}/quickbooks"
+    env = vault_env(bao_dev)
+    args = (
+        "ingest",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        "--trust",
+        handover["partner_fpr"],
+    )
+    out = run(*args, "--vault-path", vpath, "--json", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["kv_version"] == 1
+    assert summary["vault_status"] == "recorded"
+    secret = (tmp_path / "secret.txt").read_text().strip()
+    assert secret not in out.stdout + out.stderr
+    client = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    stored = client.secrets.kv.v2.read_secret_version(
+        path=vpath, mount_point="secret", raise_on_deleted_version=True
+    )
+    assert stored["data"]["data"]["client_secret"] == secret
+    assert stored["data"]["data"]["client_id"] == handover["client_id"]
+    meta = client.secrets.kv.v2.read_secret_metadata(path=vpath, mount_point="secret")["data"][
+        "custom_metadata"
+    ]
+    assert meta["bundle_id"] == handover["bundle_id"]
+    assert meta["fingerprint"] == handover["fingerprint"]
+    assert meta["sealed_by"] == handover["partner_fpr"]
+    assert meta["sealed_at"]
+    # the ledger never holds the secret
+    assert secret.encode() not in (tmp_path / "ledger.db").read_bytes()
+    show = run("audit", "show", handover["bundle_id"], "--json", cwd=tmp_path, env=env)
+    kinds = [(r["source"], r["type"]) for r in json.loads(show.stdout)]
+    assert kinds == [("vault", "sealed"), ("ledger", "opened"), ("ledger", "ingested")]
+    # a second ingest is refused (already opened) ...
+    again = run(*args, "--vault-path", vpath, cwd=tmp_path, env=env)
+    assert again.returncode == 7
+    assert "already opened" in again.stderr
+    # ... and once revoked, even --allow-reopen is refused
+    assert (
+        run("revoke", handover["bundle_id"], "--reason", "leak", cwd=tmp_path, env=env).returncode
+        == 0
+    )
+    revoked = run(*args, "--vault-path", vpath, "--allow-reopen", cwd=tmp_path, env=env)
+    assert revoked.returncode == 7
+    assert "revoked" in revoked.stderr
+
+
+def test_ingest_needs_vault(handover: dict[str, str], tmp_path: Path) -> None:
+    args = (
+        "ingest",
+        "handover.kcb",
+        "--identity",
+        "platform.kcid",
+        "--trust",
+        handover["partner_fpr"],
+    )
+    assert run(*args, "--vault-path", "partners/x/y", cwd=tmp_path).returncode == 3
+    assert run(*args, "--vault-path", "../etc", cwd=tmp_path, env=DEAD).returncode == 3
+    assert run(*args, "--vault-path", "partners/x/y", cwd=tmp_path, env=DEAD).returncode == 6
+    # nothing was opened: the bundle is still unopened in the ledger
+    assert "opened" not in run("audit", "export", cwd=tmp_path).stdout
