@@ -20,8 +20,8 @@ class EventType(enum.StrEnum):
     INGESTED = "ingested"
     REVOKED = "revoked"
     DENIED_FINGERPRINT = "denied_fingerprint"
-    TOKEN_ISSUED = "token_issued"
-    TOKEN_HANDED_OUT = "token_handed_out"
+    TOKEN_ISSUED = "token_issued"  # noqa: S105 - an event name
+    TOKEN_HANDED_OUT = "token_handed_out"  # noqa: S105 - an event name
     CONNECTION_CREATED = "connection_created"
     CONNECTION_CONNECTED = "connection_connected"
     CONNECTION_DISCONNECTED = "connection_disconnected"
