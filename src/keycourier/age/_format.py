@@ -93,6 +93,27 @@ class Reader:
         del self._buf[:n]
         return out_b
 
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` as far as the input allows; returns the number of bytes."""
+        filled = 0
+        if self._buf:
+            filled = min(len(self._buf), len(view))
+            view[:filled] = self._buf[:filled]
+            del self._buf[:filled]
+        readinto = getattr(self._src, "readinto", None)
+        while filled < len(view) and not self._eof:
+            if readinto is not None:
+                got = readinto(view[filled:])
+            else:
+                data = self._src.read(len(view) - filled)
+                got = len(data)
+                view[filled : filled + got] = data
+            if not got:
+                self._eof = True
+                break
+            filled += got
+        return filled
+
     def readline(self, limit: int) -> bytes:
         """A line including its LF, at most ``limit`` bytes (then possibly without LF)."""
         start = 0
@@ -362,46 +383,55 @@ def encrypt_payload(key: bytes, src: _Readable, write: Callable[[bytes], object]
         counter += 1
 
 
-def decrypt_payload(key: bytes, reader: _Readable, write: Callable[[bytes], object]) -> None:
+def decrypt_payload(key: bytes, reader: Reader, write: Callable[[memoryview], object]) -> None:
     """Decrypt and release one verified chunk at a time; raise on any STREAM violation.
 
     A full-size chunk may be final or not: like the reference implementation,
     try the non-final nonce first, then the final one, and then insist on
-    what must follow (more chunks, or the end of the input).
+    what must follow (more chunks, or the end of the input). Two fixed
+    buffers (one chunk plus one byte of lookahead in, one chunk out) are
+    reused for every chunk, so memory stays flat. ``write`` gets a view that
+    is only valid during the call (as with ``io`` writers).
     """
     aead = ChaCha20Poly1305(key)
+    inbuf = memoryview(bytearray(ENC_CHUNK_SIZE + 1))
+    outbuf = memoryview(bytearray(CHUNK_SIZE))
 
-    def open_chunk(counter: int, chunk: bytes, last: bool) -> bytes | None:
+    decrypt_into = getattr(aead, "decrypt_into", None)  # cryptography >= 45
+
+    def open_chunk(counter: int, size: int, last: bool) -> bool:
+        nonce = _nonce(counter, last)
         try:
-            return aead.decrypt(_nonce(counter, last), chunk, None)
+            if decrypt_into is not None:
+                decrypt_into(nonce, inbuf[:size], None, outbuf[: size - TAG_SIZE])
+            else:  # pragma: no cover - older cryptography
+                outbuf[: size - TAG_SIZE] = aead.decrypt(nonce, inbuf[:size], None)
         except InvalidTag:
-            return None
+            return False
+        return True
 
     counter = 0
-    buf = read_exact(reader, ENC_CHUNK_SIZE + 1)
-    if not buf:
+    have = reader.readinto(inbuf)
+    if not have:
         raise PayloadError("the payload has no chunks")
     while True:
-        more = len(buf) > ENC_CHUNK_SIZE
-        chunk = buf[:ENC_CHUNK_SIZE] if more else buf
-        if len(chunk) < TAG_SIZE:
+        more = have > ENC_CHUNK_SIZE
+        size = ENC_CHUNK_SIZE if more else have
+        if size < TAG_SIZE:
             raise PayloadError("the payload is truncated")
-        if len(chunk) == ENC_CHUNK_SIZE:
-            plain = open_chunk(counter, chunk, False)
-            if plain is not None:
-                write(plain)
-                if not more:
-                    raise PayloadError("the payload is truncated (no final chunk)")
-                counter += 1
-                carry = buf[ENC_CHUNK_SIZE:]
-                buf = carry + read_exact(reader, ENC_CHUNK_SIZE + 1 - len(carry))
-                continue
-        plain = open_chunk(counter, chunk, True)
-        if plain is None:
+        if size == ENC_CHUNK_SIZE and open_chunk(counter, size, False):
+            write(outbuf)
+            if not more:
+                raise PayloadError("the payload is truncated (no final chunk)")
+            counter += 1
+            inbuf[0] = inbuf[ENC_CHUNK_SIZE]
+            have = 1 + reader.readinto(inbuf[1:])
+            continue
+        if not open_chunk(counter, size, True):
             raise PayloadError("the payload was changed or truncated")
-        if not plain and counter > 0:
+        if size == TAG_SIZE and counter > 0:
             raise PayloadError("the final payload chunk is empty")
-        write(plain)
+        write(outbuf[: size - TAG_SIZE])
         if more:
             raise PayloadError("unexpected data after the final payload chunk")
         return

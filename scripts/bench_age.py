@@ -1,0 +1,239 @@
+"""Benchmark `keycourier age`: start-up, streaming decrypt, and Debian's age for scale.
+
+Targets (issue 2), each against a baseline measured in the same run:
+1. whole-process `keycourier age encrypt -r age1... -o out in200` (200-byte file):
+   median <= 1.25 x `python -c "import click, <the cryptography modules it needs>"`.
+2. streaming decrypt of a 256 MiB file: child peak RSS < 64 MiB, and throughput
+   >= 0.5 x a bare ChaCha20-Poly1305 loop over 64 KiB chunks.
+3. for scale only: Debian's `age` on the same files (ratios reported, no target).
+
+Writes the `bench:age` section of BENCHMARKS.md. Prints PASS/FAIL per target and
+exits 0 either way (the numbers are the result); exits 2 if a command fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import write_section  # noqa: E402
+
+from keycourier import age  # noqa: E402
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+KC = str(ROOT / ".venv" / "bin" / "keycourier")
+AGE = shutil.which("age")
+STARTUP_RUNS = int(os.environ.get("BENCH_STARTUP_RUNS", "30"))
+STREAM_RUNS = int(os.environ.get("BENCH_STREAM_RUNS", "3"))
+BIG = 256 * 1024 * 1024
+CHUNK = 64 * 1024
+BASELINE_IMPORTS = (
+    "import click, cryptography.hazmat.primitives.ciphers.aead, "
+    "cryptography.hazmat.primitives.asymmetric.x25519, cryptography.hazmat.primitives.kdf.hkdf"
+)
+
+
+def run_timed(cmd: list[str]) -> float:
+    """Wall seconds of one run, stdout to /dev/null."""
+    start = time.perf_counter()
+    res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        sys.stderr.write(
+            f"bench: command failed ({res.returncode}): {cmd}\n{res.stderr.decode()}\n"
+        )
+        sys.exit(2)
+    return elapsed
+
+
+def peak_rss_kib(cmd: list[str], work: Path) -> int:
+    """The command's own peak RSS, measured by GNU time (%M, KiB).
+
+    Not os.wait4/RUSAGE_CHILDREN from this process: a child forked from a
+    Python parent starts with the parent's resident pages and its ru_maxrss
+    would report those.
+    """
+    report = work / "time.txt"
+    res = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(report), *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    if res.returncode != 0:
+        sys.stderr.write(
+            f"bench: command failed ({res.returncode}): {cmd}\n{res.stderr.decode()}\n"
+        )
+        sys.exit(2)
+    return int(report.read_text().split()[-1])
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def bare_chacha_seconds(total: int) -> float:
+    """Decrypt `total` bytes of 64 KiB ChaCha20-Poly1305 chunks in-process."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead = ChaCha20Poly1305(os.urandom(32))
+    nonce = bytes(12)
+    chunk = aead.encrypt(nonce, os.urandom(CHUNK), None)
+    start = time.perf_counter()
+    for _ in range(total // CHUNK):
+        aead.decrypt(nonce, chunk, None)
+    return time.perf_counter() - start
+
+
+class _Repeat:
+    """A readable of `size` bytes built from one random MiB (never held whole)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = os.urandom(1024 * 1024)
+
+    def read(self, n: int = -1) -> bytes:
+        n = min(self.left, len(self.block) if n < 0 else n)
+        self.left -= n
+        out = bytearray()
+        while len(out) < n:
+            out += self.block[: n - len(out)]
+        return bytes(out)
+
+
+def main() -> None:
+    # A pip install ships bytecode; an editable checkout run under
+    # PYTHONDONTWRITEBYTECODE would recompile keycourier on every start.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(
+        [PY, "-m", "compileall", "-q", str(ROOT / "src" / "keycourier")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    work = Path(tempfile.mkdtemp(prefix="kc-bench-age-"))
+    try:
+        report = bench(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_section("age", "keycourier age (scripts/bench_age.py)", report)
+    print(report)
+
+
+def bench(work: Path) -> str:
+    ident = age.X25519Identity.generate()
+    recipient = ident.recipient().to_string()
+    key = work / "key.txt"
+    key.write_text(f"# public key: {recipient}\n{ident.to_string()}\n")
+    key.chmod(0o600)
+    in200 = work / "in200"
+    in200.write_bytes(os.urandom(200))
+    out = str(work / "out")
+
+    # 1. start-up ----------------------------------------------------------------
+    base_cmd = [PY, "-c", BASELINE_IMPORTS]
+    kc_cmd = [KC, "age", "encrypt", "-r", recipient, "-o", out, str(in200)]
+    age_cmd = [AGE, "-r", recipient, "-o", out, str(in200)] if AGE else None
+    times: dict[str, list[float]] = {"base": [], "kc": [], "age": []}
+    for cmd in (base_cmd, kc_cmd):  # warm the page cache once
+        run_timed(cmd)
+    for _ in range(STARTUP_RUNS):
+        times["base"].append(run_timed(base_cmd))
+        times["kc"].append(run_timed(kc_cmd))
+        if age_cmd:
+            times["age"].append(run_timed(age_cmd))
+    base_med = statistics.median(times["base"])
+    kc_med = statistics.median(times["kc"])
+    startup_ratio = kc_med / base_med
+    age_med = statistics.median(times["age"]) if times["age"] else None
+    if age.decrypt([ident], Path(out).read_bytes()) != in200.read_bytes():
+        sys.exit("bench: the encrypted 200-byte file does not decrypt back")
+
+    # 2. streaming decrypt of 256 MiB ------------------------------------------
+    big = work / "big.age"
+    with big.open("wb") as fh:
+        age.encrypt_stream([ident.recipient()], _Repeat(BIG), fh)  # type: ignore[arg-type]
+    kc_dec = [KC, "age", "decrypt", "-i", str(key), str(big)]
+    age_dec = [AGE, "-d", "-i", str(key), str(big)] if AGE else None
+    kc_runs: list[float] = []
+    age_runs: list[float] = []
+    bare_runs: list[float] = []
+    for _ in range(STREAM_RUNS):
+        bare_runs.append(bare_chacha_seconds(BIG))
+        kc_runs.append(run_timed(kc_dec))
+        if age_dec:
+            age_runs.append(run_timed(age_dec))
+    kc_rss_mib = peak_rss_kib(kc_dec, work) / 1024
+    age_rss_mib = peak_rss_kib(age_dec, work) / 1024 if age_dec else None
+    mib = BIG / (1024 * 1024)
+    kc_time = statistics.median(kc_runs)
+    bare_time = statistics.median(bare_runs)
+    tput_ratio = bare_time / kc_time
+    age_time = statistics.median(age_runs) if age_runs else None
+
+    ok1 = startup_ratio <= 1.25
+    ok2 = kc_rss_mib < 64
+    ok3 = tput_ratio >= 0.5
+    lines = [
+        "| measurement | keycourier | baseline (same run) | ratio | target | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| encrypt 200 B, whole process, median of {STARTUP_RUNS} interleaved runs "
+        f"| {kc_med * 1000:.1f} ms | {base_med * 1000:.1f} ms (python -c imports) "
+        f"| {startup_ratio:.2f} x | <= 1.25 x | {verdict(ok1)} |",
+        "| decrypt 256 MiB, peak RSS of the process (GNU time %M) "
+        f"| {kc_rss_mib:.1f} MiB | - | - | < 64 MiB | {verdict(ok2)} |",
+        f"| decrypt 256 MiB, throughput, median of {STREAM_RUNS} "
+        f"| {mib / kc_time:.0f} MiB/s ({kc_time:.2f} s) "
+        f"| {mib / bare_time:.0f} MiB/s bare ChaCha20-Poly1305, 64 KiB chunks "
+        f"| {tput_ratio:.2f} x | >= 0.5 x | {verdict(ok3)} |",
+    ]
+    if age_med is not None and age_time is not None and age_rss_mib is not None:
+        lines += [
+            f"| vs Debian age {_age_version()}: encrypt 200 B, median "
+            f"| {kc_med * 1000:.1f} ms | {age_med * 1000:.1f} ms | {kc_med / age_med:.2f} x "
+            "| report only | - |",
+            f"| vs Debian age: decrypt 256 MiB throughput | {mib / kc_time:.0f} MiB/s "
+            f"| {mib / age_time:.0f} MiB/s (peak RSS {age_rss_mib:.1f} MiB) "
+            f"| {age_time / kc_time:.2f} x | report only | - |",
+        ]
+    commands = [
+        "Commands (`R` = a fresh age1 recipient, `key.txt` its identity; files in a temp dir):",
+        "",
+        "```",
+        f'baseline:   .venv/bin/python -c "{BASELINE_IMPORTS}"',
+        "keycourier: .venv/bin/keycourier age encrypt -r R -o out in200",
+        "age:        age -r R -o out in200",
+        "keycourier: .venv/bin/keycourier age decrypt -i key.txt big.age > /dev/null",
+        "age:        age -d -i key.txt big.age > /dev/null",
+        "bare:       in-process ChaCha20Poly1305.decrypt over 4096 chunks of 64 KiB",
+        "```",
+        "",
+        "Bytecode for src/keycourier is precompiled first (`python -m compileall`), as a",
+        "pip install does. Throughput ratios are wall-time ratios (whole process for the",
+        "CLIs, loop only for the bare primitive). Run with `scripts/bench`.",
+    ]
+    summary = (
+        f"Overall: {verdict(ok1 and ok2 and ok3)} "
+        f"(start-up {verdict(ok1)}, memory {verdict(ok2)}, throughput {verdict(ok3)})."
+    )
+    return "\n".join([*lines, "", summary, "", *commands]) + "\n"
+
+
+def _age_version() -> str:
+    if not AGE:
+        return "?"
+    res = subprocess.run([AGE, "--version"], capture_output=True, check=False, timeout=30)
+    return res.stdout.decode().strip() or "?"
+
+
+if __name__ == "__main__":
+    main()
