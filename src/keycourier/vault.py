@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import threading
 import urllib.parse
@@ -391,6 +392,14 @@ class FastKV:
                 self._conn = http.client.HTTPConnection(
                     self._host, self._port, timeout=self._timeout
                 )
+            try:
+                self._conn.connect()
+            except BaseException:
+                self._conn = None
+                raise
+            if self._conn.sock is not None:
+                # headers and body leave in two writes: without NODELAY, Nagle delays the body
+                self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._conn
 
     def close(self) -> None:
@@ -401,8 +410,8 @@ class FastKV:
     def request(self, method: str, url: str, body: Mapping[str, Any] | None, where: str) -> Any:  # noqa: ANN401 - decoded JSON
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         for attempt in (0, 1):
-            conn = self._connection()
             try:
+                conn = self._connection()
                 conn.request(method, self._prefix + url, body=payload, headers=self._headers)
                 resp = conn.getresponse()
                 raw = resp.read()
