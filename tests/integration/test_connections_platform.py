@@ -1,6 +1,6 @@
 """Connections with the token helper's real token flow: the composed platform stand-in.
 
-The partner token comes from ``keycourier.helper.service.obtain_token`` (its
+The partner token comes from ``keycourier.helper.service.ProfileTokenSource`` (its
 0600 file cache, minted at the token stand-in's ``/auth/token`` or
 ``/openid/connect/token``), and the connection routes accept only tokens the
 token stand-in issued.
@@ -17,10 +17,10 @@ import pytest
 from keycourier import config
 from keycourier.config import Settings
 from keycourier.errors import ConfigError
+from keycourier.helper.service import ProfileTokenSource
 from keycourier.partner.connections import (
     ConnectionClient,
     ConnectionStatus,
-    HelperTokenSource,
     WaitPolicy,
     create_connection,
     endpoint_for_profile,
@@ -73,13 +73,13 @@ def test_flow_with_helper_tokens_and_refresh(
     settings = settings_for(platform, tmp_path, dialect)
     endpoint = endpoint_for_profile(settings, "p")
     assert endpoint.base_url == platform.monite_base  # Tesouro: root + /v1
-    tokens = HelperTokenSource(settings, "p")
+    tokens = ProfileTokenSource(settings, "p")
     client = ConnectionClient(endpoint, tokens)
     conn = create_connection(client, ENTITY).connection
     assert len(platform.auth.issued) == 1
     platform.connections.authorize(conn.id, "xero")
     # A second client (another CLI run) reuses the cached token: no new mint.
-    again = ConnectionClient(endpoint, HelperTokenSource(settings, "p"))
+    again = ConnectionClient(endpoint, ProfileTokenSource(settings, "p"))
     assert again.get(ENTITY, conn.id).status is ConnectionStatus.CONNECTED
     assert len(platform.auth.issued) == 1
     # The platform forgets the token: one 401, one refresh, one retry.
@@ -89,14 +89,16 @@ def test_flow_with_helper_tokens_and_refresh(
     assert done.connection.platform == "xero"
     assert len(platform.auth.issued) == 1  # a fresh one was minted
     # And a new process after the refresh uses the new cached token.
-    third = ConnectionClient(endpoint, HelperTokenSource(settings, "p"))
+    third = ConnectionClient(endpoint, ProfileTokenSource(settings, "p"))
     assert third.get(ENTITY, conn.id).platform == "xero"
     assert len(platform.auth.issued) == 1
 
 
 def test_tesouro_expired_token_400_is_refreshed(platform: RunningPlatform, tmp_path: Path) -> None:
     settings = settings_for(platform, tmp_path, "tesouro")
-    client = ConnectionClient(endpoint_for_profile(settings, "p"), HelperTokenSource(settings, "p"))
+    client = ConnectionClient(
+        endpoint_for_profile(settings, "p"), ProfileTokenSource(settings, "p")
+    )
     assert client.list(ENTITY) == ()
     # Expire every issued token on the platform's clock.
     with platform.auth.lock:

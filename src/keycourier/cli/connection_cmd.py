@@ -20,6 +20,7 @@ from keycourier.errors import ConfigError, PolicyError, UsageError
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
+    from keycourier.helper.service import ProfileTokenSource
     from keycourier.ledger.interface import Recorder
     from keycourier.partner.connections import (
         Connection,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         Recorded,
         TokenSource,
     )
+    from keycourier.redact import Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +84,28 @@ def _token_source(settings: Settings, profile: str, token_file: str | None) -> T
         if not raw or b"\n" in raw:
             raise UsageError("the partner token file must hold exactly one token")
         return StaticTokenSource(Secret(raw))
-    from keycourier.cli.common import warn
-    from keycourier.partner.connections import helper_token_source
+    from keycourier.helper.service import ProfileTokenSource
 
-    return helper_token_source(settings, profile, on_warning=warn)
+    return _Warned(ProfileTokenSource(settings, profile))
+
+
+class _Warned:
+    """The token helper's source, its warnings shown on stderr as they happen."""
+
+    def __init__(self, inner: ProfileTokenSource) -> None:
+        self._inner = inner
+
+    def get(self) -> Secret:
+        from keycourier.cli.common import warn
+
+        token = self._inner.get()
+        for message in self._inner.warnings:
+            warn(message)
+        self._inner.warnings.clear()
+        return token
+
+    def invalidate(self) -> None:
+        self._inner.invalidate()
 
 
 def _call(ctx: click.Context, profile: str | None, entity: str, token_file: str | None) -> _Call:
