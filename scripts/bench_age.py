@@ -42,16 +42,21 @@ BASELINE_IMPORTS = (
 )
 
 
+_CPU: list[float] = [0.0]  # CPU seconds (user + sys) of the last run_timed child
+
+
 def run_timed(cmd: list[str]) -> float:
-    """Wall seconds of one run, stdout to /dev/null."""
+    """Wall seconds of one run (stdout to /dev/null); its CPU seconds go to _CPU."""
     start = time.perf_counter()
-    res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if res.returncode != 0:
-        sys.stderr.write(
-            f"bench: command failed ({res.returncode}): {cmd}\n{res.stderr.decode()}\n"
-        )
+    err = proc.stderr.read() if proc.stderr else b""
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.stderr.write(f"bench: command failed ({code}): {cmd}\n{err.decode()}\n")
         sys.exit(2)
+    _CPU[0] = usage.ru_utime + usage.ru_stime
     return elapsed
 
 
@@ -144,16 +149,21 @@ def bench(work: Path) -> str:
     kc_cmd = [KC, "age", "encrypt", "-r", recipient, "-o", out, str(in200)]
     age_cmd = [AGE, "-r", recipient, "-o", out, str(in200)] if AGE else None
     times: dict[str, list[float]] = {"base": [], "kc": [], "age": []}
+    cpu: dict[str, list[float]] = {"base": [], "kc": []}
     for cmd in (base_cmd, kc_cmd):  # warm the page cache once
         run_timed(cmd)
     for _ in range(STARTUP_RUNS):
         times["base"].append(run_timed(base_cmd))
+        cpu["base"].append(_CPU[0])
         times["kc"].append(run_timed(kc_cmd))
+        cpu["kc"].append(_CPU[0])
         if age_cmd:
             times["age"].append(run_timed(age_cmd))
     base_med = statistics.median(times["base"])
     kc_med = statistics.median(times["kc"])
     startup_ratio = kc_med / base_med
+    base_cpu = statistics.median(cpu["base"])
+    kc_cpu = statistics.median(cpu["kc"])
     age_med = statistics.median(times["age"]) if times["age"] else None
     if age.decrypt([ident], Path(out).read_bytes()) != in200.read_bytes():
         sys.exit("bench: the encrypted 200-byte file does not decrypt back")
@@ -189,6 +199,9 @@ def bench(work: Path) -> str:
         f"| encrypt 200 B, whole process, median of {STARTUP_RUNS} interleaved runs "
         f"| {kc_med * 1000:.1f} ms | {base_med * 1000:.1f} ms (python -c imports) "
         f"| {startup_ratio:.2f} x | <= 1.25 x | {verdict(ok1)} |",
+        f"| same runs, CPU time (user + sys, os.wait4), median "
+        f"| {kc_cpu * 1000:.1f} ms | {base_cpu * 1000:.1f} ms | {kc_cpu / base_cpu:.2f} x "
+        "| report only | - |",
         "| decrypt 256 MiB, peak RSS of the process (GNU time %M) "
         f"| {kc_rss_mib:.1f} MiB | - | - | < 64 MiB | {verdict(ok2)} |",
         f"| decrypt 256 MiB, throughput, median of {STREAM_RUNS} "
@@ -221,9 +234,12 @@ def bench(work: Path) -> str:
         "pip install does. Throughput ratios are wall-time ratios (whole process for the",
         "CLIs, loop only for the bare primitive). Run with `scripts/bench`.",
     ]
+    load = os.getloadavg()
     summary = (
         f"Overall: {verdict(ok1 and ok2 and ok3)} "
-        f"(start-up {verdict(ok1)}, memory {verdict(ok2)}, throughput {verdict(ok3)})."
+        f"(start-up {verdict(ok1)}, memory {verdict(ok2)}, throughput {verdict(ok3)}). "
+        f"Load average during the run: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} on "
+        f"{os.cpu_count()} CPUs (the machine is shared: wall-time ratios move with load)."
     )
     return "\n".join([*lines, "", summary, "", *commands]) + "\n"
 

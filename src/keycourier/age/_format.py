@@ -8,7 +8,6 @@ time, so memory does not grow with the size of the file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -134,13 +133,50 @@ class Reader:
 # -- header ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Stanza:
+class _Frozen:
+    """A small immutable value class.
+
+    Not a dataclass on purpose: creating dataclasses costs start-up time on the
+    ``keycourier age encrypt`` path, which has a start-up budget.
+    """
+
+    __slots__ = ()
+
+    def _names(self) -> tuple[str, ...]:
+        names: tuple[str, ...] = type(self).__slots__
+        return names
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._names())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._names())
+        return f"{type(self).__name__}({fields})"
+
+
+class Stanza(_Frozen):
     """One recipient stanza: its type, its other arguments and its raw body."""
 
+    __slots__ = ("args", "body", "type")
     type: str
     args: tuple[str, ...]
     body: bytes
+
+    def __init__(self, type: str, args: tuple[str, ...], body: bytes) -> None:
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "body", bytes(body))
 
     def encode(self) -> bytes:
         words = [self.type, *self.args]
@@ -154,11 +190,18 @@ class Stanza:
         return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(_Frozen):
+    """A parsed header; ``mac_input`` is the exact bytes from the version line through "---"."""
+
+    __slots__ = ("mac", "mac_input", "stanzas")
     stanzas: tuple[Stanza, ...]
     mac: bytes
-    mac_input: bytes  # the exact bytes from the version line through "---"
+    mac_input: bytes
+
+    def __init__(self, stanzas: tuple[Stanza, ...], mac: bytes, mac_input: bytes) -> None:
+        object.__setattr__(self, "stanzas", stanzas)
+        object.__setattr__(self, "mac", mac)
+        object.__setattr__(self, "mac_input", mac_input)
 
 
 def _is_vchar_arg(arg: bytes) -> bool:
