@@ -226,6 +226,8 @@ class HelperState:
         self.handouts_first = 0
         self.handouts_repeat = 0
         self._handed: dict[tuple[str, str], float] = {}
+        # profile -> (token, second, rendered JSON reply, token fingerprint)
+        self.rendered: dict[str, tuple[Token, int, bytes, str]] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
         self.started = time.monotonic()
@@ -248,8 +250,10 @@ class HelperState:
                 issued_event(profile.name, token, environment=profile.environment.value)
             )
 
-    def handed_out(self, principal: Principal, profile: str, token: Token) -> None:
-        key = (principal.name, token.fingerprint)
+    def handed_out(
+        self, principal: Principal, profile: str, token: Token, fingerprint: str
+    ) -> None:
+        key = (principal.name, fingerprint)
         if key in self._handed:
             self.handouts_repeat += 1
             return
@@ -431,6 +435,7 @@ def _error(
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="keycourier"'}
+_TOKEN_HEADERS = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
 
 
 async def _guard(state: HelperState, request: web.Request, route: str) -> Principal | web.Response:
@@ -505,14 +510,17 @@ async def token(request: web.Request) -> web.Response:
     except Error as exc:
         return _error(state, route, 502, f"cannot get a token: {exc.message}")
     tok = result.token
-    state.handed_out(got, name, tok)
+    now = state.clock()
+    second = int(now)
+    rendered = state.rendered.get(name)
+    if rendered is None or rendered[0] is not tok or rendered[1] != second:
+        # The reply only changes when the token or the second (expires_in) does.
+        body = json.dumps(json_payload(tok, now=now)).encode()
+        rendered = (tok, second, body, tok.fingerprint)
+        state.rendered[name] = rendered
+    state.handed_out(got, name, tok, rendered[3])
     state.requests[(route, 200)] += 1
-    payload = json_payload(tok, now=state.clock())
-    return web.Response(
-        body=json.dumps(payload).encode(),
-        content_type=JSON_TYPE,
-        headers={"Cache-Control": "no-store"},
-    )
+    return web.Response(body=rendered[2], headers=_TOKEN_HEADERS)
 
 
 def make_app(state: HelperState) -> web.Application:
