@@ -352,6 +352,45 @@ def kv_write_custom_metadata(
 # -- fast keep-alive transport for the hot write path -----------------------------------
 
 
+class _OneWrite:
+    """Send a request's headers and body in one write (``send`` buffers, ``getresponse`` flushes).
+
+    http.client writes the header block and the body separately; on a busy
+    loopback every write wakes the server, so one write per request halves that.
+    """
+
+    _pending: list[bytes]
+
+    def send(self, data: Any) -> None:  # noqa: ANN401 - http.client's signature
+        if isinstance(data, bytes | bytearray):
+            self._pending.append(bytes(data))
+            return
+        self._flush()
+        super().send(data)  # type: ignore[misc]
+
+    def _flush(self) -> None:
+        if self._pending:
+            blob = b"".join(self._pending)
+            self._pending.clear()
+            super().send(blob)  # type: ignore[misc]
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        self._flush()
+        return super().getresponse()  # type: ignore[misc,no-any-return]
+
+
+class _OneWriteHTTP(_OneWrite, http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        self._pending = []
+        super().__init__(*args, **kwargs)
+
+
+class _OneWriteHTTPS(_OneWrite, http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        self._pending = []
+        super().__init__(*args, **kwargs)
+
+
 class FastKV:
     """KV v2 writes over one keep-alive ``http.client`` connection (not thread-safe).
 
@@ -384,22 +423,17 @@ class FastKV:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
+            conn: http.client.HTTPConnection
             if self._https:
-                self._conn = http.client.HTTPSConnection(
+                conn = _OneWriteHTTPS(
                     self._host, self._port, timeout=self._timeout, context=self._ctx
                 )
             else:
-                self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self._timeout
-                )
-            try:
-                self._conn.connect()
-            except BaseException:
-                self._conn = None
-                raise
-            if self._conn.sock is not None:
-                # headers and body leave in two writes: without NODELAY, Nagle delays the body
-                self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn = _OneWriteHTTP(self._host, self._port, timeout=self._timeout)
+            conn.connect()
+            if conn.sock is not None:
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:

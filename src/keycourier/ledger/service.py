@@ -103,6 +103,9 @@ class LedgerRecorder:
         self.require_vault = require_vault
         self.mirror: VaultMirror | None = None
         self._vault_error: Error | None = None
+        self._unmarked: list[tuple[int, int]] = []
+        self._unmarked_seqs: set[int] = set()
+        self._versions: dict[str, int] = {}
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
 
@@ -119,37 +122,37 @@ class LedgerRecorder:
     # -- Recorder protocol -------------------------------------------------------------
 
     def record(self, event: Event) -> RecordOutcome:
-        from keycourier.ledger.vault import path_for
+        """Append locally (always, first), then deliver to Vault when configured."""
+        from keycourier.ledger.vault import path_for, record_for
 
         ledger_id = self.ledger.ledger_id
-        status = VaultStatus.PENDING if self.mirror else VaultStatus.DISABLED
-        if self.mirror is not None:
-            seq_next = self.ledger.head()[0] + 1
-            path: str | None = path_for(event, ledger_id=ledger_id, seq=seq_next)
-        else:
-            path = None
-        stored = self.ledger.append(event, status, path)
-        if path is not None and stored.seq != seq_next:  # pragma: no cover - concurrent writer
-            path = path_for(event, ledger_id=ledger_id, seq=stored.seq)
-        if self.mirror is None or path is None:
+        if self.mirror is None:
+            stored = self.ledger.append(event, VaultStatus.DISABLED, None)
             return RecordOutcome(stored.seq, VaultStatus.DISABLED, "no Vault configured")
+
+        def where(seq: int) -> str:
+            return path_for(event, ledger_id=ledger_id, seq=seq)
+
+        stored, body, path = self.ledger.append_full(event, VaultStatus.PENDING, where)
+        assert path is not None  # noqa: S101 - where() always names a path
         try:
             if self._vault_error is not None:
                 raise self._vault_error
-            if self.ledger.has_pending_before(path, stored.seq):
+            known, waiting = self.ledger.path_state(path, stored.seq)
+            waiting = waiting and self._still_pending_before(path, stored.seq)
+            if waiting:
                 report = self.sync(paths={path}, workers=1)
                 if report.conflicts:
                     raise IntegrityError(report.conflicts[0].message)
                 if report.unavailable:
                     raise UnavailableError(report.unavailable)
             else:
-                from keycourier.ledger.vault import record_for
-
-                record = record_for(ledger_id, stored.seq, *self._row(stored.seq))
-                version, _ = self.mirror.deliver(
-                    path, record, known_version=self.ledger.known_version(path), event=event
+                known = max(known or 0, self._versions.get(path, 0)) or None
+                record = record_for(
+                    ledger_id, stored.seq, body, stored.prev_hash, stored.hash, str(event.type)
                 )
-                self.ledger.mark_delivered([(stored.seq, version)])
+                version, _ = self.mirror.deliver(path, record, known_version=known, event=event)
+                self._mark(stored.seq, path, version)
         except (UnavailableError, AuthError) as exc:
             self._vault_error = exc
             detail = exc.message
@@ -162,6 +165,30 @@ class LedgerRecorder:
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
 
+    # Delivery marks are batched: an event written to Vault but not yet marked is
+    # re-offered by the next sync, which finds the identical record and counts it.
+    MARK_BATCH = 256
+
+    def _mark(self, seq: int, path: str, version: int) -> None:
+        self._unmarked.append((seq, version))
+        self._unmarked_seqs.add(seq)
+        self._versions[path] = max(version, self._versions.get(path, 0))
+        if len(self._unmarked) >= self.MARK_BATCH:
+            self.flush()
+
+    def _still_pending_before(self, path: str, seq: int) -> bool:
+        if not self._unmarked_seqs:
+            return True
+        self.flush()
+        return self.ledger.path_state(path, seq)[1]
+
+    def flush(self) -> None:
+        """Write batched delivery marks to the ledger."""
+        if self._unmarked:
+            self.ledger.mark_delivered(self._unmarked)
+            self._unmarked = []
+            self._unmarked_seqs = set()
+
     def _row(self, seq: int) -> tuple[str, str, str]:
         row = self.ledger.event_row(seq)
         if row is None:  # pragma: no cover - just appended
@@ -171,10 +198,12 @@ class LedgerRecorder:
     def history(
         self, *, bundle_id: str | None = None, fingerprint: str | None = None
     ) -> Sequence[StoredEvent]:
+        self.flush()
         return self.ledger.history(bundle_id=bundle_id, fingerprint=fingerprint)
 
     def close(self) -> None:
         try:
+            self.flush()
             if self.ledger.appended_since_checkpoint:
                 self.ledger.checkpoint()
         finally:
@@ -213,7 +242,6 @@ class LedgerRecorder:
         for d in pending:
             groups.setdefault(str(d.path), []).append(d)
         known = {path: self.ledger.known_version(path) for path in groups}
-        rows = {d.stored.seq: self._row(d.stored.seq) for d in pending}
         ledger_id = self.ledger.ledger_id
 
         def run(path: str) -> tuple[list[tuple[int, int]], int, SyncConflict | None, str]:
@@ -222,7 +250,8 @@ class LedgerRecorder:
             version = known[path]
             for d in groups[path]:
                 seq = d.stored.seq
-                record = record_for(ledger_id, seq, *rows[seq])
+                s = d.stored
+                record = record_for(ledger_id, seq, d.body, s.prev_hash, s.hash, str(s.event.type))
                 try:
                     version, again = mirror.deliver(
                         path, record, known_version=version, event=d.stored.event
@@ -273,6 +302,7 @@ class LedgerRecorder:
     # -- audit -------------------------------------------------------------------------
 
     def verify(self, *, vault: bool = False) -> AuditReport:
+        self.flush()
         chain_report = self.ledger.verify()
         pending = self.ledger.pending_count()
         if not vault:

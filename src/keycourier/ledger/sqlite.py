@@ -28,7 +28,7 @@ import hashlib
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,7 @@ class Delivery:
     stored: StoredEvent
     path: str | None
     version: int | None
+    body: str = ""
 
 
 def key_path_for(ledger_path: Path) -> Path:
@@ -253,11 +254,29 @@ class SqliteLedger:
         row = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), str(row[1])) if row else (0, chain.GENESIS)
 
-    def append(self, event: Event, status: VaultStatus, path: str | None) -> StoredEvent:
+    def append(
+        self,
+        event: Event,
+        status: VaultStatus,
+        path: str | Callable[[int], str | None] | None,
+    ) -> StoredEvent:
+        return self.append_full(event, status, path)[0]
+
+    def append_full(
+        self,
+        event: Event,
+        status: VaultStatus,
+        path: str | Callable[[int], str | None] | None,
+    ) -> tuple[StoredEvent, str, str | None]:
+        """Append one event (and its delivery row) atomically: (stored, body, path).
+
+        ``path`` may be a function of the sequence number (event records are named by it).
+        """
         with self._tx():
             seq, prev = self.head()
             seq += 1
             body = chain.event_body(event, seq=seq, ledger_id=self.ledger_id)
+            where = path(seq) if callable(path) else path
             digest = chain.link_hash(prev, body)
             self.conn.execute(
                 "INSERT INTO events (seq, body, prev_hash, hash) VALUES (?, ?, ?, ?)",
@@ -266,12 +285,21 @@ class SqliteLedger:
             self.conn.execute(
                 "INSERT INTO delivery (seq, status, path, version, detail)"
                 " VALUES (?, ?, ?, NULL, '')",
-                (seq, str(status), path),
+                (seq, str(status), where),
             )
         self.appended_since_checkpoint += 1
         if self.appended_since_checkpoint >= CHECKPOINT_EVERY:
             self.checkpoint()
-        return StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
+        stored = StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
+        return stored, body, where
+
+    def path_state(self, path: str, before: int) -> tuple[int | None, bool]:
+        """(highest delivered Vault version of ``path``, any pending event before ``before``)."""
+        row = self.conn.execute(
+            "SELECT max(version), max(status = 'pending' AND seq < ?) FROM delivery WHERE path = ?",
+            (before, path),
+        ).fetchone()
+        return (None if row[0] is None else int(row[0])), bool(row[1])
 
     def mark_delivered(self, results: Sequence[tuple[int, int]]) -> None:
         """Record (seq, Vault version) pairs as delivered."""
@@ -351,7 +379,7 @@ class SqliteLedger:
             "SELECT e.seq, e.body, e.prev_hash, e.hash, d.status, d.path FROM events e "
             "JOIN delivery d ON d.seq = e.seq WHERE d.status = 'pending' ORDER BY e.seq"
         ).fetchall()
-        return [Delivery(self._stored(r[:5]), r[5], None) for r in rows]
+        return [Delivery(self._stored(r[:5]), r[5], None, r[1]) for r in rows]
 
     def pending_count(self) -> int:
         return int(

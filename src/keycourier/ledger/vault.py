@@ -49,12 +49,16 @@ def path_for(event: Event, *, ledger_id: str, seq: int) -> str:
     return f"{EVENTS}/{event.type}/{ledger_id}-{seq:010d}"
 
 
-def record_for(ledger_id: str, seq: int, body: str, prev_hash: str, digest: str) -> dict[str, Any]:
-    obj = chain.parse_body(body)[2]
+def record_for(
+    ledger_id: str, seq: int, body: str, prev_hash: str, digest: str, kind: str | None = None
+) -> dict[str, Any]:
+    """The Vault record of one ledger event (``kind`` saves parsing the body when known)."""
+    if kind is None:
+        kind = str(chain.parse_body(body)[2].type)
     return {
         "ledger": ledger_id,
         "seq": seq,
-        "type": str(obj.type),
+        "type": kind,
         "body": body,
         "prev_hash": prev_hash,
         "hash": digest,
