@@ -89,3 +89,16 @@ def test_success_vectors_reencrypt_byte_for_byte(path: Path) -> None:
         assert out.getvalue() == canonical
     else:
         assert out.getvalue() == binary
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in PATHS if load(p).expect not in ("header failure", "armor failure")],
+    ids=lambda p: p.name,
+)
+def test_parsed_headers_re_encode_to_the_same_bytes(path: Path) -> None:
+    v = load(path)
+    binary = _open_source(io.BytesIO(v.data)).read(1 << 26)
+    header = _format.read_header(_format.Reader(io.BytesIO(binary)))
+    encoded = _format.VERSION_LINE + b"".join(s.encode() for s in header.stanzas) + b"---"
+    assert encoded == header.mac_input
