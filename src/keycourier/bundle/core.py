@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import hashlib
 import re
 import uuid
@@ -108,7 +109,8 @@ def seal(
         raise UsageError("a recipient is listed twice")
     if lifetime <= timedelta(0):
         raise UsageError("the bundle lifetime must be positive")
-    parsed_recipients = [age.parse_recipient(r) for r in recipients]
+    parsed = [_recipient(r) for r in recipients]
+    parsed_recipients = [p[0] for p in parsed]
     created = (now or datetime.now(UTC)).replace(microsecond=0)
     bid = bundle_id or str(uuid.uuid4())
     pub = sender.signing_public
@@ -128,7 +130,7 @@ def seal(
         fingerprint=credential_fingerprint(
             credentials.platform, credentials.client_id, credentials.client_secret
         ),
-        recipients=tuple(r.to_string() for r in parsed_recipients),
+        recipients=tuple(p[1] for p in parsed),
         sender_key="ed25519:" + base64.b64encode(pub).decode("ascii"),
         sender_fingerprint=signing_fingerprint(pub),
         policy=policy,
@@ -161,6 +163,13 @@ def seal(
         + armored
     )
     return SealedBundle(text=text, manifest=manifest)
+
+
+@functools.lru_cache(maxsize=256)
+def _recipient(text: str) -> tuple[age.Recipient, str]:
+    """A parsed recipient and its canonical text (public values, safe to cache)."""
+    recipient = age.parse_recipient(text)
+    return recipient, recipient.to_string()
 
 
 def _binding_digest(manifest: Manifest) -> str:

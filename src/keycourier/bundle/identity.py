@@ -60,7 +60,7 @@ class PublicIdentity:
 class KeycourierIdentity:
     """A loaded identity. Its repr shows only public parts."""
 
-    __slots__ = ("_age", "_created", "_seed")
+    __slots__ = ("_age", "_created", "_seed", "_signer")
 
     def __init__(self, age_identity: age.Identity, seed: Secret, created_at: datetime) -> None:
         if len(seed) != 32:
@@ -68,6 +68,7 @@ class KeycourierIdentity:
         self._age = age_identity
         self._seed = seed
         self._created = created_at
+        self._signer: SigningKey | None = None
 
     @classmethod
     def generate(cls, *, pq: bool = False, now: datetime | None = None) -> KeycourierIdentity:
@@ -85,9 +86,12 @@ class KeycourierIdentity:
         return self._created
 
     def _signing_key(self) -> SigningKey:
-        from nacl.signing import SigningKey
+        # Derived once per loaded identity: the expanded key is as secret as the seed.
+        if self._signer is None:
+            from nacl.signing import SigningKey
 
-        return SigningKey(self._seed.reveal_bytes())
+            self._signer = SigningKey(self._seed.reveal_bytes())
+        return self._signer
 
     @property
     def signing_public(self) -> bytes:
