@@ -104,7 +104,7 @@ class LedgerRecorder:
         self.mirror: VaultMirror | None = None
         self._vault_error: Error | None = None
         self._unmarked: list[tuple[int, int]] = []
-        self._unmarked_seqs: set[int] = set()
+        self._unmarked_paths: dict[str, int] = {}
         self._versions: dict[str, int] = {}
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
@@ -138,9 +138,9 @@ class LedgerRecorder:
         try:
             if self._vault_error is not None:
                 raise self._vault_error
-            known, waiting = self.ledger.path_state(path, stored.seq)
-            waiting = waiting and self._still_pending_before(path, stored.seq)
-            if waiting:
+            known, pending_before = self.ledger.path_state(path, stored.seq)
+            # events delivered in this session but not yet marked are not really pending
+            if pending_before > self._unmarked_paths.get(path, 0):
                 report = self.sync(paths={path}, workers=1)
                 if report.conflicts:
                     raise IntegrityError(report.conflicts[0].message)
@@ -171,23 +171,17 @@ class LedgerRecorder:
 
     def _mark(self, seq: int, path: str, version: int) -> None:
         self._unmarked.append((seq, version))
-        self._unmarked_seqs.add(seq)
+        self._unmarked_paths[path] = self._unmarked_paths.get(path, 0) + 1
         self._versions[path] = max(version, self._versions.get(path, 0))
         if len(self._unmarked) >= self.MARK_BATCH:
             self.flush()
-
-    def _still_pending_before(self, path: str, seq: int) -> bool:
-        if not self._unmarked_seqs:
-            return True
-        self.flush()
-        return self.ledger.path_state(path, seq)[1]
 
     def flush(self) -> None:
         """Write batched delivery marks to the ledger."""
         if self._unmarked:
             self.ledger.mark_delivered(self._unmarked)
             self._unmarked = []
-            self._unmarked_seqs = set()
+            self._unmarked_paths = {}
 
     def _row(self, seq: int) -> tuple[str, str, str]:
         row = self.ledger.event_row(seq)

@@ -293,13 +293,14 @@ class SqliteLedger:
         stored = StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
         return stored, body, where
 
-    def path_state(self, path: str, before: int) -> tuple[int | None, bool]:
-        """(highest delivered Vault version of ``path``, any pending event before ``before``)."""
+    def path_state(self, path: str, before: int) -> tuple[int | None, int]:
+        """(highest delivered Vault version of ``path``, pending events before ``before``)."""
         row = self.conn.execute(
-            "SELECT max(version), max(status = 'pending' AND seq < ?) FROM delivery WHERE path = ?",
+            "SELECT max(version), total(status = 'pending' AND seq < ?) FROM delivery"
+            " WHERE path = ?",
             (before, path),
         ).fetchone()
-        return (None if row[0] is None else int(row[0])), bool(row[1])
+        return (None if row[0] is None else int(row[0])), int(row[1])
 
     def mark_delivered(self, results: Sequence[tuple[int, int]]) -> None:
         """Record (seq, Vault version) pairs as delivered."""
