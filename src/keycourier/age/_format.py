@@ -100,7 +100,13 @@ class Reader:
             view[:filled] = self._buf[:filled]
             del self._buf[:filled]
         readinto = getattr(self._src, "readinto", None)
-        while filled < len(view) and not self._eof:
+        want = len(view)
+        if not filled and readinto is not None and not self._eof:
+            # Fast path: one call usually fills the view (regular files, pipes at EOF).
+            filled = readinto(view) or 0
+            if not filled:
+                self._eof = True
+        while filled < want and not self._eof:
             if readinto is not None:
                 got = readinto(view[filled:])
             else:
@@ -439,38 +445,45 @@ def decrypt_payload(key: bytes, reader: Reader, write: Callable[[memoryview], ob
     aead = ChaCha20Poly1305(key)
     inbuf = memoryview(bytearray(ENC_CHUNK_SIZE + 1))
     outbuf = memoryview(bytearray(CHUNK_SIZE))
-
+    full_in = inbuf[:ENC_CHUNK_SIZE]
+    after_lookahead = inbuf[1:]
+    readinto = reader.readinto
     decrypt_into = getattr(aead, "decrypt_into", None)  # cryptography >= 45
 
-    def open_chunk(counter: int, size: int, last: bool) -> bool:
-        nonce = _nonce(counter, last)
+    def open_chunk(nonce: bytes, data: memoryview, out: memoryview) -> bool:
         try:
             if decrypt_into is not None:
-                decrypt_into(nonce, inbuf[:size], None, outbuf[: size - TAG_SIZE])
+                decrypt_into(nonce, data, None, out)
             else:  # pragma: no cover - older cryptography
-                outbuf[: size - TAG_SIZE] = aead.decrypt(nonce, inbuf[:size], None)
+                out[:] = aead.decrypt(nonce, data, None)
         except InvalidTag:
             return False
         return True
 
     counter = 0
-    have = reader.readinto(inbuf)
+    have = readinto(inbuf)
     if not have:
         raise PayloadError("the payload has no chunks")
     while True:
+        if counter >= _MAX_CHUNKS:
+            raise PayloadError("the payload has too many chunks")
+        prefix = counter.to_bytes(11, "big")
         more = have > ENC_CHUNK_SIZE
-        size = ENC_CHUNK_SIZE if more else have
-        if size < TAG_SIZE:
-            raise PayloadError("the payload is truncated")
-        if size == ENC_CHUNK_SIZE and open_chunk(counter, size, False):
-            write(outbuf)
-            if not more:
-                raise PayloadError("the payload is truncated (no final chunk)")
-            counter += 1
-            inbuf[0] = inbuf[ENC_CHUNK_SIZE]
-            have = 1 + reader.readinto(inbuf[1:])
-            continue
-        if not open_chunk(counter, size, True):
+        if more or have == ENC_CHUNK_SIZE:
+            if open_chunk(prefix + b"\x00", full_in, outbuf):
+                write(outbuf)
+                if not more:
+                    raise PayloadError("the payload is truncated (no final chunk)")
+                counter += 1
+                inbuf[0] = inbuf[ENC_CHUNK_SIZE]
+                have = 1 + readinto(after_lookahead)
+                continue
+            size = ENC_CHUNK_SIZE
+        else:
+            size = have
+            if size < TAG_SIZE:
+                raise PayloadError("the payload is truncated")
+        if not open_chunk(prefix + b"\x01", inbuf[:size], outbuf[: size - TAG_SIZE]):
             raise PayloadError("the payload was changed or truncated")
         if size == TAG_SIZE and counter > 0:
             raise PayloadError("the final payload chunk is empty")
