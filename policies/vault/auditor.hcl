@@ -13,3 +13,8 @@ path "secret/metadata/keycourier/*" {
 path "secret/metadata/partners/*" {
   capabilities = ["read", "list"]
 }
+
+# Optional: check the Transit signatures of records.
+path "transit/verify/keycourier-provenance" {
+  capabilities = ["update"]
+}

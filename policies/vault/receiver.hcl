@@ -34,3 +34,8 @@ path "secret/metadata/partners/*" {
     "custom_metadata" = []
   }
 }
+
+# Optional Transit signing of each record ([vault] transit_key = "keycourier-provenance").
+path "transit/sign/keycourier-provenance" {
+  capabilities = ["update"]
+}

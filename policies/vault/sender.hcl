@@ -27,3 +27,8 @@ path "secret/data/keycourier/events/*" {
 path "secret/metadata/keycourier/events/*" {
   capabilities = ["read"]
 }
+
+# Optional Transit signing of each record ([vault] transit_key = "keycourier-provenance").
+path "transit/sign/keycourier-provenance" {
+  capabilities = ["update"]
+}

@@ -233,3 +233,33 @@ def test_pending_then_sync_after_vault_restart(tmp_path: Path) -> None:
             assert state.revoked == "lost"
     finally:
         second.stop()
+
+
+def test_optional_transit_signatures(bao_dev: BaoServer, tmp_path: Path) -> None:
+    admin = root(bao_dev)
+    if "transit/" not in admin.sys.list_mounted_secrets_engines()["data"]:
+        admin.sys.enable_secrets_engine("transit", path="transit")
+    admin.secrets.transit.create_key("keycourier-provenance", key_type="ed25519")
+    bid = "kcb-" + uuid.uuid4().hex
+    settings = config.load(
+        ledger_path=tmp_path / "t.db",
+        env={
+            "HOME": str(tmp_path),
+            "VAULT_ADDR": bao_dev.addr,
+            "VAULT_TOKEN": bao_dev.token,
+            "KEYCOURIER_VAULT_TRANSIT_KEY": "keycourier-provenance",
+        },
+    )
+    with open_recorder(settings) as rec:
+        assert rec.record(ev(EventType.SEALED, bid)).vault_status == VaultStatus.RECORDED
+        assert rec.record(ev(EventType.OPENED, bid, 1)).vault_status == VaultStatus.RECORDED
+        report = rec.verify(vault=True)
+        assert report.ok, report.first_break
+        assert rec.mirror is not None
+        got = vault.kv_read_version(admin, "secret", f"{HANDOVERS}/{bid}", 1)
+        assert got is not None
+        assert got.data is not None
+        signature = str(got.data["transit_signature"])
+        assert signature.startswith("vault:v1:")
+        assert rec.mirror.verify_signature(str(got.data["hash"]), signature)
+        assert not rec.mirror.verify_signature("0" * 64, signature)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +77,22 @@ def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
     assert bid in listed["data"]["keys"]
     # token helper: read the partner credentials
     assert vault.kv_read(helper, "secret", partner) == {"client_id": "A", "client_secret": "C"}
+    # optional Transit signing: sender and receiver sign, the auditor verifies
+    admin = clients["root"]
+    if "transit/" not in admin.sys.list_mounted_secrets_engines()["data"]:
+        admin.sys.enable_secrets_engine("transit", path="transit")
+    admin.secrets.transit.create_key("keycourier-provenance", key_type="ed25519")
+    data = base64.b64encode(b"0" * 64).decode()
+    sig = send.secrets.transit.sign_data("keycourier-provenance", hash_input=data)["data"][
+        "signature"
+    ]
+    assert recv.secrets.transit.sign_data("keycourier-provenance", hash_input=data)["data"][
+        "signature"
+    ]
+    check = aud.secrets.transit.verify_signed_data("keycourier-provenance", data, signature=sig)
+    assert check["data"]["valid"] is True
+    denied(lambda: helper.secrets.transit.sign_data("keycourier-provenance", hash_input=data))
+    denied(lambda: aud.secrets.transit.sign_data("keycourier-provenance", hash_input=data))
 
 
 def test_denied_operations(clients: dict[str, hvac.Client]) -> None:

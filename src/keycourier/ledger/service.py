@@ -306,7 +306,7 @@ class LedgerRecorder:
         return self._cross_check(chain_report, pending)
 
     def _cross_check(self, chain_report: ChainReport, pending: int) -> AuditReport:
-        from keycourier.ledger.vault import record_for
+        from keycourier.ledger.vault import SIGNATURE, record_for, same_record
 
         assert self.mirror is not None  # noqa: S101 - checked by the caller
         ledger_id = self.ledger.ledger_id
@@ -330,10 +330,20 @@ class LedgerRecorder:
                 elif found.data is None:
                     why = "destroyed" if found.destroyed else "deleted"
                     breaks.append(VaultBreak(seq, f"{path} version {version} was {why}"))
-                elif dict(found.data) != expected:
+                elif not same_record(found.data, expected):
                     breaks.append(
                         VaultBreak(seq, f"{path} version {version} differs from the ledger")
                     )
+                elif self.mirror.transit_key:
+                    signature = found.data.get(SIGNATURE)
+                    if not isinstance(signature, str) or not self.mirror.verify_signature(
+                        str(expected["hash"]), signature
+                    ):
+                        breaks.append(
+                            VaultBreak(
+                                seq, f"{path} version {version} lacks a valid Transit signature"
+                            )
+                        )
                 mine[version] = seq
             for number, found in versions.items():
                 data = found.data
@@ -352,7 +362,7 @@ class LedgerRecorder:
                             f"{path} version {number} holds event #{seq}, absent from the ledger",
                         )
                     )
-                elif dict(data) != record_for(ledger_id, seq, *row):
+                elif not same_record(data, record_for(ledger_id, seq, *row)):
                     breaks.append(
                         VaultBreak(
                             seq,

@@ -65,6 +65,17 @@ def record_for(
     }
 
 
+SIGNATURE = "transit_signature"
+TRANSIT_MOUNT = "transit"
+
+
+def same_record(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+    """Equal apart from the optional Transit signature (checked on its own)."""
+    return {k: v for k, v in stored.items() if k != SIGNATURE} == {
+        k: v for k, v in expected.items() if k != SIGNATURE
+    }
+
+
 def custom_metadata_for(event: Event) -> dict[str, str]:
     out = {"bundle_id": event.bundle_id or ""}
     for key in ("platform", "partner"):
@@ -100,6 +111,32 @@ class VaultMirror:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._fasts: list[FastKV] = []
+        self.transit_key = settings.vault.transit_key
+
+    # -- optional Transit signatures ----------------------------------------------------
+
+    def sign(self, digest: str) -> str:
+        """Transit signature (``vault:v1:...``) over a record's chain hash."""
+        import base64
+
+        resp = self.fast().request(
+            "POST",
+            f"/v1/{TRANSIT_MOUNT}/sign/{self.transit_key}",
+            {"input": base64.b64encode(digest.encode()).decode()},
+            f"Transit signing with key {self.transit_key}",
+        )
+        return str(resp["data"]["signature"])
+
+    def verify_signature(self, digest: str, signature: str) -> bool:
+        import base64
+
+        resp = self.fast().request(
+            "POST",
+            f"/v1/{TRANSIT_MOUNT}/verify/{self.transit_key}",
+            {"input": base64.b64encode(digest.encode()).decode(), "signature": signature},
+            f"Transit verification with key {self.transit_key}",
+        )
+        return bool(resp["data"]["valid"])
 
     @property
     def client(self) -> hvac.Client:
@@ -137,6 +174,8 @@ class VaultMirror:
         from keycourier.vault import CasMismatchError
 
         fast = self.fast()
+        if self.transit_key:
+            record = {**record, SIGNATURE: self.sign(str(record["hash"]))}
         try:
             version = fast.write(self.mount, path, record, cas=known_version or 0)
         except CasMismatchError:
@@ -167,7 +206,7 @@ class VaultMirror:
                 same_event = (
                     data.get("ledger") == record["ledger"] and data.get("seq") == record["seq"]
                 )
-                if dict(data) == dict(record):
+                if same_record(data, record):
                     return number, True
                 if same_event or write_once:
                     where = f"bundle {event.bundle_id}" if event.bundle_id else f"record {path}"
