@@ -82,6 +82,22 @@ class TokenCache:
     def _usable(self, token: Token | None, now: float) -> bool:
         return token is not None and now < token.expires_at - MIN_SERVE_SECONDS
 
+    def fresh(self, profile: Profile, now: float | None = None) -> Token | None:
+        """The cached token if it is before its refresh point (a hit), else None. No await."""
+        slot = self._slots.get(profile.name)
+        token = slot.token if slot is not None else None
+        if token is None:
+            return None
+        if now is None:
+            now = self._clock()
+        if (
+            now < token.refresh_at(profile.refresh_fraction)
+            and now < token.expires_at - MIN_SERVE_SECONDS
+        ):
+            self.stats.hits += 1
+            return token
+        return None
+
     async def get(self, profile: Profile) -> CacheResult:
         slot = self._slots.setdefault(profile.name, _Slot())
         now = self._clock()

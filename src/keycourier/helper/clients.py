@@ -90,6 +90,7 @@ class ClientStore:
         self._clients: dict[str, Client] = {}
         self._mtime_ns: int | None = None
         self._checked = 0.0
+        self._generation = 0
 
     # -- reading
 
@@ -141,6 +142,12 @@ class ClientStore:
         if mtime != self._mtime_ns:
             self._clients = self._load()
             self._mtime_ns = mtime
+            self._generation += 1
+
+    def generation(self) -> int:
+        """Changes whenever the store was re-read (checked at most once a second)."""
+        self.refresh()
+        return self._generation
 
     def clients(self) -> Sequence[Client]:
         self.refresh(max_age=0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import ipaddress
 import json
@@ -226,6 +227,11 @@ class HelperState:
         self.handouts_first = 0
         self.handouts_repeat = 0
         self._handed: dict[tuple[str, str], float] = {}
+        self.parsed_bodies: dict[bytes, str] = {}
+        self.token_ok = 0  # 200s of /v1/token (hot path: a plain int, merged into metrics)
+        # SHA-256 of a client key that authenticated -> its principal; cleared on store reload
+        self._auth_cache: dict[bytes, Principal] = {}
+        self._auth_generation = -2
         # profile -> (token, second, rendered JSON reply, token fingerprint)
         self.rendered: dict[str, tuple[Token, int, bytes, str]] = {}
         self._buckets: dict[str, _Bucket] = {}
@@ -285,16 +291,34 @@ class HelperState:
 
     # -- authentication
 
+    def bearer(self, auth: str | None) -> Principal | None:
+        """The principal for an ``Authorization: Bearer <client key>`` header, or None."""
+        if auth is None:
+            return None
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value or len(value) > 256:
+            return None
+        presented = value.strip()
+        generation = self.store.generation()
+        if generation != self._auth_generation:
+            self._auth_cache.clear()
+            self._auth_generation = generation
+        digest = hashlib.sha256(presented.encode()).digest()
+        cached = self._auth_cache.get(digest)
+        if cached is not None:
+            return cached
+        client = self.store.authenticate(presented)
+        if client is None:
+            return None
+        principal = Principal(f"client:{client.name}", client.id, client.profiles, client.rate)
+        if len(self._auth_cache) < 10_000:
+            self._auth_cache[digest] = principal
+        return principal
+
     async def authenticate(self, request: web.Request) -> Principal | None:
         auth = request.headers.get("Authorization")
         if auth is not None:
-            scheme, _, value = auth.partition(" ")
-            if scheme.lower() != "bearer" or not value or len(value) > 256:
-                return None
-            client = self.store.authenticate(value.strip())
-            if client is None:
-                return None
-            return Principal(f"client:{client.name}", client.id, client.profiles, client.rate)
+            return self.bearer(auth)
         vault_token = request.headers.get("X-Vault-Token")
         if vault_token is not None and self.cfg.vault_policy:
             return await self._vault_principal(vault_token)
@@ -372,7 +396,10 @@ class HelperState:
             "# HELP keycourier_helper_requests_total Requests by route and status.",
             "# TYPE keycourier_helper_requests_total counter",
         ]
-        for (route, status), n in sorted(self.requests.items()):
+        counts = Counter(self.requests)
+        if self.token_ok:
+            counts[("token", 200)] += self.token_ok
+        for (route, status), n in sorted(counts.items()):
             lines.append(
                 f'keycourier_helper_requests_total{{route="{route}",status="{status}"}} {n}'
             )
@@ -443,6 +470,11 @@ async def _guard(state: HelperState, request: web.Request, route: str) -> Princi
         principal = await state.authenticate(request)
     except UnavailableError as exc:
         return _error(state, route, 503, exc.message, {"Retry-After": "5"})
+    return _admit(state, principal, route)
+
+
+def _admit(state: HelperState, principal: Principal | None, route: str) -> Principal | web.Response:
+    """401 without a principal, 429 over its rate; else the principal."""
     if principal is None:
         return _error(state, route, 401, "missing or invalid credentials", _UNAUTHORIZED)
     wait = state.take(principal)
@@ -471,7 +503,11 @@ async def metrics(request: web.Request) -> web.Response:
 async def token(request: web.Request) -> web.Response:
     state = request.app[STATE]
     route = "token"
-    got = await _guard(state, request, route)
+    auth = request.headers.get("Authorization")
+    if auth is not None or not state.cfg.vault_policy:  # the common case, without an await
+        got = _admit(state, state.bearer(auth), route)
+    else:
+        got = await _guard(state, request, route)
     if isinstance(got, web.Response):
         return got
     limit = state.cfg.max_body
@@ -480,37 +516,49 @@ async def token(request: web.Request) -> web.Response:
     body = await request.content.read(limit + 1)
     if len(body) > limit:
         return _error(state, route, 413, f"request body over {limit} bytes")
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _error(state, route, 400, 'the body must be JSON: {"profile": "NAME"}')
-    if not isinstance(doc, dict) or set(doc) != {"profile"} or not isinstance(doc["profile"], str):
-        return _error(state, route, 400, 'the body must be exactly {"profile": "NAME"}')
-    name = doc["profile"]
+    name = state.parsed_bodies.get(body)
+    if name is None:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(state, route, 400, 'the body must be JSON: {"profile": "NAME"}')
+        if (
+            not isinstance(doc, dict)
+            or set(doc) != {"profile"}
+            or not isinstance(doc["profile"], str)
+        ):
+            return _error(state, route, 400, 'the body must be exactly {"profile": "NAME"}')
+        name = doc["profile"]
+        if name in state.profiles and len(state.parsed_bodies) < 256:
+            state.parsed_bodies[body] = name  # same bytes, same parse: skip json next time
     if not got.allows(name):
         return _error(state, route, 403, "this client may not use that profile")
     profile = state.profiles.get(name)
     if profile is None:
         return _error(state, route, 404, "no such profile")
-    try:
-        result = await state.cache.get(profile)
-    except AuthError as exc:
-        return _error(
-            state, route, 502, f"upstream refused the profile's credentials: {exc.message}"
-        )
-    except UpstreamUnavailableError as exc:
-        headers = (
-            {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after else None
-        )
-        return _error(state, route, 503, f"upstream unavailable: {exc.message}", headers)
-    except UnavailableError as exc:
-        return _error(
-            state, route, 503, f"upstream unavailable: {exc.message}", {"Retry-After": "5"}
-        )
-    except Error as exc:
-        return _error(state, route, 502, f"cannot get a token: {exc.message}")
-    tok = result.token
     now = state.clock()
+    tok = state.cache.fresh(profile, now)
+    if tok is None:
+        try:
+            tok = (await state.cache.get(profile)).token
+        except AuthError as exc:
+            return _error(
+                state, route, 502, f"upstream refused the profile's credentials: {exc.message}"
+            )
+        except UpstreamUnavailableError as exc:
+            headers = (
+                {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+                if exc.retry_after
+                else None
+            )
+            return _error(state, route, 503, f"upstream unavailable: {exc.message}", headers)
+        except UnavailableError as exc:
+            return _error(
+                state, route, 503, f"upstream unavailable: {exc.message}", {"Retry-After": "5"}
+            )
+        except Error as exc:
+            return _error(state, route, 502, f"cannot get a token: {exc.message}")
+        now = state.clock()
     second = int(now)
     rendered = state.rendered.get(name)
     if rendered is None or rendered[0] is not tok or rendered[1] != second:
@@ -519,7 +567,7 @@ async def token(request: web.Request) -> web.Response:
         rendered = (tok, second, body, tok.fingerprint)
         state.rendered[name] = rendered
     state.handed_out(got, name, tok, rendered[3])
-    state.requests[(route, 200)] += 1
+    state.token_ok += 1
     return web.Response(body=rendered[2], headers=_TOKEN_HEADERS)
 
 
@@ -613,6 +661,8 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
             scheme = "https" if cfg.tls_cert else "http"
             host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
             where = f"{scheme}://{host}:{port}"
+        gc.collect()
+        gc.freeze()  # start-up objects never need collecting: cheaper GC passes per request
         announce(where)
         await stop.wait()
     finally:
