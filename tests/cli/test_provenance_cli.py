@@ -98,12 +98,27 @@ def test_revoke_show_export_without_vault(tmp_path: Path) -> None:
     assert report["checkpoints"] == 1
 
 
-def test_audit_verify_exit_4_names_the_sequence(tmp_path: Path) -> None:
+TAMPER = {
+    "edit": ["UPDATE events SET body = replace(body, '\"r\"', '\"x\"') WHERE seq = 2"],
+    "delete": ["DELETE FROM events WHERE seq = 2"],
+    "reorder": [
+        "UPDATE events SET seq = -1 WHERE seq = 2",
+        "UPDATE events SET seq = 2 WHERE seq = 3",
+        "UPDATE events SET seq = 3 WHERE seq = -1",
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPER))
+def test_audit_verify_exit_4_names_the_sequence(tmp_path: Path, kind: str) -> None:
     for i in range(4):
         assert run("revoke", f"kcb-{i}", "--reason", "r", cwd=tmp_path).returncode == 0
+    assert run("audit", "verify", cwd=tmp_path).returncode == 0
     conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
     conn.execute("DROP TRIGGER events_no_delete")
-    conn.execute("DELETE FROM events WHERE seq = 2")
+    for stmt in TAMPER[kind]:
+        conn.execute(stmt)
     conn.close()
     out = run("audit", "verify", cwd=tmp_path)
     assert out.returncode == 4
