@@ -78,6 +78,24 @@ def test_json_format(env: dict[str, str], standin: RunningStandin) -> None:
     assert abs(at - (time.time() + 1800)) < 30
     assert standin.state.is_valid(doc["access_token"])
     assert MONITE_SECRET not in r.stdout + r.stderr
+    assert "warning" not in r.stderr
+    # token_issued is in the ledger, with the fingerprint and never the token
+    from keycourier import config
+    from keycourier.ledger.interface import EventType
+    from keycourier.ledger.service import open_recorder
+    from keycourier.partner.tokens import Token
+    from keycourier.redact import Secret
+
+    fp = Token(Secret(doc["access_token"]), "Bearer", 1, 0).fingerprint
+    rec = open_recorder(config.load(env=env))
+    try:
+        events = [s.event for s in rec.history(fingerprint=fp)]
+    finally:
+        rec.close()
+    assert [e.type for e in events] == [EventType.TOKEN_ISSUED]
+    assert events[0].data["profile"] == "ci"
+    assert events[0].data["expires_at"] == doc["expires_at"]
+    assert doc["access_token"] not in json.dumps(dict(events[0].data))
 
 
 def test_raw_env_and_credential_process_formats_share_the_cached_token(

@@ -279,7 +279,9 @@ def test_token_and_exec_go_through_the_helper(
     key_file.chmod(0o600)
     env = dict(helper.env)
     env.pop("MONITE_CLIENT_SECRET")  # the CLI must not need the platform credentials now
-    env.update(KEYCOURIER_HELPER_URL=helper.url, KEYCOURIER_HELPER_KEY_FILE=str(key_file))
+    env.update(
+        KEYCOURIER_HELPER_URL=helper.url, KEYCOURIER_HELPER_KEY_FILE=str(key_file), KF=str(key_file)
+    )
     r = kc(env, "token", "--profile", "ci", "--format", "json")
     assert r.returncode == 0, r.stderr
     token = json.loads(r.stdout)["access_token"]
@@ -292,10 +294,11 @@ def test_token_and_exec_go_through_the_helper(
         "--",
         sys.executable,
         "-c",
-        "import os; print(os.environ['MONITE_TOKEN'])",
+        "import os; print(os.environ['MONITE_TOKEN']);"
+        " print(open(os.environ['KF']).read().strip())",
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "<concealed by keycourier>\n"
+    assert r.stdout == "<concealed by keycourier>\n<concealed by keycourier>\n"  # token, client key
     assert standin.state.token_calls == 1
     env["KEYCOURIER_HELPER_KEY"] = "kck_00000000_" + "y" * 43
     env.pop("KEYCOURIER_HELPER_KEY_FILE")

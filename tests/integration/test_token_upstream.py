@@ -6,6 +6,7 @@ import asyncio
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,3 +268,34 @@ def test_outage_serves_cached_until_expiry_then_fails_cleanly(standin: RunningSt
             await cache.get(profile)
 
     run(scenario())
+
+
+def test_profile_token_source_for_connections(
+    standin: RunningStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keycourier import config
+    from keycourier.helper.service import ProfileTokenSource
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[profiles.mon]\ndialect = "monite"\nbase_url = "{standin.url}/v1"\n'
+        'environment = "sandbox"\nversion = "2024-05-25"\n'
+        'client_id_env = "MID"\nclient_secret_env = "MSECRET"\n'
+    )
+    env = {
+        "HOME": str(tmp_path),
+        "MID": MONITE_ID,
+        "MSECRET": MONITE_SECRET,
+        "KEYCOURIER_LEDGER": str(tmp_path / "ledger.db"),
+    }
+    settings = config.load(config_path=cfg, env=env)
+    source = ProfileTokenSource(settings, "mon")
+    first = source.get()
+    assert source.get().reveal() == first.reveal()  # cached
+    assert standin.state.token_calls == 1
+    source.invalidate()  # what the connection client does after a 401
+    second = source.get()
+    assert second.reveal() != first.reveal()
+    assert standin.state.token_calls == 2
+    assert source.get().reveal() == second.reveal()  # the new token was cached
+    assert standin.state.is_valid(second.reveal())

@@ -91,7 +91,7 @@ def exec_(
 ) -> None:
     """Run COMMAND with a partner token in its environment; return its exit code.
 
-    The token (and the client secret, when it was read here) is replaced by
+    The token (and the client secret or helper client key, when known here) is replaced by
     <concealed by keycourier> in the command's stdout and stderr, raw and in
     its URL, JSON and base64 encodings, unless --no-mask is given. Signals are
     forwarded. The token never appears in the command's argv.
@@ -116,6 +116,10 @@ def exec_(
     conceal: list[Secret] = []
     if got.credentials is not None:
         conceal.append(got.credentials.client_secret)
+    if got.origin == "helper":  # the child inherits the environment: hide the client key too
+        from keycourier.helper.client import read_key
+
+        conceal.append(read_key(settings.env))
     try:
         code = run_with_secrets(
             command, {name: got.token.access_token}, conceal=conceal, mask=not no_mask
