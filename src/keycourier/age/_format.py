@@ -14,7 +14,6 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hmac import HMAC
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keycourier.age._encoding import b64decode, b64decode_padded, b64encode
 from keycourier.age.errors import ArmorError, HeaderError, PayloadError
@@ -37,8 +36,21 @@ _ARMOR_LINE: Final = 64
 _ARMOR_BYTES_PER_LINE: Final = 48
 
 
+_SHA256: Final = hashes.SHA256()
+
+
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+    """HKDF-SHA-256 (RFC 5869) with a 32-byte output: Extract, then one Expand block.
+
+    Written with HMAC directly because age only ever needs one output block,
+    and building an ``HKDF`` object costs about as much again as the HMACs.
+    An empty salt is HashLen zero bytes, as RFC 5869 says.
+    """
+    extract = HMAC(salt or bytes(32), _SHA256)
+    extract.update(ikm)
+    expand = HMAC(extract.finalize(), _SHA256)
+    expand.update(info + b"\x01")
+    return expand.finalize()
 
 
 # -- reading ---------------------------------------------------------------------
@@ -187,7 +199,8 @@ class Stanza(_Frozen):
     def encode(self) -> bytes:
         words = [self.type, *self.args]
         for word in words:
-            if not word or any(not 0x21 <= ord(c) <= 0x7E for c in word):
+            # Non-empty, ASCII, printable and no space: exactly the bytes 0x21-0x7E.
+            if not (word and word.isascii() and word.isprintable()) or " " in word:
                 raise ValueError("stanza arguments must be non-empty printable ASCII")
         out = bytearray(b"-> " + " ".join(words).encode("ascii") + b"\n")
         encoded = b64encode(self.body)

@@ -7,12 +7,14 @@ from typing import Any, NoReturn
 
 from keycourier.errors import IntegrityError
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
 
 def canonical_json(obj: object) -> bytes:
     """Sorted keys, no whitespace, ASCII only. Floats are not allowed."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return _ENCODER.encode(obj).encode("ascii")
 
 
 def _no_float(value: str) -> NoReturn:

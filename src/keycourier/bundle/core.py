@@ -110,48 +110,52 @@ def seal(
     if lifetime <= timedelta(0):
         raise UsageError("the bundle lifetime must be positive")
     parsed = [_recipient(r) for r in recipients]
-    parsed_recipients = [p[0] for p in parsed]
     created = (now or datetime.now(UTC)).replace(microsecond=0)
-    bid = bundle_id or str(uuid.uuid4())
-    pub = sender.signing_public
+    me = sender.public()
 
-    # The payload must commit to the manifest and the manifest to the payload.
-    # Break the cycle: the plaintext carries the digest of the manifest
-    # *without* the payload object, and the signature covers the full manifest.
-    pre = Manifest(
-        bundle_id=bid,
-        created_at=created,
-        expires_at=created + lifetime,
-        platform=credentials.platform,
-        environment=environment,
-        partner=partner,
-        attestation=attestation,
-        client_id_masked=mask(credentials.client_id),
-        fingerprint=credential_fingerprint(
-            credentials.platform, credentials.client_id, credentials.client_secret
-        ),
-        recipients=tuple(p[1] for p in parsed),
-        sender_key="ed25519:" + base64.b64encode(pub).decode("ascii"),
-        sender_fingerprint=signing_fingerprint(pub),
-        policy=policy,
-        payload_sha256="0" * 64,
-        payload_size=0,
+    def manifest_with(payload_sha256: str, payload_size: int) -> Manifest:
+        return Manifest(
+            bundle_id=bid,
+            created_at=created,
+            expires_at=created + lifetime,
+            platform=credentials.platform,
+            environment=environment,
+            partner=partner,
+            attestation=attestation,
+            client_id_masked=mask(credentials.client_id),
+            fingerprint=fpr,
+            recipients=tuple(p[1] for p in parsed),
+            sender_key=me.signing_key,
+            sender_fingerprint=me.signing_fingerprint,
+            policy=policy,
+            payload_sha256=payload_sha256,
+            payload_size=payload_size,
+        )
+
+    bid = bundle_id or str(uuid.uuid4())
+    fpr = credential_fingerprint(
+        credentials.platform, credentials.client_id, credentials.client_secret
     )
+    # The payload must commit to the manifest and the manifest to the payload.
+    # Break the cycle: the plaintext carries the binding digest (the manifest
+    # *without* its payload member), and the signature covers the full manifest.
+    fields = manifest_with("0" * 64, 0).to_dict()
+    del fields["payload"]
     plaintext = canonical_json(
         {
             "format": PAYLOAD_FORMAT,
             "bundle_id": bid,
-            "manifest_sha256": _binding_digest(pre),
+            "manifest_sha256": hashlib.sha256(canonical_json(fields)).hexdigest(),
             "platform": credentials.platform,
             "client_id": credentials.client_id,
             "client_secret": credentials.client_secret.reveal(),
         }
     )
-    binary = age.encrypt(parsed_recipients, plaintext)
-    manifest = dataclasses.replace(
-        pre, payload_sha256=hashlib.sha256(binary).hexdigest(), payload_size=len(binary)
-    )
-    manifest_bytes = canonical_json(manifest.to_dict())
+    binary = age.encrypt([p[0] for p in parsed], plaintext)
+    digest = hashlib.sha256(binary).hexdigest()
+    fields["payload"] = {"type": "age-v1", "sha256": digest, "size": len(binary)}
+    manifest = manifest_with(digest, len(binary))
+    manifest_bytes = canonical_json(fields)
     signature = sender.sign(SIGNATURE_CONTEXT + manifest_bytes)
     armored = _armor(binary)
     text = (

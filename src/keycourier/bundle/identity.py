@@ -60,7 +60,7 @@ class PublicIdentity:
 class KeycourierIdentity:
     """A loaded identity. Its repr shows only public parts."""
 
-    __slots__ = ("_age", "_created", "_seed", "_signer")
+    __slots__ = ("_age", "_created", "_public", "_seed", "_signer")
 
     def __init__(self, age_identity: age.Identity, seed: Secret, created_at: datetime) -> None:
         if len(seed) != 32:
@@ -69,6 +69,7 @@ class KeycourierIdentity:
         self._seed = seed
         self._created = created_at
         self._signer: SigningKey | None = None
+        self._public: PublicIdentity | None = None
 
     @classmethod
     def generate(cls, *, pq: bool = False, now: datetime | None = None) -> KeycourierIdentity:
@@ -101,13 +102,15 @@ class KeycourierIdentity:
         return bytes(self._signing_key().sign(message).signature)
 
     def public(self) -> PublicIdentity:
-        pub = self.signing_public
-        return PublicIdentity(
-            recipient=self._age.recipient().to_string(),
-            signing_key=signing_key_text(pub),
-            signing_fingerprint=signing_fingerprint(pub),
-            created_at=format_time(self._created),
-        )
+        if self._public is None:
+            pub = self.signing_public
+            self._public = PublicIdentity(
+                recipient=self._age.recipient().to_string(),
+                signing_key=signing_key_text(pub),
+                signing_fingerprint=signing_fingerprint(pub),
+                created_at=format_time(self._created),
+            )
+        return self._public
 
     def export_age(self) -> str:
         """A stock age identity file (``AGE-SECRET-KEY-1...``), for the age tool."""
