@@ -419,3 +419,72 @@ def test_unix_socket_mode(tmp_path: Path, standin: RunningStandin) -> None:
     finally:
         h.stop()
     assert not sock.exists()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keycourier test helper")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = tmp_path / "cert.pem"
+    key_path = tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_tls_listener_and_helper_client_with_a_ca_file(
+    tmp_path: Path, standin: RunningStandin
+) -> None:
+    env = base_env(tmp_path, standin)
+    cert, key_pem = _self_signed(tmp_path)
+    h = start_helper(
+        env,
+        tmp_path,
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key_pem),
+    )
+    try:
+        assert h.url.startswith("https://127.0.0.1:")
+        key = add_client(env, "tls", "--profile", "ci")
+        client_env = env | {"KEYCOURIER_HELPER_URL": h.url, "KEYCOURIER_HELPER_KEY": key}
+        r = kc(client_env | {"KEYCOURIER_HELPER_CACERT": str(cert)}, "token", "--profile", "ci")
+        assert r.returncode == 0, r.stderr
+        assert standin.state.is_valid(r.stdout.strip())
+        r = kc(client_env, "token", "--profile", "ci")  # an unknown CA is refused
+        assert r.returncode == 6
+        assert r.stdout == ""
+    finally:
+        h.stop()
