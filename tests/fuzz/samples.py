@@ -1,0 +1,97 @@
+"""Small valid inputs that the fuzz tests and the atheris harness mutate.
+
+Everything is built once per process (``functools.cache``): the crypto runs
+here, not per example, so each example only parses and checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from keycourier import age
+from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp, seal
+from keycourier.redact import Secret
+
+ALNUM = string.ascii_letters + string.digits
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+PLAINTEXT = b"fuzz plaintext: the quick brown fox\n"
+PASSPHRASE = Secret("fuzz passphrase 7f3a")
+SCRYPT_WORK_FACTOR = 2  # tiny on purpose: the fuzz tests parse, they do not benchmark scrypt
+STAMP = PolicyStamp("sha256:" + "ab" * 32, "pass", ())
+
+
+@dataclass(frozen=True, slots=True)
+class BundleSample:
+    text: bytes
+    sender: KeycourierIdentity
+    receiver: KeycourierIdentity
+    trusted: tuple[str, ...]
+    client_secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgeSample:
+    name: str
+    data: bytes
+    identities: tuple[age.Identity, ...]
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(ALNUM) for _ in range(n))
+
+
+@functools.cache
+def bundle_sample() -> BundleSample:
+    sender = KeycourierIdentity.generate(now=NOW)
+    receiver = KeycourierIdentity.generate(now=NOW)
+    secret = _random(40)
+    creds = Credentials("quickbooks", "AB" + _random(48), Secret(secret))
+    sealed = seal(
+        creds,
+        sender=sender,
+        recipients=[receiver.public().recipient],
+        policy=STAMP,
+        lifetime=timedelta(days=7),
+        environment="production",
+        partner="Acme Ltd",
+        now=NOW,
+    )
+    return BundleSample(
+        sealed.text, sender, receiver, (sender.public().signing_fingerprint,), secret
+    )
+
+
+@functools.cache
+def age_samples() -> tuple[AgeSample, ...]:
+    """An X25519 file (binary and armored), a hybrid one, and a tiny-scrypt one."""
+    x = age.X25519Identity.generate()
+    pq = age.HybridIdentity.generate()
+    scrypt_r = age.ScryptRecipient(PASSPHRASE, work_factor=SCRYPT_WORK_FACTOR)
+    scrypt_i = age.ScryptIdentity(PASSPHRASE, max_work_factor=4)
+    two_chunks = PLAINTEXT * 2000  # > 64 KiB: exercises the chunk boundary
+    return (
+        AgeSample("x25519", age.encrypt([x.recipient()], PLAINTEXT), (x,)),
+        AgeSample("x25519-armor", age.encrypt([x.recipient()], PLAINTEXT, armor=True), (x,)),
+        AgeSample("x25519-two-chunks", age.encrypt([x.recipient()], two_chunks), (x,)),
+        AgeSample("hybrid", age.encrypt([pq.recipient()], PLAINTEXT), (pq,)),
+        AgeSample("scrypt", age.encrypt([scrypt_r], PLAINTEXT), (scrypt_i,)),
+        AgeSample("scrypt-armor", age.encrypt([scrypt_r], PLAINTEXT, armor=True), (scrypt_i,)),
+    )
+
+
+def plaintext_of(sample: AgeSample) -> bytes:
+    return PLAINTEXT * 2000 if sample.name == "x25519-two-chunks" else PLAINTEXT
+
+
+def normalise_bundle(text: bytes) -> bytes:
+    """The transformations docs/bundle-format.md allows: CRLF and outer whitespace."""
+    return text.replace(b"\r\n", b"\n").strip(b" \t\r\n")
+
+
+def normalise_armor(data: bytes) -> bytes:
+    """The armor tolerances of docs/age.md: CRLF line ends and outer whitespace."""
+    return data.replace(b"\r\n", b"\n").strip(b" \t\r\n")
