@@ -8,12 +8,13 @@ documented ``beforeResponse`` hook, refuses clients whose ID/secret do not
 match (the stock server accepts anyone), logging which client-authentication
 method each request used.
 
-Install it outside the repository::
+The fixture installs it outside the repository when it is missing (npm,
+from the npm registry)::
 
     npm install --prefix /tmp/kc-oauth2-npm oauth2-mock-server@9.3.0
 
-or point ``KEYCOURIER_TEST_OAUTH2_SERVER_DIR`` at another install prefix.
-The tests skip, saying so, when node or the package is missing.
+``KEYCOURIER_TEST_OAUTH2_SERVER_DIR`` points at another install prefix. The
+tests skip, saying so, only when node/npm are absent or the install fails.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from keycourier.partner.tokens import ClientCredentials, Token, fetch_token
 from keycourier.redact import Secret
 
 PREFIX = Path(os.environ.get("KEYCOURIER_TEST_OAUTH2_SERVER_DIR", "/tmp/kc-oauth2-npm"))
+PACKAGE = "oauth2-mock-server@9.3.0"
 CLIENT_ID = "ci-client"
 CLIENT_SECRET = "oauth2 secret/with+special=chars"
 
@@ -80,9 +82,29 @@ class OAuthServer:
 @pytest.fixture
 def oauth_server(tmp_path: Path) -> Iterator[OAuthServer]:
     node = shutil.which("node")
-    if node is None or not (PREFIX / "node_modules" / "oauth2-mock-server").is_dir():
+    installed = (PREFIX / "node_modules" / "oauth2-mock-server").is_dir()
+    npm = shutil.which("npm")
+    if node is not None and not installed and npm is not None:
+        # From the npm registry, with npm itself, outside the repository.
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(PREFIX),
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                PACKAGE,
+            ],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        installed = (PREFIX / "node_modules" / "oauth2-mock-server").is_dir()
+    if node is None or not installed:
         pytest.skip(
-            f"oauth2-mock-server is not installed under {PREFIX} (see the module docstring)"
+            f"oauth2-mock-server could not be installed under {PREFIX} (needs node and npm)"
         )
     script = tmp_path / "runner.mjs"
     script.write_text(RUNNER)
