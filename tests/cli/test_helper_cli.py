@@ -363,3 +363,35 @@ def test_exec_forwards_signals(env: dict[str, str], tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 42
     assert f"got {int(signal.SIGTERM)}" in out
+
+
+def test_unusable_cache_dir_degrades_to_no_cache(
+    env: dict[str, str], standin: RunningStandin, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    env["XDG_CACHE_HOME"] = str(blocker)
+    r = kc(env, "token", "--profile", "ci")
+    assert r.returncode == 0, r.stderr
+    assert standin.state.is_valid(r.stdout.strip())
+    assert "token cache unavailable" in r.stderr
+
+
+def test_client_add_key_file_and_json(env: dict[str, str], tmp_path: Path) -> None:
+    key_file = tmp_path / "ci.key"
+    r = kc(env, "helper", "client", "add", "runner", "--profile", "ci", "--key-file", str(key_file))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().startswith("kck_")
+    r = kc(env, "helper", "client", "add", "other", "--profile", "*", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["key"].startswith("kck_")
+    assert doc["profiles"] == ["*"]
+    r = kc(env, "helper", "client", "add", "runner", "--profile", "ci")
+    assert r.returncode == 2  # an active client with that name exists
+    r = kc(env, "helper", "client", "revoke", "nobody")
+    assert r.returncode == 2
+    r = kc(env, "helper", "client", "list")
+    assert r.returncode == 0
+    assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["other", "runner"]

@@ -11,6 +11,7 @@ the cached token is served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,8 +72,14 @@ def obtain_token(
     cached = cache.read(profile)
     if cached is not None and clock() < cached.refresh_at(profile.refresh_fraction):
         return Obtained(profile.name, cached, "cache", creds, profile.env_name)
-    with cache.lock(profile):
-        cached = cache.read(profile)  # another process may have refreshed meanwhile
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(cache.lock(profile))
+        except OSError as exc:
+            notes.append(f"token cache unavailable ({exc.strerror}); not caching")
+        else:
+            cached = cache.read(profile)  # another process may have refreshed meanwhile
         now = clock()
         if cached is not None and now < cached.refresh_at(profile.refresh_fraction):
             return Obtained(profile.name, cached, "cache", creds, profile.env_name)
@@ -90,8 +97,15 @@ def obtain_token(
                     + exc.message,
                 )
             raise
-        cache.write(profile, token)
-    warning = _record_issued(settings, profile, token) if record else None
+        if not notes:
+            try:
+                cache.write(profile, token)
+            except OSError as exc:
+                notes.append(f"could not write the token cache ({exc.strerror})")
+    recorded = _record_issued(settings, profile, token) if record else None
+    if recorded:
+        notes.append(recorded)
+    warning = "; ".join(notes) or None
     return Obtained(profile.name, token, "upstream", creds, profile.env_name, warning)
 
 
