@@ -352,6 +352,22 @@ def kv_write_custom_metadata(
 # -- fast keep-alive transport for the hot write path -----------------------------------
 
 
+def _decode(status: int, raw: bytes, where: str) -> Any:  # noqa: ANN401 - decoded JSON
+    if status >= 400:
+        errors = ""
+        try:
+            errors = " ".join(str(e) for e in json.loads(raw).get("errors") or [])
+        except (ValueError, AttributeError):
+            errors = ""
+        raise _status_error(status, where, errors)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise UnavailableError(f"Vault gave a non-JSON answer to {where} (HTTP {status})") from None
+
+
 class _OneWrite:
     """Send a request's headers and body in one write (``send`` buffers, ``getresponse`` flushes).
 
@@ -459,25 +475,53 @@ class FastKV:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise translate(exc, where) from None
-            if resp.status >= 400:
-                errors = ""
-                try:
-                    errors = " ".join(str(e) for e in json.loads(raw).get("errors") or [])
-                except (ValueError, AttributeError):
-                    errors = ""
-                raise _status_error(resp.status, where, errors)
-            return json.loads(raw) if raw else None
+            if 300 <= resp.status < 400:
+                # A standby that cannot forward answers 307 + Location (the active node).
+                return self._follow(resp.getheader("Location") or "", method, payload, where)
+            return _decode(resp.status, raw, where)
         raise UnavailableError(f"Vault is unreachable for {where}")  # pragma: no cover
+
+    def _follow(self, location: str, method: str, payload: bytes | None, where: str) -> Any:  # noqa: ANN401
+        """Repeat the request once at a redirect target, on a one-shot connection."""
+        parts = urllib.parse.urlsplit(location)
+        if parts.scheme != ("https" if self._https else "http") or not parts.hostname:
+            raise UnavailableError(
+                f"Vault redirected {where} to an unusable location"
+                " (a standby without an active node?)",
+                hints=["retry later, or point VAULT_ADDR at the active node"],
+            )
+        conn: http.client.HTTPConnection
+        port = parts.port or (443 if self._https else 80)
+        if self._https:
+            conn = http.client.HTTPSConnection(
+                parts.hostname, port, timeout=self._timeout, context=self._ctx
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, port, timeout=self._timeout)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request(method, target, body=payload, headers=self._headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise translate(exc, where + " (after a standby redirect)") from None
+        finally:
+            conn.close()
+        if 300 <= resp.status < 400:
+            raise UnavailableError(f"Vault redirected {where} twice (leader election in progress?)")
+        return _decode(resp.status, raw, where)
 
     def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int | None) -> int:
         body: dict[str, Any] = {"data": dict(data)}
         if cas is not None:
             body["options"] = {"cas": cas}
+        where = f"a write to {mount}/{path}"
         with self._lock:
-            resp = self.request(
-                "POST", f"/v1/{mount}/data/{path}", body, f"a write to {mount}/{path}"
-            )
-        return int(resp["data"]["version"])
+            resp = self.request("POST", f"/v1/{mount}/data/{path}", body, where)
+        try:
+            return int(resp["data"]["version"])
+        except (TypeError, KeyError, ValueError):
+            raise UnavailableError(f"Vault gave an unexpected answer to {where}") from None
 
 
 def token_of(client: hvac.Client) -> Secret:
