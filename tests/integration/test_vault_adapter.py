@@ -164,3 +164,33 @@ def test_jwt_login_for_ci(bao_dev: BaoServer, tmp_path: Path) -> None:
     jwt_file.write_text(f"{header}.{claims}.{_b64(b'x' * 256)}")
     with pytest.raises(AuthError):
         vault.connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
+
+
+def test_namespace_reaches_both_transports(bao_dev: BaoServer, tmp_path: Path) -> None:
+    """VAULT_NAMESPACE goes to hvac and to the keep-alive write path alike."""
+    from datetime import UTC, datetime
+
+    from keycourier.ledger.interface import Event, EventType, VaultStatus
+    from keycourier.ledger.service import open_recorder
+
+    admin = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    ns = "kc-ns-" + uuid.uuid4().hex[:8]
+    admin.write(f"sys/namespaces/{ns}")
+    inner = hvac.Client(url=bao_dev.addr, token=bao_dev.token, namespace=ns)
+    inner.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    settings = config.load(
+        ledger_path=tmp_path / "l.db",
+        env={
+            "HOME": str(tmp_path),
+            "VAULT_ADDR": bao_dev.addr,
+            "VAULT_TOKEN": bao_dev.token,
+            "VAULT_NAMESPACE": ns,
+        },
+    )
+    bid = "kcb-" + uuid.uuid4().hex
+    with open_recorder(settings) as rec:
+        event = Event(EventType.SEALED, datetime.now(UTC), "kc1:a", bundle_id=bid)
+        assert rec.record(event).vault_status == VaultStatus.RECORDED
+        assert rec.verify(vault=True).ok
+    assert vault.kv_read(inner, "secret", f"keycourier/handovers/{bid}") is not None
+    assert vault.kv_read(admin, "secret", f"keycourier/handovers/{bid}") is None

@@ -110,6 +110,7 @@ class VaultMirror:
         self._client: hvac.Client | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._hvac_lock = threading.RLock()  # requests.Session is not promised thread-safe
         self._fasts: list[FastKV] = []
         self.transit_key = settings.vault.transit_key
 
@@ -193,6 +194,12 @@ class VaultMirror:
         )
 
     def _reconcile(self, path: str, record: Mapping[str, Any], event: Event) -> tuple[int, bool]:
+        with self._hvac_lock:
+            return self._reconcile_locked(path, record, event)
+
+    def _reconcile_locked(
+        self, path: str, record: Mapping[str, Any], event: Event
+    ) -> tuple[int, bool]:
         from keycourier import vault
 
         write_once = not path.startswith(HANDOVERS + "/")
@@ -232,18 +239,17 @@ class VaultMirror:
         """Every version of a record (deleted ones with data None). Empty when absent."""
         from keycourier import vault
 
-        with self._lock:
-            client = self._client
-        client = client or self.client
-        meta = vault.kv_read_metadata(client, self.mount, path)
-        if meta is None:
-            return {}
-        out: dict[int, KvVersion] = {}
-        for number in sorted(meta.versions):
-            found = vault.kv_read_version(client, self.mount, path, number)
-            if found is not None:
-                out[number] = found
-        return out
+        client = self.client
+        with self._hvac_lock:
+            meta = vault.kv_read_metadata(client, self.mount, path)
+            if meta is None:
+                return {}
+            out: dict[int, KvVersion] = {}
+            for number in sorted(meta.versions):
+                found = vault.kv_read_version(client, self.mount, path, number)
+                if found is not None:
+                    out[number] = found
+            return out
 
     def bundle_events(self, bundle_id: str) -> list[tuple[str, int, Event]]:
         """(ledger, seq, event) of every valid version of a bundle's record, oldest first."""
