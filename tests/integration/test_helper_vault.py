@@ -108,6 +108,18 @@ def test_helper_accepts_vault_tokens_with_the_configured_policy(
         assert call(h.url, "/v1/token", body=body, headers={"X-Vault-Token": "s.bogus"})[0] == 401
         key = add_client(env, "ci", "--profile", "vaulted")
         assert call(h.url, "/v1/token", key=key, body=body)[0] == 200
+        # made-up tokens cannot turn into a flood of lookup-self calls
+        codes = [
+            call(h.url, "/v1/token", body=body, headers={"X-Vault-Token": f"s.bogus{i}"})
+            for i in range(80)
+        ]
+        statuses = {c[0] for c in codes}
+        assert statuses <= {401, 429}
+        assert 429 in statuses
+        assert all("Retry-After" in c[1] for c in codes if c[0] == 429)
+        # cached good tokens and client keys are not affected
+        assert call(h.url, "/v1/token", body=body, headers={"X-Vault-Token": good})[0] == 200
+        assert call(h.url, "/v1/token", key=key, body=body)[0] == 200
     finally:
         err, code = h.stop()
     assert code == 0, err

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 DEFAULT_PORT: Final = 8377
 DEFAULT_MAX_BODY: Final = 1024
 VAULT_CACHE_SECONDS: Final = 30.0
+VAULT_LOOKUPS_PER_SECOND: Final = 20.0  # uncached lookup-self calls, whole helper
 JSON_TYPE: Final = "application/json"
 
 
@@ -332,6 +333,11 @@ class HelperState:
         cached = self._vault_cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        # Uncached tokens cost a Vault call each: cap them for the whole helper, so that a
+        # flood of made-up tokens cannot turn into a flood of lookup-self requests.
+        wait = self.take(_VAULT_LOOKUPS)
+        if wait is not None:
+            raise LookupThrottledError(wait)
         principal, ttl = await self._lookup_self(token)
         if len(self._vault_cache) > 10_000:
             self._vault_cache = {k: v for k, v in self._vault_cache.items() if v[0] > now}
@@ -442,6 +448,16 @@ class HelperState:
         return "\n".join(lines) + "\n"
 
 
+class LookupThrottledError(UnavailableError):
+    """Too many uncached Vault-token checks right now."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__("too many Vault token checks; retry shortly")
+        self.wait = wait
+
+
+_VAULT_LOOKUPS = Principal("vault-lookups", "vault-lookups", (), VAULT_LOOKUPS_PER_SECOND)
+
 STATE: web.AppKey[HelperState] = web.AppKey("keycourier_helper", HelperState)
 
 
@@ -468,6 +484,9 @@ _TOKEN_HEADERS = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
 async def _guard(state: HelperState, request: web.Request, route: str) -> Principal | web.Response:
     try:
         principal = await state.authenticate(request)
+    except LookupThrottledError as exc:
+        retry = str(max(1, math.ceil(exc.wait)))
+        return _error(state, route, 429, exc.message, {"Retry-After": retry})
     except UnavailableError as exc:
         return _error(state, route, 503, exc.message, {"Retry-After": "5"})
     return _admit(state, principal, route)
