@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -83,19 +84,21 @@ def test_standby_redirect_during_election_keeps_event_pending(
     cluster: RaftCluster, tmp_path: Path
 ) -> None:
     """Right after the leader dies, a record through a standby must end pending, not crash."""
+    tag = secrets.token_hex(4)
     leader = cluster.wait_leader()
     standby = next(n for n in cluster.nodes if n is not leader)
+    cluster.wait_serving(standby)
     settings = config.load(
         ledger_path=tmp_path / "ledger.db",
         env={"HOME": str(tmp_path), **cluster.vault_env(standby)},
     )
     try:
         with open_recorder(settings) as rec:
-            assert rec.record(event_for(0, datetime.now(UTC))).vault_status == (
+            assert rec.record(event_for(0, datetime.now(UTC), tag)).vault_status == (
                 VaultStatus.RECORDED
             )
             leader.kill()
-            out = rec.record(event_for(1, datetime.now(UTC)))
+            out = rec.record(event_for(1, datetime.now(UTC), tag))
             assert out.vault_status == VaultStatus.PENDING
             assert out.detail
     finally:
@@ -115,10 +118,10 @@ class FailoverRun:
     census_versions: int
 
 
-def event_for(i: int, at: datetime) -> Event:
+def event_for(i: int, at: datetime, tag: str) -> Event:
     if i % 4 == 3:
         return Event(type=EventType.TOKEN_ISSUED, at=at, actor="ci", data={"profile": "ci"})
-    bundle = f"kcb-failover-{i // 4:05d}"
+    bundle = f"kcb-failover-{tag}-{i // 4:05d}"
     kind = (EventType.SEALED, EventType.OPENED, EventType.INGESTED)[i % 4]
     return Event(
         type=kind,
@@ -138,8 +141,10 @@ def run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Failo
 
 
 def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> FailoverRun:
+    tag = secrets.token_hex(4)
     leader = cluster.wait_leader()
     survivor = next(n for n in cluster.nodes if n is not leader)
+    cluster.wait_serving(survivor)
     assert health(survivor.addr).get("standby") is True
     ledger = tmp_path / "ledger.db"
     home = tmp_path / "home"
@@ -160,7 +165,7 @@ def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Fail
                 if i == kill_at:
                     leader.kill()
                     killed_when = time.monotonic()
-                outcomes[rec.record(event_for(i, datetime.now(UTC))).vault_status] += 1
+                outcomes[rec.record(event_for(i, datetime.now(UTC), tag)).vault_status] += 1
                 i += 1
         if killed_when and not elected_after:
             new = cluster.leader()
@@ -196,6 +201,7 @@ def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Fail
 
     # the killed node comes back as a standby and serves the same records
     cluster.restart(leader)
+    cluster.wait_serving(leader)
     assert health(leader.addr).get("standby") is True
     again = census(ledger, leader.addr, cluster.root_token)
     assert again.exact, again

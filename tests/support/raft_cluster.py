@@ -276,6 +276,21 @@ class RaftCluster:
             time.sleep(0.1)
         raise RuntimeError("no active node was elected in time")
 
+    def wait_serving(self, node: Node, timeout: float = 60.0) -> None:
+        """Wait until ``node`` answers an authenticated request (a standby: forwards it)."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                _http_json(
+                    "GET", f"{node.addr}/v1/auth/token/lookup-self", None, self.root_token, 5
+                )
+                return
+            except (OSError, urllib.error.HTTPError) as exc:
+                last = exc
+            time.sleep(0.2)
+        raise RuntimeError(f"{node.name} does not serve requests: {last!r}")
+
     def wait_peers(self, count: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         seen = 0
