@@ -395,3 +395,11 @@ def test_client_add_key_file_and_json(env: dict[str, str], tmp_path: Path) -> No
     r = kc(env, "helper", "client", "list")
     assert r.returncode == 0
     assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["other", "runner"]
+
+
+def test_exec_refuses_a_token_in_argv(env: dict[str, str]) -> None:
+    token = kc(env, "token", "--profile", "ci").stdout.strip()  # cached: exec gets the same one
+    r = kc(env, "exec", "--profile", "ci", "--", "echo", f"Bearer {token}")
+    assert r.returncode == 2
+    assert "appears in the command's arguments" in r.stderr
+    assert token not in r.stdout + r.stderr
