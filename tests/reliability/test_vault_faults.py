@@ -37,6 +37,7 @@ import pytest
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import open_recorder
+from tests.support.openbao import BaoServer, free_port
 from tests.support.raft_cluster import Node, RaftCluster, census
 
 ALNUM = string.ascii_letters + string.digits
@@ -309,3 +310,59 @@ def test_kills_during_long_run_lose_and_duplicate_nothing(
     print(f"seed={rng_seed} {result}")  # noqa: T201 - the figures for docs/reliability.md
     assert result.pending_at_record > 0, result
     assert result.census_versions == result.events
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    strict=True,
+    reason="sync's reconcile path never writes the bundle record's custom_metadata",
+)
+def test_lost_reply_then_sync_keeps_the_search_metadata(bao_dev: BaoServer, tmp_path: Path) -> None:
+    """The first write of a bundle record reached Vault but its reply was lost (the kill
+    window above): ``sync`` finds the identical version and counts it as delivered, but
+    the record must still get the ``custom_metadata`` docs/provenance.md promises
+    (bundle_id, platform, partner, fingerprint), as a direct delivery gives it."""
+    from keycourier import vault
+    from keycourier.ledger.vault import custom_metadata_for, path_for, record_for
+
+    bid = f"kcb-lost-reply-{secrets.token_hex(6)}"
+    event = Event(
+        type=EventType.SEALED,
+        at=datetime.now(UTC),
+        actor="kc1:partner",
+        bundle_id=bid,
+        fingerprint="kcfp1:0123abcd",
+        data={"platform": "xero", "partner": "Acme"},
+    )
+    ledger = tmp_path / "ledger.db"
+    # Vault unreachable while recording: the event stays pending in the ledger
+    down = config.load(
+        ledger_path=ledger,
+        env={
+            "HOME": str(tmp_path),
+            "VAULT_ADDR": f"http://127.0.0.1:{free_port()}",
+            "VAULT_TOKEN": bao_dev.token,
+        },
+    )
+    with open_recorder(down) as rec:
+        assert rec.record(event).vault_status == VaultStatus.PENDING
+        ledger_id = rec.ledger.ledger_id
+        row = rec.ledger.event_row(1)
+    assert row is not None
+    path = path_for(event, ledger_id=ledger_id, seq=1)
+    # ...but the write had in fact reached Vault (exactly what keycourier would have sent)
+    up = config.load(
+        ledger_path=ledger,
+        env={"HOME": str(tmp_path), "VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": bao_dev.token},
+    )
+    client = vault.connect(up)
+    vault.kv_write(client, "secret", path, record_for(ledger_id, 1, *row), cas=0)
+    with open_recorder(up) as rec:
+        report = rec.sync()
+        assert report.remaining == 0
+        assert report.already_present == 1
+        assert rec.verify(vault=True).ok
+    meta = vault.kv_read_metadata(client, "secret", path)
+    assert meta is not None
+    assert meta.current_version == 1
+    assert meta.custom_metadata == custom_metadata_for(event)
