@@ -7,7 +7,7 @@ here, not per example, so each example only parses and checks.
 from __future__ import annotations
 
 import functools
-import secrets
+import hashlib
 import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,16 +40,26 @@ class AgeSample:
     identities: tuple[age.Identity, ...]
 
 
-def _random(n: int) -> str:
-    return "".join(secrets.choice(ALNUM) for _ in range(n))
+def _key(label: str) -> bytes:
+    """Fixed key material: a saved fuzz corpus stays valid across processes."""
+    return hashlib.sha256(b"keycourier fuzz sample " + label.encode()).digest()
+
+
+def _text(label: str, n: int) -> str:
+    raw = hashlib.shake_256(label.encode()).digest(n)
+    return "".join(ALNUM[b % len(ALNUM)] for b in raw)
 
 
 @functools.cache
 def bundle_sample() -> BundleSample:
-    sender = KeycourierIdentity.generate(now=NOW)
-    receiver = KeycourierIdentity.generate(now=NOW)
-    secret = _random(40)
-    creds = Credentials("quickbooks", "AB" + _random(48), Secret(secret))
+    sender = KeycourierIdentity(
+        age.X25519Identity(_key("sender age")), Secret(_key("sender seed")), NOW
+    )
+    receiver = KeycourierIdentity(
+        age.X25519Identity(_key("receiver age")), Secret(_key("receiver seed")), NOW
+    )
+    secret = _text("client secret", 40)
+    creds = Credentials("quickbooks", "AB" + _text("client id", 48), Secret(secret))
     sealed = seal(
         creds,
         sender=sender,
@@ -59,6 +69,7 @@ def bundle_sample() -> BundleSample:
         environment="production",
         partner="Acme Ltd",
         now=NOW,
+        bundle_id="6f1c2a3b-4d5e-4f70-8a9b-0c1d2e3f4a5b",
     )
     return BundleSample(
         sealed.text, sender, receiver, (sender.public().signing_fingerprint,), secret
@@ -68,8 +79,8 @@ def bundle_sample() -> BundleSample:
 @functools.cache
 def age_samples() -> tuple[AgeSample, ...]:
     """An X25519 file (binary and armored), a hybrid one, and a tiny-scrypt one."""
-    x = age.X25519Identity.generate()
-    pq = age.HybridIdentity.generate()
+    x = age.X25519Identity(_key("x25519"))
+    pq = age.HybridIdentity(_key("hybrid"))
     scrypt_r = age.ScryptRecipient(PASSPHRASE, work_factor=SCRYPT_WORK_FACTOR)
     scrypt_i = age.ScryptIdentity(PASSPHRASE, max_work_factor=4)
     two_chunks = PLAINTEXT * 2000  # > 64 KiB: exercises the chunk boundary
