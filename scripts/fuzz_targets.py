@@ -15,6 +15,7 @@ samples of tests/fuzz/samples.py, so a saved corpus stays valid across runs
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import sys
 from collections.abc import Callable
@@ -30,8 +31,6 @@ with atheris.instrument_imports(include=["keycourier"]):
     from keycourier.age._format import ArmorDecoder, Reader, read_header
     from keycourier.bundle.core import _armor, _dearmor
     from keycourier.errors import Error, IntegrityError
-
-import contextlib
 
 from tests.fuzz.samples import (  # noqa: E402
     NOW,
