@@ -54,8 +54,16 @@ def seal_once() -> Callable[[], None]:
     now = datetime.now(UTC)
 
     def run() -> None:
-        seal(creds, sender=sender, recipients=[receiver], policy=stamp,
-             lifetime=timedelta(days=7), environment="production", partner="Acme", now=now)
+        seal(
+            creds,
+            sender=sender,
+            recipients=[receiver],
+            policy=stamp,
+            lifetime=timedelta(days=7),
+            environment="production",
+            partner="Acme",
+            now=now,
+        )
 
     return run
 
