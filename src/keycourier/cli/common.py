@@ -6,11 +6,9 @@ terminal prompt; never from argv.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,6 +16,7 @@ from typing import Any, BinaryIO
 import click
 
 from keycourier.errors import UsageError
+from keycourier.files import write_private as write_private
 from keycourier.redact import Secret
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -84,24 +83,6 @@ def get_passphrase(
     if not raw:
         raise UsageError(f"the {what} is empty")
     return Secret(raw)
-
-
-def write_private(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600, never leaving a partial file."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_output(path: str | None, data: bytes, *, private: bool) -> None:

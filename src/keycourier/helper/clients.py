@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from keycourier.errors import ConfigError, UsageError
-from keycourier.helper.filecache import write_private
+from keycourier.files import write_private
 from keycourier.redact import Secret
 
 KEY_PREFIX: Final = "kck_"

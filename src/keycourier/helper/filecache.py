@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
+from keycourier.files import write_private
 from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import Token
 from keycourier.redact import Secret
@@ -59,24 +60,6 @@ def profile_key(profile: Profile) -> str:
         profile.credentials.describe(),
     ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomic 0600 write (same contract as cli.common.write_private, without importing cli)."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class FileCache:
