@@ -22,6 +22,7 @@ import pytest
 
 from keycourier import bundle
 from tests.reliability.world import ROOT, World, kc, make_world
+from tests.support.openbao import BaoServer
 
 SEED = int(os.environ.get("KC_KILL_SEED", str(random.SystemRandom().randrange(2**32))))
 
@@ -93,6 +94,25 @@ def test_ledger_writer_killed(tmp_path: Path, kills: int) -> None:
     assert stats["killed_mid_write"] > 0, f"seed {SEED}: no kill landed in the append loop"
     assert stats["events"] >= stats["acknowledged"]
     sys.stderr.write(f"ledger kill test (seed {SEED}): {stats}\n")
+
+
+@pytest.mark.parametrize(
+    "kills",
+    [pytest.param(6, id="6-kills"), pytest.param(30, id="30-kills", marks=pytest.mark.slow)],
+)
+def test_ledger_writer_with_vault_killed(tmp_path: Path, bao_dev: BaoServer, kills: int) -> None:
+    """Killed while delivering to Vault: sync converges and the Vault cross-check passes."""
+    world = make_world(tmp_path, identities=False)
+    world.env.update(VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token)
+    stats = _run_ledger_kills(world, kills, (0.2, 1.2))
+    synced = kc(world, "sync", "--json")
+    assert synced.returncode == 0, f"seed {SEED}: sync failed: {synced.stderr.decode()}"
+    report = json.loads(synced.stdout)
+    checked = kc(world, "audit", "verify", "--vault", "--json")
+    assert checked.returncode == 0, f"seed {SEED}: audit verify --vault: {checked.stderr.decode()}"
+    again = json.loads(kc(world, "sync", "--json").stdout)
+    assert again.get("remaining", 0) == 0, again
+    sys.stderr.write(f"vault kill test (seed {SEED}): {stats}, first sync: {report}\n")
 
 
 @pytest.mark.parametrize("kills", KILLS)
