@@ -49,18 +49,6 @@ def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# OpenBao standbys answer "307 Temporary Redirect" (empty body, Location: the old
-# leader) while no active node is reachable; keycourier's FastKV treats every
-# status under 400 as success and then fails with a TypeError on the empty body
-# (src/keycourier/vault.py, FastKV.request / FastKV.write). Strict: once fixed,
-# these tests pass and the marker must go.
-STANDBY_REDIRECT_BUG = pytest.mark.xfail(
-    raises=TypeError,
-    strict=True,
-    reason="FastKV takes a standby's 307 redirect during an election for success",
-)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaftCluster]:
     running = RaftCluster.start(tmp_path_factory.mktemp("cluster"), size=3)
@@ -79,11 +67,15 @@ def heal(cluster: RaftCluster) -> None:
     cluster.wait_peers(len(cluster.nodes))
 
 
-@STANDBY_REDIRECT_BUG
 def test_standby_redirect_during_election_keeps_event_pending(
     cluster: RaftCluster, tmp_path: Path
 ) -> None:
-    """Right after the leader dies, a record through a standby must end pending, not crash."""
+    """Right after the leader dies, a record through a standby must end pending, not crash.
+
+    While no active node is reachable, an OpenBao standby answers 307 with an empty
+    body and ``Location`` = the dead leader's address. keycourier's FastKV once took
+    that for success and failed with a TypeError (fixed in b11eeef).
+    """
     tag = secrets.token_hex(4)
     leader = cluster.wait_leader()
     standby = next(n for n in cluster.nodes if n is not leader)
@@ -219,7 +211,6 @@ def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Fail
     )
 
 
-@STANDBY_REDIRECT_BUG
 def test_leader_loss_during_recordings_short(cluster: RaftCluster, tmp_path: Path) -> None:
     result = run_failover(cluster, tmp_path, records=100)
     print(result)  # noqa: T201 - the figures for docs/reliability.md
@@ -229,7 +220,6 @@ def test_leader_loss_during_recordings_short(cluster: RaftCluster, tmp_path: Pat
 
 
 @pytest.mark.slow
-@STANDBY_REDIRECT_BUG
 def test_leader_loss_during_recordings_long(cluster: RaftCluster, tmp_path: Path) -> None:
     records = int(os.environ.get("KC_FAILOVER_RECORDS", "1000"))
     result = run_failover(cluster, tmp_path, records=records)
