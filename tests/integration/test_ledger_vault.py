@@ -263,3 +263,20 @@ def test_optional_transit_signatures(bao_dev: BaoServer, tmp_path: Path) -> None
         assert signature.startswith("vault:v1:")
         assert rec.mirror.verify_signature(str(got.data["hash"]), signature)
         assert not rec.mirror.verify_signature("0" * 64, signature)
+
+
+def test_missing_mount_keeps_event_pending_and_says_why(bao_dev: BaoServer, tmp_path: Path) -> None:
+    settings = config.load(
+        ledger_path=tmp_path / "m.db",
+        env={
+            "HOME": str(tmp_path),
+            "VAULT_ADDR": bao_dev.addr,
+            "VAULT_TOKEN": bao_dev.token,
+            "KEYCOURIER_VAULT_MOUNT": "no-such-mount",
+        },
+    )
+    with open_recorder(settings) as rec:
+        out = rec.record(ev(EventType.SEALED, "kcb-m"))
+        assert out.vault_status == VaultStatus.PENDING
+        assert "no-such-mount" in out.detail
+        assert rec.ledger.pending_count() == 1

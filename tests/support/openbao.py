@@ -137,10 +137,27 @@ def start_dev_server(workdir: Path) -> BaoServer:
     server = BaoServer(proc=proc, addr=addr, token=token, workdir=workdir, log_path=log_path)
     try:
         wait_http(f"{addr}/v1/sys/health")
+        wait_mount(addr, token, "secret")
     except BaseException:
         server.kill()
         raise
     return server
+
+
+def wait_mount(addr: str, token: str, mount: str, timeout: float = 30.0) -> None:
+    """The dev server mounts KV v2 at secret/ just after it reports healthy: wait for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(f"{addr}/v1/sys/internal/ui/mounts/{mount}")  # noqa: S310
+        req.add_header("X-Vault-Token", token)
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 - loopback
+                if resp.status == 200:
+                    return
+        except (urllib.error.HTTPError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{addr}: mount {mount}/ did not appear")
 
 
 def health(addr: str) -> dict[str, object]:

@@ -15,7 +15,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from keycourier.errors import AuthError, Error, IntegrityError, UnavailableError, UsageError
+from keycourier.errors import (
+    AuthError,
+    ConfigError,
+    Error,
+    IntegrityError,
+    UnavailableError,
+    UsageError,
+)
 from keycourier.ledger.interface import (
     Event,
     EventType,
@@ -153,7 +160,8 @@ class LedgerRecorder:
                 )
                 version, _ = self.mirror.deliver(path, record, known_version=known, event=event)
                 self._mark(stored.seq, path, version)
-        except (UnavailableError, AuthError) as exc:
+        except (UnavailableError, AuthError, ConfigError) as exc:
+            # nothing lost: the event is in the ledger; say why Vault did not take it
             self._vault_error = exc
             detail = exc.message
             self.ledger.mark_detail(stored.seq, detail)
