@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.openbao import BaoServer, free_port
 
 
@@ -76,3 +78,23 @@ def test_policy_rejection_is_7(tmp_path: Path) -> None:
     )
     assert out.returncode == 7
     assert b"changeme" not in out.stdout + out.stderr
+
+
+def test_click_exit_codes_survive_the_main_wrapper() -> None:
+    import click
+
+    from keycourier.cli import main as main_mod
+
+    @click.command()
+    @click.pass_context
+    def quits(ctx: click.Context) -> None:
+        ctx.exit(3)
+
+    main_mod.COMMANDS["zz-test-quit"] = (__name__, "_QUITS", "test only")
+    globals()["_QUITS"] = quits
+    try:
+        with pytest.raises(SystemExit) as info:
+            main_mod.main(["zz-test-quit"])
+        assert info.value.code == 3
+    finally:
+        del main_mod.COMMANDS["zz-test-quit"]

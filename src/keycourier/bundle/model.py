@@ -178,7 +178,7 @@ def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
     if expires <= created:
         raise integrity_error()
     platform = obj["platform"]
-    if platform not in {p.value for p in Platform}:
+    if not isinstance(platform, str) or platform not in {p.value for p in Platform}:
         raise integrity_error()
     environment = _printable(obj["environment"], 32)
     partner = None if obj["partner"] is None else _printable(obj["partner"], 128)

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn every outcome into a documented exit code."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name="keycourier", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(n)'s code instead of exiting.
+        rc = cli.main(args=argv, prog_name="keycourier", standalone_mode=False)
     except Error as exc:
         if debug:
             import traceback
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         _say("hint", "rerun with --debug for a traceback, and report it (see SECURITY.md)")
         sys.exit(int(ExitCode.UNEXPECTED))
     else:
-        sys.exit(0)
+        sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def settings_from(
