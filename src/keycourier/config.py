@@ -119,8 +119,16 @@ def _check_keys(
             raise ConfigError(f"{where}: {prefix}.{key} has the wrong type")
 
 
+def _expand(value: str | os.PathLike[str]) -> Path:
+    """``~`` and ``~user`` expansion; an unknown user is a config error, not a crash."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"cannot expand the home directory in {str(value)!r}") from None
+
+
 def _path(value: str | None) -> Path | None:
-    return Path(value).expanduser() if value else None
+    return _expand(value) if value else None
 
 
 def load(
@@ -133,7 +141,7 @@ def load(
     """Build the settings from flags (the keyword arguments), environment and file."""
     env = dict(os.environ if env is None else env)
     explicit = config_path or env.get("KEYCOURIER_CONFIG")
-    path = Path(explicit).expanduser() if explicit else default_config_path(env)
+    path = _expand(explicit) if explicit else default_config_path(env)
     doc: dict[str, Any] = {}
     if path.exists() or explicit:
         doc = _read_file(path)
@@ -193,7 +201,7 @@ def load(
     )
     return Settings(
         config_path=path if doc else None,
-        ledger_path=Path(ledger).expanduser(),
+        ledger_path=_expand(ledger),
         policy_path=_path(str(policy)) if policy else None,
         vault=vault,
         profiles=profiles,

@@ -34,7 +34,7 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -300,6 +300,8 @@ class HelperState:
         if scheme.lower() != "bearer" or not value or len(value) > 256:
             return None
         presented = value.strip()
+        if not (presented.isascii() and presented.isprintable()):
+            return None  # client keys are printable ASCII; anything else is simply wrong
         generation = self.store.generation()
         if generation != self._auth_generation:
             self._auth_cache.clear()
@@ -590,8 +592,22 @@ async def token(request: web.Request) -> web.Response:
     return web.Response(body=rendered[2], headers=_TOKEN_HEADERS)
 
 
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Unknown paths (404) and wrong methods (405) answer a JSON error like every route."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _error(request.app[STATE], "unrouted", 404, "no such endpoint")
+    except web.HTTPMethodNotAllowed as exc:
+        allow = {"Allow": ", ".join(sorted(exc.allowed_methods))}
+        return _error(request.app[STATE], "unrouted", 405, "method not allowed", allow)
+
+
 def make_app(state: HelperState) -> web.Application:
-    app = web.Application(client_max_size=state.cfg.max_body)
+    app = web.Application(client_max_size=state.cfg.max_body, middlewares=[_json_errors])
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
