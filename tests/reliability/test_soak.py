@@ -264,13 +264,13 @@ def chaos(
     rng.shuffle(kinds)  # each kind once first, then at random
     while not stop.is_set():
         if kinds:
-            phase = kinds.pop()
+            phase = kinds.pop()  # the first four phases: each kind once, always applied
         else:
             phase = rng.choices(("calm", "500", "429", "stall"), weights=(3, 1, 1, 1))[0]
-        with state.lock:
-            busy = bool(state.faults)
-        if busy and phase in {"500", "429"}:
-            phase = "calm"
+            with state.lock:
+                busy = bool(state.faults)
+            if busy and phase in {"500", "429"}:
+                phase = "calm"
         log[phase] += 1
         if phase == "500":
             state.inject(500, count=rng.randint(1, 3))
