@@ -23,6 +23,8 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +40,14 @@ from tests.support.raft_cluster import RaftCluster, census, health
 
 BATCH = 10
 AFTER_KILL = 8.0  # seconds of recording after the leader is killed (elections take 2-3 s)
+
+
+def health_status(addr: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=5) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,6 +77,30 @@ def heal(cluster: RaftCluster) -> None:
             cluster.restart(node)
     cluster.wait_leader(timeout=60)
     cluster.wait_peers(len(cluster.nodes))
+
+
+def test_standbys_forward_reads_and_writes(cluster: RaftCluster, tmp_path: Path) -> None:
+    """With disable_standby_reads = true, keycourier can use any node: a record written
+    through one standby is read back at once, identical, through the other; the health
+    endpoint tells a load balancer which node is active (200) and which are standbys (429)."""
+    leader = cluster.wait_leader()
+    first, second = (n for n in cluster.nodes if n is not leader)
+    for node in (first, second):
+        cluster.wait_serving(node)
+    codes = {n.name: health_status(n.addr) for n in cluster.nodes}
+    assert codes == {n.name: 200 if n is leader else 429 for n in cluster.nodes}
+    ledger = tmp_path / "ledger.db"
+    settings = config.load(
+        ledger_path=ledger, env={"HOME": str(tmp_path), **cluster.vault_env(first)}
+    )
+    tag = secrets.token_hex(4)
+    with open_recorder(settings) as rec:
+        for i in range(8):
+            out = rec.record(event_for(i, datetime.now(UTC), tag))
+            assert out.vault_status == VaultStatus.RECORDED, out.detail
+    found = census(ledger, second.addr, cluster.root_token)
+    assert found.exact, found
+    assert found.versions == found.events == 8
 
 
 def test_standby_redirect_during_election_keeps_event_pending(
