@@ -312,11 +312,6 @@ def test_kills_during_long_run_lose_and_duplicate_nothing(
     assert result.census_versions == result.events
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="sync's reconcile path never writes the bundle record's custom_metadata",
-)
 def test_lost_reply_then_sync_keeps_the_search_metadata(bao_dev: BaoServer, tmp_path: Path) -> None:
     """The first write of a bundle record reached Vault but its reply was lost (the kill
     window above): ``sync`` finds the identical version and counts it as delivered, but

@@ -214,6 +214,10 @@ class VaultMirror:
                     data.get("ledger") == record["ledger"] and data.get("seq") == record["seq"]
                 )
                 if same_record(data, record):
+                    if number == 1 and not write_once:
+                        # The first write may have landed with its reply (and so its
+                        # metadata write) lost: setting custom_metadata is idempotent.
+                        self._custom(path, event)
                     return number, True
                 if same_event or write_once:
                     where = f"bundle {event.bundle_id}" if event.bundle_id else f"record {path}"
