@@ -316,3 +316,25 @@ def test_wrong_passphrase_is_refused(world: World) -> None:
     )
     assert out.returncode == 4
     assert b"wrong passphrase" in out.stderr
+
+
+def test_oversized_bundle_is_the_integrity_error(world: World) -> None:
+    assert world.seal().returncode == 0
+    big = (world.dir / "handover.kcb").read_bytes() + b" " * (1024 * 1024)
+    (world.dir / "big.kcb").write_bytes(big)
+    for args in (
+        ("inspect", "big.kcb"),
+        (
+            "open",
+            "big.kcb",
+            "--identity",
+            "platform.kcid",
+            "--trust",
+            world.partner_fpr,
+            "-o",
+            "c.json",
+        ),
+    ):
+        out = run(*args, cwd=world.dir)
+        assert out.returncode == 4, (args, out.stderr)
+        assert not (world.dir / "c.json").exists()

@@ -14,7 +14,6 @@ import click
 from keycourier.cli.common import (
     emit_json,
     info,
-    read_limited,
     warn,
     write_output,
     write_private,
@@ -34,13 +33,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_bundle(source: str) -> bytes:
+    """Read at most the size limit (+1 byte, so that the parser sees an oversized bundle).
+
+    An oversized bundle is a step-1 failure of docs/bundle-format.md section 6,
+    so it gets the one integrity error (exit 4) from the parser, not a usage error.
+    """
     from keycourier.bundle.core import MAX_BUNDLE_BYTES
 
     if source == "-":
-        return read_limited(sys.stdin.buffer, MAX_BUNDLE_BYTES, "the bundle")
+        return sys.stdin.buffer.read(MAX_BUNDLE_BYTES + 1)
     try:
         with open(source, "rb") as fh:
-            return read_limited(fh, MAX_BUNDLE_BYTES, "the bundle")
+            return fh.read(MAX_BUNDLE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read bundle {source}: {exc.strerror}") from None
 

@@ -49,7 +49,7 @@ from keycourier.partner.connections import (
     wait_for_connection,
 )
 from keycourier.redact import Secret
-from tests.support.fuzz import FUZZ_EXAMPLES
+from tests.support.fuzz import EXTRA_EXAMPLES
 
 ENTITY = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 CID = "9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10"
@@ -390,7 +390,7 @@ def test_describe_error_body_shapes() -> None:
     assert describe_error_body(b'{"error": "x"}') == ""
 
 
-@settings(max_examples=FUZZ_EXAMPLES)
+@settings(max_examples=EXTRA_EXAMPLES)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=20),
@@ -412,7 +412,7 @@ def test_parse_connection_never_crashes(doc: Any) -> None:
         assert len(outcome.id) == 36
 
 
-@settings(max_examples=FUZZ_EXAMPLES)
+@settings(max_examples=EXTRA_EXAMPLES)
 @given(
     st.dictionaries(
         st.sampled_from(list(conn_doc())),
@@ -433,7 +433,7 @@ def test_parse_connection_mutated_fields(change: dict[str, Any]) -> None:
     assert conn.connection_url.startswith(("https://", "http://127.0.0.1"))
 
 
-@settings(max_examples=FUZZ_EXAMPLES)
+@settings(max_examples=EXTRA_EXAMPLES)
 @given(st.binary(max_size=200))
 def test_describe_error_body_never_raises(body: bytes) -> None:
     assert isinstance(describe_error_body(body), str)
@@ -783,7 +783,7 @@ def test_wait_dead_ends(doc: dict[str, Any], error: type[Error], match: str) -> 
     assert rec.events == []
 
 
-@settings(max_examples=FUZZ_EXAMPLES)
+@settings(max_examples=EXTRA_EXAMPLES)
 @given(st.binary(max_size=400) | st.text(max_size=200).map(str.encode))
 def test_list_reply_bytes_never_crash(body: bytes) -> None:
     outcome: tuple[Connection, ...] | Error
@@ -797,7 +797,7 @@ def test_list_reply_bytes_never_crash(body: bytes) -> None:
         assert all(len(c.id) == 36 for c in outcome)
 
 
-@settings(max_examples=FUZZ_EXAMPLES)
+@settings(max_examples=EXTRA_EXAMPLES)
 @given(st.text(max_size=80))
 def test_uuid_edge_parser(value: str) -> None:
     import uuid as uuid_mod
