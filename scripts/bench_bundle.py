@@ -68,6 +68,27 @@ def seal_once() -> Callable[[], None]:
     return run
 
 
+def breakdown() -> dict[str, float]:
+    import timeit
+
+    from keycourier import age
+
+    def best(fn: Callable[[], object]) -> float:
+        return min(timeit.repeat(fn, number=300, repeat=5)) / 300 * 1e6
+
+    ident = KeycourierIdentity.generate()
+    recipient = age.parse_recipient(KeycourierIdentity.generate().public().recipient)
+    chain = bare_chain()
+    return {
+        "bare primitive chain (baseline)": best(chain),
+        "whole seal": best(seal_once()),
+        "age.encrypt, one X25519 recipient, 300 B": best(
+            lambda: age.encrypt([recipient], b"x" * 300)
+        ),
+        "Ed25519 sign of the manifest": best(lambda: ident.sign(b"x" * 900)),
+    }
+
+
 def rate(fn: Callable[[], None], seconds: float = 0.4) -> float:
     n = 0
     start = time.perf_counter()
@@ -90,12 +111,20 @@ def main() -> int:
     b, o = statistics.median(base_rates), statistics.median(our_rates)
     ratio = o / b
     verdict = "PASS" if ratio >= 0.6 else "FAIL"
+    parts = breakdown()
     body = (
         "Command: `./scripts/bench bundle` (runs `.venv/bin/python scripts/bench_bundle.py`)\n\n"
         "| measurement (median of 7 interleaved rounds) | rate |\n|---|---|\n"
         f"| baseline: bare X25519 + HKDF-SHA256 + ChaCha20-Poly1305 + Ed25519 sign | {b:,.0f}/s |\n"
         f"| keycourier `bundle.seal` (one recipient, signed manifest, armor) | {o:,.0f}/s |\n"
         f"| ratio (target >= 0.60) | **{ratio:.2f}** {verdict} |\n"
+        "\nWhere one seal's time goes (same run, best of 5, microseconds):\n\n"
+        "| part | us |\n|---|---|\n"
+        + "".join(f"| {k} | {v:.0f} |\n" for k, v in parts.items())
+        + "\nThe age layer needs three HKDFs, a header HMAC and two ChaCha20-Poly1305 calls "
+        "where the baseline has one of each, and the manifest is canonical JSON built, "
+        "hashed and signed in Python; together that Python work is about the size of the "
+        "whole primitive chain, which caps the ratio near 0.4-0.45 on this machine.\n"
     )
     write_section("bundle", "Seal + sign, in process", body)
     print(body)
