@@ -7,17 +7,59 @@ import os
 from pathlib import Path
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_private(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600.
 
-    The data goes to a temporary file in the same directory (created 0600),
-    is fsynced, then renamed over ``path``; on any failure the temporary file
-    is removed and ``path`` is untouched.
+    On Linux the data goes to an unnamed ``O_TMPFILE`` in the target's
+    directory, is fsynced, and only then gets a name (linked, then renamed
+    over ``path``): if the process dies before that, even by SIGKILL, the
+    kernel discards the unnamed file and nothing is left behind. Where
+    ``O_TMPFILE`` is not available it falls back to a named 0600 temporary
+    file that is removed on any error it can see.
     """
-    import tempfile
-
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    flag = getattr(os, "O_TMPFILE", None)
+    fd = -1
+    if flag is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(directory, flag | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    if fd >= 0 and Path("/proc/self/fd").is_dir():
+        try:
+            os.fchmod(fd, 0o600)
+            _write_all(fd, data)
+            os.fsync(fd)
+            tmp = directory / f".{target.name}.{os.urandom(6).hex()}.tmp"
+            # Give it a name: linkat(/proc/self/fd, "<fd>", ..., AT_SYMLINK_FOLLOW). CPython
+            # only uses linkat (not link) when a dir fd is passed.
+            proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(str(fd), tmp, src_dir_fd=proc_fd, follow_symlinks=True)
+            finally:
+                os.close(proc_fd)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        finally:
+            os.close(fd)
+        return
+    if fd >= 0:
+        os.close(fd)
+    _write_named_temp(target, directory, data)
+
+
+def _write_named_temp(target: Path, directory: Path, data: bytes) -> None:
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)
