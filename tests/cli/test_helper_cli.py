@@ -403,3 +403,36 @@ def test_exec_refuses_a_token_in_argv(env: dict[str, str]) -> None:
     assert r.returncode == 2
     assert "appears in the command's arguments" in r.stderr
     assert token not in r.stdout + r.stderr
+
+
+def test_cache_is_keyed_by_the_credentials_not_just_the_profile(
+    env: dict[str, str], standin: RunningStandin
+) -> None:
+    first = kc(env, "token", "--profile", "ci")
+    assert first.returncode == 0, first.stderr
+    token_a = first.stdout.strip()
+    # Same profile, another partner's credentials: must not get partner A's token.
+    other_id, other_secret = "7d1e6c2a-5b4f-4e0a-8c3d-1f2e3a4b5c6d", "other-secret-1b2c3d4e5f6a"
+    standin.state.clients[other_id] = other_secret
+    other = dict(env, MONITE_CLIENT_ID=other_id, MONITE_CLIENT_SECRET=other_secret)
+    second = kc(other, "token", "--profile", "ci")
+    assert second.returncode == 0, second.stderr
+    token_b = second.stdout.strip()
+    assert token_b != token_a
+    assert standin.state.issued[token_b].client_id == other_id
+    # A rotated secret for partner A: a fresh token, not the one minted with the old secret.
+    rotated = "cli-secret-rotated-0f9e8d7c6b5a"
+    standin.state.clients[MONITE_ID] = rotated
+    third = kc(dict(env, MONITE_CLIENT_SECRET=rotated), "token", "--profile", "ci")
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() not in (token_a, token_b)
+    assert standin.state.token_calls == 3
+    # Each credential set is served its own cached token.
+    again = kc(other, "token", "--profile", "ci")
+    assert again.stdout.strip() == token_b
+    assert standin.state.token_calls == 3
+    tokens = Path(env["HOME"]) / ".cache" / "keycourier" / "tokens"
+    assert len(list(tokens.glob("ci-*.json"))) == 3
+    stored = b"".join(p.read_bytes() + p.name.encode() for p in tokens.iterdir())
+    for secret in (MONITE_SECRET, other_secret, rotated):
+        assert secret.encode() not in stored

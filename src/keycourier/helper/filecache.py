@@ -10,6 +10,13 @@ token lifetime, and the location: ``$XDG_RUNTIME_DIR/keycourier/tokens``
 tokens the same way. ``--no-cache`` skips the file entirely; ``serve`` never
 writes one (memory only).
 
+Each entry is keyed by everything that decides which token we would get,
+the credentials included: the name of a cache file carries an HMAC-SHA256 of
+the client ID and secret under a random per-directory key
+(``.credentials-key``, 0600), so a rotated or different secret never gets
+the old secret's token, and a file name that leaks into a log does not let
+anyone test guesses of the secret. The secret itself is never written.
+
 Cross-process single flight: a refresh takes an exclusive ``flock`` on the
 profile's lock file, then re-reads the cache before calling upstream, so N
 CI steps started together make one upstream call.
@@ -18,8 +25,10 @@ CI steps started together make one upstream call.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -29,10 +38,12 @@ from typing import Final
 
 from keycourier.files import write_private
 from keycourier.helper.profiles import Profile
-from keycourier.partner.tokens import Token
+from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 
 MAX_CACHE_FILE: Final = 64 * 1024
+KEY_FILE: Final = ".credentials-key"
+KEY_BYTES: Final = 32
 
 
 def cache_dir(env: Mapping[str, str]) -> Path:
@@ -48,7 +59,16 @@ def cache_dir(env: Mapping[str, str]) -> Path:
     return base / "keycourier" / "tokens"
 
 
-def profile_key(profile: Profile) -> str:
+def credentials_mac(key: bytes, creds: ClientCredentials) -> str:
+    """A keyed fingerprint of the client ID and secret (length-prefixed, domain-separated)."""
+    mac = hmac.new(key, b"keycourier/token-cache/credentials/v1\x00", hashlib.sha256)
+    for part in (creds.client_id.encode(), creds.client_secret.reveal().encode()):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def profile_key(profile: Profile, credentials_fp: str) -> str:
     """Changes whenever anything that decides which token we would get changes."""
     parts = [
         profile.name,
@@ -58,8 +78,24 @@ def profile_key(profile: Profile) -> str:
         profile.version or "",
         profile.scope or "",
         profile.credentials.describe(),
+        credentials_fp,
     ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+
+
+def _read_own(path: Path, limit: int) -> bytes | None:
+    """The file's bytes if it is ours and 0600-ish (no group/other bits); else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None  # someone else's or too open: ignore it
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
 
 
 class FileCache:
@@ -72,23 +108,46 @@ class FileCache:
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
 
-    def _path(self, profile: Profile) -> Path:
-        return self.directory / f"{profile.name}-{profile_key(profile)}.json"
+    def _mac_key(self, *, create: bool) -> bytes | None:
+        path = self.directory / KEY_FILE
+        key = _read_own(path, KEY_BYTES)
+        if key is not None and len(key) == KEY_BYTES:
+            return key
+        if not create:
+            return None  # absent (nothing cached yet), foreign, too open or malformed
+        if key is not None:  # ours but truncated or overlong: replace it
+            write_private(path, os.urandom(KEY_BYTES))
+        else:
+            # Publish atomically and never replace: a concurrent creator's key wins,
+            # and a foreign or too-open file stays in place (and disables the cache).
+            tmp = self.directory / f"{KEY_FILE}.{os.urandom(6).hex()}.tmp"
+            write_private(tmp, os.urandom(KEY_BYTES))
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        key = _read_own(path, KEY_BYTES)
+        return key if key is not None and len(key) == KEY_BYTES else None
 
-    def read(self, profile: Profile) -> Token | None:
-        """The cached token, or None if absent, unreadable, foreign or unsafe."""
-        path = self._path(profile)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
+    def _key(self, profile: Profile, creds: ClientCredentials, *, create: bool) -> str | None:
+        mac_key = self._mac_key(create=create)
+        if mac_key is None:
             return None
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.getuid() or st.st_mode & 0o077:
-                return None  # someone else's or too open: ignore it
-            raw = os.read(fd, MAX_CACHE_FILE + 1)
-        finally:
-            os.close(fd)
+        return profile_key(profile, credentials_mac(mac_key, creds))
+
+    def _path(self, profile: Profile, key: str) -> Path:
+        return self.directory / f"{profile.name}-{key}.json"
+
+    def read(self, profile: Profile, creds: ClientCredentials) -> Token | None:
+        """The cached token, or None if absent, unreadable, foreign, unsafe or for other creds."""
+        key = self._key(profile, creds, create=False)
+        if key is None:
+            return None
+        raw = _read_own(self._path(profile, key), MAX_CACHE_FILE)
+        if raw is None:
+            return None
         try:
             doc = json.loads(raw.decode("utf-8"))
             token = Token(
@@ -99,24 +158,29 @@ class FileCache:
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
-        if doc.get("key") != profile_key(profile):
+        if doc.get("key") != key:
             return None
         return token
 
-    def write(self, profile: Profile, token: Token) -> None:
+    def write(self, profile: Profile, creds: ClientCredentials, token: Token) -> None:
         self._ensure_dir()
+        key = self._key(profile, creds, create=True)
+        if key is None:
+            raise OSError(errno.EPERM, f"unsafe {KEY_FILE} in the token cache directory")
         doc = {
-            "key": profile_key(profile),
+            "key": key,
             "access_token": token.access_token.reveal(),
             "token_type": token.token_type,
             "expires_in": token.expires_in,
             "issued_at": token.issued_at,
         }
-        write_private(self._path(profile), json.dumps(doc).encode())
+        write_private(self._path(profile, key), json.dumps(doc).encode())
 
-    def clear(self, profile: Profile) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(profile).unlink()
+    def clear(self, profile: Profile, creds: ClientCredentials) -> None:
+        key = self._key(profile, creds, create=False)
+        if key is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(profile, key).unlink()
 
     @contextlib.contextmanager
     def lock(self, profile: Profile) -> Iterator[None]:

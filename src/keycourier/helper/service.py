@@ -69,7 +69,7 @@ def obtain_token(
     from keycourier.helper.filecache import FileCache, cache_dir
 
     cache = FileCache(cache_dir(settings.env), clock=clock)
-    cached = cache.read(profile)
+    cached = cache.read(profile, creds)
     if cached is not None and clock() < cached.refresh_at(profile.refresh_fraction):
         return Obtained(profile.name, cached, "cache", creds, profile.env_name)
     notes: list[str] = []
@@ -79,7 +79,7 @@ def obtain_token(
         except OSError as exc:
             notes.append(f"token cache unavailable ({exc.strerror}); not caching")
         else:
-            cached = cache.read(profile)  # another process may have refreshed meanwhile
+            cached = cache.read(profile, creds)  # another process may have refreshed meanwhile
         now = clock()
         if cached is not None and now < cached.refresh_at(profile.refresh_fraction):
             return Obtained(profile.name, cached, "cache", creds, profile.env_name)
@@ -99,7 +99,7 @@ def obtain_token(
             raise
         if not notes:
             try:
-                cache.write(profile, token)
+                cache.write(profile, creds, token)
             except OSError as exc:
                 notes.append(f"could not write the token cache ({exc.strerror})")
     recorded = _record_issued(settings, profile, token) if record else None
@@ -153,11 +153,11 @@ class ProfileTokenSource:
 
     def get(self) -> Secret:
         got = obtain_token(self._settings, self._profile, use_cache=not self._force)
-        if got.origin == "upstream" and self._force:
+        if got.origin == "upstream" and self._force and got.credentials is not None:
             from keycourier.helper.filecache import FileCache, cache_dir
 
             FileCache(cache_dir(self._settings.env)).write(
-                get_profile(self._settings, self._profile), got.token
+                get_profile(self._settings, self._profile), got.credentials, got.token
             )
         self._force = False
         if got.warning:
