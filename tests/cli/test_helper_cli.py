@@ -436,3 +436,61 @@ def test_cache_is_keyed_by_the_credentials_not_just_the_profile(
     stored = b"".join(p.read_bytes() + p.name.encode() for p in tokens.iterdir())
     for secret in (MONITE_SECRET, other_secret, rotated):
         assert secret.encode() not in stored
+
+
+ENV_CHILD = r"""
+import json, os, sys
+print(json.dumps({name: os.environ.get(name) for name in sys.argv[1:]}, sort_keys=True))
+"""
+
+CREDENTIAL_VARS = {
+    "VAULT_TOKEN": "hvs.vault-token-value-0123456789",
+    "MY_VAULT_TOKEN": "hvs.configured-token-env-98765",
+    "KEYCOURIER_PASSPHRASE": "correct horse battery staple",
+    "KEYCOURIER_PROBE_REFRESH_TOKEN": "AB11-probe-refresh-token-value",
+    "KEYCOURIER_HELPER_KEY": "kck_deadbeef_not-a-real-key-but-secret",
+    "KEYCOURIER_HELPER_KEY_FILE": "/run/secrets/helper.key",
+    "KEYCOURIER_VAULT_ROLE_ID": "role-id-1234",
+    "KEYCOURIER_VAULT_SECRET_ID_FILE": "/run/secrets/secret-id",
+    "OTHER_PARTNER_ID": "other-partner-client-id",
+    "OTHER_PARTNER_SECRET": "other-partner-secret-value-42",
+}
+
+
+def test_exec_strips_credential_variables_unless_kept(env: dict[str, str], tmp_path: Path) -> None:
+    cfg = Path(env["KEYCOURIER_CONFIG"])
+    cfg.write_text(
+        '[vault]\ntoken_env = "MY_VAULT_TOKEN"\n'
+        + cfg.read_text()
+        + """
+[profiles.other]
+dialect = "oauth2"
+base_url = "https://auth.example.test"
+token_path = "/oauth/token"
+environment = "sandbox"
+client_id_env = "OTHER_PARTNER_ID"
+client_secret_env = "OTHER_PARTNER_SECRET"
+"""
+    )
+    env.update(CREDENTIAL_VARS, UNRELATED_SETTING="stays")
+    script = tmp_path / "printenv.py"
+    script.write_text(ENV_CHILD)
+    names = [*CREDENTIAL_VARS, "MONITE_CLIENT_ID", "MONITE_CLIENT_SECRET", "UNRELATED_SETTING"]
+
+    def child_env(*flags: str) -> dict[str, str | None]:
+        r = kc(env, "exec", "--profile", "ci", *flags, "--", sys.executable, str(script), *names)
+        assert r.returncode == 0, r.stderr
+        doc: dict[str, str | None] = json.loads(r.stdout)
+        return doc
+
+    seen = child_env()
+    assert seen.pop("UNRELATED_SETTING") == "stays"
+    assert seen == dict.fromkeys(seen)  # every credential variable is gone
+    assert set(seen) == {*CREDENTIAL_VARS, "MONITE_CLIENT_ID", "MONITE_CLIENT_SECRET"}
+    kept = child_env("--keep-env", "VAULT_TOKEN", "--keep-env", "KEYCOURIER_PASSPHRASE")
+    assert kept["VAULT_TOKEN"] == CREDENTIAL_VARS["VAULT_TOKEN"]
+    assert kept["KEYCOURIER_PASSPHRASE"] == CREDENTIAL_VARS["KEYCOURIER_PASSPHRASE"]
+    assert kept["MY_VAULT_TOKEN"] is None
+    assert kept["OTHER_PARTNER_SECRET"] is None
+    r = kc(env, "exec", "--profile", "ci", "--keep-env", "BAD NAME", "--", "true")
+    assert r.returncode == 2

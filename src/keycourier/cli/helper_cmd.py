@@ -79,6 +79,13 @@ def token(ctx: click.Context, profile: str, fmt: str, env_name: str | None, no_c
     "--no-mask", is_flag=True, help="Do not conceal the token in the command's stdout/stderr."
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or write the 0600 token cache file.")
+@click.option(
+    "--keep-env",
+    "keep_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass this credential variable (e.g. VAULT_TOKEN) to the command; repeatable.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def exec_(
@@ -87,21 +94,32 @@ def exec_(
     env_name: str | None,
     no_mask: bool,
     no_cache: bool,
+    keep_env: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND with a partner token in its environment; return its exit code.
 
     The token (and the client secret or helper client key, when known here) is replaced by
     <concealed by keycourier> in the command's stdout and stderr, raw and in
-    its URL, JSON and base64 encodings, unless --no-mask is given. Signals are
+    its URL, JSON, hex and base64 encodings, unless --no-mask is given. Signals are
     forwarded. The token never appears in the command's argv.
+
+    The credentials keycourier itself reads (VAULT_TOKEN, KEYCOURIER_PASSPHRASE,
+    KEYCOURIER_PROBE_REFRESH_TOKEN, KEYCOURIER_HELPER_KEY[_FILE], the AppRole
+    variables and every profile's client ID/secret variables) are removed from
+    the command's environment; --keep-env NAME passes one through.
 
     \b
     Example:
       keycourier exec --profile ci --env-name MONITE_TOKEN -- ./deploy.sh --stage prod
+      keycourier exec --profile ci --keep-env VAULT_TOKEN -- ./needs-vault-too.sh
     """
     from keycourier.cli.common import warn
-    from keycourier.helper.execrun import NotRunnableError, run_with_secrets
+    from keycourier.helper.execrun import (
+        NotRunnableError,
+        credential_env_names,
+        run_with_secrets,
+    )
     from keycourier.helper.formats import check_env_name
     from keycourier.helper.service import obtain_token
     from keycourier.redact import Secret
@@ -109,20 +127,27 @@ def exec_(
     settings = settings_from(ctx)
     if env_name is not None:
         check_env_name(env_name)
+    for kept in keep_env:
+        check_env_name(kept)
     got = obtain_token(settings, profile, use_cache=not no_cache)
     if got.warning:
         warn(got.warning)
     name = env_name or got.env_name
+    remove = credential_env_names(settings) - set(keep_env)
     conceal: list[Secret] = []
     if got.credentials is not None:
         conceal.append(got.credentials.client_secret)
-    if got.origin == "helper":  # the child inherits the environment: hide the client key too
+    if got.origin == "helper":  # in case --keep-env passes it on: hide the client key too
         from keycourier.helper.client import read_key
 
         conceal.append(read_key(settings.env))
     try:
         code = run_with_secrets(
-            command, {name: got.token.access_token}, conceal=conceal, mask=not no_mask
+            command,
+            {name: got.token.access_token},
+            conceal=conceal,
+            mask=not no_mask,
+            remove_env=remove,
         )
     except NotRunnableError as exc:
         sys.stderr.write(f"keycourier: error: {exc.message}\n")

@@ -2,6 +2,10 @@
 
 * The secrets go into the child's environment only, never its argv (an argv
   that already contains one is refused).
+* Credentials keycourier itself reads from the environment (``CREDENTIAL_ENV``,
+  the Vault token variable and every profile's client ID/secret variables; see
+  ``credential_env_names``) are removed from the child's environment unless
+  the caller keeps them by name (``exec --keep-env NAME``).
 * SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH received by
   keycourier are forwarded to the child. The child stays in keycourier's
   process group (so it can use the terminal); a Ctrl-C typed at a terminal
@@ -19,12 +23,27 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
-from typing import BinaryIO, Final
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from keycourier.errors import UsageError
 from keycourier.helper.masking import StreamMasker
 from keycourier.redact import Secret
+
+if TYPE_CHECKING:
+    from keycourier.config import Settings
+
+#: Variables that hold (or name the file of) a credential keycourier reads; a child
+#: started by ``exec`` does not get them unless kept with ``--keep-env``.
+CREDENTIAL_ENV: Final = (
+    "VAULT_TOKEN",
+    "KEYCOURIER_PASSPHRASE",
+    "KEYCOURIER_PROBE_REFRESH_TOKEN",
+    "KEYCOURIER_HELPER_KEY",
+    "KEYCOURIER_HELPER_KEY_FILE",
+    "KEYCOURIER_VAULT_ROLE_ID",
+    "KEYCOURIER_VAULT_SECRET_ID_FILE",
+)
 
 FORWARDED: Final = (
     signal.SIGINT,
@@ -36,6 +55,30 @@ FORWARDED: Final = (
     signal.SIGWINCH,
 )
 READ_SIZE: Final = 64 * 1024
+
+
+def credential_env_names(settings: Settings) -> set[str]:
+    """``CREDENTIAL_ENV``, the configured Vault token variable, and every profile's
+    client ID and secret variables (read from the raw tables: a malformed profile
+    elsewhere in the file must not stop ``exec`` from hiding the others)."""
+    names = set(CREDENTIAL_ENV)
+    names.add(settings.vault.token_env)
+    for table in settings.profiles.values():
+        for key in ("client_id_env", "client_secret_env"):
+            value = table.get(key) if isinstance(table, Mapping) else None
+            if isinstance(value, str) and value:
+                names.add(value)
+    return names
+
+
+def child_environment(
+    base: Mapping[str, str], inject: Mapping[str, Secret], remove: Collection[str]
+) -> dict[str, str]:
+    """``base`` without the ``remove`` names, plus the injected secrets."""
+    env = {name: value for name, value in base.items() if name not in remove}
+    for name, secret in inject.items():
+        env[name] = secret.reveal()
+    return env
 
 
 def _pump(src: BinaryIO, dst: BinaryIO, masker: StreamMasker) -> None:
@@ -64,19 +107,19 @@ def run_with_secrets(
     conceal: Sequence[Secret] = (),
     mask: bool = True,
     base_env: Mapping[str, str] | None = None,
+    remove_env: Collection[str] = (),
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
 ) -> int:
-    """Run ``argv`` with ``inject`` added to its environment; return its exit status."""
+    """Run ``argv`` with ``inject`` added to its environment and ``remove_env`` taken out;
+    return its exit status."""
     if not argv:
         raise UsageError("no command given", hints=["keycourier exec --profile P -- CMD ARGS..."])
     values = [s.reveal() for s in (*inject.values(), *conceal) if s]
     for arg in argv:
         if any(v in arg for v in values):
             raise UsageError("a secret appears in the command's arguments; refusing to run it")
-    env = dict(os.environ if base_env is None else base_env)
-    for name, secret in inject.items():
-        env[name] = secret.reveal()
+    env = child_environment(os.environ if base_env is None else base_env, inject, remove_env)
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     try:
