@@ -1,14 +1,17 @@
 """Ask a running ``keycourier serve`` for a token (``KEYCOURIER_HELPER_URL``).
 
 The URL is ``http://127.0.0.1:PORT``, ``https://host:PORT`` or
-``unix:/path/to/socket``. The client key comes from ``KEYCOURIER_HELPER_KEY``
-or the file named by ``KEYCOURIER_HELPER_KEY_FILE``; never from argv.
+``unix:/path/to/socket``; plain ``http://`` is refused unless the host is
+loopback (127.0.0.0/8, ::1, localhost), because the client key travels in
+every request. The client key comes from ``KEYCOURIER_HELPER_KEY`` or the file
+named by ``KEYCOURIER_HELPER_KEY_FILE``; never from argv.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import ssl
 import time
@@ -18,12 +21,19 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from keycourier.errors import AuthError, ConfigError, PolicyError, UnavailableError, UsageError
-from keycourier.partner.tokens import Token
+from keycourier.partner.tokens import MAX_ACCESS_TOKEN_CHARS, MAX_LIFETIME_SECONDS, Token
+from keycourier.policy.model import is_loopback_host
 from keycourier.redact import Secret
 
 KEY_ENV: Final = "KEYCOURIER_HELPER_KEY"
 KEY_FILE_ENV: Final = "KEYCOURIER_HELPER_KEY_FILE"
 MAX_REPLY: Final = 64 * 1024
+# What a helper reply may contain, checked before anything reaches stdout, $GITHUB_ENV
+# or a child's environment: a newline in a token would let a rogue helper add lines
+# (``::add-mask::`` / workflow commands, env-file entries).
+_TOKEN_RE: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_ACCESS_TOKEN_CHARS}}}")
+_TOKEN_TYPE_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_EXPIRES_AT_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:Z|[+-]\d{2}:?\d{2})")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -84,6 +94,12 @@ class HelperClient:
             return http.client.HTTPSConnection(
                 parts.hostname, parts.port, timeout=self._timeout, context=ctx
             )
+        if not is_loopback_host(parts.hostname):
+            raise ConfigError(
+                f"KEYCOURIER_HELPER_URL uses plain http:// to {parts.hostname[:100]!r}, which is "
+                "not loopback: the client key would cross the network in clear",
+                hints=["use https://HOST:PORT (KEYCOURIER_HELPER_CACERT for a private CA)"],
+            )
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self._timeout)
 
     def token(self, profile: str, *, clock: Callable[[], float] = time.time) -> Token:
@@ -142,13 +158,31 @@ def _parse(data: bytes, now: float) -> Token:
     try:
         doc = json.loads(data)
         access = doc["access_token"]
-        expires_at = datetime.strptime(doc["expires_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
-        token_type = str(doc.get("token_type", "Bearer"))
-    except (ValueError, KeyError, TypeError):
+        expires = doc["expires_at"]
+        token_type = doc.get("token_type", "Bearer")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise UnavailableError("the token helper sent a malformed reply") from None
-    if not isinstance(access, str) or not access:
-        raise UnavailableError("the token helper sent a malformed reply")
+    if not isinstance(access, str) or not _TOKEN_RE.fullmatch(access):
+        raise UnavailableError(
+            "the token helper sent an access_token that is not 1 to "
+            f"{MAX_ACCESS_TOKEN_CHARS} visible ASCII characters; refusing to use it"
+        )
+    if not isinstance(token_type, str) or not _TOKEN_TYPE_RE.fullmatch(token_type):
+        raise UnavailableError("the token helper sent a malformed token_type; refusing it")
+    expires_at = _timestamp(expires)
     lifetime = int(expires_at - now)
     if lifetime <= 0:
         raise UnavailableError("the token helper sent an expired token")
+    if lifetime > MAX_LIFETIME_SECONDS:
+        raise UnavailableError("the token helper sent an implausible expires_at")
     return Token(Secret(access), token_type, lifetime, now)
+
+
+def _timestamp(expires: object) -> float:
+    bad = UnavailableError("the token helper sent a malformed expires_at; refusing it")
+    if not isinstance(expires, str) or not _EXPIRES_AT_RE.fullmatch(expires):
+        raise bad
+    try:
+        return datetime.strptime(expires, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        raise bad from None
