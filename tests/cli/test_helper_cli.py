@@ -226,6 +226,8 @@ lines = [
     "Authorization: Basic " + base64.b64encode((cid + ":" + sec).encode()).decode(),
     "bearer-in-basic " + base64.b64encode(("user:" + tok).encode()).decode(),
     "json " + json.dumps({"token": tok}),
+    "hex " + tok.encode().hex(),
+    "HEX " + sec.encode().hex().upper(),
 ]
 for line in lines:
     for ch in line + "\n":  # one byte per write: secrets split across reads
@@ -276,9 +278,12 @@ def test_exec_masks_every_encoding_and_returns_the_exit_code(
         MONITE_SECRET,
         b64encode(f"{MONITE_ID}:{MONITE_SECRET}".encode()).decode(),
         b64encode(token.encode()).decode()[:-4],
+        token.encode().hex(),
+        MONITE_SECRET.encode().hex().upper(),
     ):
         assert leaked not in out
-    assert r.stdout.count("<concealed by keycourier>") == 5
+    assert r.stdout.count("<concealed by keycourier>") == 7
+    assert "hex <concealed by keycourier>\nHEX <concealed by keycourier>\n" in r.stdout
     assert "err <concealed by keycourier>" in r.stderr
     assert r.stdout.startswith("raw <concealed by keycourier>\nurl <concealed by keycourier>\n")
 

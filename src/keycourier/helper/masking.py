@@ -2,11 +2,17 @@
 
 For each secret ``s`` the masker looks for: ``s`` itself; its URL encodings
 (``quote(s, safe="")``, ``quote_plus``, ``quote`` with ``/`` kept); its JSON
-string escaping; and its base64 (standard and URL-safe alphabets) at each of
-the three byte alignments, keeping only the characters that depend on ``s``
-alone. The alignment trick catches ``base64(client_id:secret)`` in a Basic
+string escaping; its hex encoding in lower and upper case (which also catches
+it inside a longer hex dump: its bytes start on a byte boundary); and its
+base64 (standard and URL-safe alphabets) at each of the three byte
+alignments, keeping only the characters that depend on ``s`` alone. The
+alignment trick catches ``base64(client_id:secret)`` in a Basic
 ``Authorization`` header, and a token inside any base64 blob, without knowing
 what surrounds it.
+
+Not detected (a documented limit): base64 wrapped across lines (``base64``'s
+76-column output, PEM), hex with separators (``xxd``, ``od``), any other
+transformation (compression, encryption, reversal, a token cut in pieces).
 
 Streaming: matches may be split across reads. ``feed()`` holds back the
 longest suffix of (held-back tail + new chunk) that is a proper prefix of some
@@ -61,6 +67,8 @@ def encodings(secret: str | bytes) -> set[bytes]:
         quote(text, safe="").lower().encode() if "%" in quote(text, safe="") else raw,
         json.dumps(text)[1:-1].encode(),
         json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8", errors="surrogateescape"),
+        raw.hex().encode(),
+        raw.hex().upper().encode(),
     }
     derived |= _b64_cores(raw)
     forms |= {d for d in derived if len(d) >= MIN_ENCODED_LEN or d == raw}

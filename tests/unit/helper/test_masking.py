@@ -37,6 +37,15 @@ def _forms() -> list[bytes]:
         b"x-" + base64.b64encode(f"user:{TOKEN}".encode()) + b"-x",
         base64.urlsafe_b64encode(TOKEN.encode()),
         SECRET.encode(),
+        TOKEN.encode().hex().encode(),
+        b"0x" + SECRET.encode().hex().upper().encode(),
+        b"dump " + (b"GET /?t=" + TOKEN.encode() + b" HTTP/1.1").hex().encode(),
+    ]
+
+
+def _hex_forms() -> list[bytes]:
+    return [v.encode().hex().encode() for v in (TOKEN, SECRET)] + [
+        v.encode().hex().upper().encode() for v in (TOKEN, SECRET)
     ]
 
 
@@ -51,6 +60,15 @@ def test_each_encoding_is_concealed_in_one_piece() -> None:
         assert base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()) not in out
         assert out.startswith(b"before ")
         assert out.endswith(b" after\n")
+
+
+def test_hex_encodings_are_concealed_lower_and_upper_case() -> None:
+    for form in _hex_forms():
+        masker = StreamMasker([TOKEN, SECRET])
+        out = masker.feed(b"hex: " + form + b"\n") + masker.flush()
+        assert out == b"hex: " + CONCEALED + b"\n"
+    assert TOKEN.encode().hex().encode() in encodings(TOKEN)
+    assert TOKEN.encode().hex().upper().encode() in encodings(TOKEN)
 
 
 def test_text_without_secrets_passes_unchanged() -> None:
@@ -74,7 +92,7 @@ def test_encodings_include_the_raw_value_and_url_form() -> None:
 @given(
     prefix=st.binary(max_size=50),
     suffix=st.binary(max_size=50),
-    which=st.integers(min_value=0, max_value=7),
+    which=st.integers(min_value=0, max_value=10),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=30),
 )
 def test_split_reads_never_leak(prefix: bytes, suffix: bytes, which: int, cuts: list[int]) -> None:
@@ -87,3 +105,5 @@ def test_split_reads_never_leak(prefix: bytes, suffix: bytes, which: int, cuts: 
     assert TOKEN.encode() not in got
     assert SECRET.encode() not in got
     assert quote(TOKEN, safe="").encode() not in got
+    for hex_form in _hex_forms():
+        assert hex_form not in got
