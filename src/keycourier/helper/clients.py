@@ -88,7 +88,9 @@ class ClientStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._clients: dict[str, Client] = {}
-        self._mtime_ns: int | None = None
+        # (inode, mtime_ns, size): every write replaces the file (a new inode), so a
+        # change inside one coarse mtime tick (add then revoke) is still seen.
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._generation = 0
 
@@ -132,16 +134,17 @@ class ClientStore:
     def refresh(self, *, max_age: float = 1.0) -> None:
         """Re-read the file if it changed (checked at most every ``max_age`` seconds)."""
         now = time.monotonic()
-        if self._mtime_ns is not None and now - self._checked < max_age:
+        if self._stamp is not None and now - self._checked < max_age:
             return
         self._checked = now
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            mtime = -1
-        if mtime != self._mtime_ns:
+            stamp = (-1, -1, -1)
+        if stamp != self._stamp:
             self._clients = self._load()
-            self._mtime_ns = mtime
+            self._stamp = stamp
             self._generation += 1
 
     def generation(self) -> int:
