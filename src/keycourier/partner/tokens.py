@@ -45,7 +45,7 @@ MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 MAX_ACCESS_TOKEN_CHARS: Final = 16 * 1024
 MAX_LIFETIME_SECONDS: Final = 366 * 24 * 3600
 MAX_RETRY_AFTER: Final = 60.0
-_TOKEN_CHARS: Final = re.compile(r"^[\x21-\x7e]+$")
+_TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ def parse_token_response(body: bytes, *, now: float) -> Token:
         not isinstance(access, str)
         or not access
         or len(access) > MAX_ACCESS_TOKEN_CHARS
-        or not _TOKEN_CHARS.match(access)
+        or not _TOKEN_CHARS.fullmatch(access)
     ):
         raise UnavailableError("the token endpoint reply has no usable access_token")
     token_type = doc.get("token_type", "Bearer")
