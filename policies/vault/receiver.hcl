@@ -8,7 +8,19 @@ path "secret/data/keycourier/handovers/*" {
 }
 
 path "secret/metadata/keycourier/handovers/*" {
-  capabilities = ["read", "create", "update"]
+  capabilities = ["read", "create", "update", "list"]
+  allowed_parameters = {
+    "custom_metadata" = []
+  }
+}
+
+# Deny records: read (open refuses a denied credential), append (`policy deny`).
+path "secret/data/keycourier/denied/*" {
+  capabilities = ["create", "update", "read"]
+}
+
+path "secret/metadata/keycourier/denied/*" {
+  capabilities = ["read", "create", "update", "list"]
   allowed_parameters = {
     "custom_metadata" = []
   }
@@ -19,7 +31,12 @@ path "secret/data/keycourier/events/*" {
 }
 
 path "secret/metadata/keycourier/events/*" {
-  capabilities = ["read"]
+  capabilities = ["read", "list"]
+}
+
+# The ledger's checkpoint public key, pinned once (cas=0, create only).
+path "secret/data/keycourier/ledgers/*" {
+  capabilities = ["create", "read"]
 }
 
 # `keycourier ingest --vault-path partners/...`: write the credentials (a new

@@ -336,6 +336,20 @@ def kv_read_metadata(client: hvac.Client, mount: str, path: str) -> KvMetadata |
     )
 
 
+def kv_list(client: hvac.Client, mount: str, path: str) -> list[str]:
+    """The key names directly under ``path`` (folders end with "/"); empty when there are none."""
+    check_path(path)
+    where = f"a list of {mount}/{path}"
+    try:
+        missing, resp = _is_404(client.secrets.kv.v2.list_secrets, path=path, mount_point=mount)
+    except Exception as exc:  # noqa: BLE001 - adapter boundary
+        raise translate(exc, where) from None
+    if missing or not isinstance(resp, dict):
+        return []
+    keys = (resp.get("data") or {}).get("keys") or []
+    return [str(k) for k in keys if isinstance(k, str)]
+
+
 def kv_write_custom_metadata(
     client: hvac.Client, mount: str, path: str, custom: Mapping[str, str]
 ) -> None:

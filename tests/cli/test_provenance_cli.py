@@ -300,3 +300,49 @@ def test_ingest_needs_vault(handover: dict[str, str], tmp_path: Path) -> None:
     assert run(*args, "--vault-path", "partners/x/y", cwd=tmp_path, env=DEAD).returncode == 6
     # nothing was opened: the bundle is still unopened in the ledger
     assert "opened" not in run("audit", "export", cwd=tmp_path).stdout
+
+
+def test_audit_verify_vault_exit_4_on_a_removed_tail(bao_dev: BaoServer, tmp_path: Path) -> None:
+    env = vault_env(bao_dev)
+    for i in range(3):
+        out = run(
+            "revoke", f"kcb-{secrets.token_hex(6)}-{i}", "--reason", "r", cwd=tmp_path, env=env
+        )
+        assert out.returncode == 0, out.stderr
+    ok = run("audit", "verify", "--vault", "--json", cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    ledger_id = json.loads(ok.stdout)["ledger_id"]
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("DROP TRIGGER checkpoints_no_delete")
+    for table in ("events", "delivery", "checkpoints"):
+        conn.execute(f"DELETE FROM {table} WHERE seq >= 2")  # noqa: S608 - fixed names
+    conn.close()
+    assert run("audit", "verify", cwd=tmp_path).returncode == 0  # locally a clean cut
+    out = run("audit", "verify", "--vault", cwd=tmp_path, env=env)
+    assert out.returncode == 4
+    assert "BROKEN at event #2" in out.stdout
+    assert ledger_id in out.stdout
+    assert "tail is missing" in out.stderr
+    assert "event #3" in out.stderr
+
+
+def test_audit_show_prints_foreign_records_escaped(bao_dev: BaoServer, tmp_path: Path) -> None:
+    env = vault_env(bao_dev)
+    bid = f"kcb-{secrets.token_hex(8)}"
+    assert run("revoke", bid, "--reason", "r", cwd=tmp_path, env=env).returncode == 0
+    forged = {**env, "KEYCOURIER_LEDGER": str(tmp_path / "forger.db")}
+    actor = "kc1:x\x1b[2J\x1b]0;pwned\x07\u202e"
+    out = run("revoke", bid, "--reason", "\x1b[31mred", "--actor", actor, cwd=tmp_path, env=forged)
+    assert out.returncode == 0, out.stderr
+    show = run("audit", "show", bid, cwd=tmp_path, env=env)
+    assert show.returncode == 0, show.stderr
+    assert "\x1b" not in show.stdout
+    assert "\x07" not in show.stdout
+    assert "\u202e" not in show.stdout
+    lines = show.stdout.splitlines()
+    assert len(lines) == 2
+    assert "[ledger/recorded]" in lines[0]
+    assert "[vault/foreign]" in lines[1]
+    assert "kc1:x\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in lines[1]
+    assert "reason=\\x1b[31mred" in lines[1]

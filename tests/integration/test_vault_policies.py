@@ -55,6 +55,22 @@ def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
     assert meta.current_version == 2
     assert vault.kv_read(send, "secret", hand) == {"seq": 2}
     assert vault.kv_write(send, "secret", ev, {"seq": 3}, cas=0) == 1
+    # sender: pin a ledger key once, append deny records, list what audit verify --vault walks
+    pin = f"keycourier/ledgers/l{uuid.uuid4().hex[:16]}"
+    deny = f"keycourier/denied/kc1:{uuid.uuid4().hex}"
+    assert vault.kv_write(send, "secret", pin, {"public_key": "ab"}, cas=0) == 1
+    assert vault.kv_read(send, "secret", pin) == {"public_key": "ab"}
+    assert vault.kv_write(send, "secret", deny, {"seq": 1}, cas=0) == 1
+    assert vault.kv_write(send, "secret", deny, {"seq": 2}, cas=1) == 2
+    vault.kv_write_custom_metadata(send, "secret", deny, {"fingerprint": "kc1:x"})
+    assert bid in vault.kv_list(send, "secret", "keycourier/handovers")
+    assert deny.rsplit("/", 1)[1] in vault.kv_list(send, "secret", "keycourier/denied")
+    assert "token_issued/" in vault.kv_list(send, "secret", "keycourier/events")
+    assert vault.kv_list(send, "secret", "keycourier/events/token_issued")
+    # receiver: the same record rights (it records opened/ingested and reads denies)
+    assert vault.kv_read(recv, "secret", deny) == {"seq": 2}
+    assert vault.kv_read(recv, "secret", pin) == {"public_key": "ab"}
+    assert bid in vault.kv_list(recv, "secret", "keycourier/handovers")
     # receiver: read and append handover records, write partner credentials and their metadata
     assert vault.kv_read(recv, "secret", hand) == {"seq": 2}
     assert vault.kv_write(recv, "secret", hand, {"seq": 4}, cas=2) == 3
@@ -70,6 +86,8 @@ def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
     # auditor: read records and metadata (also of partner credentials), list
     assert vault.kv_read(aud, "secret", hand) == {"seq": 4}
     assert vault.kv_read(aud, "secret", ev) == {"seq": 3}
+    assert vault.kv_read(aud, "secret", pin) == {"public_key": "ab"}
+    assert vault.kv_read(aud, "secret", deny) == {"seq": 2}
     pmeta = vault.kv_read_metadata(aud, "secret", partner)
     assert pmeta is not None
     assert pmeta.custom_metadata == {"bundle_id": bid}
@@ -103,6 +121,8 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
     admin = clients["root"]
     vault.kv_write(admin, "secret", hand, {"seq": 1}, cas=0)
     vault.kv_write(admin, "secret", ev, {"seq": 1}, cas=0)
+    pin = f"keycourier/ledgers/l{uuid.uuid4().hex[:16]}"
+    vault.kv_write(admin, "secret", pin, {"public_key": "ab"}, cas=0)
     vault.kv_write(admin, "secret", partner, {"client_id": "A", "client_secret": "B"}, cas=None)
     send, recv, aud, helper = (clients[r] for r in ROLES)
     kv = {r: clients[r].secrets.kv.v2 for r in ROLES}
@@ -147,6 +167,28 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
             "sender overwrites a write-once event",
             lambda: kv["sender"].create_or_update_secret(
                 path=ev, secret={"a": "b"}, mount_point="secret"
+            ),
+        ),
+        (
+            "sender replaces a pinned ledger key",
+            lambda: kv["sender"].create_or_update_secret(
+                path=pin, secret={"public_key": "cd"}, cas=1, mount_point="secret"
+            ),
+        ),
+        (
+            "receiver replaces a pinned ledger key",
+            lambda: kv["receiver"].create_or_update_secret(
+                path=pin, secret={"public_key": "cd"}, mount_point="secret"
+            ),
+        ),
+        (
+            "sender deletes a pinned ledger key",
+            lambda: kv["sender"].delete_metadata_and_all_versions(path=pin, mount_point="secret"),
+        ),
+        (
+            "token helper reads a pinned ledger key",
+            lambda: kv["token-helper"].read_secret_version(
+                path=pin, mount_point="secret", raise_on_deleted_version=True
             ),
         ),
         (
@@ -229,6 +271,7 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
         denied(fn)
     # nothing changed
     assert vault.kv_read(admin, "secret", hand) == {"seq": 1}
+    assert vault.kv_read(admin, "secret", pin) == {"public_key": "ab"}
     assert vault.kv_read(admin, "secret", partner) == {"client_id": "A", "client_secret": "B"}
 
 

@@ -149,29 +149,14 @@ def facts_from_options(options: Mapping[str, Any]) -> HandoverFacts:
 
 
 def denied_lookup(settings: Settings) -> Callable[[str], str | None]:
-    """A deny-list lookup over the ledger's `denied_fingerprint` events.
+    """A deny-list lookup over `denied_fingerprint` events: the local ledger, then Vault.
 
-    With no ledger file yet there is nothing denied, and no file is created.
+    With no ledger file yet no file is created; a deny another ledger recorded in
+    Vault still counts when Vault is configured and reachable.
     """
-    ledger_path = Path(settings.ledger_path)
+    from keycourier.ledger.service import denied_lookup as lookup
 
-    def lookup(fingerprint: str) -> str | None:
-        if not ledger_path.exists():
-            return None
-        from keycourier.cli.record import open_recorder
-        from keycourier.ledger.interface import EventType
-
-        recorder = open_recorder(settings)
-        try:
-            for stored in recorder.history(fingerprint=fingerprint):
-                event = stored.event
-                if event.type == EventType.DENIED_FINGERPRINT and event.fingerprint == fingerprint:
-                    return str(event.data.get("reason", "")) or "(no reason recorded)"
-            return None
-        finally:
-            recorder.close()
-
-    return lookup
+    return lookup(settings)
 
 
 _OUTCOME_LABEL: Final = {

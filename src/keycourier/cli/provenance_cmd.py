@@ -340,19 +340,21 @@ def audit_verify(
     Example:
       keycourier audit verify --vault --json
     """
-    from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.service import open_recorder, printable
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     if not settings.ledger_path.exists():
         raise ConfigError(f"no ledger at {settings.ledger_path}")
     with open_recorder(settings) as recorder:
         report = recorder.verify(vault=with_vault)
+        ledger_id = recorder.ledger.ledger_id
     c = report.chain
     first = report.first_break
     if as_json:
         emit_json(
             {
                 "ok": report.ok,
+                "ledger_id": ledger_id,
                 "events": c.events,
                 "checkpoints": c.checkpoints,
                 "head_seq": c.head_seq,
@@ -369,7 +371,7 @@ def audit_verify(
             }
         )
     else:
-        click.echo(f"ledger:       {settings.ledger_path}")
+        click.echo(f"ledger:       {settings.ledger_path} (ID {ledger_id})")
         click.echo(f"public key:   ed25519:{c.public_key}")
         click.echo(f"events:       {c.events} (head #{c.head_seq} {c.head_hash[:16]}...)")
         click.echo(f"checkpoints:  {c.checkpoints} ({c.unsigned_tail} event(s) after the last one)")
@@ -380,13 +382,17 @@ def audit_verify(
                 f"{report.foreign_records} from other ledgers"
             )
         for note in report.notes:
-            warn(note)
+            warn(printable(note))
+        for b in report.vault_breaks[:10]:
+            warn(f"Vault: event #{b.seq}: {printable(b.reason)}")
+        if len(report.vault_breaks) > 10:
+            warn(f"... and {len(report.vault_breaks) - 10} more Vault break(s) (see --json)")
         click.echo(
             "result:       OK" if first is None else f"result:       BROKEN at event #{first[0]}"
         )
     if first is not None:
         raise IntegrityError(
-            f"the ledger is broken at event #{first[0]}: {first[1]}",
+            f"the ledger is broken at event #{first[0]}: {printable(first[1])}",
             hints=["keep a copy of the ledger file and the Vault records for investigation"],
         )
 
@@ -404,7 +410,7 @@ def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | N
       keycourier audit show 01J9Z8...
     """
     from keycourier.ledger.chain import format_time
-    from keycourier.ledger.service import open_recorder, timeline
+    from keycourier.ledger.service import open_recorder, printable, timeline
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     with open_recorder(settings) as recorder:
@@ -429,11 +435,15 @@ def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | N
         )
         return
     for src, e, status in rows:
+        # Vault records may come from any ledger, forged ones included: print nothing raw.
         extra = ", ".join(
-            f"{k}={v}" for k, v in sorted(e.data.items()) if not isinstance(v, dict | list)
+            f"{printable(str(k))}={printable(str(v))}"
+            for k, v in sorted(e.data.items())
+            if not isinstance(v, dict | list)
         )
         click.echo(
-            f"{format_time(e.at)}  {e.type:<22} {e.actor:<28} bundle={e.bundle_id or '-'}"
+            f"{format_time(e.at)}  {e.type:<22} {printable(e.actor):<28}"
+            f" bundle={printable(e.bundle_id or '-')}"
             f"  [{src}/{status}]{'  ' + extra if extra else ''}"
         )
 

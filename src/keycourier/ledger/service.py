@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -35,7 +35,8 @@ from keycourier.ledger.interface import (
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
-    from keycourier.ledger.vault import VaultMirror
+    from keycourier.ledger.vault import VaultEvent, VaultMirror
+    from keycourier.vault import KvVersion
 
 DEFAULT_SYNC_WORKERS = 8
 
@@ -113,6 +114,7 @@ class LedgerRecorder:
         self._unmarked: list[tuple[int, int]] = []
         self._unmarked_paths: dict[str, int] = {}
         self._versions: dict[str, int] = {}
+        self._pinned = False
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
 
@@ -145,6 +147,7 @@ class LedgerRecorder:
         try:
             if self._vault_error is not None:
                 raise self._vault_error
+            self._ensure_pinned()
             known, pending_before = self.ledger.path_state(path, stored.seq)
             # events delivered in this session but not yet marked are not really pending
             if pending_before > self._unmarked_paths.get(path, 0):
@@ -172,6 +175,20 @@ class LedgerRecorder:
                 ) from None
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
+
+    def _pin_mark(self) -> str:
+        vs = self.settings.vault
+        return f"{vs.addr}|{vs.namespace or ''}|{vs.mount}"
+
+    def _ensure_pinned(self) -> None:
+        """Pin this ledger's checkpoint key in Vault once per Vault (cas=0; a clash is exit 4)."""
+        if self.mirror is None or self._pinned:
+            return
+        mark = self._pin_mark()
+        if self.ledger.meta_value("vault_pin") != mark:
+            self.mirror.pin(self.ledger.ledger_id, self.ledger.public_key)
+            self.ledger.set_meta_value("vault_pin", mark)
+        self._pinned = True
 
     # Delivery marks are batched: an event written to Vault but not yet marked is
     # re-offered by the next sync, which finds the identical record and counts it.
@@ -236,7 +253,8 @@ class LedgerRecorder:
         mirror = self.mirror
         try:
             mirror.fast()  # log in once, before the threads start
-        except (UnavailableError, AuthError) as exc:
+            self._ensure_pinned()
+        except (UnavailableError, AuthError, ConfigError) as exc:
             return SyncReport(
                 len(pending), 0, 0, self.ledger.pending_count(), unavailable=exc.message
             )
@@ -314,73 +332,89 @@ class LedgerRecorder:
         return self._cross_check(chain_report, pending)
 
     def _cross_check(self, chain_report: ChainReport, pending: int) -> AuditReport:
-        from keycourier.ledger.vault import SIGNATURE, record_for, same_record
+        """Both directions: every delivered event is in Vault as recorded, and every Vault
+        record of this ledger is in the local ledger, identical (a removed tail shows here)."""
+        from keycourier.ledger.vault import event_path_seq, record_for, same_record
 
         assert self.mirror is not None  # noqa: S101 - checked by the caller
+        mirror = self.mirror
         ledger_id = self.ledger.ledger_id
+        local_head = self.ledger.head()[0]
         breaks: list[VaultBreak] = []
+        notes: list[str] = []
+        self._check_pin(breaks, notes)
         by_path: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
         for seq, path, version, body, prev, digest in self.ledger.delivered():
             by_path.setdefault(path, []).append(
                 (seq, version, record_for(ledger_id, seq, body, prev, digest))
             )
+        shared, own = mirror.ledger_paths(ledger_id)
         checked = 0
         foreign = 0
-        notes: list[str] = []
-        for path, rows in by_path.items():
-            versions = self.mirror.versions(path)
+        beyond: list[int] = []
+        for path in sorted({*by_path, *shared, *own}):
+            versions = mirror.versions(path)
+            rows = by_path.get(path, [])
+            name_seq = event_path_seq(path, ledger_id)
+            if (
+                not rows
+                and name_seq is None
+                and not any(v.data and v.data.get("ledger") == ledger_id for v in versions.values())
+            ):
+                continue  # another ledger's record: not this audit's business
             checked += len(versions)
-            mine: dict[int, int] = {}
-            for seq, version, expected in rows:
-                found = versions.get(version)
-                if found is None:
-                    breaks.append(VaultBreak(seq, f"{path} version {version} is missing"))
-                elif found.data is None:
-                    why = "destroyed" if found.destroyed else "deleted"
-                    breaks.append(VaultBreak(seq, f"{path} version {version} was {why}"))
-                elif not same_record(found.data, expected):
-                    breaks.append(
-                        VaultBreak(seq, f"{path} version {version} differs from the ledger")
-                    )
-                elif self.mirror.transit_key:
-                    signature = found.data.get(SIGNATURE)
-                    if not isinstance(signature, str) or not self.mirror.verify_signature(
-                        str(expected["hash"]), signature
-                    ):
-                        breaks.append(
-                            VaultBreak(
-                                seq, f"{path} version {version} lacks a valid Transit signature"
-                            )
-                        )
-                mine[version] = seq
-            for number, found in versions.items():
+            mine = self._check_delivered(path, versions, rows, breaks)
+            for number, found in sorted(versions.items()):
+                if number in mine:
+                    continue
                 data = found.data
-                if data is None or number in mine:
+                where = f"{path} version {number}"
+                if data is None:
+                    if name_seq is not None:  # our own write-once record, gone
+                        why = "destroyed" if found.destroyed else "deleted"
+                        breaks.append(VaultBreak(name_seq, f"{where} was {why}"))
                     continue
                 if data.get("ledger") != ledger_id:
                     foreign += 1
                     continue
                 seq_raw = data.get("seq")
-                seq = seq_raw if isinstance(seq_raw, int) else 0
-                row = self.ledger.event_row(seq)
-                if row is None:
+                seq = seq_raw if isinstance(seq_raw, int) and not isinstance(seq_raw, bool) else 0
+                if name_seq is not None and seq != name_seq:
                     breaks.append(
                         VaultBreak(
-                            seq,
-                            f"{path} version {number} holds event #{seq}, absent from the ledger",
+                            min(seq, name_seq),
+                            f"{where} holds event #{seq} under the name of event #{name_seq}",
                         )
                     )
+                    continue
+                row = self.ledger.event_row(seq)
+                if row is None:
+                    if seq > local_head:
+                        beyond.append(seq)
+                        breaks.append(
+                            VaultBreak(
+                                seq,
+                                f"{where} holds event #{seq} of this ledger, but the local "
+                                f"ledger ends at #{local_head}: its tail is missing",
+                            )
+                        )
+                    else:
+                        breaks.append(
+                            VaultBreak(seq, f"{where} holds event #{seq}, absent from the ledger")
+                        )
                 elif not same_record(data, record_for(ledger_id, seq, *row)):
                     breaks.append(
-                        VaultBreak(
-                            seq,
-                            f"{path} version {number} claims event #{seq} with different content",
-                        )
+                        VaultBreak(seq, f"{where} claims event #{seq} with different content")
                     )
                 else:
                     status, _, local_version = self.ledger.delivery_of(seq)
                     if status == "recorded" and local_version != number:
-                        notes.append(f"{path} version {number} duplicates event #{seq}")
+                        notes.append(f"{where} duplicates event #{seq}")
+        if beyond:
+            notes.append(
+                f"Vault holds {len(beyond)} event(s) of this ledger after the local head "
+                f"#{local_head} (up to #{max(beyond)}): the ledger was truncated or replaced"
+            )
         return AuditReport(
             chain=chain_report,
             vault_checked=True,
@@ -391,14 +425,88 @@ class LedgerRecorder:
             notes=tuple(notes),
         )
 
+    def _check_pin(self, breaks: list[VaultBreak], notes: list[str]) -> None:
+        """The checkpoint key in the ledger must be the one pinned in Vault."""
+        assert self.mirror is not None  # noqa: S101 - checked by the caller
+        ledger_id = self.ledger.ledger_id
+        pinned = self.mirror.pinned_key(ledger_id)
+        if pinned is None:
+            notes.append(
+                f"no checkpoint key is pinned in Vault for ledger {ledger_id} yet "
+                "(the next recorded event or 'keycourier sync' pins it)"
+            )
+        elif pinned != self.ledger.public_key:
+            breaks.append(
+                VaultBreak(
+                    0,
+                    f"the ledger's checkpoint key differs from the one pinned in Vault for "
+                    f"ledger {ledger_id}: the ledger was rewritten with another key",
+                )
+            )
+
+    def _check_delivered(
+        self,
+        path: str,
+        versions: Mapping[int, KvVersion],
+        rows: list[tuple[int, int, dict[str, Any]]],
+        breaks: list[VaultBreak],
+    ) -> dict[int, int]:
+        """Check the locally recorded deliveries to one path; {Vault version: seq} matched."""
+        from keycourier.ledger.vault import SIGNATURE, same_record
+
+        assert self.mirror is not None  # noqa: S101 - checked by the caller
+        mine: dict[int, int] = {}
+        for seq, version, expected in rows:
+            found = versions.get(version)
+            where = f"{path} version {version}"
+            if found is None:
+                breaks.append(VaultBreak(seq, f"{where} is missing"))
+            elif found.data is None:
+                why = "destroyed" if found.destroyed else "deleted"
+                breaks.append(VaultBreak(seq, f"{where} was {why}"))
+            elif not same_record(found.data, expected):
+                breaks.append(VaultBreak(seq, f"{where} differs from the ledger"))
+            elif self.mirror.transit_key:
+                signature = found.data.get(SIGNATURE)
+                if not isinstance(signature, str) or not self.mirror.verify_signature(
+                    str(expected["hash"]), signature
+                ):
+                    breaks.append(VaultBreak(seq, f"{where} lacks a valid Transit signature"))
+            mine[version] = seq
+        return mine
+
     # -- bundle state ------------------------------------------------------------------
 
     def vault_bundle_events(self, bundle_id: str) -> list[Event]:
-        """Events of this bundle that Vault holds from other ledgers (ours are local already)."""
+        """Events of this bundle that Vault holds and the local ledger does not (see below)."""
+        return [e for _, e in self.vault_only_events(bundle_id)]
+
+    def vault_only_events(self, bundle_id: str) -> list[tuple[str, Event]]:
+        """(origin, event) for each version of the bundle's Vault record that no identical
+        local event accounts for: origin "foreign" (written by another ledger) or
+        "unmatched" (names this ledger but the local ledger lacks it or differs: a removed
+        tail, or a forgery). Both count for bundle state: a revoke is a revoke."""
         if self.mirror is None:
             return []
+        return self._unaccounted(self.mirror.bundle_events(bundle_id))
+
+    def vault_denied_events(self, fingerprint: str) -> list[tuple[str, Event]]:
+        """Like :meth:`vault_only_events`, for the fingerprint's deny record."""
+        if self.mirror is None:
+            return []
+        return self._unaccounted(self.mirror.denied_events(fingerprint))
+
+    def _unaccounted(self, found: list[VaultEvent]) -> list[tuple[str, Event]]:
         mine = self.ledger.ledger_id
-        return [e for ledger, _, e in self.mirror.bundle_events(bundle_id) if ledger != mine]
+        out: list[tuple[str, Event]] = []
+        for v in found:
+            if v.ledger != mine:
+                out.append(("foreign", v.event))
+                continue
+            row = self.ledger.event_row(v.seq)
+            if row is None or row[2] != v.hash:
+                out.append(("unmatched", v.event))
+        return out
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:
@@ -422,6 +530,7 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
     else:
         detail = "no Vault configured"
     events.sort(key=lambda e: e.at)
+    events = [_printable_event(e) for e in events]
     opened: list[str] = []
     revoked: str | None = None
     sealed_by: str | None = None
@@ -445,6 +554,89 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
         vault_detail=detail,
         events=tuple(events),
     )
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, limit: int = 512) -> str:
+    """Text from a record (Vault's, or anyone's) made safe for a terminal: control,
+    format (bidi) and other unprintable characters become visible escapes."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(ch if ch.isprintable() else _escape(ch) for ch in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+def _printable_value(value: Any) -> Any:  # noqa: ANN401 - any JSON value
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable_value(v) for v in value]
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
+    return value
+
+
+def _printable_event(e: Event) -> Event:
+    from dataclasses import replace
+
+    return replace(
+        e,
+        actor=printable(e.actor),
+        bundle_id=None if e.bundle_id is None else printable(e.bundle_id),
+        fingerprint=None if e.fingerprint is None else printable(e.fingerprint),
+        policy_digest=None if e.policy_digest is None else printable(e.policy_digest),
+        data=_printable_value(dict(e.data)),
+    )
+
+
+def denied_lookup(settings: Settings) -> Callable[[str], str | None]:
+    """A deny-list look-up: the local ledger's `denied_fingerprint` events, then (when a
+    Vault is configured and reachable) the fingerprint's deny record in Vault, written by
+    any ledger. One Vault read per look-up. With no ledger file nothing is created."""
+
+    def local(recorder: Recorder, fingerprint: str) -> str | None:
+        for stored in recorder.history(fingerprint=fingerprint):
+            event = stored.event
+            if event.type == EventType.DENIED_FINGERPRINT and event.fingerprint == fingerprint:
+                return str(event.data.get("reason", "")) or "(no reason recorded)"
+        return None
+
+    def in_vault(found: list[VaultEvent], fingerprint: str) -> str | None:
+        for v in found:
+            e = v.event
+            if e.type == EventType.DENIED_FINGERPRINT and e.fingerprint == fingerprint:
+                reason = printable(str(e.data.get("reason", ""))) or "(no reason recorded)"
+                return f"{reason} (recorded in Vault by ledger {printable(v.ledger)})"
+        return None
+
+    def lookup(fingerprint: str) -> str | None:
+        from keycourier.ledger.vault import VaultMirror
+
+        if settings.ledger_path.exists():
+            with open_recorder(settings) as recorder:
+                reason = local(recorder, fingerprint)
+                if reason is not None or recorder.mirror is None:
+                    return reason
+                mirror = recorder.mirror
+                try:
+                    return in_vault(mirror.denied_events(fingerprint), fingerprint)
+                except (UnavailableError, AuthError, ConfigError, UsageError):
+                    return None
+        if not settings.vault.addr:
+            return None
+        mirror = VaultMirror(settings)
+        try:
+            return in_vault(mirror.denied_events(fingerprint), fingerprint)
+        except (UnavailableError, AuthError, ConfigError, UsageError):
+            return None
+        finally:
+            mirror.close()
+
+    return lookup
 
 
 # -- export ----------------------------------------------------------------------------
@@ -518,8 +710,9 @@ def timeline(recorder: LedgerRecorder, key: str) -> list[tuple[str, Event, str]]
     if recorder.mirror is not None:
         for bid in sorted(bundle_ids):
             try:
-                out.extend(("vault", e, "foreign") for e in recorder.vault_bundle_events(bid))
-            except (UnavailableError, AuthError, UsageError):
+                found = recorder.vault_only_events(bid)
+            except (UnavailableError, AuthError, UsageError, ConfigError):
                 continue
+            out.extend(("vault", _printable_event(e), origin) for origin, e in found)
     out.sort(key=lambda t: t[1].at)
     return out

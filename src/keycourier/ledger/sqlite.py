@@ -209,31 +209,57 @@ class SqliteLedger:
 
     # -- keys -----------------------------------------------------------------------
 
+    def _read_seed(self) -> bytes:
+        """The checkpoint key file's seed; ConfigError when unreadable or malformed."""
+        key_path = key_path_for(self.path)
+        try:
+            text = key_path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(
+                f"cannot read the ledger checkpoint key {key_path}",
+                hints=["it is created with the ledger; restore it from backup"],
+            ) from None
+        lines = text.split()
+        try:
+            seed = bytes.fromhex(lines[1]) if len(lines) == 2 and lines[0] == KEY_HEADER else b""
+        except ValueError:
+            seed = b""
+        if len(seed) != 32:
+            raise ConfigError(f"{key_path} is not a keycourier ledger key")
+        return seed
+
+    def key_file_public(self) -> str | None:
+        """The public half of the key file beside the ledger (hex), None when it is absent."""
+        from nacl.signing import SigningKey
+
+        if not key_path_for(self.path).exists():
+            return None
+        return str(SigningKey(self._read_seed()).verify_key.encode().hex())
+
     def _key(self) -> bytes:
         if self._signing_key is None:
             from nacl.signing import SigningKey
 
-            key_path = key_path_for(self.path)
-            try:
-                text = key_path.read_text(encoding="ascii")
-            except (OSError, UnicodeDecodeError):
-                raise ConfigError(
-                    f"cannot read the ledger checkpoint key {key_path}",
-                    hints=["it is created with the ledger; restore it from backup"],
-                ) from None
-            lines = text.split()
-            try:
-                seed = (
-                    bytes.fromhex(lines[1]) if len(lines) == 2 and lines[0] == KEY_HEADER else b""
-                )
-            except ValueError:
-                seed = b""
-            if len(seed) != 32:
-                raise ConfigError(f"{key_path} is not a keycourier ledger key")
+            seed = self._read_seed()
             if SigningKey(seed).verify_key.encode().hex() != self.public_key:
-                raise IntegrityError(f"{key_path} does not match the ledger's public key")
+                raise IntegrityError(
+                    f"{key_path_for(self.path)} does not match the ledger's public key"
+                )
             self._signing_key = seed
         return self._signing_key
+
+    def meta_value(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta_value(self, key: str, value: str) -> None:
+        """Bookkeeping only (e.g. where the key is pinned); never the chain or its key."""
+        if key in {"schema_version", "ledger_id", "public_key", "created_at"}:
+            raise ValueError(f"meta {key} is fixed at creation")
+        with self._tx():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+            )
 
     # -- writing --------------------------------------------------------------------
 
@@ -441,6 +467,20 @@ class SqliteLedger:
             return ChainReport(
                 0, 0, 0, chain.GENESIS, self.public_key, 0, ChainBreak(0, "bad public key in meta")
             )
+        # The key in meta is only as trustworthy as the file it sits in: an attacker who
+        # rewrites the ledger can swap it and re-sign. The key file must agree with it
+        # (and `audit verify --vault` compares it with the key pinned in Vault).
+        try:
+            file_key = self.key_file_public()
+        except ConfigError as exc:
+            first = ChainBreak(0, f"the checkpoint key file is unusable: {exc.message}")
+        else:
+            if file_key is not None and file_key != self.public_key:
+                first = ChainBreak(
+                    0,
+                    f"the ledger's public key does not match its key file "
+                    f"{key_path_for(self.path).name}: the ledger or the key was replaced",
+                )
         wanted: dict[int, str] = {}
         for cp_seq, cp_hash, signed_at, signature in checkpoints:
             message = chain.checkpoint_message(

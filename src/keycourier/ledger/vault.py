@@ -7,9 +7,14 @@ Paths (under the configured KV v2 mount, default ``secret``):
   new version written with ``cas`` = the current version, so history is
   never rewritten silently. ``custom_metadata`` carries bundle ID, platform,
   partner and fingerprint for search.
-- ``keycourier/events/<type>/<ledger_id>-<seq>``: events without a bundle
-  (``denied_fingerprint``, ``token_issued``, ``connection_*``...), each
-  written once with ``cas=0``.
+- ``keycourier/denied/<fingerprint>``: one record per denied credential
+  fingerprint, appended like a bundle record, so that any ledger can honour
+  a deny with one read.
+- ``keycourier/events/<type>/<ledger_id>-<seq>``: other events without a
+  bundle (``token_issued``, ``connection_*``...), each written once with
+  ``cas=0``.
+- ``keycourier/ledgers/<ledger_id>``: the ledger's Ed25519 checkpoint public
+  key, pinned once with ``cas=0`` (``{ledger, public_key}``).
 
 Each version's data is ``{ledger, seq, type, body, prev_hash, hash}`` where
 ``body`` is the exact canonical event text whose hash the ledger chains, so
@@ -20,11 +25,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from keycourier.errors import IntegrityError, UnavailableError, UsageError
+from keycourier.errors import AuthError, IntegrityError, UnavailableError, UsageError
 from keycourier.ledger import chain
-from keycourier.ledger.interface import Event
+from keycourier.ledger.interface import Event, EventType
 
 if TYPE_CHECKING:
     import hvac
@@ -33,7 +39,10 @@ if TYPE_CHECKING:
     from keycourier.vault import FastKV, KvVersion
 
 HANDOVERS = "keycourier/handovers"
+DENIED = "keycourier/denied"
 EVENTS = "keycourier/events"
+LEDGERS = "keycourier/ledgers"
+_APPENDABLE = (HANDOVERS + "/", DENIED + "/")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -43,10 +52,43 @@ def _segment(value: str, what: str) -> str:
     return value
 
 
+def _fits(value: str) -> bool:
+    return 0 < len(value) <= 128 and set(value) <= _ID_CHARS and value not in {".", ".."}
+
+
+def appendable(path: str) -> bool:
+    """Shared records that grow by cas-appended versions (the rest are write-once)."""
+    return path.startswith(_APPENDABLE)
+
+
+def denied_path(fingerprint: str) -> str:
+    return f"{DENIED}/{_segment(fingerprint, 'fingerprint')}"
+
+
+def pin_path(ledger_id: str) -> str:
+    return f"{LEDGERS}/{_segment(ledger_id, 'ledger ID')}"
+
+
 def path_for(event: Event, *, ledger_id: str, seq: int) -> str:
     if event.bundle_id:
         return f"{HANDOVERS}/{_segment(event.bundle_id, 'bundle ID')}"
+    if (
+        event.type == EventType.DENIED_FINGERPRINT
+        and event.fingerprint
+        and _fits(event.fingerprint)
+    ):
+        return denied_path(event.fingerprint)
     return f"{EVENTS}/{event.type}/{ledger_id}-{seq:010d}"
+
+
+def event_path_seq(path: str, ledger_id: str) -> int | None:
+    """The seq a ``keycourier/events/<type>/<ledger_id>-<seq>`` name claims, else None."""
+    name = path.rsplit("/", 1)[-1]
+    prefix = ledger_id + "-"
+    if not path.startswith(EVENTS + "/") or not name.startswith(prefix):
+        return None
+    digits = name[len(prefix) :]
+    return int(digits) if digits.isdigit() and len(digits) <= 18 else None
 
 
 def record_for(
@@ -77,7 +119,7 @@ def same_record(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
 
 
 def custom_metadata_for(event: Event) -> dict[str, str]:
-    out = {"bundle_id": event.bundle_id or ""}
+    out = {"bundle_id": event.bundle_id} if event.bundle_id else {}
     for key in ("platform", "partner"):
         value = event.data.get(key)
         if isinstance(value, str) and value:
@@ -87,8 +129,18 @@ def custom_metadata_for(event: Event) -> dict[str, str]:
     return out
 
 
-def record_event(data: Mapping[str, Any]) -> tuple[str, int, Event] | None:
-    """(ledger, seq, event) from a Vault record version, or None when it is not one of ours."""
+@dataclass(frozen=True, slots=True)
+class VaultEvent:
+    """A well-formed event read from a Vault record version (not yet trusted)."""
+
+    ledger: str
+    seq: int
+    event: Event
+    hash: str
+
+
+def record_event(data: Mapping[str, Any]) -> VaultEvent | None:
+    """The event a Vault record version holds, or None when it is not a well-formed one."""
     body = data.get("body")
     if not isinstance(body, str):
         return None
@@ -96,9 +148,10 @@ def record_event(data: Mapping[str, Any]) -> tuple[str, int, Event] | None:
         seq, ledger, event = chain.parse_body(body)
     except IntegrityError:
         return None
-    if chain.link_hash(str(data.get("prev_hash", "")), body) != data.get("hash"):
+    digest = chain.link_hash(str(data.get("prev_hash", "")), body)
+    if digest != data.get("hash"):
         return None
-    return ledger, seq, event
+    return VaultEvent(ledger, seq, event, digest)
 
 
 class VaultMirror:
@@ -181,7 +234,7 @@ class VaultMirror:
             version = fast.write(self.mount, path, record, cas=known_version or 0)
         except CasMismatchError:
             return self._reconcile(path, record, event)
-        if version == 1 and path.startswith(HANDOVERS + "/"):
+        if version == 1 and appendable(path):
             self._custom(path, event)
         return version, False
 
@@ -202,7 +255,7 @@ class VaultMirror:
     ) -> tuple[int, bool]:
         from keycourier import vault
 
-        write_once = not path.startswith(HANDOVERS + "/")
+        write_once = not appendable(path)
         for _ in range(8):
             versions = self.versions(path)
             current = max(versions) if versions else 0
@@ -255,13 +308,96 @@ class VaultMirror:
                     out[number] = found
             return out
 
-    def bundle_events(self, bundle_id: str) -> list[tuple[str, int, Event]]:
-        """(ledger, seq, event) of every valid version of a bundle's record, oldest first."""
-        path = f"{HANDOVERS}/{_segment(bundle_id, 'bundle ID')}"
-        out: list[tuple[str, int, Event]] = []
+    def record_events(self, path: str) -> list[VaultEvent]:
+        """Every well-formed event in the versions of one record, oldest first."""
+        out: list[VaultEvent] = []
         for _, version in sorted(self.versions(path).items()):
             if version.data is not None:
                 parsed = record_event(version.data)
                 if parsed is not None:
                     out.append(parsed)
         return out
+
+    def bundle_events(self, bundle_id: str) -> list[VaultEvent]:
+        """The events of a bundle's record (every ledger's), oldest first."""
+        return self.record_events(f"{HANDOVERS}/{_segment(bundle_id, 'bundle ID')}")
+
+    def denied_events(self, fingerprint: str) -> list[VaultEvent]:
+        """The events of a fingerprint's deny record (every ledger's), oldest first."""
+        return self.record_events(denied_path(fingerprint))
+
+    def list_names(self, path: str) -> list[str]:
+        from keycourier import vault
+
+        client = self.client
+        with self._hvac_lock:
+            return vault.kv_list(client, self.mount, path)
+
+    def ledger_paths(self, ledger_id: str) -> tuple[list[str], list[str]]:
+        """(shared records any ledger may append to, this ledger's own write-once event records).
+
+        Lists the mount's keycourier/ tree: the cost of an audit, not of a recording.
+        Names outside the path alphabet cannot be keycourier's and are skipped.
+        """
+        shared: list[str] = []
+        for base in (HANDOVERS, DENIED):
+            shared.extend(
+                f"{base}/{name}"
+                for name in self.list_names(base)
+                if not name.endswith("/") and _fits(name)
+            )
+        own: list[str] = []
+        for kind in self.list_names(EVENTS):
+            folder = kind.rstrip("/")
+            if not kind.endswith("/") or not _fits(folder):
+                continue
+            own.extend(
+                f"{EVENTS}/{folder}/{name}"
+                for name in self.list_names(f"{EVENTS}/{folder}")
+                if name.startswith(ledger_id + "-") and _fits(name)
+            )
+        return shared, own
+
+    # -- the pinned checkpoint key ---------------------------------------------------
+
+    def pin(self, ledger_id: str, public_key: str) -> bool:
+        """Pin the ledger's public key (cas=0); True when written now. IntegrityError on a clash.
+
+        Read first: the shipped policies grant "create" only, so a second write is refused
+        with 403 rather than a check-and-set error.
+        """
+        from keycourier.vault import CasMismatchError
+
+        path = pin_path(ledger_id)
+        pinned = self.pinned_key(ledger_id)
+        if pinned is None:
+            try:
+                self.fast().write(
+                    self.mount, path, {"ledger": ledger_id, "public_key": public_key}, cas=0
+                )
+                return True
+            except (CasMismatchError, AuthError):
+                pinned = self.pinned_key(ledger_id)  # a concurrent pin, or a lost reply
+                if pinned is None:
+                    raise
+        if pinned != public_key:
+            raise IntegrityError(
+                f"integrity alarm: Vault pins a different checkpoint key for ledger "
+                f"{ledger_id} ({self.mount}/{path}) than the local ledger holds",
+                hints=["run 'keycourier audit verify --vault' and investigate first"],
+            )
+        return False
+
+    def pinned_key(self, ledger_id: str) -> str | None:
+        """The public key pinned for a ledger ("" when the record is unreadable), None if none."""
+        from keycourier import vault
+
+        client = self.client
+        with self._hvac_lock:
+            found = vault.kv_read_version(client, self.mount, pin_path(ledger_id))
+        if found is None:
+            return None
+        if found.data is None:
+            return ""
+        key = found.data.get("public_key")
+        return key if isinstance(key, str) else ""
