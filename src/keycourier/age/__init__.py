@@ -10,6 +10,7 @@ from keycourier.age._api import (
     decrypt,
     decrypt_stream,
     encrypt,
+    encrypt_bytes_from_parts,
     encrypt_stream,
     encrypt_stream_from_parts,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "decrypt",
     "decrypt_stream",
     "encrypt",
+    "encrypt_bytes_from_parts",
     "encrypt_stream",
     "encrypt_stream_from_parts",
     "parse_identities_file",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from keycourier.age._format import (
+    CHUNK_SIZE,
     FILE_KEY_SIZE,
     MAGIC_PREFIX,
     NONCE_SIZE,
@@ -17,6 +18,7 @@ from keycourier.age._format import (
     Stanza,
     decrypt_payload,
     encode_header,
+    encrypt_one_chunk,
     encrypt_payload,
     payload_key,
     read_header,
@@ -36,12 +38,16 @@ def _stanzas_for(recipients: Sequence[Recipient], file_key: bytes) -> list[Stanz
     recipients = list(recipients)
     if not recipients:
         raise AgeUsageError("at least one recipient is required")
+    if len(recipients) == 1 and isinstance(recipients[0], Recipient):
+        return recipients[0].wrap(file_key)  # nothing to mix or combine
+    kinds: set[bool] = set()
     for r in recipients:
         if not isinstance(r, Recipient):
             raise AgeUsageError("recipients must be keycourier.age Recipient objects")
-    if any(isinstance(r, ScryptRecipient) for r in recipients) and len(recipients) > 1:
-        raise AgeUsageError("a passphrase cannot be combined with other recipients")
-    if len({r.post_quantum for r in recipients}) > 1:
+        if isinstance(r, ScryptRecipient) and len(recipients) > 1:
+            raise AgeUsageError("a passphrase cannot be combined with other recipients")
+        kinds.add(r.post_quantum)
+    if len(kinds) > 1:
         raise AgeUsageError(
             "post-quantum (age1pq1...) and classic recipients cannot be mixed in one file",
             hints=["a classic recipient would undo the post-quantum protection"],
@@ -85,8 +91,29 @@ def encrypt_stream(
     encrypt_stream_from_parts(stanzas, file_key, os.urandom(NONCE_SIZE), src, dst, armor=armor)
 
 
+def encrypt_bytes_from_parts(
+    stanzas: Sequence[Stanza], file_key: bytes, nonce: bytes, plaintext: bytes
+) -> bytes:
+    """Deterministic seam for a binary age file of at most one payload chunk.
+
+    Byte for byte what ``encrypt_stream_from_parts`` writes for the same
+    parts; ``encrypt`` uses it for small inputs (tests compare the two).
+    """
+    if len(file_key) != FILE_KEY_SIZE or len(nonce) != NONCE_SIZE:
+        raise AgeUsageError("the file key and nonce are 16 bytes each")
+    return (
+        encode_header(list(stanzas), file_key)
+        + nonce
+        + encrypt_one_chunk(payload_key(file_key, nonce), plaintext)
+    )
+
+
 def encrypt(recipients: Sequence[Recipient], plaintext: bytes, *, armor: bool = False) -> bytes:
     """Encrypt ``plaintext`` for ``recipients``; returns the (optionally armored) age file."""
+    if not armor and len(plaintext) <= CHUNK_SIZE:
+        file_key = os.urandom(FILE_KEY_SIZE)
+        stanzas = _stanzas_for(recipients, file_key)
+        return encrypt_bytes_from_parts(stanzas, file_key, os.urandom(NONCE_SIZE), plaintext)
     out = io.BytesIO()
     encrypt_stream(recipients, io.BytesIO(plaintext), out, armor=armor)
     return out.getvalue()

@@ -288,7 +288,7 @@ def read_header(reader: Reader) -> Header:
 
 
 def _header_hmac(file_key: bytes, mac_input: bytes) -> HMAC:
-    h = HMAC(hkdf(file_key, b"", b"header"), hashes.SHA256())
+    h = HMAC(hkdf(file_key, b"", b"header"), _SHA256)
     h.update(mac_input)
     return h
 
@@ -309,8 +309,8 @@ def verify_header_mac(file_key: bytes, mac_input: bytes, mac: bytes) -> bool:
 def encode_header(stanzas: list[Stanza], file_key: bytes) -> bytes:
     if not stanzas:
         raise ValueError("at least one stanza is needed")
-    mac_input = VERSION_LINE + b"".join(s.encode() for s in stanzas) + b"---"
-    return mac_input + b" " + b64encode(header_mac(file_key, mac_input)) + b"\n"
+    mac_input = VERSION_LINE + b"".join([s.encode() for s in stanzas]) + b"---"
+    return mac_input + b" " + b64encode(_header_hmac(file_key, mac_input).finalize()) + b"\n"
 
 
 # -- armor -------------------------------------------------------------------------
@@ -428,6 +428,20 @@ def read_exact(src: _Readable, n: int) -> bytes:
             break
         parts += more
     return bytes(parts)
+
+
+def encrypt_one_chunk(key: bytes, data: bytes) -> bytes:
+    """The whole STREAM payload of at most one chunk: a single final chunk (counter 0).
+
+    The same bytes ``encrypt_payload`` writes for such input, without the
+    reader and writer machinery (sealing a bundle encrypts a few hundred bytes).
+    """
+    if len(data) > CHUNK_SIZE:
+        raise ValueError("more than one chunk of plaintext")
+    return ChaCha20Poly1305(key).encrypt(_FIRST_AND_LAST, data, None)
+
+
+_FIRST_AND_LAST: Final = bytes(11) + b"\x01"
 
 
 def encrypt_payload(key: bytes, src: _Readable, write: Callable[[bytes], object]) -> None:

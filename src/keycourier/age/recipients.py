@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keycourier.age import _x25519
@@ -135,12 +135,13 @@ def check_stanza(stanza: Stanza) -> None:
 
 
 class X25519Recipient(Recipient):
-    __slots__ = ("_public",)
+    __slots__ = ("_peer", "_public")
 
     def __init__(self, public: bytes) -> None:
         if len(public) != 32:
             raise InvalidKeyError("an X25519 recipient is 32 bytes")
         self._public = bytes(public)
+        self._peer: X25519PublicKey | None = None  # loaded on first wrap, then reused
 
     @classmethod
     def parse(cls, text: str) -> X25519Recipient:
@@ -159,8 +160,10 @@ class X25519Recipient(Recipient):
         return [self._wrap_with(file_key, _x25519.generate())]
 
     def _wrap_with(self, file_key: bytes, ephemeral: X25519PrivateKey) -> Stanza:
+        if self._peer is None:
+            self._peer = _x25519.public_from_bytes(self._public)
         share = ephemeral.public_key().public_bytes_raw()
-        shared = ephemeral.exchange(_x25519.public_from_bytes(self._public))
+        shared = ephemeral.exchange(self._peer)
         key = hkdf(shared, share + self._public, X25519_LABEL)
         return Stanza(X25519_TYPE, (b64encode(share).decode("ascii"),), _wrap_key(key, file_key))
 

@@ -7,11 +7,13 @@ import binascii
 import dataclasses
 import functools
 import hashlib
+import os
 import re
-import uuid
+from binascii import b2a_base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from keycourier import age
@@ -27,6 +29,8 @@ from keycourier.bundle.model import (
     format_time,
     integrity_error,
     manifest_from_dict,
+    manifest_parts,
+    payload_member,
 )
 from keycourier.errors import PolicyError, UsageError
 from keycourier.policy import credential_fingerprint
@@ -44,6 +48,11 @@ _END_S = "-----END KEYCOURIER SIGNATURE-----"
 _BEGIN_A = "-----BEGIN AGE ENCRYPTED FILE-----"
 _END_A = "-----END AGE ENCRYPTED FILE-----"
 _SIG_RE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
+_LEAD_M = f"{FORMAT}\n{_BEGIN_M}\n".encode("ascii")
+_LEAD_S = f"\n{_END_M}\n{_BEGIN_S}\n".encode("ascii")
+_LEAD_A = f"\n{_END_S}\n{_BEGIN_A}\n".encode("ascii")
+_TAIL_A = f"{_END_A}\n".encode("ascii")
+_NO_TIME = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,66 +116,83 @@ def seal(
         raise UsageError("at least one recipient is required")
     if len(set(recipients)) != len(recipients):
         raise UsageError("a recipient is listed twice")
-    if lifetime <= timedelta(0):
+    if lifetime <= _NO_TIME:
         raise UsageError("the bundle lifetime must be positive")
     parsed = [_recipient(r) for r in recipients]
     created = (now or datetime.now(UTC)).replace(microsecond=0)
     me = sender.public()
-
-    def manifest_with(payload_sha256: str, payload_size: int) -> Manifest:
-        return Manifest(
-            bundle_id=bid,
-            created_at=created,
-            expires_at=created + lifetime,
-            platform=credentials.platform,
-            environment=environment,
-            partner=partner,
-            attestation=attestation,
-            client_id_masked=mask(credentials.client_id),
-            fingerprint=fpr,
-            recipients=tuple(p[1] for p in parsed),
-            sender_key=me.signing_key,
-            sender_fingerprint=me.signing_fingerprint,
-            policy=policy,
-            payload_sha256=payload_sha256,
-            payload_size=payload_size,
-        )
-
-    bid = bundle_id or str(uuid.uuid4())
-    fpr = credential_fingerprint(
-        credentials.platform, credentials.client_id, credentials.client_secret
+    bid = bundle_id or _new_bundle_id()
+    platform, client_id, secret = (
+        credentials.platform,
+        credentials.client_id,
+        credentials.client_secret,
+    )
+    manifest = Manifest(
+        bundle_id=bid,
+        created_at=created,
+        expires_at=created + lifetime,
+        platform=platform,
+        environment=environment,
+        partner=partner,
+        attestation=attestation,
+        client_id_masked=mask(client_id),
+        fingerprint=credential_fingerprint(platform, client_id, secret),
+        recipients=tuple([p[1] for p in parsed]),
+        sender_key=me.signing_key,
+        sender_fingerprint=me.signing_fingerprint,
+        policy=policy,
+        payload_sha256="0" * 64,  # set below, before the manifest leaves this function
+        payload_size=0,
     )
     # The payload must commit to the manifest and the manifest to the payload.
     # Break the cycle: the plaintext carries the binding digest (the manifest
     # *without* its payload member), and the signature covers the full manifest.
-    fields = manifest_with("0" * 64, 0).to_dict()
-    del fields["payload"]
-    plaintext = canonical_json(
-        {
-            "format": PAYLOAD_FORMAT,
-            "bundle_id": bid,
-            "manifest_sha256": hashlib.sha256(canonical_json(fields)).hexdigest(),
-            "platform": credentials.platform,
-            "client_id": credentials.client_id,
-            "client_secret": credentials.client_secret.reveal(),
-        }
+    head, tail = manifest_parts(manifest)
+    plaintext = _plaintext(
+        bid, hashlib.sha256(head + tail).hexdigest(), platform, client_id, secret.reveal()
     )
     binary = age.encrypt([p[0] for p in parsed], plaintext)
-    digest = hashlib.sha256(binary).hexdigest()
-    fields["payload"] = {"type": "age-v1", "sha256": digest, "size": len(binary)}
-    manifest = manifest_with(digest, len(binary))
-    manifest_bytes = canonical_json(fields)
+    digest, size = hashlib.sha256(binary).hexdigest(), len(binary)
+    manifest_bytes = head + payload_member(digest, size) + tail
     signature = sender.sign(SIGNATURE_CONTEXT + manifest_bytes)
-    armored = _armor(binary)
-    text = (
-        f"{FORMAT}\n{_BEGIN_M}\n".encode()
-        + manifest_bytes
-        + f"\n{_END_M}\n{_BEGIN_S}\n".encode()
-        + base64.b64encode(signature)
-        + f"\n{_END_S}\n".encode()
-        + armored
+    # Nothing else holds ``manifest`` yet: fill in the payload fields in place (the
+    # documented way to initialise a frozen dataclass) instead of building it twice.
+    object.__setattr__(manifest, "payload_sha256", digest)
+    object.__setattr__(manifest, "payload_size", size)
+    text = b"".join(
+        (
+            _LEAD_M,
+            manifest_bytes,
+            _LEAD_S,
+            base64.b64encode(signature),
+            _LEAD_A,
+            _armor_body(binary),
+            _TAIL_A,
+        )
     )
     return SealedBundle(text=text, manifest=manifest)
+
+
+def _new_bundle_id() -> str:
+    """A random (version 4) UUID in its canonical text form, as ``str(uuid.uuid4())``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _plaintext(bundle_id: str, binding: str, platform: str, client_id: str, secret: str) -> bytes:
+    """The canonical payload object (docs/bundle-format.md section 5), keys in sorted order.
+
+    Equal to ``canonical_json`` of the same dict (the tests compare the two);
+    strings go through the ``json`` encoder's own C escaper.
+    """
+    return (
+        f'{{"bundle_id":{_q(bundle_id)},"client_id":{_q(client_id)}'
+        f',"client_secret":{_q(secret)},"format":{_q(PAYLOAD_FORMAT)}'
+        f',"manifest_sha256":{_q(binding)},"platform":{_q(platform)}}}'
+    ).encode("ascii")
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,9 +214,12 @@ def _binding_digest(manifest: Manifest) -> str:
 
 
 def _armor(binary: bytes) -> bytes:
-    body = base64.b64encode(binary)
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return _BEGIN_A.encode() + b"\n" + b"\n".join(lines) + b"\n" + _END_A.encode() + b"\n"
+    return _BEGIN_A.encode("ascii") + b"\n" + _armor_body(binary) + _TAIL_A
+
+
+def _armor_body(binary: bytes) -> bytes:
+    """Padded base64 in 64-column lines, each ending in a newline (48 bytes per line)."""
+    return b"".join([b2a_base64(binary[i : i + 48]) for i in range(0, len(binary), 48)])
 
 
 # -- parsing --------------------------------------------------------------------

@@ -22,16 +22,12 @@ import base64
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from keycourier import age
 from keycourier.bundle.canonical import canonical_json, parse_canonical
 from keycourier.bundle.model import format_time
 from keycourier.errors import IntegrityError, UsageError
 from keycourier.redact import Secret, fingerprint
-
-if TYPE_CHECKING:
-    from nacl.signing import SigningKey
 
 IDENTITY_FORMAT = "keycourier-identity/v1"
 HEADER_LINE = "# keycourier identity v1"
@@ -68,7 +64,7 @@ class KeycourierIdentity:
         self._age = age_identity
         self._seed = seed
         self._created = created_at
-        self._signer: SigningKey | None = None
+        self._signer: tuple[bytes, Secret] | None = None
         self._public: PublicIdentity | None = None
 
     @classmethod
@@ -86,20 +82,26 @@ class KeycourierIdentity:
     def created_at(self) -> datetime:
         return self._created
 
-    def _signing_key(self) -> SigningKey:
-        # Derived once per loaded identity: the expanded key is as secret as the seed.
+    def _signing_key(self) -> tuple[bytes, Secret]:
+        # Derived once per loaded identity: the public key and libsodium's 64-byte
+        # secret key (as secret as the seed, so wrapped), the derivation PyNaCl's
+        # SigningKey makes; signing through the binding skips its wrapper objects.
         if self._signer is None:
-            from nacl.signing import SigningKey
+            from nacl.bindings import crypto_sign_seed_keypair
 
-            self._signer = SigningKey(self._seed.reveal_bytes())
+            public, expanded = crypto_sign_seed_keypair(self._seed.reveal_bytes())
+            self._signer = (public, Secret(expanded))
         return self._signer
 
     @property
     def signing_public(self) -> bytes:
-        return bytes(self._signing_key().verify_key)
+        return self._signing_key()[0]
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(self._signing_key().sign(message).signature)
+        """The 64-byte Ed25519 signature of ``message`` (``SigningKey.sign(...).signature``)."""
+        from nacl.bindings import crypto_sign
+
+        return crypto_sign(message, self._signing_key()[1].reveal_bytes())[:64]
 
     def public(self) -> PublicIdentity:
         if self._public is None:

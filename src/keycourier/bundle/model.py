@@ -7,6 +7,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from keycourier.errors import IntegrityError
@@ -101,8 +102,66 @@ class Manifest:
         }
 
 
+_FORMAT_JSON = _q(FORMAT)
+
+
+def manifest_parts(m: Manifest) -> tuple[bytes, bytes]:
+    """The canonical manifest without its ``payload`` member, cut where that member goes.
+
+    ``head + tail`` is ``canonical_json`` of ``to_dict()`` minus "payload" (the
+    bytes the binding digest covers) and ``head + payload_member(...) + tail``
+    is the whole canonical manifest. Written out by hand because a seal needs
+    both forms and the generic encoder costs about as much as a signature;
+    keys are in sorted order and strings go through the same C escaper the
+    ``json`` encoder uses. The tests compare both forms with ``canonical_json``
+    over generated manifests, and a reader rejects anything non-canonical.
+    """
+    att, pol = m.attestation, m.policy
+    attestation = (
+        "null" if att is None else f'{{"by":{_q(att.by)},"statement":{_q(att.statement)}}}'
+    )
+    partner = "null" if m.partner is None else _q(m.partner)
+    head = (
+        f'{{"attestation":{attestation},"bundle_id":{_q(m.bundle_id)}'
+        f',"client_id_masked":{_q(m.client_id_masked)}'
+        f',"created_at":{_q(format_time(m.created_at))},"environment":{_q(m.environment)}'
+        f',"expires_at":{_q(format_time(m.expires_at))},"fingerprint":{_q(m.fingerprint)}'
+        f',"format":{_FORMAT_JSON},"partner":{partner}'
+    )
+    text = (
+        f'{head},"platform":{_q(m.platform)},"policy":{{"digest":{_q(pol.digest)}'
+        f',"verdict":{_q(pol.verdict)},"warnings":[{",".join(map(_q, pol.warnings))}]}}'
+        f',"recipients":[{",".join(map(_q, m.recipients))}]'
+        f',"sender":{{"fingerprint":{_q(m.sender_fingerprint)},"signing_key":{_q(m.sender_key)}}}}}'
+    ).encode("ascii")
+    cut = len(head)  # ASCII: as many bytes as characters
+    return text[:cut], text[cut:]
+
+
+def payload_member(sha256_hex: str, size: int) -> bytes:
+    """The canonical ``,"payload":{...}`` member that goes between the parts."""
+    return f',"payload":{{"sha256":{_q(sha256_hex)},"size":{int(size)},"type":"age-v1"}}'.encode(
+        "ascii"
+    )
+
+
+def canonical_manifest(m: Manifest) -> bytes:
+    """``canonical_json(m.to_dict())``, the signed manifest line."""
+    head, tail = manifest_parts(m)
+    return head + payload_member(m.payload_sha256, m.payload_size) + tail
+
+
 def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, as ``strftime("%Y-%m-%dT%H:%M:%SZ")`` writes it.
+
+    ``isoformat`` gives the same characters for four-digit years at well under
+    half the cost of ``strftime`` (a seal formats two times); glibc writes
+    years below 1000 without padding, so those keep ``strftime``.
+    """
+    utc = value.astimezone(UTC)
+    if utc.year >= 1000:
+        return utc.isoformat(timespec="seconds")[:19] + "Z"
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
