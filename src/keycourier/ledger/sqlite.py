@@ -516,21 +516,34 @@ class SqliteLedger:
     def _fast_walk(self, wanted: dict[int, str]) -> tuple[int, str] | None:
         """The common case, as lean as the bare loop: (events, head hash), or None on any doubt.
 
-        Sequence numbers are checked in SQL (INTEGER PRIMARY KEY: unique, so 1..count means
-        no gap), checkpoint heads by a join; the Python loop only hashes. Any failure is
-        re-examined by ``_walk``, which names the first broken event.
+        Sequence numbers are checked without a scan (INTEGER PRIMARY KEY: unique, so
+        min 1 and max equal to the rows read means no gap), checkpoint heads by a join; the
+        Python loop only hashes. Bodies come as the stored UTF-8 bytes (no decode and
+        re-encode per row), in chunks, so rows are counted per chunk. Any failure (a
+        mismatch, a non-text column, a non-UTF-8 database) is re-examined by ``_walk``,
+        which decodes every row and names the first broken event.
         """
-        count, lo, hi = self.conn.execute(
-            "SELECT count(*), min(seq), max(seq) FROM events"
-        ).fetchone()
-        if count and (lo != 1 or hi != count):
+        lo, hi = self.conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        if lo is not None and lo != 1:
             return None
         sha256 = hashlib.sha256
-        prev = chain.GENESIS
-        for body, digest in self.conn.execute("SELECT body, hash FROM events ORDER BY seq"):
-            if sha256((prev + body).encode()).hexdigest() != digest:
-                return None
-            prev = digest
+        prev = chain.GENESIS.encode()
+        count = 0
+        cur = self.conn.execute("SELECT CAST(body AS BLOB), hash FROM events ORDER BY seq")
+        cur.arraysize = 4096
+        try:
+            while rows := cur.fetchmany():
+                count += len(rows)
+                for body, digest in rows:
+                    if sha256(prev + body).hexdigest() != digest:
+                        return None
+                    prev = digest.encode()
+        except (TypeError, AttributeError):
+            return None
+        finally:
+            cur.close()
+        if count != (hi or 0):
+            return None
         heads = dict(
             self.conn.execute(
                 "SELECT c.seq, e.hash FROM checkpoints c LEFT JOIN events e ON e.seq = c.seq"
@@ -538,7 +551,7 @@ class SqliteLedger:
         )
         if any(heads.get(seq) != digest for seq, digest in wanted.items()):
             return None
-        return int(count), prev
+        return count, prev.decode()
 
     def _walk(self, wanted: dict[int, str]) -> tuple[ChainBreak | None, int, str]:
         """Event by event: (first break, events verified, head hash)."""
