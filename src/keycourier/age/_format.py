@@ -7,6 +7,7 @@ time, so memory does not grow with the size of the file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO, Final
 
@@ -197,16 +198,15 @@ class Stanza(_Frozen):
         object.__setattr__(self, "body", bytes(body))
 
     def encode(self) -> bytes:
-        words = [self.type, *self.args]
+        words = (self.type, *self.args)
         for word in words:
             # Non-empty, ASCII, printable and no space: exactly the bytes 0x21-0x7E.
-            if not (word and word.isascii() and word.isprintable()) or " " in word:
+            if not _VCHARS.fullmatch(word):
                 raise ValueError("stanza arguments must be non-empty printable ASCII")
-        out = bytearray(b"-> " + " ".join(words).encode("ascii") + b"\n")
         encoded = b64encode(self.body)
-        for i in range(0, len(encoded) + 1, 64):
-            out += encoded[i : i + 64] + b"\n"  # the final line may be empty
-        return bytes(out)
+        # 64-column lines; the final line is shorter, and empty when the body fills the last.
+        lines = [encoded[i : i + 64] for i in range(0, len(encoded) + 1, 64)]
+        return b"-> " + " ".join(words).encode("ascii") + b"\n" + b"\n".join(lines) + b"\n"
 
 
 class Header(_Frozen):
@@ -221,6 +221,9 @@ class Header(_Frozen):
         object.__setattr__(self, "stanzas", stanzas)
         object.__setattr__(self, "mac", mac)
         object.__setattr__(self, "mac_input", mac_input)
+
+
+_VCHARS: Final = re.compile("[\x21-\x7e]+")
 
 
 def _is_vchar_arg(arg: bytes) -> bool:

@@ -160,7 +160,7 @@ def format_time(value: datetime) -> str:
     """
     utc = value.astimezone(UTC)
     if utc.year >= 1000:
-        return utc.isoformat(timespec="seconds")[:19] + "Z"
+        return utc.isoformat()[:19] + "Z"  # drops any fraction and the "+00:00"
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
