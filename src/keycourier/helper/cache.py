@@ -55,6 +55,11 @@ class CacheStats:
 Fetcher = Callable[[Profile], Awaitable[Token]]
 
 
+def fresh_until(token: Token, refresh_fraction: float) -> float:
+    """The instant a cached token stops being a hit: its refresh point, or 1 s before expiry."""
+    return min(token.refresh_at(refresh_fraction), token.expires_at - MIN_SERVE_SECONDS)
+
+
 class TokenCache:
     """Per-profile token slots. Use from one event loop."""
 
@@ -90,10 +95,7 @@ class TokenCache:
             return None
         if now is None:
             now = self._clock()
-        if (
-            now < token.refresh_at(profile.refresh_fraction)
-            and now < token.expires_at - MIN_SERVE_SECONDS
-        ):
+        if now < fresh_until(token, profile.refresh_fraction):
             self.stats.hits += 1
             return token
         return None

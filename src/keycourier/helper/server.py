@@ -28,6 +28,7 @@ import ipaddress
 import json
 import math
 import os
+import secrets
 import signal
 import ssl
 import stat
@@ -39,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError, UsageError
-from keycourier.helper.cache import TokenCache
+from keycourier.helper.cache import TokenCache, fresh_until
 from keycourier.helper.clients import ClientStore
 from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
@@ -58,6 +60,10 @@ DEFAULT_MAX_BODY: Final = 1024
 VAULT_CACHE_SECONDS: Final = 30.0
 VAULT_LOOKUPS_PER_SECOND: Final = 20.0  # uncached lookup-self calls, whole helper
 JSON_TYPE: Final = "application/json"
+MAX_AUTH_HEADER: Final = 300  # "Bearer " + a client key is 63 characters
+STORE_CHECK_SECONDS: Final = 0.5  # how often the client store is stat()ed for changes
+MAX_CALLERS: Final = 10_000  # cached authenticated keys
+MAX_READY_BODIES: Final = 32  # per key: distinct request bodies with a ready reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +201,58 @@ def server_config(
 
 
 class _Bucket:
-    __slots__ = ("last", "tokens")
+    """A token bucket: ``rate`` requests per second, bursts of twice that."""
 
-    def __init__(self, tokens: float, last: float) -> None:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * 2)
+        self.tokens = self.burst
+        self.last = now
+
+    def take(self, now: float) -> float | None:
+        """None if allowed; otherwise the seconds to wait."""
+        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if tokens >= 1:
+            self.tokens = tokens - 1
+            return None
         self.tokens = tokens
-        self.last = last
+        return (1 - tokens) / self.rate
+
+
+class _Reply:
+    """The rendered ``POST /v1/token`` reply for one profile's current token.
+
+    ``body`` is exact while ``now < exact_until`` (``expires_in`` is whole
+    seconds); ``until`` is the earlier of that and the token's refresh point:
+    before it, the bytes can be sent again without asking the cache.
+    """
+
+    __slots__ = ("body", "exact_until", "fingerprint", "token", "until")
+
+    def __init__(self, token: Token) -> None:
+        self.token = token
+        self.fingerprint = token.fingerprint
+        self.body = b""
+        self.exact_until = 0.0
+        self.until = 0.0
+
+
+class _Caller:
+    """A client key that authenticated, found by the keyed digest of its Authorization header.
+
+    ``ready`` maps request bodies that already passed the parse and scope
+    checks for this key to the reply last handed to it.
+    """
+
+    __slots__ = ("bucket", "principal", "ready")
+
+    def __init__(self, principal: Principal, bucket: _Bucket) -> None:
+        self.principal = principal
+        self.bucket = bucket
+        self.ready: dict[bytes, _Reply] = {}
 
 
 class HelperState:
@@ -229,12 +282,16 @@ class HelperState:
         self.handouts_repeat = 0
         self._handed: dict[tuple[str, str], float] = {}
         self.parsed_bodies: dict[bytes, str] = {}
-        self.token_ok = 0  # 200s of /v1/token (hot path: a plain int, merged into metrics)
-        # SHA-256 of a client key that authenticated -> its principal; cleared on store reload
-        self._auth_cache: dict[bytes, Principal] = {}
-        self._auth_generation = -2
-        # profile -> (token, second, rendered JSON reply, token fingerprint)
-        self.rendered: dict[str, tuple[Token, int, bytes, str]] = {}
+        self.token_ok = 0  # 200s of /v1/token outside the ready path
+        # 200s of /v1/token from a ready reply: each is also a cache hit and a repeat hand-out
+        self.ready_served = 0
+        # keyed BLAKE2s of an Authorization header that authenticated -> the caller; the key
+        # is random per process, and the map is emptied whenever the client store changes
+        self._digest_key = secrets.token_bytes(32)
+        self._callers: dict[bytes, _Caller] = {}
+        self._store_generation = -2
+        self._store_check_at = 0.0
+        self._replies: dict[str, _Reply] = {}  # profile -> reply for its current token
         self._buckets: dict[str, _Bucket] = {}
         self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
         self.started = time.monotonic()
@@ -250,6 +307,9 @@ class HelperState:
         return await fetch_token(profile, creds, session=self.session, clock=self.clock)
 
     def _issued(self, profile: Profile, token: Token) -> None:
+        old = self._replies.pop(profile.name, None)
+        if old is not None:
+            old.until = 0.0  # keys holding it go back through the cache
         if self.recorder is not None:
             from keycourier.helper.recording import issued_event
 
@@ -274,23 +334,109 @@ class HelperState:
 
             self.recorder.submit(handed_out_event(principal.name, profile, token))
 
+    def reply(self, profile: Profile, token: Token, now: float) -> _Reply:
+        """The rendered reply for ``token``, re-rendered when ``expires_in`` changes."""
+        reply = self._replies.get(profile.name)
+        if reply is None or reply.token is not token:
+            if reply is not None:
+                reply.until = 0.0
+            reply = self._replies[profile.name] = _Reply(token)
+        if now >= reply.exact_until:
+            remaining = token.remaining(now)
+            reply.body = json.dumps(json_payload(token, now=now)).encode()
+            reply.exact_until = token.expires_at - remaining  # until expires_in ticks down
+        reply.until = min(reply.exact_until, fresh_until(token, profile.refresh_fraction))
+        return reply
+
     # -- rate limit
+
+    def _bucket(self, principal: Principal, now: float) -> _Bucket:
+        bucket = self._buckets.get(principal.key)
+        if bucket is None or bucket.rate != principal.rate:
+            bucket = self._buckets[principal.key] = _Bucket(principal.rate, now)
+        return bucket
 
     def take(self, principal: Principal) -> float | None:
         """None if allowed; otherwise the seconds to wait."""
         now = time.monotonic()
-        burst = max(1.0, principal.rate * 2)
-        bucket = self._buckets.get(principal.key)
-        if bucket is None:
-            bucket = self._buckets[principal.key] = _Bucket(burst, now)
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.last) * principal.rate)
-        bucket.last = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return None
-        return (1 - bucket.tokens) / principal.rate
+        return self._bucket(principal, now).take(now)
 
     # -- authentication
+
+    def _check_store(self, now: float) -> None:
+        """Forget every cached key when the client store changed (stat at most twice a second)."""
+        self._store_check_at = now + STORE_CHECK_SECONDS
+        self.store.refresh(max_age=STORE_CHECK_SECONDS)
+        self._forget_callers_if_reloaded()
+
+    def _forget_callers_if_reloaded(self) -> None:
+        generation = self.store.generation()
+        if generation != self._store_generation:
+            self._callers.clear()
+            self._store_generation = generation
+
+    def caller(self, auth: str | None, now: float) -> _Caller | None:
+        """The caller for an ``Authorization`` header, or None (401).
+
+        A header seen before is found by its keyed digest; a new one is
+        checked against the store (constant-time) and remembered if valid.
+        """
+        if now >= self._store_check_at:
+            self._check_store(now)
+        if auth is None or len(auth) > MAX_AUTH_HEADER or not auth.isascii():
+            return None
+        digest = hashlib.blake2s(auth.encode(), key=self._digest_key).digest()
+        cached = self._callers.get(digest)
+        if cached is not None:
+            return cached
+        principal = self.bearer(auth)
+        if principal is None:
+            return None
+        self._forget_callers_if_reloaded()  # authenticate() may have re-read the store
+        found = _Caller(principal, self._bucket(principal, now))
+        if len(self._callers) < MAX_CALLERS:
+            self._callers[digest] = found
+        return found
+
+    async def serve_token(self, request: web.Request) -> web.Response:
+        """``POST /v1/token``: 401, 429, 413, 400, 403, 404, then a token (or 502/503).
+
+        The common case, a known key asking again for a profile whose current
+        token it already got, is one keyed digest, one rate-limit step, two
+        dict lookups and a clock comparison; everything else goes through
+        ``_token``: parse, scope, cache, render, record the hand-out.
+        """
+        now_m = time.monotonic()
+        auth = request.headers.get(hdrs.AUTHORIZATION)
+        if auth is None and self.cfg.vault_policy:
+            got = await _guard(self, request, "token")
+            if isinstance(got, web.Response):
+                return got
+            found: _Caller | None = None
+            principal = got
+        else:
+            found = self.caller(auth, now_m)
+            if found is None:
+                return _unauthorized(self, "token")
+            wait = found.bucket.take(now_m)
+            if wait is not None:
+                return _too_many(self, "token", wait)
+            principal = found.principal
+        limit = self.cfg.max_body
+        content = request.content
+        if content.is_eof():  # all of it has arrived (the usual case): no await
+            data = content.read_nowait(limit + 1)
+            body = data if len(data) <= limit else None
+        else:
+            body = await _read_body(request, limit)
+        if body is None:
+            return _error(self, "token", 413, f"request body over {limit} bytes")
+        if found is not None:
+            ready = found.ready.get(body)
+            if ready is not None and self.clock() < ready.until:
+                self.ready_served += 1
+                return web.Response(body=ready.body, headers=_TOKEN_HEADERS)
+        return await _token(self, principal, found, body)
 
     def bearer(self, auth: str | None) -> Principal | None:
         """The principal for an ``Authorization: Bearer <client key>`` header, or None."""
@@ -302,26 +448,16 @@ class HelperState:
         presented = value.strip()
         if not (presented.isascii() and presented.isprintable()):
             return None  # client keys are printable ASCII; anything else is simply wrong
-        generation = self.store.generation()
-        if generation != self._auth_generation:
-            self._auth_cache.clear()
-            self._auth_generation = generation
-        digest = hashlib.sha256(presented.encode()).digest()
-        cached = self._auth_cache.get(digest)
-        if cached is not None:
-            return cached
         client = self.store.authenticate(presented)
         if client is None:
             return None
-        principal = Principal(f"client:{client.name}", client.id, client.profiles, client.rate)
-        if len(self._auth_cache) < 10_000:
-            self._auth_cache[digest] = principal
-        return principal
+        return Principal(f"client:{client.name}", client.id, client.profiles, client.rate)
 
     async def authenticate(self, request: web.Request) -> Principal | None:
-        auth = request.headers.get("Authorization")
+        auth = request.headers.get(hdrs.AUTHORIZATION)
         if auth is not None:
-            return self.bearer(auth)
+            found = self.caller(auth, time.monotonic())
+            return found.principal if found is not None else None
         vault_token = request.headers.get("X-Vault-Token")
         if vault_token is not None and self.cfg.vault_policy:
             return await self._vault_principal(vault_token)
@@ -405,14 +541,18 @@ class HelperState:
             "# TYPE keycourier_helper_requests_total counter",
         ]
         counts = Counter(self.requests)
-        if self.token_ok:
-            counts[("token", 200)] += self.token_ok
+        if self.token_ok or self.ready_served:
+            counts[("token", 200)] += self.token_ok + self.ready_served
         for (route, status), n in sorted(counts.items()):
             lines.append(
                 f'keycourier_helper_requests_total{{route="{route}",status="{status}"}} {n}'
             )
         for name, help_text, value in (
-            ("cache_hits_total", "Token requests served from the cache.", s.hits),
+            (
+                "cache_hits_total",
+                "Token requests served from the cache.",
+                s.hits + self.ready_served,
+            ),
             ("cache_misses_total", "Token requests that waited for the platform.", s.misses),
             ("upstream_calls_total", "Token requests sent to the platform.", s.upstream_calls),
             ("upstream_errors_total", "Failed token refreshes.", s.upstream_errors),
@@ -424,7 +564,7 @@ class HelperState:
             (
                 "handouts_repeat_total",
                 "Repeated hand-outs of a token to the same client.",
-                self.handouts_repeat,
+                self.handouts_repeat + self.ready_served,
             ),
         ):
             lines += [
@@ -480,7 +620,7 @@ def _error(
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="keycourier"'}
-_TOKEN_HEADERS = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
+_TOKEN_HEADERS: Final = CIMultiDict({"Content-Type": JSON_TYPE, "Cache-Control": "no-store"})
 
 
 async def _guard(state: HelperState, request: web.Request, route: str) -> Principal | web.Response:
@@ -497,13 +637,21 @@ async def _guard(state: HelperState, request: web.Request, route: str) -> Princi
 def _admit(state: HelperState, principal: Principal | None, route: str) -> Principal | web.Response:
     """401 without a principal, 429 over its rate; else the principal."""
     if principal is None:
-        return _error(state, route, 401, "missing or invalid credentials", _UNAUTHORIZED)
+        return _unauthorized(state, route)
     wait = state.take(principal)
     if wait is not None:
-        return _error(
-            state, route, 429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
-        )
+        return _too_many(state, route, wait)
     return principal
+
+
+def _unauthorized(state: HelperState, route: str) -> web.Response:
+    return _error(state, route, 401, "missing or invalid credentials", _UNAUTHORIZED)
+
+
+def _too_many(state: HelperState, route: str, wait: float) -> web.Response:
+    return _error(
+        state, route, 429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -521,22 +669,27 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=state.metrics_text(), content_type="text/plain", charset="utf-8")
 
 
-async def token(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body when it has not all arrived yet, or None (413) when over ``limit``."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    content = request.content
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:  # a body may arrive in several pieces
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks) if size <= limit else None
+
+
+async def _token(
+    state: HelperState, principal: Principal, found: _Caller | None, body: bytes
+) -> web.Response:
     route = "token"
-    auth = request.headers.get("Authorization")
-    if auth is not None or not state.cfg.vault_policy:  # the common case, without an await
-        got = _admit(state, state.bearer(auth), route)
-    else:
-        got = await _guard(state, request, route)
-    if isinstance(got, web.Response):
-        return got
-    limit = state.cfg.max_body
-    if request.content_length is not None and request.content_length > limit:
-        return _error(state, route, 413, f"request body over {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        return _error(state, route, 413, f"request body over {limit} bytes")
     name = state.parsed_bodies.get(body)
     if name is None:
         try:
@@ -552,7 +705,7 @@ async def token(request: web.Request) -> web.Response:
         name = doc["profile"]
         if name in state.profiles and len(state.parsed_bodies) < 256:
             state.parsed_bodies[body] = name  # same bytes, same parse: skip json next time
-    if not got.allows(name):
+    if not principal.allows(name):
         return _error(state, route, 403, "this client may not use that profile")
     profile = state.profiles.get(name)
     if profile is None:
@@ -580,16 +733,12 @@ async def token(request: web.Request) -> web.Response:
         except Error as exc:
             return _error(state, route, 502, f"cannot get a token: {exc.message}")
         now = state.clock()
-    second = int(now)
-    rendered = state.rendered.get(name)
-    if rendered is None or rendered[0] is not tok or rendered[1] != second:
-        # The reply only changes when the token or the second (expires_in) does.
-        body = json.dumps(json_payload(tok, now=now)).encode()
-        rendered = (tok, second, body, tok.fingerprint)
-        state.rendered[name] = rendered
-    state.handed_out(got, name, tok, rendered[3])
+    reply = state.reply(profile, tok, now)
+    state.handed_out(principal, name, tok, reply.fingerprint)
+    if found is not None and (body in found.ready or len(found.ready) < MAX_READY_BODIES):
+        found.ready[body] = reply  # passed the parse and scope checks: next time, sent as is
     state.token_ok += 1
-    return web.Response(body=rendered[2], headers=_TOKEN_HEADERS)
+    return web.Response(body=reply.body, headers=_TOKEN_HEADERS)
 
 
 _ALLOWED: Final = {"/healthz": "GET, HEAD", "/metrics": "GET, HEAD", "/v1/token": "POST"}
@@ -613,7 +762,7 @@ def make_app(state: HelperState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/token", token)
+    app.router.add_post("/v1/token", state.serve_token)
     app.router.add_route("*", "/{tail:.*}", unrouted)  # must stay the last route
 
     async def on_startup(_app: web.Application) -> None:
