@@ -169,6 +169,7 @@ def main() -> int:
         "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
     )
 
+    load_start = os.getloadavg()[0]
     standin = start_standin(StandinState(clients={CLIENT_ID: CLIENT_SECRET}, monite_lifetime=86400))
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="kc-bench-helper-") as tmp_s:
@@ -289,6 +290,7 @@ def main() -> int:
                 stop(p)
             standin.stop()
 
+    load_end = os.getloadavg()[0]
     ratios = [r["helper"].rps / r["bare aiohttp"].rps for r in rounds if r["bare aiohttp"].rps]
     ratio = statistics.median(ratios) if ratios else 0.0
     p99 = statistics.median(r["helper"].p99_ms for r in rounds)
@@ -322,7 +324,8 @@ def main() -> int:
             f"upstream calls during the run: {upstream.group(1) if upstream else '?'}). "
             "The bare endpoint is a one-route aiohttp app returning the same JSON without "
             "authentication; nginx (one process, `return 200`) is the ceiling. All on the same "
-            "2-core machine as wrk itself, which is shared with other work.",
+            "2-core machine as wrk itself, which is shared with other work "
+            f"(1-minute load average {load_start:.2f} at the start, {load_end:.2f} at the end).",
             "",
             *rows,
             "",
