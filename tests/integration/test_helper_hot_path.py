@@ -82,6 +82,19 @@ def test_a_warm_key_is_still_checked_for_scope_size_body_and_rate(helper: Helper
     assert call(helper.url, "/v1/token", key=key.lower(), body=CI)[0] == 401
 
 
+def test_other_spellings_of_the_bearer_header_still_work(helper: Helper) -> None:
+    key = add_client(helper.env, "speller", "--profile", "ci", "--rate", "1000")
+    for auth in (f"Bearer {key}", f"bearer {key}", f"BEARER  {key} ", f"Bearer {key}"):
+        for _ in range(2):
+            status, _, data = call(
+                helper.url, "/v1/token", body=CI, headers={"Authorization": auth}
+            )
+            assert status == 200, (auth, data)
+    assert (
+        call(helper.url, "/v1/token", body=CI, headers={"Authorization": f"Basic {key}"})[0] == 401
+    )
+
+
 def test_a_warm_key_is_refused_once_revoked(helper: Helper) -> None:
     key = add_client(helper.env, "doomed", "--profile", "ci", "--rate", "1000")
     reader = add_client(helper.env, "reader", "--profile", "ci")

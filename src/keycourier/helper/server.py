@@ -63,7 +63,7 @@ JSON_TYPE: Final = "application/json"
 MAX_AUTH_HEADER: Final = 300  # "Bearer " + a client key is 63 characters
 STORE_CHECK_SECONDS: Final = 0.5  # how often the client store is stat()ed for changes
 MAX_CALLERS: Final = 10_000  # cached authenticated keys
-MAX_READY_BODIES: Final = 32  # per key: distinct request bodies with a ready reply
+MAX_READY_BODIES: Final = 16  # per key: distinct request bodies with a ready reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +394,10 @@ class HelperState:
             return None
         self._forget_callers_if_reloaded()  # authenticate() may have re-read the store
         found = _Caller(principal, self._bucket(principal, now))
-        if len(self._callers) < MAX_CALLERS:
+        # Remember only the one canonical spelling of each key's header ("Bearer KEY"), so
+        # the map holds at most one entry per client key however a client spells it.
+        canonical = auth.startswith("Bearer ") and auth[7:] == auth[7:].strip()
+        if canonical and len(self._callers) < MAX_CALLERS:
             self._callers[digest] = found
         return found
 
