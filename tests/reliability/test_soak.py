@@ -47,6 +47,7 @@ CLIENT_ID = "6b1d2c3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
 CLIENT_SECRET = "soak-secret-" + secrets.token_hex(12)
 PROFILE_TIMEOUT = 1.0  # seconds per upstream request; the stalls last longer
 STALL = 1.5
+WARMUP_LIMIT = 10.0  # seconds the chaos waits for the first issued token
 
 
 def rss_kib(pid: int) -> int:
@@ -259,7 +260,19 @@ def chaos(
 
     A burst is queued only when the previous one has been consumed (the helper
     calls upstream only to refresh), so faults do not pile up.
+
+    Faults start only after the helper holds its first token (a calm warm-up,
+    at most WARMUP_LIMIT seconds). Without that, an unlucky schedule (faults
+    that meet every refresh, each followed by the 5 s failure back-off) could
+    leave a short run without a single token, and the checks on served tokens
+    would test nothing (CI run of stop 9: 2,320 requests, all 503).
     """
+    deadline = time.monotonic() + WARMUP_LIMIT
+    while not stop.is_set() and time.monotonic() < deadline:
+        with state.lock:
+            if state.issued:
+                break
+        stop.wait(0.05)
     kinds = ["500", "429", "stall", "calm"]
     rng.shuffle(kinds)  # each kind once first, then at random
     while not stop.is_set():
