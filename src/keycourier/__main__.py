@@ -1,3 +1,3 @@
-from keycourier.cli.main import main
+from keycourier.cli.main import run
 
-main()
+run()

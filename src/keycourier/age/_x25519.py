@@ -10,6 +10,7 @@ API otherwise. The objects returned are the same types either way.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -28,10 +29,13 @@ _RUST = _binding()
 
 
 def generate() -> X25519PrivateKey:
-    if _RUST is not None:
-        key: X25519PrivateKey = _RUST.generate_key()
-        return key
-    return X25519PrivateKey.generate()  # pragma: no cover
+    """A fresh key from 32 bytes of the OS CSPRNG, as age's reference does for ephemerals.
+
+    Any 32 bytes are a valid X25519 scalar (clamped on use, RFC 7748). Taking
+    them from ``os.urandom`` rather than ``generate_key`` skips the first-use
+    set-up of OpenSSL's DRBG, about 0.3 ms of a short-lived process.
+    """
+    return private_from_bytes(os.urandom(32))
 
 
 def private_from_bytes(data: bytes) -> X25519PrivateKey:

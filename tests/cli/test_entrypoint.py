@@ -1,0 +1,125 @@
+"""The console-script entry ``run()``: a quick exit for ``age``, the normal exit elsewhere.
+
+Each case is a real process that imports ``run`` the way the installed
+``keycourier`` script does, with an ``atexit`` marker: the marker shows which
+exit path was taken, and the outputs show that nothing was lost on the quick one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keycourier import age
+
+MARK = "ATEXIT-RAN"
+PROGRAM = (
+    "import atexit, sys\n"
+    f"atexit.register(lambda: sys.stderr.write('{MARK}\\n'))\n"
+    "sys.argv = ['keycourier', *sys.argv[1:]]\n"
+    "from keycourier.cli.main import run\n"
+    "run()\n"
+)
+
+
+def entry(*args: str, stdin: bytes = b"", **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-c", PROGRAM, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "KEYCOURIER_CONFIG": os.devnull},
+    )
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> tuple[Path, str]:
+    ident = age.X25519Identity.generate()
+    path = tmp_path / "key.txt"
+    path.write_text(ident.to_string() + "\n")
+    path.chmod(0o600)
+    return path, ident.recipient().to_string()
+
+
+def test_age_decrypt_to_a_pipe_takes_the_quick_exit_and_loses_nothing(
+    tmp_path: Path, identity: tuple[Path, str]
+) -> None:
+    key, recipient = identity
+    # not a multiple of the chunk or of any stdio buffer size, so a final
+    # partial buffer is left to flush
+    plaintext = os.urandom(3 * 64 * 1024 + 12_345)
+    sealed = tmp_path / "data.age"
+    sealed.write_bytes(age.encrypt([age.parse_recipient(recipient)], plaintext))
+    out = entry("age", "decrypt", "-i", str(key), str(sealed))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == plaintext
+    assert MARK.encode() not in out.stderr  # os._exit: no interpreter teardown
+
+
+def test_age_encrypt_armored_to_stdout_is_complete(identity: tuple[Path, str]) -> None:
+    key, recipient = identity
+    plaintext = b"client_secret=not-a-real-one\n" * 100
+    out = entry("age", "encrypt", "-a", "-r", recipient, stdin=plaintext)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith(b"-----END AGE ENCRYPTED FILE-----")
+    ident = age.parse_identities_file(key.read_text())
+    assert age.decrypt(ident, out.stdout) == plaintext
+    assert MARK.encode() not in out.stderr
+
+
+def test_age_failures_keep_their_exit_codes_and_message(
+    tmp_path: Path, identity: tuple[Path, str]
+) -> None:
+    key, _ = identity
+    junk = tmp_path / "junk.age"
+    junk.write_bytes(b"not age at all\n")
+    out = entry("age", "decrypt", "-i", str(key), str(junk))
+    assert out.returncode == 4
+    assert out.stderr.decode().startswith("keycourier: error: not an age file")
+    assert MARK.encode() not in out.stderr
+    usage = entry("age", "encrypt", "--no-such-flag")
+    assert usage.returncode == 2
+    assert b"keycourier: error: " in usage.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--version",),  # no command resolved
+        ("policy", "show"),  # a command outside FAST_EXIT_COMMANDS
+    ],
+)
+def test_other_commands_take_the_normal_exit(args: tuple[str, ...]) -> None:
+    out = entry(*args)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout
+    assert out.stderr.decode().splitlines()[-1] == MARK  # atexit handlers ran
+
+
+def test_a_closed_stdout_falls_back_to_the_normal_exit(
+    tmp_path: Path, identity: tuple[Path, str]
+) -> None:
+    """The reader goes away early: no traceback, a non-zero exit, no hang."""
+    key, recipient = identity
+    plaintext = os.urandom(4 * 1024 * 1024)
+    sealed = tmp_path / "big.age"
+    sealed.write_bytes(age.encrypt([age.parse_recipient(recipient)], plaintext))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM, "age", "decrypt", "-i", str(key), str(sealed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    code = proc.wait(timeout=60)
+    assert len(first) == 10
+    assert code != 0
+    assert b"Traceback" not in err
