@@ -729,6 +729,14 @@ BAD_POLICIES = [
         "[rules.client-id-format]\nquickbooks = '('\n",
         "rules.client-id-format.quickbooks is not a valid regex",
     ),
+    (
+        "[rules.placeholder]\npatterns = ['^[a-z--0-9]+$']\n",
+        "rules.placeholder.patterns[0] is ambiguous and would change meaning",
+    ),
+    (
+        "[rules.client-id-format]\nxero = '^[[A-F]]{32}$'\n",
+        "rules.client-id-format.xero is ambiguous",
+    ),
     ("[rules.entropy]\nmin_total_bits = true\n", "rules.entropy.min_total_bits must be a number"),
     ("[rules.secret-format]\nxero_min_length = 99\n", "rules.secret-format.xero_min_length"),
     ("[rules.sample-value]\nfingerprints = ['abc']\n", "rules.sample-value.fingerprints[0]"),

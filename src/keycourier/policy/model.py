@@ -15,6 +15,7 @@ import ipaddress
 import json
 import re
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -246,6 +247,26 @@ def _overlay(base: dict[str, Any], doc: Mapping[str, Any], prefix: str, where: s
             base[key] = float(value) if isinstance(current, float) else value
 
 
+def _check_regex(pattern: str, label: str) -> None:
+    """Compile a policy regex; reject it if it is invalid or its meaning is ambiguous.
+
+    ``re`` emits a FutureWarning for syntax whose meaning a later Python will
+    change (a nested set or a set operation such as ``[a--b]``); a policy rule
+    that could start matching something else after an upgrade is refused now.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{label} is not a valid regex: {exc}") from None
+        except FutureWarning as exc:
+            raise ConfigError(
+                f"{label} is ambiguous and would change meaning in a later Python: {exc}",
+                hints=[r"escape the character: \[ \- \& \~ \| inside a [...] set"],
+            ) from None
+
+
 def _validate(merged: Mapping[str, Any], where: str) -> None:
     """Semantic checks on the merged document; every message names its key."""
     if merged.get("version") != POLICY_VERSION:
@@ -260,19 +281,9 @@ def _validate(merged: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: {prefix}.hint must be a non-empty string")
     for rule_id, keys in _REGEX_KEYS.items():
         for key in keys:
-            try:
-                re.compile(rules[rule_id][key])
-            except re.error as exc:
-                raise ConfigError(
-                    f"{where}: rules.{rule_id}.{key} is not a valid regex: {exc}"
-                ) from None
+            _check_regex(rules[rule_id][key], f"{where}: rules.{rule_id}.{key}")
     for index, pattern in enumerate(rules["placeholder"]["patterns"]):
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(
-                f"{where}: rules.placeholder.patterns[{index}] is not a valid regex: {exc}"
-            ) from None
+        _check_regex(pattern, f"{where}: rules.placeholder.patterns[{index}]")
     for index, word in enumerate(rules["placeholder"]["words"]):
         if len(word) < 3:
             raise ConfigError(f"{where}: rules.placeholder.words[{index}] is shorter than 3")
