@@ -492,10 +492,33 @@ client_secret_env = "OTHER_PARTNER_SECRET"
     assert seen.pop("UNRELATED_SETTING") == "stays"
     assert seen == dict.fromkeys(seen)  # every credential variable is gone
     assert set(seen) == {*CREDENTIAL_VARS, "MONITE_CLIENT_ID", "MONITE_CLIENT_SECRET"}
-    kept = child_env("--keep-env", "VAULT_TOKEN", "--keep-env", "KEYCOURIER_PASSPHRASE")
+    kept = child_env(
+        "--no-mask", "--keep-env", "VAULT_TOKEN", "--keep-env", "KEYCOURIER_PASSPHRASE"
+    )
     assert kept["VAULT_TOKEN"] == CREDENTIAL_VARS["VAULT_TOKEN"]
     assert kept["KEYCOURIER_PASSPHRASE"] == CREDENTIAL_VARS["KEYCOURIER_PASSPHRASE"]
     assert kept["MY_VAULT_TOKEN"] is None
     assert kept["OTHER_PARTNER_SECRET"] is None
     r = kc(env, "exec", "--profile", "ci", "--keep-env", "BAD NAME", "--", "true")
     assert r.returncode == 2
+
+
+def test_exec_masks_kept_credential_variables(env: dict[str, str], tmp_path: Path) -> None:
+    """--keep-env passes a credential on, but its value is still concealed in the output;
+    a *_FILE variable (a path) and a non-credential variable are not."""
+    env.update(CREDENTIAL_VARS, UNRELATED_SETTING="unrelated-value-123")
+    script = tmp_path / "printenv.py"
+    script.write_text(ENV_CHILD)
+    names = ["VAULT_TOKEN", "KEYCOURIER_PASSPHRASE", "KEYCOURIER_HELPER_KEY_FILE"]
+    keep = [flag for name in names for flag in ("--keep-env", name)]
+    r = kc(
+        env, "exec", "--profile", "ci", *keep, "--",
+        sys.executable, str(script), *names, "UNRELATED_SETTING",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    assert seen["VAULT_TOKEN"] == "<concealed by keycourier>"
+    assert seen["KEYCOURIER_PASSPHRASE"] == "<concealed by keycourier>"
+    assert seen["KEYCOURIER_HELPER_KEY_FILE"] == CREDENTIAL_VARS["KEYCOURIER_HELPER_KEY_FILE"]
+    assert seen["UNRELATED_SETTING"] == "unrelated-value-123"
+    assert CREDENTIAL_VARS["VAULT_TOKEN"] not in r.stdout + r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -133,10 +134,15 @@ def exec_(
     if got.warning:
         warn(got.warning)
     name = env_name or got.env_name
-    remove = credential_env_names(settings) - set(keep_env)
+    credential_names = credential_env_names(settings)
+    remove = credential_names - set(keep_env)
     conceal: list[Secret] = []
     if got.credentials is not None:
         conceal.append(got.credentials.client_secret)
+    for kept in keep_env:  # a credential passed on deliberately is still masked
+        value = os.environ.get(kept, "")
+        if kept in credential_names and not kept.endswith("_FILE") and len(value) >= 8:
+            conceal.append(Secret(value))
     if got.origin == "helper":  # in case --keep-env passes it on: hide the client key too
         from keycourier.helper.client import read_key
 
