@@ -22,11 +22,8 @@ MONITE_SECRET = "cli-secret-9a8b7c6d5e4f3a2b1c0d"
 
 @pytest.fixture
 def standin() -> Iterator[RunningStandin]:
-    running = start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET}))
-    try:
+    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -31,11 +31,8 @@ CI = {"profile": "ci"}
 
 @pytest.fixture
 def standin() -> Iterator[RunningStandin]:
-    running = start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET}))
-    try:
+    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

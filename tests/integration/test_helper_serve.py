@@ -83,11 +83,8 @@ def call(
 
 @pytest.fixture
 def standin() -> Iterator[RunningStandin]:
-    running = start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET}))
-    try:
+    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def base_env(

@@ -105,11 +105,8 @@ def _cmdline_while_blocked(world: World, *args: str, stdin: bytes) -> bytes:
 @pytest.fixture
 def standin() -> Iterator[RunningStandin]:
     secret = "".join(secrets.choice(ALNUM) for _ in range(40))
-    running = start_standin(StandinState(clients={MONITE_ID: secret}))
-    try:
+    with start_standin(StandinState(clients={MONITE_ID: secret})) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _vault_records(bao: BaoServer) -> Iterator[tuple[str, bytes]]:

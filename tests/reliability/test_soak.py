@@ -104,13 +104,10 @@ def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def standin() -> Iterator[RunningStandin]:
     lifetime = int(os.environ.get("KC_SOAK_LIFETIME", "10"))
-    running = start_standin(
+    with start_standin(
         StandinState(clients={CLIENT_ID: CLIENT_SECRET}, monite_lifetime=lifetime)
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @dataclass

@@ -399,6 +399,12 @@ class RunningStandin:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=15)
 
+    def __enter__(self) -> RunningStandin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def start_standin(state: StandinState, app: web.Application | None = None) -> RunningStandin:
     return RunningStandin(state, app)
