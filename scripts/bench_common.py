@@ -9,7 +9,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = (
-    "# Benchmarks\n\nEach section is rewritten by the script named in it. Baselines are measured in\n"
+    "# Benchmarks\n\nEach section is rewritten by the script named in it. "
+    "Baselines are measured in\n"
     "the same run as keycourier, interleaved, and targets are ratios (these machines are\n"
     "shared and noisy, so absolute times are only indicative).\n"
 )

@@ -206,7 +206,8 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         "handover.kcb",
     )
     text = (work / "handover.kcb").read_text()
-    assert client_secret not in text, "the secret must not appear in the bundle text"
+    if client_secret in text:
+        raise SystemExit("demo: step failed: the secret appears in the bundle text")
     bundle_id = json.loads(partner.kc("inspect", "handover.kcb", "--json", quiet=True).stdout)[
         "manifest"
     ]["bundle_id"]
@@ -235,7 +236,8 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         "creds.json",
         expect=4,
     )
-    assert not (work / "creds.json").exists()
+    if (work / "creds.json").exists():
+        raise SystemExit("demo: step failed: a refused bundle left creds.json behind")
 
     say(
         "7. The platform ingests the genuine bundle from the pinned partner key: signature, "
@@ -270,11 +272,10 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
 def run_token_and_connection(
     work: Path, partner: Side, vault_addr: str, vault_token: str, servers: list[object]
 ) -> None:
-    import uuid
     import urllib.request
+    import uuid
 
     import hvac
-
     from tests.support.connections_standin import start_platform
 
     say(
