@@ -123,3 +123,23 @@ def test_a_closed_stdout_falls_back_to_the_normal_exit(
     assert len(first) == 10
     assert code != 0
     assert b"Traceback" not in err
+
+
+def test_the_exit_path_follows_the_last_command_in_a_process() -> None:
+    """An earlier ``age`` command in the same process does not make a later one quick."""
+    program = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: sys.stderr.write('{MARK}\\n'))\n"
+        "from keycourier.cli.main import main, run\n"
+        "try:\n"
+        "    main(['age', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.argv = ['keycourier', '--version']\n"
+        "run()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.decode().splitlines()[-1] == MARK

@@ -128,6 +128,7 @@ def _say(kind: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn every outcome into a documented exit code."""
+    _resolved.clear()
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         # Without standalone mode click returns ctx.exit(n)'s code instead of exiting.
