@@ -239,6 +239,46 @@ def test_policy_rejection_is_exit_7_recorded_and_releases_nothing(world: World) 
     assert world.secret not in shown.stdout.decode()
 
 
+def test_open_judges_the_senders_context_findings_by_the_receivers_policy(
+    world: World,
+) -> None:
+    """A sandbox API host that the sender's policy only warned about is a rejection
+    under the receiver's (default) policy; under the same loose policy it stays a warning."""
+    loose = world.dir / "loose.toml"
+    loose.write_text('[rules.sandbox-api-host]\nseverity = "warn"\n')
+    sealed = world.seal(
+        "--api-base", "https://sandbox-quickbooks.api.intuit.com", "--policy", str(loose)
+    )
+    assert sealed.returncode == 0, sealed.stderr
+    info = json.loads(run("inspect", "handover.kcb", "--json", cwd=world.dir).stdout)
+    assert info["manifest"]["policy"]["warnings"] == ["sandbox-api-host"]
+
+    refused = world.open()
+    assert refused.returncode == 7, refused.stderr
+    assert b"receiving policy rejects" in refused.stderr
+    assert b"sandbox-api-host" in refused.stderr
+    assert not (world.dir / "creds.json").exists()
+    assert world.secret.encode() not in refused.stdout + refused.stderr
+
+    allowed = world.open("handover.kcb", "--policy", str(loose))
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads((world.dir / "creds.json").read_text())["client_secret"] == world.secret
+
+
+def test_open_rejects_what_the_receivers_stricter_policy_rejects(world: World) -> None:
+    """Credential rules are re-evaluated on open: a bundle that lives longer than the
+    receiver allows is refused with exit 7 and nothing is written."""
+    sealed = world.seal("--expires-in", "10d")
+    assert sealed.returncode == 0, sealed.stderr
+    strict = world.dir / "strict.toml"
+    strict.write_text('[rules.lifetime]\nmax = "2d"\n')
+    refused = world.open("handover.kcb", "--policy", str(strict))
+    assert refused.returncode == 7, refused.stderr
+    assert b"receiving policy rejects" in refused.stderr
+    assert b"lifetime" in refused.stderr
+    assert not (world.dir / "creds.json").exists()
+
+
 def test_secret_from_stdin_and_passphrase_conflict(world: World) -> None:
     out = run(
         "seal",

@@ -47,10 +47,17 @@ def open_bundle(
 ) -> CheckedBundle:
     """Verify and decrypt, then re-run the receiver's handover policy.
 
+    Credential rules are evaluated afresh. Context rules (sandbox hosts,
+    realm, Xero tenant) cannot be: the receiver only knows which of them
+    fired at the sender, from the manifest's warnings, and those count as
+    fired under the receiver's severities (a sender's warning can be the
+    receiver's rejection).
+
     Raises the integrity error (exit 4) for every tamper case, and
     PolicyError (exit 7) when expired or when the receiver's policy rejects.
     """
     from keycourier.policy import HandoverFacts, SandboxContext, Verdict, evaluate
+    from keycourier.policy.rules import CONTEXT_RULES
 
     opened = open_verified(text, identity=identity, trusted=trusted, now=now)
     m = opened.manifest
@@ -63,6 +70,9 @@ def open_bundle(
         attestation=m.attestation.statement if m.attestation else None,
         lifetime=m.expires_at - m.created_at,
         context=SandboxContext(),
+        # what the sender saw about the surroundings (API host, realm, tenant) is
+        # only in the manifest: judge it by this policy's severities
+        reported=frozenset(m.policy.warnings) & CONTEXT_RULES,
     )
     report = evaluate(policy, facts, now=now, denied=denied)
     if report.verdict == Verdict.REJECT:

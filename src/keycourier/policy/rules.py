@@ -54,6 +54,9 @@ class HandoverFacts:
     lifetime: timedelta | None
     context: SandboxContext
     probe_refresh_token: Secret | None = None
+    # Context rules that fired at the sender (a bundle's manifest lists them among
+    # its warnings); the receiver has no context of its own to re-check them with.
+    reported: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,10 +445,30 @@ def _check_strength(run: _Run, client_id: str, secret: str) -> None:
         run.ok("entropy", "the client secret's estimated entropy is above the threshold")
 
 
-def _check_context(run: _Run, platform: str, ctx: SandboxContext) -> None:
+CONTEXT_RULES: Final = frozenset(
+    {
+        "sandbox-api-host",
+        "sandbox-userinfo-host",
+        "playground-redirect",
+        "sandbox-realm",
+        "xero-demo-tenant",
+        "xero-demo-company",
+    }
+)
+
+
+def _check_context(
+    run: _Run, platform: str, ctx: SandboxContext, reported: frozenset[str]
+) -> None:
+    def none_given(rule_id: str, message: str) -> None:
+        if rule_id in reported:
+            run.fail(rule_id, "the sender's check found this (the bundle lists it as a warning)")
+        else:
+            run.ok(rule_id, message)
+
     hosts = {h.lower() for h in run.policy.param("sandbox-api-host", "hosts")}
     if ctx.api_base is None:
-        run.ok("sandbox-api-host", "no API base given")
+        none_given("sandbox-api-host", "no API base given")
     elif _host_of(ctx.api_base) in hosts:
         run.fail(
             "sandbox-api-host", f"the API base host {_host_of(ctx.api_base)} is a sandbox host"
@@ -455,7 +478,7 @@ def _check_context(run: _Run, platform: str, ctx: SandboxContext) -> None:
 
     hosts = {h.lower() for h in run.policy.param("sandbox-userinfo-host", "hosts")}
     if ctx.userinfo_host is None:
-        run.ok("sandbox-userinfo-host", "no userinfo host given")
+        none_given("sandbox-userinfo-host", "no userinfo host given")
     elif _host_of(ctx.userinfo_host) in hosts:
         run.fail(
             "sandbox-userinfo-host",
@@ -466,7 +489,7 @@ def _check_context(run: _Run, platform: str, ctx: SandboxContext) -> None:
 
     uris = {_normalise_uri(u) for u in run.policy.param("playground-redirect", "uris")}
     if ctx.redirect_uri is None:
-        run.ok("playground-redirect", "no redirect URI given")
+        none_given("playground-redirect", "no redirect URI given")
     elif _normalise_uri(ctx.redirect_uri) in uris:
         run.fail("playground-redirect", "the redirect URI is the Intuit OAuth Playground's")
     else:
@@ -475,11 +498,11 @@ def _check_context(run: _Run, platform: str, ctx: SandboxContext) -> None:
     if ctx.realm_is_sandbox:
         run.fail("sandbox-realm", "the realm is marked as a sandbox company")
     else:
-        run.ok("sandbox-realm", "the realm is not marked as a sandbox company")
+        none_given("sandbox-realm", "the realm is not marked as a sandbox company")
 
     pattern = str(run.policy.param("xero-demo-tenant", "pattern"))
     if ctx.xero_tenant_name is None:
-        run.ok("xero-demo-tenant", "no Xero tenant name given")
+        none_given("xero-demo-tenant", "no Xero tenant name given")
     elif re.search(pattern, ctx.xero_tenant_name.strip(), re.IGNORECASE):
         run.fail("xero-demo-tenant", "the Xero tenant is named like a Demo Company")
     else:
@@ -490,7 +513,7 @@ def _check_context(run: _Run, platform: str, ctx: SandboxContext) -> None:
     elif ctx.xero_is_demo_company is False:
         run.ok("xero-demo-company", "the Xero organisation has IsDemoCompany: false")
     else:
-        run.ok("xero-demo-company", "no Xero organisation flag given")
+        none_given("xero-demo-company", "no Xero organisation flag given")
     del platform
 
 
@@ -547,7 +570,7 @@ def evaluate(
             run.skip(rule_id, "not checked: the platform is not allowed")
     _check_strength(run, client_id, text)
     strong = not run.rejected(*_STRENGTH_RULES)
-    _check_context(run, platform, facts.context)
+    _check_context(run, platform, facts.context, facts.reported)
 
     fp: str | None = None
     if strong and clean and secret_text:
