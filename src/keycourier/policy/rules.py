@@ -457,9 +457,7 @@ CONTEXT_RULES: Final = frozenset(
 )
 
 
-def _check_context(
-    run: _Run, platform: str, ctx: SandboxContext, reported: frozenset[str]
-) -> None:
+def _check_context(run: _Run, platform: str, ctx: SandboxContext, reported: frozenset[str]) -> None:
     def none_given(rule_id: str, message: str) -> None:
         if rule_id in reported:
             run.fail(rule_id, "the sender's check found this (the bundle lists it as a warning)")
