@@ -4,11 +4,11 @@ Targets (issue 2), each against a baseline measured in the same run:
 1. whole-process `keycourier age encrypt -r age1... -o out in200` (200-byte file):
    median <= 1.25 x `python -c "import click, <the cryptography modules it needs>"`.
 2. streaming decrypt of a 256 MiB file: child peak RSS < 64 MiB, and throughput
-   >= 0.5 x a bare ChaCha20-Poly1305 loop over 64 KiB chunks. The throughput
-   target is the streaming engine's (`decrypt_stream`, file to /dev/null): the
-   issue names the whole process only for the encrypt start-up target. The
-   whole `keycourier age decrypt` process is reported beside it, with the
-   read + decrypt floor (no age code at all) that bounds any decrypter here.
+   >= 0.5 x a bare ChaCha20-Poly1305 loop over 64 KiB chunks, for the whole
+   `keycourier age decrypt` process (as the peak RSS is) and for the streaming
+   engine in-process (`decrypt_stream`, file to /dev/null). The read + decrypt
+   floor (no age code at all) is reported beside them: it bounds any
+   decrypter that reads the file, before interpreter start-up is added.
 3. for scale only: Debian's `age` on the same files (ratios reported, no target).
 
 Writes the `bench:age` section of BENCHMARKS.md. Prints PASS/FAIL per target and
@@ -242,6 +242,7 @@ def bench(work: Path) -> str:
 
     ok1 = startup_ratio <= 1.25
     ok2 = kc_rss_mib < 64
+    ok3 = tput_ratio >= 0.5
     ok4 = engine_ratio >= 0.5
     lines = [
         "| measurement | keycourier | baseline (same run) | ratio | target | result |",
@@ -257,7 +258,7 @@ def bench(work: Path) -> str:
         f"| decrypt 256 MiB, CLI whole process (incl. start-up), median of {STREAM_RUNS} "
         f"| {mib / kc_time:.0f} MiB/s ({kc_time:.2f} s) "
         f"| {mib / bare_time:.0f} MiB/s bare ChaCha20-Poly1305, 64 KiB chunks "
-        f"| {tput_ratio:.2f} x | report only | - |",
+        f"| {tput_ratio:.2f} x | >= 0.5 x | {verdict(ok3)} |",
         f"| decrypt 256 MiB, engine in-process (decrypt_stream file -> /dev/null), median "
         f"of {STREAM_RUNS} | {mib / engine_time:.0f} MiB/s ({engine_time:.2f} s) "
         f"| {mib / bare_time:.0f} MiB/s (same bare loop) "
@@ -298,14 +299,15 @@ def bench(work: Path) -> str:
         "the loop only for the engine, the floor and the bare primitive. The bare loop",
         "re-decrypts one cache-hot chunk; the engine, the floor and the CLIs also read",
         "256 MiB from the page cache, which the floor row shows costs about a quarter of",
-        "the bare loop's speed before any age code runs. The throughput target applies to",
-        "the engine (see the script's docstring); the whole-process rows are for scale.",
+        "the bare loop's speed before any age code runs; the whole-process CLI adds the",
+        "interpreter and import start-up (click alone is about 15 ms) on top of that.",
         "Run with `scripts/bench`.",
     ]
     load = os.getloadavg()
     summary = (
-        f"Overall: {verdict(ok1 and ok2 and ok4)} (start-up {verdict(ok1)}, "
-        f"memory {verdict(ok2)}, streaming decrypt throughput {verdict(ok4)}). "
+        f"Overall: {verdict(ok1 and ok2 and ok3 and ok4)} (start-up {verdict(ok1)}, "
+        f"memory {verdict(ok2)}, CLI throughput {verdict(ok3)}, engine throughput "
+        f"{verdict(ok4)}). "
         f"Load average during the run: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} on "
         f"{os.cpu_count()} CPUs (the machine is shared: wall-time ratios move with load)."
     )
