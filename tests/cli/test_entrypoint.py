@@ -143,3 +143,61 @@ def test_the_exit_path_follows_the_last_command_in_a_process() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stderr.decode().splitlines()[-1] == MARK
+
+
+def test_an_unexpected_error_is_exit_1_without_its_message() -> None:
+    """An exception keycourier did not anticipate: exit 1, a one-line notice naming only
+    its type (the message could carry a secret), a hint, and no traceback."""
+    program = (
+        "import sys, click\n"
+        "from keycourier.cli import main as m\n"
+        "@click.command()\n"
+        "def boom() -> None:\n"
+        "    raise ValueError('s3cret-value-in-a-message')\n"
+        "m.COMMANDS['boom'] = ('__main__', 'boom', 'raise')\n"
+        "sys.argv = ['keycourier', *sys.argv[1:]]\n"
+        "m.run()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program, "boom"], capture_output=True, timeout=60, check=False
+    )
+    assert out.returncode == 1
+    lines = out.stderr.decode().splitlines()
+    assert lines[0] == "keycourier: error: unexpected internal error (ValueError)"
+    assert lines[1].startswith("keycourier: hint: rerun with --debug")
+    assert b"s3cret" not in out.stderr + out.stdout
+    assert b"Traceback" not in out.stderr
+
+
+def test_age_commands_do_not_import_the_network_or_database_stacks(
+    tmp_path: Path, identity: tuple[Path, str]
+) -> None:
+    """hvac, requests, aiohttp and sqlite_utils stay off the age path (start-up cost)."""
+    key, recipient = identity
+    (tmp_path / "in.txt").write_bytes(b"x" * 200)
+    program = (
+        "import sys\n"
+        "from keycourier.cli.main import main\n"
+        "args = sys.argv[1:]\n"
+        "cut = args.index('::')\n"
+        "for argv in (args[:cut], args[cut + 1 :]):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as done:\n"
+        "        if done.code not in (0, None):\n"
+        "            raise\n"
+        "heavy = ('hvac', 'requests', 'aiohttp', 'sqlite_utils', 'sqlite3', 'urllib3')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    sealed = str(tmp_path / "in.age")
+    enc = ["age", "encrypt", "-r", recipient, "-o", sealed, str(tmp_path / "in.txt")]
+    dec = ["age", "decrypt", "-i", str(key), "-o", str(tmp_path / "out.txt"), sealed]
+    out = subprocess.run(
+        [sys.executable, "-c", program, *enc, "::", *dec],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out.txt").read_bytes() == b"x" * 200
+    assert out.stdout.decode().splitlines()[-1] == "[]"
