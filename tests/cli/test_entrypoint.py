@@ -201,3 +201,24 @@ def test_age_commands_do_not_import_the_network_or_database_stacks(
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out.txt").read_bytes() == b"x" * 200
     assert out.stdout.decode().splitlines()[-1] == "[]"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
+def test_a_full_disk_under_stdout_is_a_one_line_error(
+    tmp_path: Path, identity: tuple[Path, str]
+) -> None:
+    _, recipient = identity
+    (tmp_path / "in.bin").write_bytes(os.urandom(300_000))
+    with open("/dev/full", "wb") as full:
+        out = subprocess.run(
+            [sys.executable, "-c", PROGRAM, "age", "encrypt", "-r", recipient, "in.bin"],
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 1
+    first = out.stderr.decode().splitlines()[0]
+    assert first == "keycourier: error: input/output error: No space left on device"
+    assert b"Traceback" not in out.stderr

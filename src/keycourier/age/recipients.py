@@ -163,7 +163,13 @@ class X25519Recipient(Recipient):
         if self._peer is None:
             self._peer = _x25519.public_from_bytes(self._public)
         share = ephemeral.public_key().public_bytes_raw()
-        shared = ephemeral.exchange(self._peer)
+        try:
+            shared = ephemeral.exchange(self._peer)
+        except ValueError:  # an all-zero shared secret: the recipient is a low-order point
+            raise InvalidKeyError(
+                f"the recipient {self.to_string()} is not a usable X25519 public key "
+                "(a low-order point)"
+            ) from None
         key = hkdf(shared, share + self._public, X25519_LABEL)
         return Stanza(X25519_TYPE, (b64encode(share).decode("ascii"),), _wrap_key(key, file_key))
 
@@ -357,7 +363,12 @@ class HybridRecipient(Recipient):
         return bech32_encode(HRP_PQ_RECIPIENT, self._public)
 
     def wrap(self, file_key: bytes) -> list[Stanza]:
-        sealed = _suite().encrypt(file_key, self._key, info=HYBRID_LABEL)
+        try:
+            sealed = _suite().encrypt(file_key, self._key, info=HYBRID_LABEL)
+        except ValueError:  # the X25519 half is a low-order point (all-zero shared secret)
+            raise InvalidKeyError(
+                "the hybrid recipient's X25519 key is not usable (a low-order point)"
+            ) from None
         enc, body = sealed[:HYBRID_ENC_SIZE], sealed[HYBRID_ENC_SIZE:]
         return [Stanza(HYBRID_TYPE, (b64encode(enc).decode("ascii"),), body)]
 

@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(int(ExitCode.UNEXPECTED))
+    except OSError as exc:
+        # An I/O failure keycourier did not turn into a message itself (a full disk
+        # under stdout, say): name the system error only; its filename is not shown.
+        _say("error", f"input/output error: {exc.strerror or type(exc).__name__}")
+        sys.exit(int(ExitCode.UNEXPECTED))
     except Exception as exc:  # noqa: BLE001 - the one catch-all, by design
         # Never print the exception's message: it could carry a secret.
         if debug:

@@ -178,3 +178,16 @@ def test_scrypt_files_refuse_other_stanzas_and_large_work_factors() -> None:
 def test_hybrid_identity_is_deterministic_from_seed() -> None:
     seed = bytes(range(32))
     assert age.HybridIdentity(seed).recipient() == age.HybridIdentity(seed).recipient()
+
+
+def test_low_order_recipients_are_usage_errors_when_encrypting() -> None:
+    """An all-zero X25519 key (a low-order point) parses, but wrapping to it would give
+    an all-zero shared secret: refused as a key error (exit 2), not an internal error."""
+    zero = bech32_encode("age", bytes(32))
+    with pytest.raises(age.InvalidKeyError, match="low-order point") as info:
+        age.encrypt([age.parse_recipient(zero)], b"data")
+    assert info.value.exit_code == ExitCode.USAGE
+    _, hybrid = bech32_decode(age.HybridIdentity.generate().recipient().to_string())
+    bad = bech32_encode("age1pq", hybrid[:-32] + bytes(32))
+    with pytest.raises(age.InvalidKeyError, match="low-order point"):
+        age.encrypt([age.parse_recipient(bad)], b"data")
