@@ -303,6 +303,42 @@ def test_wait_exit_codes(world: Env) -> None:
     assert "is disconnected" in r.err
 
 
+def test_wait_honours_retry_after_within_its_timeout(world: Env) -> None:
+    """Issue 6: wait sleeps out a 429's Retry-After, but never past --timeout."""
+    state = world.platform.connections
+    created = world.monite("create", "--json")
+    assert created.code == 0, created.err
+    cid = str(created.json()["connection"]["id"])
+    slow_down = {"error": {"message": "slow down"}}
+
+    def wait(timeout: str) -> Run:
+        return world.monite("wait", cid, "--timeout", timeout, "--poll-interval", "100ms")
+
+    def polls() -> int:
+        return sum(1 for r in state.requests if r.method == "GET" and r.path.endswith(cid))
+
+    # The deadline (500 ms) comes before the asked second: one poll, then exit 6 saying why.
+    state.inject(429, body=slow_down, headers={"Retry-After": "1"}, times=5, path_contains=cid)
+    r = wait("500ms")
+    assert r.code == 6
+    assert "the platform was rate-limiting us (429, asked to wait 1 s)" in r.err
+    assert "no status seen yet" in r.err
+    assert polls() == 1  # no retry inside the client past the deadline
+    while state.take_fault("GET", cid) is not None:  # drop the 429s left over
+        pass
+
+    # Within the timeout, two 429s are waited out (1 s each), then the poll sees it connected.
+    state.authorize(cid, "xero")
+    state.inject(429, body=slow_down, headers={"Retry-After": "1"}, times=2, path_contains=cid)
+    before = polls()
+    started = time.monotonic()
+    r = wait("20s")
+    assert r.code == 0, r.err
+    assert r.out == "xero\n"
+    assert time.monotonic() - started >= 2.0
+    assert polls() - before == 3
+
+
 def test_ids_are_validated_before_any_request(world: Env) -> None:
     r = world.run("connection", "list", "--profile", "m", "--entity", "not-a-uuid")
     assert r.code == 2

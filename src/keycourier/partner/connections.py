@@ -620,6 +620,16 @@ def retry_after_seconds(value: str | None, *, now: Callable[[], datetime]) -> fl
     return max(0.0, (when - now()).total_seconds())
 
 
+class RateLimitedError(UnavailableError):
+    """A 429 the client was told not to wait out; ``retry_after`` is the asked delay (s)."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None, hints: Iterable[str] = ()
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.retry_after = retry_after
+
+
 def _token_expired_400(resp: HttpResponse) -> bool:
     """Tesouro answers an expired token with 400 "The token has been expired."."""
     if resp.status != 400:
@@ -654,8 +664,18 @@ class ConnectionClient:
         resp = self._call("GET", "", scope_id, expect=200)
         return parse_connection_list(parse_json_body(resp.body, "connection list"))
 
-    def get(self, scope_id: str, connection_id: str) -> Connection:
-        resp = self._call("GET", "/" + quote(connection_id), scope_id, expect=200)
+    def get(
+        self, scope_id: str, connection_id: str, *, wait_out_rate_limits: bool = True
+    ) -> Connection:
+        """One connection. With ``wait_out_rate_limits=False`` a 429 is not slept on
+        here but raised at once as ``RateLimitedError`` (``wait`` keeps its own deadline)."""
+        resp = self._call(
+            "GET",
+            "/" + quote(connection_id),
+            scope_id,
+            expect=200,
+            wait_out_rate_limits=wait_out_rate_limits,
+        )
         return parse_connection(parse_json_body(resp.body, "connection"))
 
     def create(self, scope_id: str, *, platform: str | None = None) -> Connection:
@@ -690,6 +710,7 @@ class ConnectionClient:
         *,
         expect: int,
         body: bytes | None = None,
+        wait_out_rate_limits: bool = True,
     ) -> HttpResponse:
         url = self.endpoint.base_url + self.endpoint.spec.collection_path + path
         refreshed = False
@@ -713,6 +734,9 @@ class ConnectionClient:
                 self._tokens.invalidate()
                 refreshed = True
                 continue
+            if resp.status == 429 and not wait_out_rate_limits:
+                asked = retry_after_seconds(resp.headers.get("retry-after"), now=self._now)
+                raise RateLimitedError("the platform is rate-limiting us (429)", retry_after=asked)
             if resp.status == 429 and rate_limited < self._retry.rate_limit_retries:
                 delay = retry_after_seconds(resp.headers.get("retry-after"), now=self._now)
                 if delay is None:
@@ -982,15 +1006,33 @@ def wait_for_connection(
 
     ``deauthorized`` -> AuthError (5); ``disconnected`` or errors in the
     object -> PolicyError (7); timeout -> UnavailableError (6, retry ``wait``).
-    Rate limits are honoured inside the client (``Retry-After``).
+
+    A 429 is handled here, not in the client, so no sleep runs past the
+    deadline: wait ``Retry-After`` (or the current pause when it is absent,
+    and never less than that pause), cut to the time left, and poll again.
+    When the deadline comes first, the timeout says the platform was
+    rate-limiting. ``polls`` counts every GET, 429s included.
     """
     policy = policy or WaitPolicy()
     deadline = clock() + timeout
     pause = policy.first
     polls = 0
+    last: Connection | None = None
     while True:
-        conn = client.get(scope_id, connection_id)
+        try:
+            conn = client.get(scope_id, connection_id, wait_out_rate_limits=False)
+        except RateLimitedError as exc:
+            polls += 1
+            asked = max(exc.retry_after or 0.0, pause)
+            remaining = deadline - clock()
+            if remaining > 0:
+                sleep(min(asked, remaining))
+            pause = min(pause * policy.factor, policy.maximum)
+            if asked > remaining:  # the deadline came before the platform's Retry-After
+                raise _rate_limited_timeout(connection_id, asked, last) from None
+            continue
         polls += 1
+        last = conn
         if on_poll is not None:
             on_poll(conn)
         if conn.errors:
@@ -1031,6 +1073,20 @@ def wait_for_connection(
             )
         sleep(min(pause, remaining))
         pause = min(pause * policy.factor, policy.maximum)
+
+
+def _rate_limited_timeout(
+    connection_id: str, asked: float, last: Connection | None
+) -> UnavailableError:
+    if last is None:
+        seen = "no status seen yet"
+    else:
+        seen = f"last status seen: {last.status.value if last.status else 'none'}"
+    return UnavailableError(
+        f"connection {connection_id} is not connected after the timeout: the platform was "
+        f"rate-limiting us (429, asked to wait {math.ceil(asked)} s); {seen}",
+        hints=["rerun later: keycourier connection wait"],
+    )
 
 
 class StaticTokenSource:

@@ -761,6 +761,55 @@ def test_wait_times_out() -> None:
 
 
 @pytest.mark.parametrize(
+    "retry_after",
+    # The client's fixed now is 2026-01-01T00:00:00Z; the date form is 120 s later.
+    ["120", "Thu, 01 Jan 2026 00:02:00 GMT"],
+)
+def test_wait_sleeps_out_a_long_retry_after(retry_after: str) -> None:
+    """Issue 6: a 429 with Retry-After over the client's 60 s cap is waited out by wait."""
+    limited = reply(429, {"error": {"message": "Too Many Requests"}}, {"retry-after": retry_after})
+    done = reply(200, conn_doc(status="connected", platform="xero"))
+    c, transport, _, client_sleeps = client([limited, done])
+    clock = FakeClock()
+    result = wait_for_connection(c, ENTITY, CID, timeout=1800, clock=clock.now, sleep=clock.sleep)
+    assert result.connection.platform == "xero"
+    assert result.polls == 2
+    assert clock.sleeps == [120.0]
+    assert client_sleeps.calls == []  # nothing slept behind the wait's deadline
+    assert len(transport.sent) == 2
+
+
+def test_wait_rate_limited_past_the_deadline_times_out() -> None:
+    pending = reply(200, conn_doc())
+    limited = reply(429, None, {"retry-after": "3600"})
+    c, transport, _, client_sleeps = client([pending, limited])
+    clock = FakeClock()
+    with pytest.raises(UnavailableError) as caught:
+        wait_for_connection(c, ENTITY, CID, timeout=60, clock=clock.now, sleep=clock.sleep)
+    assert caught.value.exit_code == 6
+    assert caught.value.message == (
+        f"connection {CID} is not connected after the timeout: the platform was "
+        "rate-limiting us (429, asked to wait 3600 s); last status seen: pending_auth"
+    )
+    assert "rerun later: keycourier connection wait" in caught.value.hints
+    assert clock.sleeps == [2.0, 58.0]  # the backoff, then only what was left of the timeout
+    assert clock.t == 60.0
+    assert client_sleeps.calls == []
+    assert len(transport.sent) == 2  # no poll at the deadline, before the asked delay
+
+
+def test_wait_429_without_retry_after_keeps_the_backoff() -> None:
+    limited = reply(429, None)
+    done = reply(200, conn_doc(status="connected", platform="xero"))
+    c, _, _, client_sleeps = client([limited, limited, done])
+    clock = FakeClock()
+    result = wait_for_connection(c, ENTITY, CID, timeout=60, clock=clock.now, sleep=clock.sleep)
+    assert result.polls == 3
+    assert clock.sleeps == [2.0, 3.0]
+    assert client_sleeps.calls == []
+
+
+@pytest.mark.parametrize(
     ("doc", "error", "match"),
     [
         (conn_doc(status="deauthorized", platform="xero"), AuthError, "deauthorized in xero"),
