@@ -142,6 +142,15 @@ def start_helper(env: dict[str, str], tmp_path: Path, *args: str) -> Helper:
     return Helper(proc, url, env, tmp_path)
 
 
+def metric(text: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in a Prometheus text page."""
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == name:
+            return float(value)
+    raise AssertionError(f"no sample {name} in /metrics")
+
+
 def add_client(env: dict[str, str], name: str, *args: str) -> str:
     r = kc(env, "helper", "client", "add", name, *args)
     assert r.returncode == 0, r.stderr
@@ -221,8 +230,10 @@ def test_auth_matrix(helper: Helper, standin: RunningStandin) -> None:
     assert 'keycourier_helper_requests_total{route="token",status="403"} 1' in text
     assert 'keycourier_helper_requests_total{route="token",status="413"} 1' in text
     assert 'keycourier_helper_requests_total{route="token",status="429"} 1' in text
-    assert "keycourier_helper_upstream_calls_total 1" in text
-    assert "keycourier_helper_cache_hits_total" in text
+    assert metric(text, "keycourier_helper_upstream_calls_total") == 1
+    # four token 200s: the first waited for the platform, the other three were hits
+    assert metric(text, "keycourier_helper_cache_misses_total") == 1
+    assert metric(text, "keycourier_helper_cache_hits_total") == 3  # slow x2, doomed
     assert 'keycourier_helper_token_age_seconds{profile="ci"}' in text
 
 
@@ -239,32 +250,65 @@ def test_client_list_never_shows_keys(helper: Helper) -> None:
     assert key not in store.read_text()
 
 
-def test_200_concurrent_requests_make_one_upstream_call(
-    helper: Helper, standin: RunningStandin
-) -> None:
+def burst(url: str, key: str, n: int) -> list[tuple[int, str]]:
+    """``n`` concurrent ``POST /v1/token`` for profile ci: (status, access token or "")."""
     import aiohttp
-
-    key = add_client(helper.env, "burst", "--profile", "ci", "--rate", "10000")
-    standin.state.delay = 0.3
 
     async def scenario() -> list[tuple[int, str]]:
         async with aiohttp.ClientSession() as s:
 
             async def one() -> tuple[int, str]:
                 async with s.post(
-                    helper.url + "/v1/token",
+                    url + "/v1/token",
                     json={"profile": "ci"},
                     headers={"Authorization": f"Bearer {key}"},
                 ) as resp:
                     doc = await resp.json()
                     return resp.status, doc.get("access_token", "")
 
-            return await asyncio.gather(*(one() for _ in range(200)))
+            return await asyncio.gather(*(one() for _ in range(n)))
 
-    results = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_200_concurrent_requests_make_one_upstream_call(
+    helper: Helper, standin: RunningStandin
+) -> None:
+    key = add_client(helper.env, "burst", "--profile", "ci", "--rate", "10000")
+    standin.state.delay = 0.3
+    results = burst(helper.url, key, 200)
     assert all(status == 200 for status, _ in results)
     assert len({tok for _, tok in results}) == 1
     assert standin.state.token_calls == 1
+
+
+def test_200_concurrent_requests_across_a_refresh_make_one_upstream_call(
+    tmp_path: Path, standin: RunningStandin
+) -> None:
+    standin.state.monite_lifetime = 4  # refresh point at 2 s (refresh_at = 0.5), served to 3 s
+    env = base_env(tmp_path, standin, lifetime_profile="refresh_at = 0.5")
+    h = start_helper(env, tmp_path)
+    try:
+        key = add_client(env, "burst", "--profile", "ci", "--rate", "10000")
+        status, _, data = call(h.url, "/v1/token", key=key, body={"profile": "ci"})
+        assert status == 200, data
+        warmed = time.monotonic()
+        assert standin.state.token_calls == 1
+        standin.state.delay = 0.3  # the refresh stays in flight while the burst arrives
+        time.sleep(max(0.0, warmed + 2.3 - time.monotonic()))  # past 50%, well before expiry
+        results = burst(h.url, key, 200)
+        assert [status for status, _ in results] == [200] * 200
+        # the old token (while the background refresh runs) or the new one: both issued here
+        assert all(tok in standin.state.issued for _, tok in results)
+        deadline = time.monotonic() + 5
+        while len(standin.state.issued) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # longer than the stand-in's delay: a second refresh would show by now
+        assert standin.state.token_calls == 2
+        text = call(h.url, "/metrics", key=key)[2].decode()
+        assert metric(text, "keycourier_helper_upstream_calls_total") == 2
+    finally:
+        h.stop()
 
 
 def test_token_and_exec_go_through_the_helper(
@@ -367,6 +411,10 @@ def test_outage_serves_cached_token_until_expiry_then_503(
         assert "upstream unavailable" in json.loads(data)["error"]
         assert "Retry-After" in headers
         assert first not in data.decode()
+        # the one refresh (at 3.3 s) failed; the 503 came inside the back-off, with no new call
+        text = call(h.url, "/metrics", key=key)[2].decode()
+        assert metric(text, "keycourier_helper_upstream_errors_total") == 1
+        assert metric(text, "keycourier_helper_upstream_calls_total") == 2
     finally:
         h.stop()
 

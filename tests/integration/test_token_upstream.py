@@ -246,6 +246,36 @@ def test_200_concurrent_callers_across_a_refresh_make_one_upstream_call(
     run(scenario())
 
 
+def test_default_refresh_point_is_80_percent_of_the_lifetime(standin: RunningStandin) -> None:
+    profile = monite_profile(standin.url)  # no refresh_at: the default
+    assert profile.refresh_fraction == 0.8
+    clock = [10_000.0]
+
+    async def fetch(p: Profile) -> Token:
+        return await fetch_token(p, MONITE_CREDS, clock=lambda: clock[0])
+
+    async def scenario() -> None:
+        cache = TokenCache(fetch, clock=lambda: clock[0], background_refresh=False)
+        first = (await cache.get(profile)).token
+        assert first.expires_in == 1800
+        assert standin.state.token_calls == 1
+        clock[0] = first.issued_at + 1800 * 0.79  # before the refresh point: a hit
+        again = await cache.get(profile)
+        assert again.hit
+        assert again.token is first
+        assert cache.fresh(profile) is first
+        assert standin.state.token_calls == 1
+        clock[0] = first.issued_at + 1800 * 0.81  # past it: one refresh
+        assert cache.fresh(profile) is None
+        refreshed = await cache.get(profile)
+        assert not refreshed.hit
+        assert standin.state.token_calls == 2
+        assert refreshed.token.access_token.reveal() != first.access_token.reveal()
+        assert standin.state.is_valid(refreshed.token.access_token.reveal())
+
+    run(scenario())
+
+
 def test_outage_serves_cached_until_expiry_then_fails_cleanly(standin: RunningStandin) -> None:
     profile = monite_profile(standin.url, max_retries=0)
     clock = [10_000.0]
