@@ -188,39 +188,38 @@ def test_doctor_exit_codes(bao_dev: BaoServer, tmp_path: Path) -> None:
     assert "wrong" not in bad.stdout + bad.stderr
 
 
-@pytest.fixture
-def handover(tmp_path: Path, bao_dev: BaoServer) -> dict[str, str]:
-    """Two identities and a sealed bundle (sealed event recorded in Vault)."""
-    for name in ("partner", "platform"):
+def make_identities(tmp_path: Path, *names: str) -> dict[str, dict[str, str]]:
+    for name in names:
         out = run("identity", "new", "-o", f"{name}.kcid", "--work-factor", "10", cwd=tmp_path)
         assert out.returncode == 0, out.stderr
-    pub = {
+    return {
         n: json.loads(run("identity", "show", f"{n}.kcid", "--json", cwd=tmp_path).stdout)
-        for n in ("partner", "platform")
+        for n in names
     }
+
+
+def seal_args(tmp_path: Path, client_id: str, *recipients: str, out: str) -> list[str]:
+    """`seal` arguments for a fresh production QuickBooks credential, by partner.kcid."""
     (tmp_path / "secret.txt").write_text("".join(secrets.choice(ALNUM) for _ in range(40)) + "\n")
-    client_id = "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
+    args = ["seal", "--platform", "quickbooks", "--client-id", client_id]
+    args += ["--client-secret-file", "secret.txt", "--environment", "production"]
+    args += ["--attested-by", "Test Lead", "--identity", "partner.kcid", "--partner", "Acme"]
+    for r in recipients:
+        args += ["-r", r]
+    return [*args, "-o", out, "--json"]
+
+
+def new_client_id() -> str:
+    return "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
+
+
+def seal_handover(tmp_path: Path, bao_dev: BaoServer, *receivers: str) -> dict[str, str]:
+    """Identities (partner + receivers) and a bundle for the receivers (sealed event in Vault)."""
+    pub = make_identities(tmp_path, "partner", *receivers)
+    client_id = new_client_id()
+    recipients = [pub[n]["recipient"] for n in receivers]
     sealed = run(
-        "seal",
-        "--platform",
-        "quickbooks",
-        "--client-id",
-        client_id,
-        "--client-secret-file",
-        "secret.txt",
-        "--environment",
-        "production",
-        "--attested-by",
-        "Test Lead",
-        "--identity",
-        "partner.kcid",
-        "-r",
-        pub["platform"]["recipient"],
-        "--partner",
-        "Acme",
-        "-o",
-        "handover.kcb",
-        "--json",
+        *seal_args(tmp_path, client_id, *recipients, out="handover.kcb"),
         cwd=tmp_path,
         env={**vault_env(bao_dev), "KEYCOURIER_LEDGER": str(tmp_path / "sender.db")},
     )
@@ -231,7 +230,14 @@ def handover(tmp_path: Path, bao_dev: BaoServer) -> dict[str, str]:
         "fingerprint": summary["fingerprint"],
         "partner_fpr": pub["partner"]["signing_fingerprint"],
         "client_id": client_id,
+        **{f"{n}_fpr": pub[n]["signing_fingerprint"] for n in receivers},
     }
+
+
+@pytest.fixture
+def handover(tmp_path: Path, bao_dev: BaoServer) -> dict[str, str]:
+    """Two identities and a sealed bundle (sealed event recorded in Vault)."""
+    return seal_handover(tmp_path, bao_dev, "platform")
 
 
 def test_ingest_writes_credentials_with_provenance(
@@ -346,3 +352,98 @@ def test_audit_show_prints_foreign_records_escaped(bao_dev: BaoServer, tmp_path:
     assert "[vault/foreign]" in lines[1]
     assert "kc1:x\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in lines[1]
     assert "reason=\\x1b[31mred" in lines[1]
+
+
+def vault_bundle_events(
+    server: BaoServer, bundle_id: str
+) -> list[tuple[str, int, dict[str, object]]]:
+    """(ledger, seq, event body) of every version of the bundle's Vault record, in order."""
+    client = hvac.Client(url=server.addr, token=server.token)
+    path = f"keycourier/handovers/{bundle_id}"
+    meta = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point="secret")["data"]
+    out = []
+    for number in sorted(int(v) for v in meta["versions"]):
+        data = client.secrets.kv.v2.read_secret_version(
+            path=path, version=number, mount_point="secret", raise_on_deleted_version=True
+        )["data"]["data"]
+        out.append((data["ledger"], data["seq"], json.loads(data["body"])))
+    return out
+
+
+def real_opens(events: list[tuple[str, int, dict[str, object]]]) -> list[str]:
+    """Actors of the `opened` events that no `release_aborted` event of their ledger voids."""
+    voided = {
+        (ledger, body["data"]["aborts_seq"])  # type: ignore[index]
+        for ledger, _, body in events
+        if body["type"] == "release_aborted"
+    }
+    return [
+        str(body["actor"])
+        for ledger, seq, body in events
+        if body["type"] == "opened" and (ledger, seq) not in voided
+    ]
+
+
+def test_open_require_vault_releases_nothing_and_a_retry_succeeds(
+    handover: dict[str, str], bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    dead = {"VAULT_ADDR": f"http://127.0.0.1:{free_port()}", "VAULT_TOKEN": "t"}
+    args: tuple[str, ...] = ("open", "handover.kcb", "--identity", "platform.kcid", "--trust")
+    args += (handover["partner_fpr"], "--require-vault", "-o", "creds.env")
+    failed = run(*args, cwd=tmp_path, env=dead)
+    assert failed.returncode == 6, failed.stderr
+    assert "nothing was released" in failed.stderr
+    assert not (tmp_path / "creds.env").exists()
+    # the ledger keeps the attempt, voided: bundle state does not count it as opened
+    rows = [json.loads(line) for line in run("audit", "export", cwd=tmp_path).stdout.splitlines()]
+    assert [r["type"] for r in rows] == ["opened", "release_aborted"]
+    assert rows[1]["data"]["aborts_seq"] == rows[0]["seq"]
+    assert rows[1]["data"]["released"] is False
+    retry = run(*args, cwd=tmp_path, env=vault_env(bao_dev))
+    assert retry.returncode == 0, retry.stderr
+    assert (tmp_path / "creds.env").exists()
+    events = vault_bundle_events(bao_dev, handover["bundle_id"])
+    assert [body["type"] for _, _, body in events] == [
+        "sealed",
+        "opened",
+        "release_aborted",
+        "opened",
+    ]
+    assert real_opens(events) == [handover["platform_fpr"]]
+    # a third open is refused: the real open counts
+    (tmp_path / "creds.env").unlink()
+    again = run(*args, cwd=tmp_path, env=vault_env(bao_dev))
+    assert again.returncode == 7
+    assert "already opened" in again.stderr
+    verify = run("audit", "verify", "--vault", cwd=tmp_path, env=vault_env(bao_dev))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_seal_require_vault_writes_no_bundle_and_a_retry_succeeds(
+    bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    pub = make_identities(tmp_path, "partner", "platform")
+    dead = {"VAULT_ADDR": f"http://127.0.0.1:{free_port()}", "VAULT_TOKEN": "t"}
+    args = [*seal_args(tmp_path, new_client_id(), pub["platform"]["recipient"], out="b.kcb")]
+    args.append("--require-vault")
+    failed = run(*args, cwd=tmp_path, env=dead)
+    assert failed.returncode == 6, failed.stderr
+    assert not (tmp_path / "b.kcb").exists()
+    assert failed.stdout == ""
+    rows = [json.loads(line) for line in run("audit", "export", cwd=tmp_path).stdout.splitlines()]
+    assert [r["type"] for r in rows] == ["sealed", "release_aborted"]
+    assert rows[1]["data"]["aborts_seq"] == rows[0]["seq"]
+    assert rows[1]["data"]["aborted_type"] == "sealed"
+    aborted_bundle = rows[0]["bundle_id"]
+    retry = run(*args, cwd=tmp_path, env=vault_env(bao_dev))
+    assert retry.returncode == 0, retry.stderr
+    assert (tmp_path / "b.kcb").exists()
+    bundle_id = json.loads(retry.stdout)["bundle_id"]
+    assert bundle_id != aborted_bundle
+    synced = run("sync", "--json", cwd=tmp_path, env=vault_env(bao_dev))
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["delivered"] == 2
+    # the aborted seal reaches Vault with its void; the real one alone
+    aborted = vault_bundle_events(bao_dev, aborted_bundle)
+    assert [body["type"] for _, _, body in aborted] == ["sealed", "release_aborted"]
+    assert [body["type"] for _, _, body in vault_bundle_events(bao_dev, bundle_id)] == ["sealed"]

@@ -124,7 +124,11 @@ def test_unreachable_vault_keeps_event_pending(tmp_path: Path) -> None:
     ):
         rec.record(ev(EventType.OPENED, "kcb-pend", 1))
     led = SqliteLedger(settings.ledger_path)
-    assert led.pending_count() == 2  # kept locally before the error
+    # kept locally before the error, and voided: the open released nothing
+    assert led.pending_count() == 3
+    aborted = led.history(bundle_id="kcb-pend")[-1]
+    assert aborted.event.type == EventType.RELEASE_ABORTED
+    assert aborted.event.data["aborts_seq"] == 2
     assert led.verify().ok
     led.close()
 

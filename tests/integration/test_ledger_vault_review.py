@@ -236,7 +236,9 @@ def test_a_clashing_pin_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path
     with open_recorder(settings) as rec, pytest.raises(IntegrityError, match="pins a different"):
         rec.record(ev(EventType.SEALED, "kcb-" + uuid.uuid4().hex))
     with open_recorder(settings) as rec:
-        assert rec.ledger.pending_count() == 1  # kept locally, not released to Vault
+        # kept locally, not released to Vault, and voided: the failed seal released nothing
+        assert rec.ledger.pending_count() == 2
+        assert rec.history()[-1].event.type == EventType.RELEASE_ABORTED
 
 
 # -- L4: records of other (or forged) ledgers ----------------------------------------------

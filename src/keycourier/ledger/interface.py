@@ -20,11 +20,17 @@ class EventType(enum.StrEnum):
     INGESTED = "ingested"
     REVOKED = "revoked"
     DENIED_FINGERPRINT = "denied_fingerprint"
+    # a release (sealed/opened) that did not happen: the command failed after appending it
+    # (e.g. --require-vault with Vault unreachable); data.aborts_seq names the voided event
+    RELEASE_ABORTED = "release_aborted"
     TOKEN_ISSUED = "token_issued"  # noqa: S105 - an event name
     TOKEN_HANDED_OUT = "token_handed_out"  # noqa: S105 - an event name
     CONNECTION_CREATED = "connection_created"
     CONNECTION_CONNECTED = "connection_connected"
     CONNECTION_DISCONNECTED = "connection_disconnected"
+
+
+RELEASES = frozenset({EventType.SEALED, EventType.OPENED})
 
 
 class VaultStatus(enum.StrEnum):

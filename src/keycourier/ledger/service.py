@@ -11,7 +11,7 @@ import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from keycourier.errors import (
     UsageError,
 )
 from keycourier.ledger.interface import (
+    RELEASES,
     Event,
     EventType,
     Recorder,
@@ -163,18 +164,54 @@ class LedgerRecorder:
                 )
                 version, _ = self.mirror.deliver(path, record, known_version=known, event=event)
                 self._mark(stored.seq, path, version)
+        except IntegrityError as exc:
+            self._abort_release(event, stored.seq, exc.message, where)
+            raise
         except (UnavailableError, AuthError, ConfigError) as exc:
             # nothing lost: the event is in the ledger; say why Vault did not take it
             self._vault_error = exc
             detail = exc.message
             self.ledger.mark_detail(stored.seq, detail)
             if self.require_vault:
+                kept = f"event #{stored.seq} is kept in the local ledger as pending"
+                voided = self._abort_release(event, stored.seq, detail, where)
+                if voided is not None:
+                    kept = (
+                        f"nothing was released: event #{stored.seq} and event #{voided}, "
+                        f"which records that it was aborted, are kept in the local ledger "
+                        "as pending"
+                    )
                 raise type(exc)(
-                    f"{exc.message}; event #{stored.seq} is kept in the local ledger as pending",
+                    f"{exc.message}; {kept}",
                     hints=[*exc.hints, "run 'keycourier sync' when Vault is back"],
                 ) from None
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
+
+    def _abort_release(
+        self, event: Event, seq: int, reason: str, where: Callable[[int], str]
+    ) -> int | None:
+        """After a release event whose command fails (nothing is released), append a
+        `release_aborted` event naming it, so that neither the ledger nor (once synced) Vault
+        claims the release. Append-only: event #seq itself stays as it was hashed."""
+        if event.type not in RELEASES:
+            return None
+        from dataclasses import replace
+
+        abort = replace(
+            event,
+            type=EventType.RELEASE_ABORTED,
+            at=max(event.at, datetime.now(UTC)),
+            data={
+                "aborts_seq": seq,
+                "aborted_type": str(event.type),
+                "released": False,
+                "reason": reason,
+            },
+        )
+        stored, _, _ = self.ledger.append_full(abort, VaultStatus.PENDING, where)
+        self.ledger.mark_detail(stored.seq, reason)
+        return stored.seq
 
     def _pin_mark(self) -> str:
         vs = self.settings.vault
@@ -477,15 +514,15 @@ class LedgerRecorder:
 
     # -- bundle state ------------------------------------------------------------------
 
-    def vault_bundle_events(self, bundle_id: str) -> list[Event]:
-        """Events of this bundle that Vault holds and the local ledger does not (see below)."""
-        return [e for _, e in self.vault_only_events(bundle_id)]
-
     def vault_only_events(self, bundle_id: str) -> list[tuple[str, Event]]:
         """(origin, event) for each version of the bundle's Vault record that no identical
         local event accounts for: origin "foreign" (written by another ledger) or
         "unmatched" (names this ledger but the local ledger lacks it or differs: a removed
         tail, or a forgery). Both count for bundle state: a revoke is a revoke."""
+        return [(origin, v.event) for origin, v in self.vault_only_records(bundle_id)]
+
+    def vault_only_records(self, bundle_id: str) -> list[tuple[str, VaultEvent]]:
+        """Like :meth:`vault_only_events`, with each version's ledger and seq."""
         if self.mirror is None:
             return []
         return self._unaccounted(self.mirror.bundle_events(bundle_id))
@@ -494,18 +531,18 @@ class LedgerRecorder:
         """Like :meth:`vault_only_events`, for the fingerprint's deny record."""
         if self.mirror is None:
             return []
-        return self._unaccounted(self.mirror.denied_events(fingerprint))
+        return [(o, v.event) for o, v in self._unaccounted(self.mirror.denied_events(fingerprint))]
 
-    def _unaccounted(self, found: list[VaultEvent]) -> list[tuple[str, Event]]:
+    def _unaccounted(self, found: list[VaultEvent]) -> list[tuple[str, VaultEvent]]:
         mine = self.ledger.ledger_id
-        out: list[tuple[str, Event]] = []
+        out: list[tuple[str, VaultEvent]] = []
         for v in found:
             if v.ledger != mine:
-                out.append(("foreign", v.event))
+                out.append(("foreign", v))
                 continue
             row = self.ledger.event_row(v.seq)
             if row is None or row[2] != v.hash:
-                out.append(("unmatched", v.event))
+                out.append(("unmatched", v))
         return out
 
 
@@ -518,24 +555,37 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerR
 
 def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
     """Opened / revoked / sealed facts from the local ledger and, when reachable, Vault."""
-    events = [s.event for s in recorder.history(bundle_id=bundle_id)]
+    local = recorder.history(bundle_id=bundle_id)
+    events = [s.event for s in local]
+    # a `release_aborted` event voids a sealed/opened event of its own source only: the
+    # local chain's voids apply to local events, a Vault version's to that ledger's versions
+    voided = {(-1, seq) for seq in _aborted_seqs(events)}
+    numbered = [((-1, s.seq), s.event) for s in local]
     vault_checked = False
     detail = ""
     if isinstance(recorder, LedgerRecorder) and recorder.mirror is not None:
         try:
-            events.extend(recorder.vault_bundle_events(bundle_id))
+            found = [v for _, v in recorder.vault_only_records(bundle_id)]
             vault_checked = True
         except (UnavailableError, AuthError) as exc:
             detail = exc.message
+            found = []
+        ledgers = {name: i for i, name in enumerate(sorted({v.ledger for v in found}))}
+        for name, index in ledgers.items():
+            mine = [v.event for v in found if v.ledger == name]
+            voided |= {(index, seq) for seq in _aborted_seqs(mine)}
+        numbered += [((ledgers[v.ledger], v.seq), v.event) for v in found]
+        events.extend(v.event for v in found)
     else:
         detail = "no Vault configured"
     events.sort(key=lambda e: e.at)
     events = [_printable_event(e) for e in events]
+    live = sorted((e for key, e in numbered if key not in voided), key=lambda e: e.at)
     opened: list[str] = []
     revoked: str | None = None
     sealed_by: str | None = None
     ingested: list[str] = []
-    for e in events:
+    for e in (_printable_event(e) for e in live):
         if e.type == EventType.OPENED and e.actor not in opened:
             opened.append(e.actor)
         elif e.type == EventType.REVOKED and revoked is None:
@@ -554,6 +604,16 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
         vault_detail=detail,
         events=tuple(events),
     )
+
+
+def _aborted_seqs(events: Sequence[Event]) -> set[int]:
+    """The seqs that these events' `release_aborted` events void (releases that never were)."""
+    out: set[int] = set()
+    for e in events:
+        seq = e.data.get("aborts_seq")
+        if e.type == EventType.RELEASE_ABORTED and isinstance(seq, int):
+            out.add(seq)
+    return out
 
 
 def _escape(ch: str) -> str:
