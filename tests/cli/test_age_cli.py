@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from keycourier import age
+from keycourier.redact import Secret
 
 WF = "4"  # scrypt work factor for tests (the CLI default is 18)
 
@@ -258,3 +259,50 @@ def test_help_has_examples() -> None:
         assert res.returncode == 0
         assert b"Example:" in res.stdout
         assert b"keycourier age " + cmd.encode() in res.stdout
+
+
+def test_passphrase_prompt_on_a_terminal_is_hidden_and_confirmed(tmp_path: Path) -> None:
+    """No passphrase file and no KEYCOURIER_PASSPHRASE: encrypt asks twice on the
+    terminal without echoing, decrypt asks once; a mismatch is refused."""
+    from tests.support.pty_run import run_on_terminal
+
+    (tmp_path / "in.txt").write_bytes(b"credentials\n")
+    env = {"KEYCOURIER_PASSPHRASE": ""}
+    words = "tty passphrase 4 tests"
+    enc = run_on_terminal(
+        ["age", "encrypt", "-p", "--work-factor", WF, "-o", "out.age", "in.txt"],
+        cwd=tmp_path,
+        answers=[("passphrase: ", words), ("confirmation: ", words)],
+        env=env,
+    )
+    assert enc.code == 0, enc.screen
+    assert enc.unanswered == 0
+    assert words not in enc.screen  # typed with echo off
+    dec = run_on_terminal(
+        ["age", "decrypt", "-o", "out.txt", "out.age"],
+        cwd=tmp_path,
+        answers=[("passphrase: ", words)],
+        env=env,
+    )
+    assert dec.code == 0, dec.screen
+    assert words not in dec.screen
+    assert (tmp_path / "out.txt").read_bytes() == b"credentials\n"
+    mismatch = run_on_terminal(
+        ["age", "encrypt", "-p", "--work-factor", WF, "-o", "other.age", "in.txt"],
+        cwd=tmp_path,
+        answers=[
+            ("passphrase: ", words),
+            ("confirmation: ", words + "x"),  # a typo: asked again
+            ("passphrase: ", words),
+            ("confirmation: ", words),
+        ],
+        env=env,
+        timeout=20,
+    )
+    assert mismatch.code == 0, mismatch.screen
+    assert mismatch.unanswered == 0
+    assert "do not match" in mismatch.screen
+    assert (
+        age.decrypt([age.ScryptIdentity(Secret(words))], (tmp_path / "other.age").read_bytes())
+        == b"credentials\n"
+    )

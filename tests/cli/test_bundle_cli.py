@@ -279,6 +279,21 @@ def test_open_rejects_what_the_receivers_stricter_policy_rejects(world: World) -
     assert not (world.dir / "creds.json").exists()
 
 
+def test_open_refuses_to_print_credentials_to_a_terminal_without_reveal(world: World) -> None:
+    from tests.support.pty_run import run_on_terminal
+
+    assert world.seal().returncode == 0
+    args = ["open", "handover.kcb", "--identity", "platform.kcid", "--trust", world.partner_fpr]
+    env = {"KEYCOURIER_PASSPHRASE": PASS}
+    refused = run_on_terminal(args, cwd=world.dir, env=env, timeout=30)
+    assert refused.code == 2, refused.screen
+    assert "--reveal" in refused.screen
+    assert world.secret not in refused.screen
+    shown = run_on_terminal([*args, "--reveal"], cwd=world.dir, env=env, timeout=30)
+    assert shown.code == 0, shown.screen
+    assert world.secret in shown.screen
+
+
 def test_secret_from_stdin_and_passphrase_conflict(world: World) -> None:
     out = run(
         "seal",
