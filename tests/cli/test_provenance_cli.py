@@ -447,3 +447,37 @@ def test_seal_require_vault_writes_no_bundle_and_a_retry_succeeds(
     aborted = vault_bundle_events(bao_dev, aborted_bundle)
     assert [body["type"] for _, _, body in aborted] == ["sealed", "release_aborted"]
     assert [body["type"] for _, _, body in vault_bundle_events(bao_dev, bundle_id)] == ["sealed"]
+
+
+def test_open_rejected_by_the_receivers_policy_is_recorded(
+    handover: dict[str, str], bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    (tmp_path / "strict.toml").write_text('[rules.lifetime]\nmax = "3d"\n')
+    env = vault_env(bao_dev)
+    args: tuple[str, ...] = ("open", "handover.kcb", "--identity", "platform.kcid", "--trust")
+    args += (handover["partner_fpr"], "--policy", "strict.toml", "-o", "creds.env")
+    out = run(*args, cwd=tmp_path, env=env)
+    assert out.returncode == 7, out.stderr
+    assert "lifetime" in out.stderr
+    assert not (tmp_path / "creds.env").exists()
+    secret = (tmp_path / "secret.txt").read_text().strip()
+    assert secret not in out.stdout + out.stderr
+    assert secret.encode() not in (tmp_path / "ledger.db").read_bytes()
+    show = run("audit", "show", handover["bundle_id"], "--json", cwd=tmp_path, env=env)
+    assert show.returncode == 0, show.stderr
+    rows = json.loads(show.stdout)
+    assert [(r["source"], r["type"]) for r in rows] == [("vault", "sealed"), ("ledger", "rejected")]
+    export = run("audit", "export", cwd=tmp_path)
+    (row,) = [json.loads(line) for line in export.stdout.splitlines()]
+    assert row["type"] == "rejected"
+    assert row["bundle_id"] == handover["bundle_id"]
+    assert row["fingerprint"] == handover["fingerprint"]
+    assert row["actor"] == handover["platform_fpr"]
+    assert row["data"]["rules"] == ["lifetime"]
+    assert row["data"]["stage"] == "open"
+    assert row["vault_status"] == "recorded"
+    assert row["policy_digest"].startswith("sha256:")
+    assert handover["client_id"] not in export.stdout
+    # the refusal released nothing: the default policy still opens it
+    ok = run(*args[:-4], "-o", "creds.env", cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr

@@ -453,15 +453,19 @@ def open_for_cli(
 
     policy_obj = load_policy(settings.policy_path)
     now = datetime.now(UTC)
-    checked = bundle.open_bundle(
-        text,
-        identity=ident,
-        trusted=trusted,
-        policy=policy_obj,
-        now=now,
-        denied=denied_lookup(settings),
-    )
     me = ident.public().signing_fingerprint
+    try:
+        checked = bundle.open_bundle(
+            text,
+            identity=ident,
+            trusted=trusted,
+            policy=policy_obj,
+            now=now,
+            denied=denied_lookup(settings),
+        )
+    except PolicyError as exc:
+        _record_open_rejection(settings, text, exc, actor=me, policy_digest=policy_obj.digest)
+        raise
     recorder = open_recorder(settings, require_vault=require_vault)
     try:
         _check_state(recorder, checked.manifest.bundle_id, me, allow_reopen=allow_reopen)
@@ -479,6 +483,43 @@ def open_for_cli(
         recorder.close()
     report_outcome(event, outcome)
     return checked
+
+
+REJECTS_PREFIX = "the receiving policy rejects bundle "
+
+
+def _record_open_rejection(
+    settings: Settings, text: bytes, exc: PolicyError, *, actor: str, policy_digest: str
+) -> None:
+    """Record `rejected` when the receiver's policy refuses a verified bundle (not when it
+    merely expired). The rule ids come from the error, which names them after a colon."""
+    from keycourier import bundle
+    from keycourier.ledger.interface import Event, EventType
+
+    if not exc.message.startswith(REJECTS_PREFIX):
+        return
+    rules = [r.strip() for r in exc.message.rpartition(": ")[2].split(",") if r.strip()]
+    m = bundle.inspect(text).manifest  # signature already verified by open_bundle
+    _record(
+        settings,
+        Event(
+            type=EventType.REJECTED,
+            at=datetime.now(UTC),
+            actor=actor,
+            bundle_id=m.bundle_id,
+            fingerprint=m.fingerprint,
+            policy_digest=policy_digest,
+            data={
+                "stage": "open",
+                "platform": m.platform,
+                "rules": rules,
+                "client_id_masked": m.client_id_masked,
+                "partner": m.partner,
+                "sealed_by": m.sender_fingerprint,
+            },
+        ),
+        require_vault=False,
+    )
 
 
 def _check_state(recorder: Recorder, bundle_id: str, me: str, *, allow_reopen: bool) -> None:
