@@ -59,6 +59,15 @@ class Side:
         ):
             self.env.pop(var, None)
 
+    def twin(self, name: str) -> Side:
+        """Another machine of the same team: same passphrase and Vault, its own (empty) HOME
+        and ledger."""
+        other = Side(name, self.work, self.env["KEYCOURIER_PASSPHRASE"])
+        for var in ("VAULT_ADDR", "VAULT_TOKEN"):
+            if var in self.env:
+                other.env[var] = self.env[var]
+        return other
+
     def kc(
         self, *args: str, expect: int = 0, stdin: bytes | None = None, quiet: bool = False
     ) -> subprocess.CompletedProcess[bytes]:
@@ -255,10 +264,17 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         "partners/acme/quickbooks",
     )
 
-    say("8. A second open (by anyone holding the bundle) is refused: Vault shows it was opened.")
-    platform.kc(
+    say(
+        "8. A second open, from another platform machine whose local ledger is empty, is "
+        "refused: Vault shows the bundle was already opened (by the same identity, so there is "
+        "no interception warning)."
+    )
+    spare = platform.twin("platform-2")
+    again = spare.kc(
         "open", "handover.kcb", "--identity", "platform.kcid", *trust, "-o", "creds.json", expect=7
     )
+    if b"already opened" not in again.stderr or (work / "creds.json").exists():
+        raise SystemExit("demo: step failed: the second open was not refused as already opened")
 
     say(
         "9. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "

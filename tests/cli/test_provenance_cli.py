@@ -481,3 +481,36 @@ def test_open_rejected_by_the_receivers_policy_is_recorded(
     # the refusal released nothing: the default policy still opens it
     ok = run(*args[:-4], "-o", "creds.env", cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_open_refused_when_vault_shows_another_identity_opened_it(
+    bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    h = seal_handover(tmp_path, bao_dev, "platform", "mallory")
+    env = vault_env(bao_dev)
+    trust = ("--trust", h["partner_fpr"])
+    mallory = run(
+        "open",
+        "handover.kcb",
+        "--identity",
+        "mallory.kcid",
+        *trust,
+        "-o",
+        "stolen.env",
+        cwd=tmp_path,
+        env={**env, "KEYCOURIER_LEDGER": str(tmp_path / "mallory.db")},
+    )
+    assert mallory.returncode == 0, mallory.stderr
+    # the platform's ledger is fresh: only Vault knows of mallory's open
+    assert not (tmp_path / "ledger.db").exists()
+    args = ("open", "handover.kcb", "--identity", "platform.kcid", *trust, "-o", "creds.env")
+    refused = run(*args, cwd=tmp_path, env=env)
+    assert refused.returncode == 7, refused.stderr
+    assert "possible interception" in refused.stderr
+    assert h["mallory_fpr"] in refused.stderr
+    assert "already opened" in refused.stderr
+    assert not (tmp_path / "creds.env").exists()
+    reopened = run(*args, "--allow-reopen", cwd=tmp_path, env=env)
+    assert reopened.returncode == 0, reopened.stderr
+    assert "possible interception" in reopened.stderr
+    assert (tmp_path / "creds.env").exists()
