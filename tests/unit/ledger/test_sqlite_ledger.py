@@ -272,3 +272,23 @@ def test_memory_recorder_behaves_like_the_port() -> None:
 def test_parse_body_rejects_garbage() -> None:
     with pytest.raises(IntegrityError):
         chain.parse_body("{}")
+
+
+def test_checkpoint_every_n_events_within_one_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keycourier.ledger import sqlite
+
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 3)
+    path = tmp_path / "ledger.db"
+    fill(path, 7)  # one recorder session: every 3 events, then the final one at close
+    led = SqliteLedger(path)
+    try:
+        signed = [r[0] for r in led.conn.execute("SELECT seq FROM checkpoints ORDER BY seq")]
+        assert signed == [3, 6, 7]
+        report = led.verify()
+        assert report.ok
+        assert report.checkpoints == 3
+        assert report.unsigned_tail == 0
+    finally:
+        led.close()
