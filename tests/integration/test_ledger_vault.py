@@ -269,6 +269,58 @@ def test_optional_transit_signatures(bao_dev: BaoServer, tmp_path: Path) -> None
         assert not rec.mirror.verify_signature("0" * 64, signature)
 
 
+def test_transit_signature_removed_or_forged_breaks_at_its_seq(
+    bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from keycourier.cli.main import cli
+
+    admin = root(bao_dev)
+    if "transit/" not in admin.sys.list_mounted_secrets_engines()["data"]:
+        admin.sys.enable_secrets_engine("transit", path="transit")
+    admin.secrets.transit.create_key("keycourier-provenance", key_type="ed25519")
+    bid = "kcb-" + uuid.uuid4().hex
+    env = {
+        "HOME": str(tmp_path),
+        "VAULT_ADDR": bao_dev.addr,
+        "VAULT_TOKEN": bao_dev.token,
+        "KEYCOURIER_VAULT_TRANSIT_KEY": "keycourier-provenance",
+    }
+    settings = config.load(ledger_path=tmp_path / "t.db", env=env)
+    path = f"{HANDOVERS}/{bid}"
+    with open_recorder(settings) as rec:
+        for n, kind in enumerate((EventType.SEALED, EventType.OPENED, EventType.REVOKED)):
+            assert rec.record(ev(kind, bid, n)).vault_status == VaultStatus.RECORDED
+        assert rec.verify(vault=True).ok
+    versions = [vault.kv_read_version(admin, "secret", path, n) for n in (1, 2, 3)]
+    data = [dict(v.data) for v in versions if v is not None and v.data is not None]
+    assert [d["seq"] for d in data] == [1, 2, 3]
+    # someone with write access to the mount rewrites the record's history: the records
+    # are kept identical, but version 2 loses its signature and version 3 borrows version 1's
+    del data[1]["transit_signature"]
+    data[2]["transit_signature"] = data[0]["transit_signature"]
+    admin.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+    for cas, record in enumerate(data):
+        vault.kv_write(admin, "secret", path, record, cas=cas)
+    with open_recorder(settings) as rec:
+        report = rec.verify(vault=True)
+    assert report.chain.ok  # the local chain is intact: only Vault's signatures are wrong
+    assert [(b.seq, "Transit signature" in b.reason) for b in report.vault_breaks] == [
+        (2, True),
+        (3, True),
+    ]
+    assert report.first_break is not None
+    assert report.first_break[0] == 2
+    out = CliRunner().invoke(
+        cli, ["audit", "verify", "--vault", "--ledger", str(tmp_path / "t.db")], env=env
+    )
+    assert isinstance(out.exception, IntegrityError), out.output  # exit 4 at the entry point
+    assert out.exception.exit_code == 4
+    assert "broken at event #2" in out.exception.message
+    assert "BROKEN at event #2" in out.output
+
+
 def test_missing_mount_keeps_event_pending_and_says_why(bao_dev: BaoServer, tmp_path: Path) -> None:
     settings = config.load(
         ledger_path=tmp_path / "m.db",
