@@ -1,3 +1,3 @@
-from keycourier.cli.main import run
+from keycourier.cli.entry import run
 
 run()

@@ -1,8 +1,7 @@
 """`keycourier age`: standard age v1 files, shaped like the age tool.
 
-Thin layer: parse options, call ``keycourier.age``, render. Output files are
-written to a temporary file and renamed only on success, so a failed
-decryption never leaves partial plaintext behind.
+Thin layer: parse options and call ``age_ops`` (the same functions the
+console script's click-free fast path calls, see ``keycourier.cli.entry``).
 """
 
 from __future__ import annotations
@@ -10,91 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
+from keycourier.cli.age_ops import decrypt_files, encrypt_files
 from keycourier.errors import UsageError
-
-if TYPE_CHECKING:
-    from keycourier.age import Identity, Recipient
-    from keycourier.redact import Secret
-
-# Start-up matters for `keycourier age encrypt`: keep tempfile, pathlib, json
-# and keycourier.cli.common (which imports them) out of the common path.
-
-MAX_KEY_FILE_BYTES = 1024 * 1024
-
-
-def _read_key_file(path: str, what: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise UsageError(f"the {what} file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"the {what} file {path} is not UTF-8 text") from None
-
-
-@contextlib.contextmanager
-def _input(path: str | None) -> Iterator[BinaryIO]:
-    if path is None or path == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    with fh:
-        yield fh
-
-
-def _umask() -> int:
-    current = os.umask(0o077)
-    os.umask(current)
-    return current
-
-
-@contextlib.contextmanager
-def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
-    """stdout, or a temp file next to ``path`` renamed into place only on success."""
-    if path is None or path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600 if private else 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            if private:
-                os.fsync(fh.fileno())  # plaintext: make it durable before it appears
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _is_stdin(path: str | None) -> bool:
-    return path is None or path == "-"
-
-
-def _passphrase(passphrase_file: str | None, *, confirm: bool, input_path: str | None) -> Secret:
-    from keycourier.cli.common import get_passphrase
-
-    return get_passphrase(passphrase_file, confirm=confirm, stdin_busy=_is_stdin(input_path))
 
 
 @click.group(name="age")
@@ -205,29 +124,16 @@ def encrypt(
       keycourier age encrypt -R team.txt < creds.json > creds.age
       keycourier age encrypt --passphrase-file pass.txt -o creds.age creds.json
     """
-    from keycourier import age as agelib
-
-    use_passphrase = use_passphrase or passphrase_file is not None
-    if use_passphrase and (recipients or recipient_files):
-        raise UsageError("a passphrase cannot be combined with -r/-R recipients")
-    if not use_passphrase and not (recipients or recipient_files):
-        raise UsageError(
-            "no recipients given",
-            hints=["use -r age1..., -R recipients.txt, or --passphrase"],
-        )
-    if (output is None or output == "-") and not armor and sys.stdout.isatty():
-        raise UsageError(
-            "refusing to write binary ciphertext to a terminal",
-            hints=["use -a/--armor, or -o FILE, or redirect stdout"],
-        )
-    targets: list[Recipient] = [agelib.parse_recipient(r) for r in recipients]
-    for path in recipient_files:
-        targets.extend(agelib.parse_recipients_file(_read_key_file(path, "recipients")))
-    if use_passphrase:
-        secret = _passphrase(passphrase_file, confirm=True, input_path=input_path)
-        targets = [agelib.ScryptRecipient(secret, work_factor)]
-    with _input(input_path) as src, _output(output, private=False) as dst:
-        agelib.encrypt_stream(targets, src, dst, armor=armor)
+    encrypt_files(
+        recipients=recipients,
+        recipient_files=recipient_files,
+        use_passphrase=use_passphrase,
+        passphrase_file=passphrase_file,
+        work_factor=work_factor,
+        armor=armor,
+        output=output,
+        input_path=input_path,
+    )
 
 
 @age.command()
@@ -261,13 +167,9 @@ def decrypt(
       keycourier age decrypt -i key.txt -o creds.json creds.age
       keycourier age decrypt --passphrase-file pass.txt creds.age > creds.json
     """
-    from keycourier import age as agelib
-
-    identities: list[Identity] = []
-    for path in identity_files:
-        identities.extend(agelib.parse_identities_file(_read_key_file(path, "identity")))
-    if passphrase_file is not None or not identity_files:
-        secret = _passphrase(passphrase_file, confirm=False, input_path=input_path)
-        identities.append(agelib.ScryptIdentity(secret))
-    with _input(input_path) as src, _output(output, private=True) as dst:
-        agelib.decrypt_stream(identities, src, dst)
+    decrypt_files(
+        identity_files=identity_files,
+        passphrase_file=passphrase_file,
+        output=output,
+        input_path=input_path,
+    )

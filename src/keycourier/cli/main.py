@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import click
 
 from keycourier import __version__
-from keycourier.errors import Error, ExitCode
+from keycourier.cli.outcome import exit_code_for, quick_exit, say
+from keycourier.errors import ExitCode
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -122,10 +123,6 @@ def cli(ctx: click.Context, debug: bool, config_path: str | None) -> None:
     ctx.obj["config_path"] = config_path
 
 
-def _say(kind: str, text: str) -> None:
-    sys.stderr.write(f"keycourier: {kind}: {text}\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn every outcome into a documented exit code."""
     _resolved.clear()
@@ -133,58 +130,31 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Without standalone mode click returns ctx.exit(n)'s code instead of exiting.
         rc = cli.main(args=argv, prog_name="keycourier", standalone_mode=False)
-    except Error as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        _say("error", exc.message)
-        for hint in exc.hints:
-            _say("hint", hint)
-        sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:
-        _say("error", "aborted")
+        say("error", "aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        _say("error", exc.format_message())
+        say("error", exc.format_message())
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
-            _say("hint", f"see '{exc.ctx.command_path} --help'")
+            say("hint", f"see '{exc.ctx.command_path} --help'")
         sys.exit(int(ExitCode.USAGE))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _say("error", "interrupted")
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(int(ExitCode.UNEXPECTED))
-    except OSError as exc:
-        # An I/O failure keycourier did not turn into a message itself (a full disk
-        # under stdout, say): name the system error only; its filename is not shown.
-        _say("error", f"input/output error: {exc.strerror or type(exc).__name__}")
-        sys.exit(int(ExitCode.UNEXPECTED))
-    except Exception as exc:  # noqa: BLE001 - the one catch-all, by design
-        # Never print the exception's message: it could carry a secret.
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        _say("error", f"unexpected internal error ({type(exc).__name__})")
-        _say("hint", "rerun with --debug for a traceback, and report it (see SECURITY.md)")
-        sys.exit(int(ExitCode.UNEXPECTED))
+    except (Exception, KeyboardInterrupt) as exc:  # the one catch-all, by design
+        code = exit_code_for(exc, debug=debug)
+        if code is None:  # pragma: no cover - every Exception has a code
+            raise
+        sys.exit(code)
     else:
         sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def run() -> None:
-    """The console-script entry: ``main()``, then a quick exit for ``age`` commands.
+    """``main()``, then a quick exit (``outcome.quick_exit``) for ``age`` commands.
 
-    Tearing down the interpreter (module dicts, the cryptography and click
-    objects) takes about 7 ms here, as long as everything ``keycourier age
-    encrypt`` itself does. When the command was one of FAST_EXIT_COMMANDS,
-    stdout and stderr are flushed and the process ends with ``os._exit``.
-    Anything else, or a flush that fails (a closed pipe), takes the normal
-    ``sys.exit`` path. Only for real processes: ``main()`` stays safe to call
-    in-process (tests).
+    The console script enters through ``keycourier.cli.entry.run``, which
+    calls this for every command line its click-free fast path does not take.
+    Only for real processes: ``main()`` stays safe to call in-process (tests).
     """
     try:
         main()
@@ -193,14 +163,7 @@ def run() -> None:
         fast = bool(_resolved) and set(_resolved) <= FAST_EXIT_COMMANDS
         if not fast or not (code is None or isinstance(code, int)):
             raise
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BaseException:  # noqa: BLE001 - let the normal exit path report it
-            raise done from None
-        import os
-
-        os._exit(code or 0)
+        quick_exit(code or 0)
 
 
 def settings_from(

@@ -1,0 +1,185 @@
+"""The console script's click-free fast path (keycourier.cli.entry) against click itself.
+
+Whatever command line the fast path takes, click must parse to exactly the same
+values; everything else must be left to click. Checked on generated command
+lines over a vocabulary of the options, values and traps (help, ``--``,
+``--opt=value``, bundled flags, directories, unreadable files, repeats).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keycourier import age
+from keycourier.cli import age_cmd
+from keycourier.cli.entry import DECRYPT_OPTIONS, ENCRYPT_OPTIONS, parse
+
+R1 = age.X25519Identity.generate().recipient().to_string()
+R2 = age.X25519Identity.generate().recipient().to_string()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("fast")
+    for name in ("key.txt", "in.txt", "in.age", "recipients.txt", "pass.txt"):
+        (base / name).write_text("x\n")
+    (base / "adir").mkdir()
+    return base
+
+
+def _vocabulary(base: Path) -> list[str]:
+    names = ("key.txt", "in.txt", "in.age", "recipients.txt", "adir", "missing.txt", "out.age")
+    return [
+        *ENCRYPT_OPTIONS,
+        *DECRYPT_OPTIONS,
+        R1,
+        R2,
+        *(str(base / n) for n in names),
+        "-",
+        "",
+        "--",
+        "-h",
+        "--help",
+        "-ai",
+        "-ao",
+        f"--output={base / 'x.age'}",
+        "-p",
+        "--passphrase",
+        "--passphrase-file",
+        "--work-factor",
+        "4",
+        "--debug",
+        "-x",
+        "age1notarecipient",
+    ]
+
+
+def _click_params(command: click.Command, args: list[str]) -> dict[str, object]:
+    ctx = command.make_context(command.name or "", list(args))
+    return dict(ctx.params)
+
+
+def _pieces(base: Path, sub: str) -> st.SearchStrategy[list[str]]:
+    """One option with a value, a flag, a positional, or (now and then) a trap."""
+    table = ENCRYPT_OPTIONS if sub == "encrypt" else DECRYPT_OPTIONS
+    vocab = _vocabulary(base)
+    paths = [str(base / n) for n in ("key.txt", "in.age", "recipients.txt", "out.age", "new.txt")]
+    values = {
+        "multi": st.sampled_from([R1, R2]),
+        "multi-path": st.sampled_from(paths),
+        "single-path-dash": st.sampled_from([*paths, "-"]),
+    }
+    option = st.sampled_from(sorted(table)).flatmap(
+        lambda opt: (
+            st.just([opt])
+            if table[opt][1] == "flag"
+            else values[table[opt][1]].map(lambda v: [opt, v])
+        )
+    )
+    positional = st.sampled_from([*paths, "-"]).map(lambda p: [p])
+    trap = st.sampled_from(vocab).map(lambda t: [t])
+    return st.one_of(option, option, option, positional, trap)
+
+
+@settings(
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_what_the_fast_path_takes_click_parses_the_same(files: Path, data: st.DataObject) -> None:
+    sub = data.draw(st.sampled_from(["encrypt", "decrypt"]))
+    pieces = data.draw(st.lists(_pieces(files, sub), max_size=6))
+    rest = [arg for piece in pieces for arg in piece]
+    fast = parse(["age", sub, *rest])
+    if fast is None:
+        return
+    command = age_cmd.encrypt if sub == "encrypt" else age_cmd.decrypt
+    assert _click_params(command, rest) == fast.params(), rest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["age", "encrypt", "-r", R1, "-o", "out.age", "in.txt"],
+        ["age", "encrypt", "--recipient", R1, "-r", R2, "-a", "in.txt"],
+        ["age", "encrypt", "-R", "recipients.txt", "-o", "-", "-"],
+        ["age", "encrypt", "in.txt", "--armor", "--recipient", R1],
+        ["age", "decrypt", "-i", "key.txt", "in.age"],
+        ["age", "decrypt", "--identity", "key.txt", "-i", "key.txt", "-o", "out.txt", "in.age"],
+        ["age", "decrypt", "-i", "key.txt"],
+    ],
+)
+def test_the_plain_forms_take_the_fast_path(
+    files: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files)
+    fast = parse(argv)
+    assert fast is not None
+    command = age_cmd.encrypt if argv[1] == "encrypt" else age_cmd.decrypt
+    assert _click_params(command, argv[2:]) == fast.params()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--debug", "age", "decrypt", "-i", "key.txt", "in.age"],
+        ["age", "decrypt", "in.age"],  # a passphrase: maybe a prompt
+        ["age", "encrypt", "in.txt"],  # no recipients: click's usage error
+        ["age", "encrypt", "-p", "in.txt"],
+        ["age", "decrypt", "-i", "key.txt", "--passphrase-file", "pass.txt", "in.age"],
+        ["age", "decrypt", "-i", "adir", "in.age"],  # click: is a directory
+        ["age", "decrypt", "-i", "key.txt", "-o", "a", "-o", "b", "in.age"],
+        ["age", "decrypt", "-i", "key.txt", "in.age", "other.age"],
+        ["age", "decrypt", "-i", "key.txt", "--", "in.age"],
+        ["age", "decrypt", "--identity=key.txt", "in.age"],
+        ["age", "decrypt", "-ikey.txt", "in.age"],
+        ["age", "decrypt", "-i", "-", "in.age"],
+        ["age", "decrypt", "-i"],
+        ["age", "decrypt", "-h"],
+        ["age", "keygen"],
+        ["identity", "new"],
+    ],
+)
+def test_everything_else_is_left_to_click(
+    files: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files)
+    assert parse(argv) is None
+
+
+def test_the_option_tables_match_the_click_commands() -> None:
+    for table, command in ((ENCRYPT_OPTIONS, age_cmd.encrypt), (DECRYPT_OPTIONS, age_cmd.decrypt)):
+        by_spelling = {opt: param for param in command.params for opt in getattr(param, "opts", [])}
+        for spelling, (dest, kind) in table.items():
+            param = by_spelling[spelling]
+            assert param.name == dest
+            assert isinstance(param, click.Option)
+            assert param.multiple == kind.startswith("multi")
+            assert param.is_flag == (kind == "flag")
+
+
+def test_the_installed_script_takes_the_fast_path_without_click(tmp_path: Path) -> None:
+    ident = age.X25519Identity.generate()
+    (tmp_path / "key.txt").write_text(ident.to_string() + "\n")
+    (tmp_path / "in.age").write_bytes(age.encrypt([ident.recipient()], b"payload"))
+    argv = ["age", "decrypt", "-i", "key.txt", "in.age"]
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keycourier", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"payload"
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.decode().splitlines()]
+    assert "keycourier.cli.age_ops" in imported
+    assert "click" not in imported
