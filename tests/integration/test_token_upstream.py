@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,23 @@ def test_monite_token_reads_the_documented_lifetimes(
     seen = standin.state.requests[-1]
     assert seen["content_type"] == "application/json"
     assert seen["headers"]["x-monite-version"] == "2024-05-25"
+
+
+def test_lifetime_counts_from_when_the_request_was_sent(standin: RunningStandin) -> None:
+    """A reply that takes 1.5 s to arrive does not push expires_at 1.5 s past the real
+    expiry: the platform started the lifetime after the request left, so counting from
+    the send time is the conservative choice (counting from the arrival was not)."""
+    standin.state.delay = 1.5
+    before = time.time()
+    token: Token = run(fetch_token(monite_profile(standin.url), MONITE_CREDS))
+    arrived = time.time()
+    assert arrived - before >= 1.5
+    assert before <= token.issued_at <= before + 0.5
+    assert token.expires_at <= before + 0.5 + 1800
+    assert token.expires_at < arrived + 1800 - 1.0
+    # the stand-in issued it after the delay: keycourier's expiry is the earlier one
+    issued = standin.state.issued[token.access_token.reveal()]
+    assert token.expires_at <= issued.expires_at - 1.0
 
 
 def test_tesouro_token_is_form_encoded_with_a_3600_s_lifetime(standin: RunningStandin) -> None:

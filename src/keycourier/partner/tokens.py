@@ -9,7 +9,10 @@
   ``client_secret_post``.
 
 The lifetime is always read from ``expires_in``; a reply without it is refused
-rather than guessed. 429 honours ``Retry-After``; 5xx, timeouts and network
+rather than guessed. It is counted from when the request was *sent*, not from
+when the reply arrived: the platform started the lifetime somewhere in between,
+so a slow reply shortens the token's life here rather than stretching it past
+the real expiry. 429 honours ``Retry-After``; 5xx, timeouts and network
 errors are retried with exponential backoff and full jitter, a bounded number
 of times; 401 is an ``AuthError`` that names the profile and the credential
 source. Upstream text is shown only after it is cut, stripped of control
@@ -65,7 +68,9 @@ class Token:
     access_token: Secret
     token_type: str
     expires_in: int
-    issued_at: float  # seconds since the epoch (wall clock), when the reply arrived
+    # seconds since the epoch (wall clock) when the request that got this token was
+    # sent: the platform issued it later, so expires_at errs on the early side
+    issued_at: float
 
     @property
     def expires_at(self) -> float:
@@ -137,7 +142,10 @@ def _upstream_message(body: bytes, scrub: tuple[str, ...]) -> str:
 
 
 def parse_token_response(body: bytes, *, now: float) -> Token:
-    """Parse a 200 token reply; UnavailableError when it is not a usable token."""
+    """Parse a 200 token reply; UnavailableError when it is not a usable token.
+
+    ``now`` is when the request was sent (the token's ``issued_at``).
+    """
     if len(body) > MAX_TOKEN_RESPONSE_BYTES:
         raise UnavailableError("the token endpoint sent an oversized reply")
     try:
@@ -287,6 +295,9 @@ async def fetch_token(
         while True:
             reason: str
             wait: float | None = None
+            # The lifetime counts from before the request leaves: a reply that is slow to
+            # arrive (up to profile.timeout) must not push expires_at past the real expiry.
+            sent = clock()
             try:
                 reply = await _post(sess, profile.token_url, headers, body, profile.timeout)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -295,7 +306,7 @@ async def fetch_token(
                 rid = reply.headers.get("x-request-id")
                 suffix = f" (x-request-id {_clean(rid, limit=64)})" if rid else ""
                 if reply.status == 200:
-                    return parse_token_response(reply.body, now=clock())
+                    return parse_token_response(reply.body, now=sent)
                 message = _upstream_message(reply.body, scrub)
                 detail = f": {message}" if message else ""
                 if reply.status == 429:
