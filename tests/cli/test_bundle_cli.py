@@ -48,7 +48,10 @@ class World:
     platform_fpr: str
 
     def seal(self, *extra: str, out: str = "handover.kcb") -> subprocess.CompletedProcess[bytes]:
-        return run(
+        return run(*self.seal_args(*extra, out=out), cwd=self.dir)
+
+    def seal_args(self, *extra: str, out: str = "handover.kcb") -> list[str]:
+        return [
             "seal",
             "--platform",
             "quickbooks",
@@ -69,11 +72,13 @@ class World:
             "-o",
             out,
             *extra,
-            cwd=self.dir,
-        )
+        ]
 
     def open(self, name: str = "handover.kcb", *extra: str) -> subprocess.CompletedProcess[bytes]:
-        return run(
+        return run(*self.open_args(name, *extra), cwd=self.dir)
+
+    def open_args(self, name: str = "handover.kcb", *extra: str) -> list[str]:
+        return [
             "open",
             name,
             "--identity",
@@ -84,8 +89,7 @@ class World:
             "creds.json",
             "--json",
             *extra,
-            cwd=self.dir,
-        )
+        ]
 
 
 @pytest.fixture
@@ -292,6 +296,33 @@ def test_open_refuses_to_print_credentials_to_a_terminal_without_reveal(world: W
     shown = run_on_terminal([*args, "--reveal"], cwd=world.dir, env=env, timeout=30)
     assert shown.code == 0, shown.screen
     assert world.secret in shown.screen
+
+
+def test_every_manifest_and_ledger_event_carries_the_digest_policy_show_prints(
+    world: World,
+) -> None:
+    custom = world.dir / "custom.toml"
+    custom.write_text('[rules.lifetime]\nmax = "20d"\n')
+    env = {"KEYCOURIER_POLICY": str(custom)}
+    shown = run("policy", "show", "--json", cwd=world.dir, env=env)
+    assert shown.returncode == 0, shown.stderr
+    digest = json.loads(shown.stdout)["digest"]
+    default = json.loads(run("policy", "show", "--json", cwd=world.dir).stdout)["digest"]
+    assert digest != default
+
+    sealed = run(*world.seal_args(), cwd=world.dir, env=env)
+    assert sealed.returncode == 0, sealed.stderr
+    info = json.loads(run("inspect", "handover.kcb", "--json", cwd=world.dir).stdout)
+    assert info["manifest"]["policy"]["digest"] == digest
+    bundle_id = info["manifest"]["bundle_id"]
+    revoked = run("revoke", bundle_id, "--reason", "test", cwd=world.dir, env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    refused = run(*world.open_args(), cwd=world.dir, env=env)
+    assert refused.returncode == 7  # revoked
+    exported = run("audit", "export", "--format", "jsonl", cwd=world.dir, env=env)
+    events = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [e["type"] for e in events] == ["sealed", "revoked"]
+    assert {e["policy_digest"] for e in events} == {digest}
 
 
 def test_secret_from_stdin_and_passphrase_conflict(world: World) -> None:

@@ -28,7 +28,7 @@ from keycourier.bundle.model import (
     PolicyStamp,
     integrity_error,
 )
-from keycourier.bundle.service import CheckedBundle, open_bundle, read_identity
+from keycourier.bundle.service import CheckedBundle, ReceiverPolicyError, open_bundle, read_identity
 from keycourier.policy import credential_fingerprint
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Platform",
     "PolicyStamp",
     "PublicIdentity",
+    "ReceiverPolicyError",
     "SealedBundle",
     "credential_fingerprint",
     "extract_age",

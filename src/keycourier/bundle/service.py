@@ -18,6 +18,17 @@ if TYPE_CHECKING:
     from keycourier.policy import Policy, Report
 
 
+class ReceiverPolicyError(PolicyError):
+    """The receiver's policy refused a bundle that verified (exit 7)."""
+
+    def __init__(
+        self, message: str, *, manifest: Manifest, rejected: Sequence[str], hints: Sequence[str]
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.manifest = manifest
+        self.rejected: tuple[str, ...] = tuple(rejected)
+
+
 @dataclass(frozen=True, slots=True)
 class CheckedBundle:
     """A bundle that passed verification, expiry and the receiver's policy."""
@@ -53,8 +64,9 @@ def open_bundle(
     fired under the receiver's severities (a sender's warning can be the
     receiver's rejection).
 
-    Raises the integrity error (exit 4) for every tamper case, and
-    PolicyError (exit 7) when expired or when the receiver's policy rejects.
+    Raises the integrity error (exit 4) for every tamper case, PolicyError
+    (exit 7) when expired, and ReceiverPolicyError (a PolicyError) when the
+    receiver's policy rejects.
     """
     from keycourier.policy import HandoverFacts, SandboxContext, Verdict, evaluate
     from keycourier.policy.rules import CONTEXT_RULES
@@ -76,8 +88,10 @@ def open_bundle(
     )
     report = evaluate(policy, facts, now=now, denied=denied)
     if report.verdict == Verdict.REJECT:
-        raise PolicyError(
+        raise ReceiverPolicyError(
             f"the receiving policy rejects bundle {m.bundle_id}: " + ", ".join(report.rejected),
+            manifest=m,
+            rejected=report.rejected,
             hints=[f.hint for f in report.findings if f.rule_id in report.rejected and f.hint],
         )
     return CheckedBundle(manifest=m, credentials=opened.credentials, report=report)

@@ -24,7 +24,7 @@ from keycourier.cli.policy_cmd import facts_from_options, handover_options
 from keycourier.errors import PolicyError, UsageError
 
 if TYPE_CHECKING:
-    from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest
+    from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest, ReceiverPolicyError
     from keycourier.config import Settings
     from keycourier.ledger.interface import Event, Recorder
 
@@ -463,8 +463,8 @@ def open_for_cli(
             now=now,
             denied=denied_lookup(settings),
         )
-    except PolicyError as exc:
-        _record_open_rejection(settings, text, exc, actor=me, policy_digest=policy_obj.digest)
+    except bundle.ReceiverPolicyError as exc:  # not an expiry: that is not a policy verdict
+        _record_open_rejection(settings, exc, actor=me, policy_digest=policy_obj.digest)
         raise
     recorder = open_recorder(settings, require_vault=require_vault)
     try:
@@ -485,21 +485,13 @@ def open_for_cli(
     return checked
 
 
-REJECTS_PREFIX = "the receiving policy rejects bundle "
-
-
 def _record_open_rejection(
-    settings: Settings, text: bytes, exc: PolicyError, *, actor: str, policy_digest: str
+    settings: Settings, exc: ReceiverPolicyError, *, actor: str, policy_digest: str
 ) -> None:
-    """Record `rejected` when the receiver's policy refuses a verified bundle (not when it
-    merely expired). The rule ids come from the error, which names them after a colon."""
-    from keycourier import bundle
+    """Record `rejected` when the receiver's policy refuses a verified bundle."""
     from keycourier.ledger.interface import Event, EventType
 
-    if not exc.message.startswith(REJECTS_PREFIX):
-        return
-    rules = [r.strip() for r in exc.message.rpartition(": ")[2].split(",") if r.strip()]
-    m = bundle.inspect(text).manifest  # signature already verified by open_bundle
+    m = exc.manifest
     _record(
         settings,
         Event(
@@ -512,7 +504,7 @@ def _record_open_rejection(
             data={
                 "stage": "open",
                 "platform": m.platform,
-                "rules": rules,
+                "rules": list(exc.rejected),
                 "client_id_masked": m.client_id_masked,
                 "partner": m.partner,
                 "sealed_by": m.sender_fingerprint,

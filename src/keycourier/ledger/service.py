@@ -116,6 +116,7 @@ class LedgerRecorder:
         self._unmarked_paths: dict[str, int] = {}
         self._versions: dict[str, int] = {}
         self._pinned = False
+        self._policy_digest: str | None = None
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
 
@@ -131,10 +132,26 @@ class LedgerRecorder:
 
     # -- Recorder protocol -------------------------------------------------------------
 
+    def policy_digest(self) -> str:
+        """The digest of the handover policy in force, loaded once per recorder."""
+        if self._policy_digest is None:
+            from keycourier.policy import load_policy
+
+            self._policy_digest = load_policy(self.settings.policy_path).digest
+        return self._policy_digest
+
     def record(self, event: Event) -> RecordOutcome:
-        """Append locally (always, first), then deliver to Vault when configured."""
+        """Append locally (always, first), then deliver to Vault when configured.
+
+        An event that names no policy digest gets the digest of the policy in
+        force, so every ledger event says under which policy it happened.
+        """
         from keycourier.ledger.vault import path_for, record_for
 
+        if event.policy_digest is None:
+            from dataclasses import replace
+
+            event = replace(event, policy_digest=self.policy_digest())
         ledger_id = self.ledger.ledger_id
         if self.mirror is None:
             stored = self.ledger.append(event, VaultStatus.DISABLED, None)
