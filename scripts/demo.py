@@ -249,7 +249,35 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         raise SystemExit("demo: step failed: a refused bundle left creds.json behind")
 
     say(
-        "7. The platform ingests the genuine bundle from the pinned partner key: signature, "
+        "7. The partner also hands over its production Xero app, sealed the same way; the "
+        "platform opens that bundle with 'open': verified, decrypted, checked against its own "
+        "policy, and written to a 0600 file; 'opened' is recorded."
+    )
+    xero_id = secrets.token_hex(16).upper()
+    xero_secret = secrets.token_urlsafe(36)
+    xero_file = work / "xero-secret.txt"
+    xero_file.write_text(xero_secret + "\n")
+    xero_file.chmod(0o600)
+    partner.kc(
+        "seal", "--platform", "xero", "--client-id", xero_id,
+        "--client-secret-file", "xero-secret.txt", "--environment", "production",
+        "--attested-by", "Jane Doe, CTO of Acme", "--partner", "Acme Ltd",
+        "--identity", "partner.kcid", "-r", platform_pub["recipient"], "--expires-in", "7d",
+        "-o", "xero-handover.kcb",
+    )  # fmt: skip
+    platform.kc(
+        "open", "xero-handover.kcb", "--identity", "platform.kcid", *trust,
+        "-o", "xero-creds.json", "--json",
+    )  # fmt: skip
+    opened = json.loads((work / "xero-creds.json").read_text())
+    if opened.get("client_secret") != xero_secret or opened.get("client_id") != xero_id:
+        raise SystemExit("demo: step failed: the opened Xero credentials do not match")
+    if (work / "xero-creds.json").stat().st_mode & 0o077:
+        raise SystemExit("demo: step failed: the opened credentials file is not 0600")
+    print("    xero-creds.json (0600): the client ID and secret the partner sealed")
+
+    say(
+        "8. The platform ingests the genuine bundle from the pinned partner key: signature, "
         "payload digest, decryption, inner binding, expiry and its own policy all pass, then "
         "the credentials are stored in Vault KV with provenance metadata, and 'opened' and "
         "'ingested' are recorded."
@@ -265,7 +293,7 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
     )
 
     say(
-        "8. A second open, from another platform machine whose local ledger is empty, is "
+        "9. A second open, from another platform machine whose local ledger is empty, is "
         "refused: Vault shows the bundle was already opened (by the same identity, so there is "
         "no interception warning)."
     )
@@ -277,7 +305,7 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         raise SystemExit("demo: step failed: the second open was not refused as already opened")
 
     say(
-        "9. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
+        "10. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
         "its events with Vault; then the bundle's timeline."
     )
     partner.kc("audit", "verify", "--vault")
@@ -295,7 +323,7 @@ def run_token_and_connection(
     from tests.support.connections_standin import start_platform
 
     say(
-        "10. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
+        "11. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
         "platform API is not reachable from here, so a LOCAL STAND-IN that follows the "
         "documented Monite contract plays it on 127.0.0.1."
     )
@@ -319,7 +347,7 @@ def run_token_and_connection(
     )
 
     say(
-        "11. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
+        "12. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
         "refreshed at 80% of its lifetime). The token itself is elided here."
     )
     out = partner.kc("token", "--profile", "demo", "--format", "credential-process", quiet=True)
@@ -329,7 +357,7 @@ def run_token_and_connection(
         f"token=<{len(str(doc.get('SessionToken') or doc.get('AccessToken') or ''))} chars>"
     )
 
-    say("12. 'exec' injects the token into a child process and masks it in the child's output.")
+    say("13. 'exec' injects the token into a child process and masks it in the child's output.")
     partner.kc(
         "exec",
         "--profile",
@@ -344,13 +372,13 @@ def run_token_and_connection(
 
     entity = str(uuid.uuid4())
     say(
-        "13. The partner creates the entity's accounting connection and hands the "
+        "14. The partner creates the entity's accounting connection and hands the "
         "connection_url to the entity's user."
     )
     out = partner.kc("connection", "create", "--profile", "demo", "--entity", entity, "--json")
     conn = json.loads(out.stdout)["connection"]
     say(
-        "14. The entity's user authorizes (simulated: the demo opens the connection_url on the "
+        "15. The entity's user authorizes (simulated: the demo opens the connection_url on the "
         "stand-in), and the partner waits for 'connected'."
     )
     with urllib.request.urlopen(conn["connection_url"], timeout=10) as resp:  # noqa: S310
