@@ -186,3 +186,37 @@ def test_keycourier_decrypts_pyrage_passphrase(tmp_path: Path) -> None:
     src.write_bytes(data)
     dec = _keycourier("decrypt", "--passphrase-file", str(pw), str(src))
     assert (dec.returncode, dec.stdout) == (0, b"from rage")
+
+
+@needs_age
+def test_the_cli_encrypts_for_age_and_pyrage_with_recipients_and_passphrases(
+    tmp_path: Path,
+) -> None:
+    """The keycourier CLI (not just the library) as the encrypting side: several
+    recipients, a recipients file, binary and armored; a passphrase file for pyrage."""
+    idents = [age.X25519Identity.generate() for _ in range(2)]
+    rfile = tmp_path / "recipients.txt"
+    rfile.write_text(f"# team\n{idents[1].recipient().to_string()}\n")
+    plaintext = os.urandom(70_000)
+    src = tmp_path / "in.bin"
+    src.write_bytes(plaintext)
+    for armor in ([], ["-a"]):
+        out = tmp_path / "out.age"
+        enc = _keycourier(
+            "encrypt", "-r", idents[0].recipient().to_string(), "-R", str(rfile), *armor,
+            "-o", str(out), str(src),
+        )  # fmt: skip
+        assert enc.returncode == 0, enc.stderr
+        for ident in idents:
+            keys = _identity_file(tmp_path, [ident])
+            res = _age("-d", "-i", str(keys), str(out))
+            assert (res.returncode, res.stdout) == (0, plaintext)
+            theirs = pyrage.x25519.Identity.from_str(ident.to_string())
+            assert pyrage.decrypt(out.read_bytes(), [theirs]) == plaintext
+    pw = tmp_path / "pw.txt"
+    pw.write_text("cli interop pass\n")
+    enc = _keycourier(
+        "encrypt", "--passphrase-file", str(pw), "--work-factor", "10", "-a", str(src)
+    )
+    assert enc.returncode == 0, enc.stderr
+    assert pyrage.passphrase.decrypt(enc.stdout, "cli interop pass") == plaintext
