@@ -155,8 +155,9 @@ def test_write_private_killed_leaves_no_temp_file(tmp_path: Path) -> None:
     """SIGKILL during ``write_private`` must not leave ``.NAME.*.tmp`` behind.
 
     A writer loop makes the write window wide; kills land in it most of the
-    time. keycourier.files.write_private cleans up on exceptions, but SIGKILL
-    runs no cleanup, so the temporary file (0600, possibly partial) stays.
+    time. SIGKILL runs no cleanup, so a named temporary file would stay (it did
+    before 6b45f13); on Linux write_private writes to an unnamed O_TMPFILE that
+    the kernel discards with the process.
     """
     code = (
         "import sys\n"
