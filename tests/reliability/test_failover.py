@@ -9,8 +9,12 @@ delivers them, and a census read over plain HTTP finds every record in Vault
 exactly once and identical to the ledger.
 
 Recordings are made in batches, each with its own recorder (as separate CLI
-invocations would), and after the kill they are spread over AFTER_KILL seconds,
-so recording resumes (straight to Vault) once the new leader is up.
+invocations would). The first third goes before the kill; the second third is
+spread over DURING_ELECTION seconds after it, while the cluster elects; then
+the run waits (up to RECOVERY_TIMEOUT) until a new node is active and a write
+through keycourier's standby succeeds, and the last third is spread over
+AFTER_RECOVERY seconds, so recording resumes straight to Vault however long
+the election took (2-4.5 s were seen under load).
 
 Knobs (scripts/reliability sets them): KC_FAILOVER_RECORDS (1000).
 """
@@ -36,10 +40,13 @@ import pytest
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import open_recorder
-from tests.support.raft_cluster import RaftCluster, census, health
+from tests.support.raft_cluster import Node, RaftCluster, census, health
 
 BATCH = 10
-AFTER_KILL = 8.0  # seconds of recording after the leader is killed (elections take 2-3 s)
+DURING_ELECTION = 4.0  # seconds over which the middle third is recorded, after the kill
+RECOVERY_TIMEOUT = 60.0  # longest wait for a new leader that takes writes
+AFTER_RECOVERY = 4.0  # seconds over which the last third is recorded, after recovery
+PROBE_PATH = "kc-failover-probe"  # KV path outside keycourier's records (census skips it)
 
 
 def health_status(addr: str) -> int:
@@ -79,16 +86,33 @@ def heal(cluster: RaftCluster) -> None:
     cluster.wait_peers(len(cluster.nodes))
 
 
+def stable_health_codes(cluster: RaftCluster, timeout: float = 60.0) -> tuple[Node, dict[str, int]]:
+    """The leader and every node's sys/health code, read while the leader stayed the same.
+
+    Under load raft can change leader on its own (a missed heartbeat); codes read across
+    such a change mix two leaderships. So the leader is asked before and after the codes
+    are read, and the reading is repeated until both answers are the same node.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cluster.wait_leader()
+        codes = {n.name: health_status(n.addr) for n in cluster.nodes}
+        after = cluster.wait_leader()
+        if after is before or time.monotonic() > deadline:
+            return after, codes
+        time.sleep(0.5)
+
+
 def test_standbys_forward_reads_and_writes(cluster: RaftCluster, tmp_path: Path) -> None:
     """With disable_standby_reads = true, keycourier can use any node: a record written
     through one standby is read back at once, identical, through the other; the health
     endpoint tells a load balancer which node is active (200) and which are standbys (429)."""
     leader = cluster.wait_leader()
-    first, second = (n for n in cluster.nodes if n is not leader)
-    for node in (first, second):
+    for node in cluster.nodes:
         cluster.wait_serving(node)
-    codes = {n.name: health_status(n.addr) for n in cluster.nodes}
+    leader, codes = stable_health_codes(cluster)
     assert codes == {n.name: 200 if n is leader else 429 for n in cluster.nodes}
+    first, second = (n for n in cluster.nodes if n is not leader)
     ledger = tmp_path / "ledger.db"
     settings = config.load(
         ledger_path=ledger, env={"HOME": str(tmp_path), **cluster.vault_env(first)}
@@ -139,7 +163,9 @@ class FailoverRun:
     recorded: int
     pending_at_record: int
     killed_at: int
+    recorded_after_recovery: int  # of the last third, recorded once writes worked again
     election_seconds: float
+    recovery_seconds: float  # kill -> a new leader and a write through the standby succeed
     sync_attempts: int
     record_seconds: float
     sync_seconds: float
@@ -168,6 +194,21 @@ def run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Failo
         heal(cluster)
 
 
+def probe_write(addr: str, token: str, tag: str) -> bool:
+    """A KV write through ``addr`` (outside keycourier's records) succeeds."""
+    req = urllib.request.Request(  # noqa: S310 - loopback
+        f"{addr}/v1/secret/data/{PROBE_PATH}/{tag}",
+        data=json.dumps({"data": {"probe": tag}}).encode(),
+        method="POST",
+        headers={"X-Vault-Token": token, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
+            return int(resp.status) in (200, 204)
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
 def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> FailoverRun:
     tag = secrets.token_hex(4)
     leader = cluster.wait_leader()
@@ -182,32 +223,66 @@ def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Fail
     env = {**os.environ, **vault_env, "HOME": str(home), "KEYCOURIER_LEDGER": str(ledger)}
 
     kill_at = records // 3
-    # after the kill, spread the remaining recordings over AFTER_KILL seconds (an ongoing
-    # workload), so that some of them come after the election
-    pace = AFTER_KILL / (records - kill_at)
+    resume_at = kill_at + records // 3  # the last third waits for a working new leader
     outcomes: Counter[VaultStatus] = Counter()
+    after_recovery: Counter[VaultStatus] = Counter()
     elected_after = 0.0
+    recovered_after = 0.0
     killed_when = 0.0
     started = time.monotonic()
-    i = 0
-    while i < records:
-        with open_recorder(settings) as rec:
-            for _ in range(min(BATCH, records - i)):
-                if i == kill_at:
-                    leader.kill()
-                    killed_when = time.monotonic()
-                outcomes[rec.record(event_for(i, datetime.now(UTC), tag)).vault_status] += 1
-                i += 1
-                if killed_when:
-                    time.sleep(pace)
-        if killed_when and not elected_after:
+
+    def elected() -> bool:
+        nonlocal elected_after
+        if not elected_after:
             new = cluster.leader()
             if new is not None and new is not leader:
                 elected_after = time.monotonic() - killed_when
+        return bool(elected_after)
+
+    def recovered() -> bool:
+        """A new node is active and a write through keycourier's standby succeeds."""
+        nonlocal recovered_after
+        if (
+            not recovered_after
+            and elected()
+            and probe_write(survivor.addr, cluster.root_token, tag)
+        ):
+            recovered_after = time.monotonic() - killed_when
+        return bool(recovered_after)
+
+    def record_range(first: int, last: int, pace: float, into: list[Counter[VaultStatus]]) -> None:
+        """Record events first..last-1 in batches; the leader dies just before event
+        ``kill_at`` (in the middle of a recorder's session); after the kill, sleep
+        ``pace`` after each event."""
+        nonlocal killed_when
+        i = first
+        while i < last:
+            with open_recorder(settings) as rec:
+                for _ in range(min(BATCH, last - i)):
+                    if i == kill_at:
+                        leader.kill()
+                        killed_when = time.monotonic()
+                    status = rec.record(event_for(i, datetime.now(UTC), tag)).vault_status
+                    for counter in into:
+                        counter[status] += 1
+                    i += 1
+                    if killed_when:
+                        time.sleep(pace)
+            if killed_when:
+                recovered()
+
+    # the first third straight to Vault, then the leader dies and the middle third is
+    # spread over DURING_ELECTION seconds (an ongoing workload while the cluster elects)
+    record_range(0, resume_at, DURING_ELECTION / max(1, resume_at - kill_at), [outcomes])
+    while not recovered():
+        waited = time.monotonic() - killed_when
+        assert waited < RECOVERY_TIMEOUT, f"no new leader took a write within {waited:.0f} s"
+        time.sleep(0.1)
+    record_range(
+        resume_at, records, AFTER_RECOVERY / max(1, records - resume_at), [outcomes, after_recovery]
+    )
     record_seconds = time.monotonic() - started
     new_leader = cluster.wait_leader(timeout=60, exclude=leader)
-    if not elected_after:
-        elected_after = time.monotonic() - killed_when
     assert new_leader is not leader
 
     sync_started = time.monotonic()
@@ -244,7 +319,9 @@ def _run_failover(cluster: RaftCluster, tmp_path: Path, *, records: int) -> Fail
         recorded=outcomes[VaultStatus.RECORDED],
         pending_at_record=outcomes[VaultStatus.PENDING],
         killed_at=kill_at,
+        recorded_after_recovery=after_recovery[VaultStatus.RECORDED],
         election_seconds=round(elected_after, 2),
+        recovery_seconds=round(recovered_after, 2),
         sync_attempts=attempts,
         record_seconds=round(record_seconds, 2),
         sync_seconds=round(sync_seconds, 2),
@@ -259,6 +336,8 @@ def test_leader_loss_during_recordings_short(cluster: RaftCluster, tmp_path: Pat
     # the recordings before the kill went straight to Vault through the standby, and
     # so did some after the election, without waiting for sync
     assert result.recorded > result.killed_at
+    # once a new leader took a write, recording went straight to Vault again
+    assert result.recorded_after_recovery > 0
 
 
 @pytest.mark.slow
@@ -268,3 +347,4 @@ def test_leader_loss_during_recordings_long(cluster: RaftCluster, tmp_path: Path
     print(result)  # noqa: T201 - the figures for docs/reliability.md
     assert result.recorded + result.pending_at_record == records
     assert result.recorded > result.killed_at
+    assert result.recorded_after_recovery > 0
