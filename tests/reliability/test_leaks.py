@@ -1,12 +1,18 @@
 """Leak tests: a random sentinel secret must not escape through any channel.
 
 Every command runs as a real subprocess (most with ``--debug``; the failing
-ones also without) against a temp HOME, a real ledger and the ``bao_dev``
-OpenBao. After each one: the sentinel is not in stdout (unless asked for) or
-stderr; afterwards not in the ledger's bytes (db, -wal, -shm) nor in any
-Vault record except the credential store itself; every file under HOME and
-the work dir that holds a sentinel is mode 0600; no command line of
-keycourier (or of a child started by ``exec``) holds a secret.
+ones also without) against a temp HOME and TMPDIR, a real ledger, the
+``bao_dev`` OpenBao and the platform stand-in (tokens and connections). After
+each one: no sentinel is in stdout (unless asked for) or stderr; afterwards
+not in the ledger's bytes (db, -wal, -shm) nor in any Vault record except the
+credential store itself; every file under HOME, the work dir and TMPDIR that
+holds a sentinel is mode 0600; no command line of keycourier (or of a child
+started by ``exec``) holds a secret. ``serve`` runs for a while with clients
+asking it for tokens (also with a wrong key): its stdout, stderr (``--debug``),
+command line and ``/metrics`` are checked too. The sentinels: the client
+secret, both passphrases, the age secret key, the platform client secret, the
+partner tokens (from the first one minted on), the helper client keys, a wrong
+client key and a bogus bearer token.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +34,11 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.world import ALNUM, World, kc, make_world
-from tests.support.openbao import BaoServer
-from tests.support.platform_standin import RunningStandin, StandinState, start_standin
+from tests.support.connections_standin import RunningPlatform, start_platform
+from tests.support.openbao import BaoServer, free_port
 
 MONITE_ID = "5b1d7c9e-2a4f-4c6b-8e0d-1f3a5c7e9b2d"
+ENTITY = "0c6f1e2d-9a8b-4c7d-8e5f-3a2b1c0d9e8f"
 
 
 @dataclass
@@ -35,20 +46,40 @@ class Leaks:
     world: World
     sentinels: dict[str, bytes]
     ran: list[str] = field(default_factory=list)
+    tmp: Path | None = None  # the commands' TMPDIR, scanned like HOME and the work dir
+    seen: list[tuple[str, subprocess.CompletedProcess[bytes], bool]] = field(default_factory=list)
+
+    def add(self, name: str, value: bytes) -> None:
+        """A secret learnt along the way (a token, a key): every output so far is checked too."""
+        self.sentinels[name] = value
+        for label, r, stdout_ok in self.seen:
+            self._scan(label, r, {name: value}, stdout_ok=stdout_ok)
+        self.check_files(f"on learning the {name}")
 
     def check_output(
         self, label: str, r: subprocess.CompletedProcess[bytes], *, stdout_ok: bool = False
     ) -> None:
         self.ran.append(label)
-        for name, value in self.sentinels.items():
-            assert value not in r.stderr, f"{label}: {name} in stderr"
-            if not stdout_ok:
-                assert value not in r.stdout, f"{label}: {name} in stdout"
+        self.seen.append((label, r, stdout_ok))
+        self._scan(label, r, self.sentinels, stdout_ok=stdout_ok)
         assert b"Traceback" not in r.stderr or b"--debug" in label.encode(), f"{label}: traceback"
         self.check_files(label)
 
+    @staticmethod
+    def _scan(
+        label: str,
+        r: subprocess.CompletedProcess[bytes],
+        sentinels: dict[str, bytes],
+        *,
+        stdout_ok: bool,
+    ) -> None:
+        for name, value in sentinels.items():
+            assert value not in r.stderr, f"{label}: {name} in stderr"
+            if not stdout_ok:
+                assert value not in r.stdout, f"{label}: {name} in stdout"
+
     def check_files(self, label: str) -> None:
-        for base in (self.world.home, self.world.dir):
+        for base in (self.world.home, self.world.dir, *([self.tmp] if self.tmp else [])):
             for path in base.rglob("*"):
                 if not path.is_file() or path.is_symlink():
                     continue
@@ -103,10 +134,75 @@ def _cmdline_while_blocked(world: World, *args: str, stdin: bytes) -> bytes:
 
 
 @pytest.fixture
-def standin() -> Iterator[RunningStandin]:
-    secret = "".join(secrets.choice(ALNUM) for _ in range(40))
-    with start_standin(StandinState(clients={MONITE_ID: secret})) as running:
+def platform() -> Iterator[RunningPlatform]:
+    """The token and connection stand-ins on one port (the Monite profile's base_url)."""
+    running = start_platform({MONITE_ID: "".join(secrets.choice(ALNUM) for _ in range(40))})
+    try:
         yield running
+    finally:
+        running.stop()
+
+
+def _http(url: str, *, key: bytes | None = None, body: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST" if body else "GET")  # noqa: S310
+    if key is not None:
+        req.add_header("Authorization", "Bearer " + key.decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _serve_and_ask(leaks: Leaks, key: bytes, env: dict[str, str]) -> None:
+    """``keycourier --debug serve`` answering good, wrong and revoked keys; all it says checked."""
+    world = leaks.world
+    wrong = key[:-6] + (b"AAAAAA" if not key.endswith(b"AAAAAA") else b"BBBBBB")
+    leaks.add("wrong client key", wrong)
+    listen = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keycourier", "--debug", "serve", "--listen", listen],
+        cwd=world.dir,
+        env={**world.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    said = b""
+    try:
+        while b"listening on" not in said:
+            line = proc.stderr.readline()
+            assert line, f"serve did not start: {said!r}"
+            said += line
+        url = said.rsplit(b" ", 1)[1].strip().decode()
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        body = b'{"profile": "ci"}'
+        status, served = _http(url + "/v1/token", key=key, body=body)
+        assert status == 200, served
+        leaks.add("served token", json.loads(served)["access_token"].encode())
+        assert _http(url + "/v1/token", key=wrong, body=body)[0] == 401
+        assert _http(url + "/v1/token", body=body)[0] == 401
+        status, metrics = _http(url + "/metrics", key=key)
+        assert status == 200
+        helper_env = {**env, "KEYCOURIER_HELPER_URL": url, "KEYCOURIER_HELPER_KEY_FILE": "ci.key"}
+        r = run(leaks, "token via helper", "token", "-p", "ci", stdout_ok=True, env=helper_env)
+        assert r.stdout.strip() in leaks.sentinels.values()
+        run(leaks, "helper client revoke", "helper", "client", "revoke", "ci-runner")
+        deadline = time.monotonic() + 5
+        while _http(url + "/v1/token", key=key, body=body)[0] != 401:  # refused within a second
+            assert time.monotonic() < deadline, "the revoked key is still served"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, said + err
+    leaks.check_output(
+        "serve --debug",
+        subprocess.CompletedProcess(proc.args, 0, out + metrics, said + err + cmdline),
+    )
 
 
 def _vault_records(bao: BaoServer) -> Iterator[tuple[str, bytes]]:
@@ -140,14 +236,16 @@ def _vault_records(bao: BaoServer) -> Iterator[tuple[str, bytes]]:
 
 
 def test_no_command_leaks_the_sentinel(
-    tmp_path: Path, bao_dev: BaoServer, standin: RunningStandin
+    tmp_path: Path, bao_dev: BaoServer, platform: RunningPlatform
 ) -> None:
     world = make_world(tmp_path)
-    world.env.update(VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    world.env.update(VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token, TMPDIR=str(tmpdir))
     passphrase = "pp-" + "".join(secrets.choice(ALNUM) for _ in range(30))
     (world.dir / "pass.txt").write_text(passphrase + "\n")
     (world.dir / "pass.txt").chmod(0o600)
-    monite_secret = next(iter(standin.state.clients.values()))
+    monite_secret = platform.auth.clients[MONITE_ID]
     leaks = Leaks(
         world,
         {
@@ -156,6 +254,7 @@ def test_no_command_leaks_the_sentinel(
             "age passphrase": passphrase.encode(),
             "monite client secret": monite_secret.encode(),
         },
+        tmp=tmpdir,
     )
 
     # identities: new, show, export-age
@@ -173,7 +272,7 @@ def test_no_command_leaks_the_sentinel(
     )
     age_key = (world.dir / "platform.age").read_bytes().split(b"\n")[2].strip()
     assert age_key.startswith(b"AGE-SECRET-KEY-1")
-    leaks.sentinels["age secret key"] = age_key
+    leaks.add("age secret key", age_key)
     assert "signing_seed" not in r.stdout.decode()
 
     # check: pass and reject
@@ -269,6 +368,8 @@ def test_no_command_leaks_the_sentinel(
     run(leaks, "sync", "sync", "--json")
     run(leaks, "doctor", "doctor", "--json", expect=None)
     run(leaks, "policy deny", "policy", "deny", fingerprint, "--reason", "leak test")
+    run(leaks, "policy show", "policy", "show")
+    run(leaks, "policy show json", "policy", "show", "--json")
 
     # age with a passphrase file
     run(
@@ -314,7 +415,7 @@ def test_no_command_leaks_the_sentinel(
     cfg = world.home / ".config" / "keycourier" / "config.toml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(
-        f'[profiles.ci]\ndialect = "monite"\nbase_url = "{standin.url}/v1"\n'
+        f'[profiles.ci]\ndialect = "monite"\nbase_url = "{platform.monite_base}"\n'
         'environment = "sandbox"\nversion = "2024-05-25"\nclient_id_env = "MONITE_CLIENT_ID"\n'
         'client_secret_env = "MONITE_CLIENT_SECRET"\nenv_name = "MONITE_TOKEN"\n'
     )
@@ -322,6 +423,7 @@ def test_no_command_leaks_the_sentinel(
     r = run(leaks, "token raw", "token", "-p", "ci", "--format", "raw", stdout_ok=True, env=tenv)
     token = r.stdout.strip()
     assert len(token) > 16
+    leaks.add("partner token", token)  # also checks the stderr of the run that minted it
     run(leaks, "token json", "token", "-p", "ci", "--format", "json", stdout_ok=True, env=tenv)
     r = run(
         leaks,
@@ -337,7 +439,6 @@ def test_no_command_leaks_the_sentinel(
     )
     assert token not in r.stdout, "exec did not mask the token in the child's stdout"
     assert b"token=" in r.stdout
-    leaks.sentinels["partner token"] = token
     run(
         leaks,
         "token wrong secret",
@@ -348,6 +449,54 @@ def test_no_command_leaks_the_sentinel(
         env={**tenv, "MONITE_CLIENT_SECRET": "x" * 40},
         expect=5,
     )
+
+    # helper client keys, and serve asked for tokens with them
+    r = run(
+        leaks,
+        "helper client add",
+        *("helper", "client", "add", "ci-runner", "--profile", "ci", "--rate", "1000"),
+        stdout_ok=True,
+    )
+    key = r.stdout.strip()
+    assert key.startswith(b"kck_")
+    leaks.add("helper client key", key)
+    run(
+        leaks,
+        "helper client add --key-file",
+        *("helper", "client", "add", "ci-key-file", "-p", "*", "--key-file", "ci.key", "--json"),
+    )
+    leaks.add("helper file key", (world.dir / "ci.key").read_bytes().strip())
+    run(leaks, "helper client list", "helper", "client", "list")
+    run(leaks, "helper client list json", "helper", "client", "list", "--json")
+    run(leaks, "helper client revoke unknown", "helper", "client", "revoke", "nobody", expect=None)
+    _serve_and_ask(leaks, key, tenv)
+
+    # accounting connections: the token from the helper's cache, a file, stdin, a bogus one
+    scope = ["--profile", "ci", "--entity", ENTITY]
+    run(leaks, "connection list empty", "connection", "list", *scope, env=tenv)
+    r = run(leaks, "connection create", "connection", "create", *scope, "--json", env=tenv)
+    cid = json.loads(r.stdout)["connection"]["id"]
+    run(leaks, "connection create again", "connection", "create", *scope, env=tenv, expect=7)
+    platform.connections.authorize(cid, "quickbooks")
+    wait = ["--timeout", "10s", "--poll-interval", "100ms"]
+    run(leaks, "connection wait", "connection", "wait", cid, *scope, *wait, env=tenv)
+    run(leaks, "connection get", "connection", "get", cid, *scope, "--json", env=tenv)
+    other = str(uuid.uuid4())
+    run(leaks, "connection get unknown", "connection", "get", other, *scope, env=tenv, expect=2)
+    (world.dir / "partner.token").write_bytes(token + b"\n")
+    (world.dir / "partner.token").chmod(0o600)
+    run(
+        leaks, "connection list file", "connection", "list", *scope, "--token-file", "partner.token"
+    )
+    run(leaks, "connection list stdin", "connection", "list", *scope, "--token-file", "-",
+        stdin=token + b"\n")  # fmt: skip
+    bogus = "".join(secrets.choice(ALNUM) for _ in range(43)).encode()
+    leaks.add("bogus bearer token", bogus)
+    run(leaks, "connection bogus token", "connection", "list", *scope, "--token-file", "-",
+        stdin=bogus + b"\n", expect=None)  # fmt: skip
+    run(leaks, "connection disconnect", "connection", "disconnect", cid, *scope, env=tenv)
+    run(leaks, "sync final", "sync", "--json")
+    run(leaks, "audit verify final", "audit", "verify", "--vault", "--json")
 
     # the ledger's bytes (db, -wal, -shm) and every Vault record
     for suffix in ("", "-wal", "-shm", ".key"):
@@ -374,8 +523,14 @@ def test_no_command_leaks_the_sentinel(
 def test_the_checks_catch_a_leak(tmp_path: Path) -> None:
     """Negative control: the file walk and the output check do fire."""
     world = make_world(tmp_path, identities=False)
-    leaks = Leaks(world, {"client secret": world.sentinel})
+    leaks = Leaks(world, {"client secret": world.sentinel}, tmp=tmp_path / "tmp")
     leaks.check_files("clean")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "spill").write_bytes(world.sentinel)
+    (tmp_path / "tmp" / "spill").chmod(0o640)
+    with pytest.raises(AssertionError, match="spill"):
+        leaks.check_files("tmp")
+    (tmp_path / "tmp" / "spill").unlink()
     loose = world.dir / "loose.txt"
     loose.write_bytes(b"x" + world.sentinel)
     loose.chmod(0o644)
@@ -385,3 +540,7 @@ def test_the_checks_catch_a_leak(tmp_path: Path) -> None:
     fake = subprocess.CompletedProcess[bytes]([], 0, b"", b"err " + world.sentinel)
     with pytest.raises(AssertionError, match="stderr"):
         leaks.check_output("fake", fake)
+    early = subprocess.CompletedProcess[bytes]([], 0, b"", b"minted tok-5f3a9c")
+    leaks.check_output("early", early)
+    with pytest.raises(AssertionError, match="early: late token in stderr"):
+        leaks.add("late token", b"tok-5f3a9c")  # learnt later: earlier outputs are rechecked
