@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import string
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hvac
@@ -514,3 +519,78 @@ def test_open_refused_when_vault_shows_another_identity_opened_it(
     assert reopened.returncode == 0, reopened.stderr
     assert "possible interception" in reopened.stderr
     assert (tmp_path / "creds.env").exists()
+
+
+@contextmanager
+def hanging_vault() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A TCP listener on 127.0.0.1 that accepts every connection and never answers.
+
+    Yields its http address and the accepted sockets (held open until the end).
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", held
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def timed(
+    *args: str, cwd: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    out = run(*args, cwd=cwd, env=env)
+    return out, time.monotonic() - start
+
+
+def test_a_hanging_vault_times_out_after_keycourier_vault_timeout(tmp_path: Path) -> None:
+    """KEYCOURIER_VAULT_TIMEOUT=1 bounds every Vault request: a server that accepts and never
+    answers leaves the event pending (exit 0), doctor exits 6, --require-vault exits 6 and
+    releases nothing; each in a few seconds, not the default 10 s per request."""
+    with hanging_vault() as (addr, held):
+        env = {"VAULT_ADDR": addr, "VAULT_TOKEN": "t", "KEYCOURIER_VAULT_TIMEOUT": "1"}
+        revoked, took = timed("revoke", "kcb-hang", "--reason", "r", cwd=tmp_path, env=env)
+        assert revoked.returncode == 0, revoked.stderr
+        assert took < 8, took
+        assert held, "the command never reached the hanging Vault"
+        assert "recorded in the local ledger only" in revoked.stderr
+        assert "ReadTimeout" in revoked.stderr  # a timeout, not a refused connection
+        assert "Traceback" not in revoked.stderr
+        rows = [json.loads(x) for x in run("audit", "export", cwd=tmp_path).stdout.splitlines()]
+        assert [(r["type"], r["vault_status"]) for r in rows] == [("revoked", "pending")]
+
+        reached = len(held)
+        doctor, took = timed("doctor", cwd=tmp_path, env=env)
+        assert doctor.returncode == 6, doctor.stdout + doctor.stderr
+        assert took < 8, took
+        assert len(held) > reached
+        assert "unreachable" in doctor.stderr
+        assert "Traceback" not in doctor.stderr
+
+        pub = make_identities(tmp_path, "partner", "platform")
+        seal = seal_args(tmp_path, new_client_id(), pub["platform"]["recipient"], out="b.kcb")
+        strict, took = timed(*seal, "--require-vault", cwd=tmp_path, env=env)
+        assert strict.returncode == 6, strict.stderr
+        assert took < 8, took
+        assert "nothing was released" in strict.stderr
+        assert not (tmp_path / "b.kcb").exists()
+        assert strict.stdout == ""
