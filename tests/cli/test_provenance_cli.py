@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import certifi
 import hvac
 import pytest
 from click.testing import CliRunner
 
 from keycourier.cli.main import cli
-from tests.support.openbao import BaoServer, free_port
+from tests.support.openbao import BaoServer, free_port, start_dev_tls_server
 
 PASS = "test passphrase 123"
 ALNUM = string.ascii_letters + string.digits
@@ -594,3 +595,62 @@ def test_a_hanging_vault_times_out_after_keycourier_vault_timeout(tmp_path: Path
         assert "nothing was released" in strict.stderr
         assert not (tmp_path / "b.kcb").exists()
         assert strict.stdout == ""
+
+
+def test_vault_cacert_trusts_a_tls_vault_and_a_wrong_ca_is_exit_3(tmp_path: Path) -> None:
+    """An https OpenBao dev server (-dev-tls): with VAULT_CACERT naming its CA a recording
+    command reaches Vault; without it (or with a CA bundle that did not sign the server's
+    certificate) the event stays pending, --require-vault is exit 3 with the VAULT_CACERT hint,
+    and doctor is exit 3, never a traceback."""
+    server = start_dev_tls_server(tmp_path / "bao-tls")
+    try:
+        cacert = str(server.extra["cacert"])
+        base = {"VAULT_ADDR": server.addr, "VAULT_TOKEN": server.token}
+        trusted = {**base, "VAULT_CACERT": cacert}
+        ok = run("revoke", "kcb-tls-ok", "--reason", "r", cwd=tmp_path, env=trusted)
+        assert ok.returncode == 0, ok.stderr
+        assert "in the local ledger and in Vault" in ok.stderr
+        client = hvac.Client(url=server.addr, token=server.token, verify=cacert)
+        record = client.secrets.kv.v2.read_secret_version(
+            path="keycourier/handovers/kcb-tls-ok",
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )
+        assert "revoked" in json.dumps(record["data"]["data"])
+
+        def handover_records() -> list[str]:
+            listed = client.secrets.kv.v2.list_secrets(
+                path="keycourier/handovers", mount_point="secret"
+            )
+            return [str(k) for k in listed["data"]["keys"]]
+
+        assert handover_records() == ["kcb-tls-ok"]
+        doctor = run("doctor", cwd=tmp_path, env=trusted)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+        # the system CA store (REQUESTS_CA_BUNDLE, SSL_CERT_FILE...) or certifi's bundle
+        # does not know bao's generated CA
+        for label, env in (
+            ("no VAULT_CACERT", base),
+            ("wrong CA", {**base, "VAULT_CACERT": certifi.where()}),
+        ):
+            bid = "kcb-tls-" + label.replace(" ", "-")
+            soft = run("revoke", bid, "--reason", "r", cwd=tmp_path, env=env)
+            assert soft.returncode == 0, (label, soft.stderr)
+            assert "TLS verification failed" in soft.stderr, label
+            assert "recorded in the local ledger only" in soft.stderr, label
+            strict = run(
+                "revoke", bid, "--reason", "again", "--require-vault", cwd=tmp_path, env=env
+            )
+            assert strict.returncode == 3, (label, strict.stderr)
+            assert "TLS verification failed" in strict.stderr, label
+            assert "VAULT_CACERT" in strict.stderr, label
+            doc = run("doctor", cwd=tmp_path, env=env)
+            assert doc.returncode == 3, (label, doc.stdout + doc.stderr)
+            assert "TLS verification failed" in doc.stderr, label
+            for out in (soft, strict, doc):
+                assert "Traceback" not in out.stderr, label
+                assert server.token not in out.stdout + out.stderr
+            assert bid not in handover_records(), label  # nothing reached Vault
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,12 +37,17 @@ def bao_binary() -> str:
     return found
 
 
-def wait_http(url: str, timeout: float = 30.0, ok: tuple[int, ...] = (200,)) -> None:
+def wait_http(
+    url: str,
+    timeout: float = 30.0,
+    ok: tuple[int, ...] = (200,),
+    context: ssl.SSLContext | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
                 if resp.status in ok:
                     return
         except urllib.error.HTTPError as exc:
@@ -75,6 +81,10 @@ class BaoServer:
         env["VAULT_TOKEN"] = self.token
         env["BAO_ADDR"] = self.addr
         env["BAO_TOKEN"] = self.token
+        cacert = self.extra.get("cacert")
+        if cacert is not None:
+            env["VAULT_CACERT"] = str(cacert)
+            env["BAO_CACERT"] = str(cacert)
         return env
 
     def bao(self, *args: str, input_text: str | None = None) -> str:
@@ -108,6 +118,19 @@ class BaoServer:
 
 def start_dev_server(workdir: Path) -> BaoServer:
     """``bao server -dev`` (in memory) on a free loopback port."""
+    return _start_dev(workdir, tls=False)
+
+
+def start_dev_tls_server(workdir: Path) -> BaoServer:
+    """``bao server -dev -dev-tls`` on a free loopback port, https only.
+
+    bao generates a CA, and a certificate for 127.0.0.1 signed by it, in
+    ``workdir/tls``; ``extra["cacert"]`` is the CA file (``vault-ca.pem``).
+    """
+    return _start_dev(workdir, tls=True)
+
+
+def _start_dev(workdir: Path, *, tls: bool) -> BaoServer:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     token = "kc-test-" + secrets.token_hex(12)
@@ -115,43 +138,58 @@ def start_dev_server(workdir: Path) -> BaoServer:
     # The root token goes through the environment, not argv.
     env["BAO_DEV_ROOT_TOKEN_ID"] = token
     env["VAULT_DEV_ROOT_TOKEN_ID"] = token
-    env.pop("VAULT_ADDR", None)
-    env.pop("BAO_ADDR", None)
+    for var in ("VAULT_ADDR", "BAO_ADDR", "VAULT_CACERT", "BAO_CACERT"):
+        env.pop(var, None)
+    args = [
+        bao_binary(),
+        "server",
+        "-dev",
+        f"-dev-listen-address=127.0.0.1:{port}",
+        "-dev-no-store-token",
+    ]
+    cert_dir = workdir / "tls"
+    if tls:
+        cert_dir.mkdir(exist_ok=True)
+        args += ["-dev-tls", f"-dev-tls-cert-dir={cert_dir}"]
     log_path = workdir / f"bao-dev-{port}.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [
-            bao_binary(),
-            "server",
-            "-dev",
-            f"-dev-listen-address=127.0.0.1:{port}",
-            "-dev-no-store-token",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=workdir,
-    )
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     log.close()
-    addr = f"http://127.0.0.1:{port}"
+    addr = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     server = BaoServer(proc=proc, addr=addr, token=token, workdir=workdir, log_path=log_path)
     try:
-        wait_http(f"{addr}/v1/sys/health")
-        wait_mount(addr, token, "secret")
+        context = None
+        if tls:
+            cacert = cert_dir / "vault-ca.pem"
+            deadline = time.monotonic() + 30
+            while not (cacert.is_file() and cacert.stat().st_size) and proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{addr}: bao wrote no CA file in {cert_dir}")
+                time.sleep(0.05)
+            server.extra["cacert"] = cacert
+            context = ssl.create_default_context(cafile=str(cacert))
+        wait_http(f"{addr}/v1/sys/health", context=context)
+        wait_mount(addr, token, "secret", context=context)
     except BaseException:
         server.kill()
         raise
     return server
 
 
-def wait_mount(addr: str, token: str, mount: str, timeout: float = 30.0) -> None:
+def wait_mount(
+    addr: str,
+    token: str,
+    mount: str,
+    timeout: float = 30.0,
+    context: ssl.SSLContext | None = None,
+) -> None:
     """The dev server mounts KV v2 at secret/ just after it reports healthy: wait for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         req = urllib.request.Request(f"{addr}/v1/sys/internal/ui/mounts/{mount}")  # noqa: S310
         req.add_header("X-Vault-Token", token)
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(req, timeout=2, context=context) as resp:  # noqa: S310
                 if resp.status == 200:
                     return
         except (urllib.error.HTTPError, OSError):
