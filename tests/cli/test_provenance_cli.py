@@ -654,3 +654,33 @@ def test_vault_cacert_trusts_a_tls_vault_and_a_wrong_ca_is_exit_3(tmp_path: Path
             assert bid not in handover_records(), label  # nothing reached Vault
     finally:
         server.stop()
+
+
+def test_doctor_on_a_kv_v1_mount_is_exit_3(bao_dev: BaoServer, tmp_path: Path) -> None:
+    """The configured mount is KV version 1 (or not KV at all): doctor says so, exit 3."""
+    admin = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    v1 = "kv1-" + secrets.token_hex(4)
+    other = "transit-" + secrets.token_hex(4)
+    admin.sys.enable_secrets_engine("kv", path=v1, options={"version": "1"})
+    admin.sys.enable_secrets_engine("transit", path=other)
+    try:
+        env = {**vault_env(bao_dev), "KEYCOURIER_VAULT_MOUNT": v1}
+        out = run("doctor", cwd=tmp_path, env=env)
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"{v1}/ is KV version 1; keycourier needs 2" in out.stdout
+        assert f"doctor: kv mount: {v1}/ is KV version 1" in out.stderr
+        report = run("doctor", "--json", cwd=tmp_path, env=env)
+        assert report.returncode == 3
+        doc = json.loads(report.stdout)
+        assert doc["exit_code"] == 3
+        checks = {c["name"]: c["status"] for c in doc["checks"]}
+        assert checks["reachable"] == checks["sealed"] == checks["token"] == "ok"
+        assert checks["kv mount"] == "fail"
+        not_kv = run("doctor", cwd=tmp_path, env={**env, "KEYCOURIER_VAULT_MOUNT": other})
+        assert not_kv.returncode == 3, not_kv.stdout + not_kv.stderr
+        assert f"{other}/ is not a KV mount (transit)" in not_kv.stdout
+        for r in (out, report, not_kv):
+            assert "Traceback" not in r.stderr
+    finally:
+        admin.sys.disable_secrets_engine(v1)
+        admin.sys.disable_secrets_engine(other)
