@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hvac
 import pytest
 from click.testing import CliRunner
 
@@ -504,28 +506,70 @@ def test_help_has_examples() -> None:
 
 
 def test_changes_are_recorded_in_vault(world: Env, bao_dev: BaoServer) -> None:
+    """create, wait (connected) and disconnect each deliver their event to Vault: one
+    write-once record per event at keycourier/events/<type>/<ledger_id>-<seq>, of that type,
+    identical (seq, hash) to the ledger's event, naming the entity and the connection."""
     world.env.update({"VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": bao_dev.token})
     created = world.run("connection", "create", "--profile", "m", "--entity", ENTITY, "--json")
     assert created.code == 0, created.err
     doc = created.json()
     cid = doc["connection"]["id"]
-    assert doc["recorded"][0]["vault"] == "recorded"
-    assert "in the ledger and in Vault" in created.err
-    keys = json.loads(
-        bao_dev.bao("kv", "list", "-format=json", "secret/keycourier/events/connection_created")
-    )
-    bodies = [
-        json.loads(
-            bao_dev.bao(
-                "kv", "get", "-format=json", f"secret/keycourier/events/connection_created/{k}"
-            )
-        )
-        for k in keys
+    assert [(r["event"], r["vault"]) for r in doc["recorded"]] == [
+        ("connection_created", "recorded")
     ]
-    mine = [b for b in bodies if cid in json.dumps(b)]
-    assert len(mine) == 1
-    assert ENTITY in json.dumps(mine[0])
-    assert CLIENT_SECRET not in json.dumps(bodies)
+    assert "in the ledger and in Vault" in created.err
+
+    authorize(doc["connection"]["connection_url"], "xero")
+    waited = world.run(
+        "connection", "wait", cid, "--profile", "m", "--entity", ENTITY,
+        "--timeout", "20s", "--poll-interval", "100ms", "--json",
+    )  # fmt: skip
+    assert waited.code == 0, waited.err
+    assert [(r["event"], r["vault"]) for r in waited.json()["recorded"]] == [
+        ("connection_connected", "recorded")
+    ]
+    gone = world.run(
+        "connection", "disconnect", cid, "--profile", "m", "--entity", ENTITY, "--json"
+    )
+    assert gone.code == 0, gone.err
+    assert [(r["event"], r["vault"]) for r in gone.json()["recorded"]] == [
+        ("connection_disconnected", "recorded")
+    ]
+
+    events = ledger_events(world)
+    kinds = ["connection_created", "connection_connected", "connection_disconnected"]
+    assert [e["type"] for e in events] == kinds
+    assert all(e["vault_status"] == "recorded" for e in events)
+    with sqlite3.connect(world.tmp / "ledger.db") as db:
+        ledger_id = db.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()[0]
+    client = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    for event in events:
+        kind = event["type"]
+        names = client.secrets.kv.v2.list_secrets(
+            path=f"keycourier/events/{kind}", mount_point="secret"
+        )["data"]["keys"]
+        mine = [n for n in names if n.startswith(ledger_id + "-")]
+        assert mine == [f"{ledger_id}-{event['seq']:010d}"], kind
+        record = client.secrets.kv.v2.read_secret_version(
+            path=f"keycourier/events/{kind}/{mine[0]}",
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )["data"]["data"]
+        assert record["type"] == kind
+        assert (record["ledger"], record["seq"], record["hash"]) == (
+            ledger_id,
+            event["seq"],
+            event["hash"],
+        )
+        body = json.loads(record["body"])
+        assert body["type"] == kind
+        assert cid in record["body"]
+        assert ENTITY in record["body"]
+        assert CLIENT_SECRET not in json.dumps(record)
+    verify = world.run("audit", "verify", "--vault", "--json")
+    assert verify.code == 0, verify.out + verify.err
+    report = verify.json()
+    assert (report["ok"], report["vault_checked"], report["pending"]) == (True, True, 0)
 
 
 def test_vault_down_keeps_the_event_pending(world: Env) -> None:
