@@ -574,9 +574,11 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
     """Opened / revoked / sealed facts from the local ledger and, when reachable, Vault."""
     local = recorder.history(bundle_id=bundle_id)
     events = [s.event for s in local]
-    # a `release_aborted` event voids a sealed/opened event of its own source only: the
-    # local chain's voids apply to local events, a Vault version's to that ledger's versions
-    voided = {(-1, seq) for seq in _aborted_seqs(events)}
+    # A `release_aborted` event voids a sealed/opened event of this machine's own chain
+    # only (see _voided_local). Records of other ledgers in Vault are not chain-verified
+    # here and anyone with write access to the shared record could append one, so an
+    # abort found there never hides an open or a revoke: fail safe (--allow-reopen).
+    voided = {(-1, seq) for seq in _voided_local(local)}
     numbered = [((-1, s.seq), s.event) for s in local]
     vault_checked = False
     detail = ""
@@ -588,9 +590,6 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
             detail = exc.message
             found = []
         ledgers = {name: i for i, name in enumerate(sorted({v.ledger for v in found}))}
-        for name, index in ledgers.items():
-            mine = [v.event for v in found if v.ledger == name]
-            voided |= {(index, seq) for seq in _aborted_seqs(mine)}
         numbered += [((ledgers[v.ledger], v.seq), v.event) for v in found]
         events.extend(v.event for v in found)
     else:
@@ -623,12 +622,30 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
     )
 
 
-def _aborted_seqs(events: Sequence[Event]) -> set[int]:
-    """The seqs that these events' `release_aborted` events void (releases that never were)."""
+def _voided_local(local: Sequence[StoredEvent]) -> set[int]:
+    """The seqs of this chain's releases that a later `release_aborted` voids.
+
+    Honoured only when the abort names a sealed/opened event earlier in the same
+    chain, of the type it says, by the same actor, for the same bundle: never a
+    revoke or an ingest, never an event of another source.
+    """
+    by_seq = {s.seq: s.event for s in local}
     out: set[int] = set()
-    for e in events:
-        seq = e.data.get("aborts_seq")
-        if e.type == EventType.RELEASE_ABORTED and isinstance(seq, int):
+    for stored in local:
+        abort = stored.event
+        if abort.type != EventType.RELEASE_ABORTED:
+            continue
+        seq = abort.data.get("aborts_seq")
+        if not isinstance(seq, int) or seq >= stored.seq:
+            continue
+        target = by_seq.get(seq)
+        if (
+            target is not None
+            and target.type in RELEASES
+            and abort.data.get("aborted_type") == str(target.type)
+            and target.actor == abort.actor
+            and target.bundle_id == abort.bundle_id
+        ):
             out.add(seq)
     return out
 

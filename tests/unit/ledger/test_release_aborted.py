@@ -1,0 +1,98 @@
+"""Which `release_aborted` events bundle_state honours (security review of 200f7f7).
+
+A release whose command failed (nothing released) is voided by a following
+`release_aborted` of the same chain. Nothing else may be voided: not a revoke
+or an ingest, not another actor's or another bundle's event, and never an
+event of another ledger found in Vault, where anyone with write access to the
+shared record could append a forged abort to hide an interception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from keycourier.ledger.interface import Event, EventType, StoredEvent
+from keycourier.ledger.memory import MemoryRecorder
+from keycourier.ledger.service import LedgerRecorder, bundle_state
+from keycourier.ledger.vault import VaultEvent
+
+B = "11111111-2222-4333-8444-555555555555"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ev(kind: EventType, actor: str, minute: int, bundle: str = B, **data: Any) -> Event:
+    return Event(kind, T0 + timedelta(minutes=minute), actor, bundle_id=bundle, data=data)
+
+
+def abort(seq: int, kind: EventType, actor: str, minute: int, bundle: str = B) -> Event:
+    return ev(
+        EventType.RELEASE_ABORTED, actor, minute, bundle,
+        aborts_seq=seq, aborted_type=str(kind), released=False, reason="Vault unreachable",
+    )  # fmt: skip
+
+
+def local(*events: Event) -> MemoryRecorder:
+    rec = MemoryRecorder()
+    for e in events:
+        rec.record(e)
+    return rec
+
+
+class WithVault(LedgerRecorder):
+    """bundle_state's view of a recorder with a mirror: local history plus Vault records."""
+
+    def __init__(self, history: Sequence[StoredEvent], vault: Sequence[VaultEvent]) -> None:
+        self._history = list(history)
+        self._vault = list(vault)
+        self.mirror = object()  # type: ignore[assignment]
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> Sequence[StoredEvent]:
+        return self._history
+
+    def vault_only_records(self, bundle_id: str) -> list[tuple[str, VaultEvent]]:
+        return [("foreign", v) for v in self._vault]
+
+
+def test_an_abort_voids_the_matching_release_of_its_own_chain() -> None:
+    rec = local(ev(EventType.OPENED, "kc-me", 1), abort(1, EventType.OPENED, "kc-me", 2))
+    assert bundle_state(rec, B).opened_by == ()
+    rec = local(ev(EventType.SEALED, "kc-me", 1), abort(1, EventType.SEALED, "kc-me", 2))
+    assert bundle_state(rec, B).sealed_by is None
+
+
+def test_an_abort_never_voids_a_revoke_or_an_ingest() -> None:
+    rec = local(
+        ev(EventType.REVOKED, "kc-sender", 1, reason="leaked"),
+        abort(1, EventType.OPENED, "kc-sender", 2),
+        abort(1, EventType.REVOKED, "kc-sender", 3),
+        ev(EventType.INGESTED, "kc-me", 4, vault_path="secret/x"),
+        abort(4, EventType.INGESTED, "kc-me", 5),
+    )
+    state = bundle_state(rec, B)
+    assert state.revoked == "leaked"
+    assert state.ingested_to == ("secret/x",)
+
+
+def test_an_abort_must_match_type_actor_bundle_and_come_after() -> None:
+    other = "99999999-2222-4333-8444-555555555555"
+    rec = local(
+        ev(EventType.OPENED, "kc-me", 1),
+        abort(1, EventType.SEALED, "kc-me", 2),  # wrong type
+        abort(1, EventType.OPENED, "kc-someone-else", 3),  # wrong actor
+        abort(1, EventType.OPENED, "kc-me", 4, bundle=other),  # another bundle
+        abort(9, EventType.OPENED, "kc-me", 5),  # no such event
+    )
+    assert bundle_state(rec, B).opened_by == ("kc-me",)
+
+
+def test_aborts_from_other_ledgers_in_vault_hide_nothing() -> None:
+    real_open = VaultEvent("L-A", 7, ev(EventType.OPENED, "kc-interceptor", 1), "h1")
+    forged = VaultEvent("L-A", 8, abort(7, EventType.OPENED, "kc-interceptor", 2), "h2")
+    assert bundle_state(WithVault([], [real_open, forged]), B).opened_by == ("kc-interceptor",)
+    revoke = VaultEvent("L-S", 3, ev(EventType.REVOKED, "kc-sender", 3, reason="sent wrong"), "h3")
+    unrevoke = VaultEvent("L-S", 4, abort(3, EventType.OPENED, "kc-sender", 4), "h4")
+    assert bundle_state(WithVault([], [revoke, unrevoke]), B).revoked == "sent wrong"
