@@ -325,6 +325,22 @@ def test_every_manifest_and_ledger_event_carries_the_digest_policy_show_prints(
     assert {e["policy_digest"] for e in events} == {digest}
 
 
+def test_an_unreadable_policy_does_not_cost_events_of_commands_that_do_not_apply_it(
+    world: World,
+) -> None:
+    """revoke (like token and connection commands) records its event without a digest
+    when the policy file cannot be loaded, instead of losing the event."""
+    env = {"KEYCOURIER_POLICY": str(world.dir / "missing.toml")}
+    bid = "11111111-2222-4333-8444-555555555555"
+    revoked = run("revoke", bid, "--reason", "test", cwd=world.dir, env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    exported = run("audit", "export", "--format", "jsonl", cwd=world.dir)
+    events = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(e["type"], e["bundle_id"], e["policy_digest"]) for e in events] == [
+        ("revoked", bid, None)
+    ]
+
+
 def test_secret_from_stdin_and_passphrase_conflict(world: World) -> None:
     out = run(
         "seal",

@@ -132,26 +132,33 @@ class LedgerRecorder:
 
     # -- Recorder protocol -------------------------------------------------------------
 
-    def policy_digest(self) -> str:
-        """The digest of the handover policy in force, loaded once per recorder."""
+    def policy_digest(self) -> str | None:
+        """The digest of the handover policy in force, loaded once per recorder; None
+        when the policy file cannot be loaded. Commands that apply the policy have
+        already failed with exit 3 then; the others (tokens, connections) must not
+        lose their events over it."""
         if self._policy_digest is None:
             from keycourier.policy import load_policy
 
-            self._policy_digest = load_policy(self.settings.policy_path).digest
-        return self._policy_digest
+            try:
+                self._policy_digest = load_policy(self.settings.policy_path).digest
+            except ConfigError:
+                self._policy_digest = ""
+        return self._policy_digest or None
 
     def record(self, event: Event) -> RecordOutcome:
         """Append locally (always, first), then deliver to Vault when configured.
 
         An event that names no policy digest gets the digest of the policy in
-        force, so every ledger event says under which policy it happened.
+        force, so every ledger event says under which policy it happened (none
+        when the policy file cannot be loaded).
         """
         from keycourier.ledger.vault import path_for, record_for
 
-        if event.policy_digest is None:
+        if event.policy_digest is None and (digest := self.policy_digest()) is not None:
             from dataclasses import replace
 
-            event = replace(event, policy_digest=self.policy_digest())
+            event = replace(event, policy_digest=digest)
         ledger_id = self.ledger.ledger_id
         if self.mirror is None:
             stored = self.ledger.append(event, VaultStatus.DISABLED, None)
