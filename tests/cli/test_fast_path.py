@@ -8,6 +8,7 @@ lines over a vocabulary of the options, values and traps (help, ``--``,
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,46 @@ def test_the_installed_script_takes_the_fast_path_without_click(tmp_path: Path) 
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.decode().splitlines()]
     assert "keycourier.cli.age_ops" in imported
     assert "click" not in imported
+
+
+def test_shell_completion_is_left_to_click(tmp_path: Path) -> None:
+    """click's completion runs on _KEYCOURIER_COMPLETE whatever argv says."""
+    argv = ["age", "decrypt", "-i", "key.txt", "in.age"]
+    out = subprocess.run(
+        [sys.executable, "-m", "keycourier", *argv],
+        cwd=tmp_path,
+        env={**os.environ, "_KEYCOURIER_COMPLETE": "bash_source"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"complete" in out.stdout  # the bash completion script, not a decryption
+
+
+@pytest.mark.parametrize("closed", ["stdin", "stdout"])
+def test_a_closed_standard_stream_is_a_usage_error(tmp_path: Path, closed: str) -> None:
+    ident = age.X25519Identity.generate()
+    (tmp_path / "key.txt").write_text(ident.to_string() + "\n")
+    (tmp_path / "in.age").write_bytes(age.encrypt([ident.recipient()], b"payload"))
+    argv = (
+        ["age", "encrypt", "-a", "-r", ident.recipient().to_string()]
+        if closed == "stdin"
+        else ["age", "decrypt", "-i", "key.txt", "in.age"]
+    )
+    close = "<&-" if closed == "stdin" else ">&-"
+    for runner in (
+        ["-m", "keycourier"],  # the fast path
+        ["-c", "import sys; from keycourier.cli.main import run; "
+               "sys.argv = ['keycourier', *sys.argv[1:]]; run()"],  # click's
+    ):  # fmt: skip
+        out = subprocess.run(
+            ["sh", "-c", f'exec "$0" "$@" {close}', sys.executable, *runner, *argv],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 2, (runner, out.stderr)
+        assert f"standard {closed.removeprefix('std')}put is closed".encode() in out.stderr
+        assert b"Traceback" not in out.stderr

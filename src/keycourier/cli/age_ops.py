@@ -40,10 +40,22 @@ def _read_key_file(path: str, what: str) -> str:
         raise UsageError(f"the {what} file {path} is not UTF-8 text") from None
 
 
+def _std(name: str) -> BinaryIO:
+    """sys.stdin/stdout's binary layer; a usage error when the process was started
+    with that descriptor closed (Python then sets it to None)."""
+    stream = getattr(sys, name)
+    if stream is None:
+        raise UsageError(f"standard {name.removeprefix('std')}put is closed", hints=[
+            "give a file: INPUT, or -o FILE"
+        ])  # fmt: skip
+    buffer: BinaryIO = stream.buffer
+    return buffer
+
+
 @contextlib.contextmanager
 def _input(path: str | None) -> Iterator[BinaryIO]:
     if path is None or path == "-":
-        yield sys.stdin.buffer
+        yield _std("stdin")
         return
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
@@ -63,8 +75,9 @@ def _umask() -> int:
 def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
     """stdout, or a temp file next to ``path`` renamed into place only on success."""
     if path is None or path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        out = _std("stdout")
+        yield out
+        out.flush()
         return
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
@@ -118,7 +131,7 @@ def encrypt_files(
             "no recipients given",
             hints=["use -r age1..., -R recipients.txt, or --passphrase"],
         )
-    if (output is None or output == "-") and not armor and sys.stdout.isatty():
+    if (output is None or output == "-") and not armor and _std("stdout").isatty():
         raise UsageError(
             "refusing to write binary ciphertext to a terminal",
             hints=["use -a/--armor, or -o FILE, or redirect stdout"],

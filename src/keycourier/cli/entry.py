@@ -135,7 +135,8 @@ def parse(argv: list[str]) -> FastCommand | None:
 def run() -> None:
     """Console-script entry: the fast path when ``parse`` takes the command line,
     else the full click CLI (``keycourier.cli.main.run``)."""
-    cmd = parse(sys.argv[1:])
+    # click's shell completion is driven by this variable, not by argv
+    cmd = None if "_KEYCOURIER_COMPLETE" in os.environ else parse(sys.argv[1:])
     if cmd is None:
         from keycourier.cli.main import run as run_click
 
