@@ -174,8 +174,11 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         "2. The partner checks its production QuickBooks key against the handover policy "
         "(the secret is read from a 0600 file, never from the command line)."
     )
-    partner.kc("check", *common, quiet=True)
-    print("    verdict: pass (21 rules; see 'keycourier check --json' for the full report)")
+    checked = json.loads(partner.kc("check", *common, "--json", quiet=True).stdout)
+    print(
+        f"    verdict: {checked['verdict']} ({len(checked['findings'])} rules; "
+        "see 'keycourier check --json' for the full report)"
+    )
 
     say(
         "3. A sandbox key is refused: the partner's context says its API base is Intuit's "

@@ -341,6 +341,26 @@ def test_an_unreadable_policy_does_not_cost_events_of_commands_that_do_not_apply
     ]
 
 
+def test_a_receiver_can_accept_only_listed_sender_policies(world: World) -> None:
+    """rules.sender-policy.digests: the sender's policy digest (signed in the manifest)
+    must be listed; a sender that loosened its policy in any way is refused (exit 7)."""
+    loose = world.dir / "loose.toml"
+    loose.write_text("[rules.sandbox-api-host]\nhosts = []\n")  # would hide a sandbox host
+    default = json.loads(run("policy", "show", "--json", cwd=world.dir).stdout)["digest"]
+    strict = world.dir / "strict.toml"
+    strict.write_text(f'[rules.sender-policy]\ndigests = ["{default}"]\n')
+
+    assert world.seal("--policy", str(loose), out="loose.kcb").returncode == 0
+    refused = world.open("loose.kcb", "--policy", str(strict))
+    assert refused.returncode == 7, refused.stderr
+    assert b"sender-policy" in refused.stderr
+    assert not (world.dir / "creds.json").exists()
+
+    assert world.seal(out="ok.kcb").returncode == 0  # sealed under the default policy
+    accepted = world.open("ok.kcb", "--policy", str(strict))
+    assert accepted.returncode == 0, accepted.stderr
+
+
 def test_secret_from_stdin_and_passphrase_conflict(world: World) -> None:
     out = run(
         "seal",

@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 
 from keycourier.cli.main import cli
 from keycourier.errors import Error
+from keycourier.policy import RULE_IDS
 from keycourier.redact import fingerprint
 from tests.support.openbao import BaoServer
 from tests.unit.policy import creds
@@ -507,7 +508,7 @@ def test_credential_case(case: Case, tmp_path: Path) -> None:
     assert frozenset(report["warned"]) == case.warned
     assert report["verdict"] == ("reject" if case.rejected else "warn" if case.warned else "pass")
     # every rule is listed, each with an outcome; failing ones carry a hint
-    assert len(report["findings"]) == 21
+    assert len(report["findings"]) == len(RULE_IDS)
     for finding in report["findings"]:
         if finding["effect"] != "pass":
             assert finding["hint"]
@@ -740,6 +741,7 @@ BAD_POLICIES = [
     ("[rules.entropy]\nmin_total_bits = true\n", "rules.entropy.min_total_bits must be a number"),
     ("[rules.secret-format]\nxero_min_length = 99\n", "rules.secret-format.xero_min_length"),
     ("[rules.sample-value]\nfingerprints = ['abc']\n", "rules.sample-value.fingerprints[0]"),
+    ("[rules.sender-policy]\ndigests = ['sha256:abc']\n", "rules.sender-policy.digests[0]"),
     ("[rules.placeholder]\nhint = ''\n", "rules.placeholder.hint"),
     ("version = 2\n", "version must be 1"),
     ("rules = 5\n", "rules must be a table"),

@@ -85,6 +85,7 @@ def open_bundle(
         # what the sender saw about the surroundings (API host, realm, tenant) is
         # only in the manifest: judge it by this policy's severities
         reported=frozenset(m.policy.warnings) & CONTEXT_RULES,
+        sender_policy=m.policy.digest,
     )
     report = evaluate(policy, facts, now=now, denied=denied)
     if report.verdict == Verdict.REJECT:

@@ -52,6 +52,7 @@ RULE_IDS: Final = (
     "xero-demo-company",
     "denied-fingerprint",
     "lifetime",
+    "sender-policy",
     "live-probe",
 )
 
@@ -71,6 +72,7 @@ _REGEX_KEYS: Final = {
     "xero-demo-tenant": ("pattern",),
 }
 _FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}$")
+_POLICY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class Severity(enum.StrEnum):
@@ -291,6 +293,11 @@ def _validate(merged: Mapping[str, Any], where: str) -> None:
         if not _FINGERPRINT.match(fp):
             raise ConfigError(
                 f"{where}: rules.sample-value.fingerprints[{index}] must look like kc1:<32 hex>"
+            )
+    for index, digest in enumerate(rules["sender-policy"]["digests"]):
+        if not _POLICY_DIGEST.match(digest):
+            raise ConfigError(
+                f"{where}: rules.sender-policy.digests[{index}] must look like sha256:<64 hex>"
             )
     platforms = rules["platform"]["allowed"]
     if not platforms or any(p not in ("quickbooks", "xero") for p in platforms):

@@ -57,6 +57,9 @@ class HandoverFacts:
     # Context rules that fired at the sender (a bundle's manifest lists them among
     # its warnings); the receiver has no context of its own to re-check them with.
     reported: frozenset[str] = frozenset()
+    # The digest of the policy the bundle was sealed under (from the signed
+    # manifest); None when checking before a seal.
+    sender_policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +537,18 @@ def _check_lifetime(run: _Run, lifetime: timedelta | None) -> None:
         )
 
 
+def _check_sender_policy(run: _Run, digest: str | None) -> None:
+    accepted = tuple(run.policy.param("sender-policy", "digests"))
+    if digest is None:
+        run.skip("sender-policy", "checked when a bundle is opened")
+    elif not accepted:
+        run.ok("sender-policy", "any sender policy is accepted (no digests listed)")
+    elif digest in accepted:
+        run.ok("sender-policy", "the bundle was sealed under an accepted policy")
+    else:
+        run.fail("sender-policy", f"the bundle was sealed under policy {digest}, not accepted")
+
+
 def evaluate(
     policy: Policy,
     facts: HandoverFacts,
@@ -583,6 +598,7 @@ def evaluate(
         # An unkeyed hash of a weak secret could be brute-forced: no fingerprint.
         run.skip("denied-fingerprint", "not checked: the secret failed the strength rules")
     _check_lifetime(run, facts.lifetime)
+    _check_sender_policy(run, facts.sender_policy)
 
     if not probe:
         run.skip("live-probe", "not requested (use --probe)")
