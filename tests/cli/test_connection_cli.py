@@ -341,6 +341,38 @@ def test_wait_honours_retry_after_within_its_timeout(world: Env) -> None:
     assert polls() - before == 3
 
 
+@pytest.mark.parametrize(
+    ("delay", "problem"),
+    [(0.0, "the platform failed (503): unavailable"), (3.0, "cannot reach the platform")],
+    ids=["503", "stalled"],
+)
+def test_wait_ends_by_its_timeout_while_the_platform_fails(
+    world: Env, delay: float, problem: str
+) -> None:
+    """Issue 6: 503 retries and a stalled request inside wait end by --timeout (exit 6)."""
+    state = world.platform.connections
+    created = world.monite("create", "--json")  # also caches the partner token
+    assert created.code == 0, created.err
+    cid = str(created.json()["connection"]["id"])
+    state.inject(
+        503,
+        body={"error": {"message": "unavailable"}},
+        times=50,
+        path_contains=cid,
+        delay=delay,
+    )
+    started = time.monotonic()
+    r = world.run(
+        "connection", "wait", cid, "--profile", "m", "--entity", ENTITY, "--timeout", "1s",
+        timeout=20,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert r.code == 6, r.err
+    assert f"connection {cid} is not connected after the timeout: the last poll failed" in r.err
+    assert problem in r.err
+    assert elapsed < 2.5  # 1 s of --timeout plus the interpreter's start-up
+
+
 def test_ids_are_validated_before_any_request(world: Env) -> None:
     r = world.run("connection", "list", "--profile", "m", "--entity", "not-a-uuid")
     assert r.code == 2

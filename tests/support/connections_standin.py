@@ -133,6 +133,7 @@ class Fault:
     times: int
     method: str | None
     path_contains: str | None
+    delay: float = 0.0  # seconds to stall before answering
 
 
 def _iso(value: datetime) -> str:
@@ -224,11 +225,12 @@ class ConnectionsState:
         times: int = 1,
         method: str | None = None,
         path_contains: str | None = None,
+        delay: float = 0.0,
     ) -> None:
-        """Answer the next ``times`` matching calls with this reply instead."""
+        """Answer the next ``times`` matching calls with this reply instead (after ``delay`` s)."""
         with self._lock:
             self._faults.append(
-                Fault(status, body, dict(headers or {}), times, method, path_contains)
+                Fault(status, body, dict(headers or {}), times, method, path_contains, delay)
             )
 
     def take_fault(self, method: str, path: str) -> Fault | None:
@@ -339,6 +341,8 @@ def connection_routes(state: ConnectionsState) -> list[web.RouteDef]:
             state.record(_seen(request, body))
             fault = state.take_fault(request.method, request.path)
             if fault is not None:
+                if fault.delay > 0:
+                    await asyncio.sleep(fault.delay)
                 resp = web.json_response(fault.body, status=fault.status, headers=fault.headers)
                 return finish(rules, request, resp)
             scope, err = check(rules, request)

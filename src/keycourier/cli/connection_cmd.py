@@ -8,6 +8,7 @@ stdout (``--json`` for machines), diagnostics to stderr.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,9 @@ def _pick_profile(settings: Settings, name: str | None) -> str:
     )
 
 
-def _token_source(settings: Settings, profile: str, token_file: str | None) -> TokenSource:
+def _token_source(
+    settings: Settings, profile: str, token_file: str | None, deadline: float | None = None
+) -> TokenSource:
     from keycourier.partner.connections import StaticTokenSource
     from keycourier.redact import Secret
 
@@ -86,7 +89,7 @@ def _token_source(settings: Settings, profile: str, token_file: str | None) -> T
         return StaticTokenSource(Secret(raw))
     from keycourier.helper.service import ProfileTokenSource
 
-    return _Warned(ProfileTokenSource(settings, profile))
+    return _Warned(ProfileTokenSource(settings, profile, deadline=deadline))
 
 
 class _Warned:
@@ -108,14 +111,21 @@ class _Warned:
         self._inner.invalidate()
 
 
-def _call(ctx: click.Context, profile: str | None, entity: str, token_file: str | None) -> _Call:
+def _call(
+    ctx: click.Context,
+    profile: str | None,
+    entity: str,
+    token_file: str | None,
+    deadline: float | None = None,
+) -> _Call:
+    """``deadline`` (``time.monotonic()`` time) bounds the partner token fetch (``wait``)."""
     from keycourier.partner.connections import ConnectionClient, endpoint_for_profile, parse_uuid
 
     scope_id = parse_uuid(entity, "entity ID")
     settings: Settings = settings_from(ctx)
     name = _pick_profile(settings, profile)
     endpoint = endpoint_for_profile(settings, name)
-    tokens = _token_source(settings, name, token_file)
+    tokens = _token_source(settings, name, token_file, deadline)
     return _Call(settings, ConnectionClient(endpoint, tokens), scope_id, name)
 
 
@@ -419,7 +429,8 @@ def wait(
     cid = _conn_id(connection_id)
     limit = parse_duration(timeout, "--timeout")
     first = parse_duration(poll_interval, "--poll-interval")
-    call = _call(ctx, profile, entity, token_file)
+    deadline = time.monotonic() + limit  # the token fetch counts against --timeout too
+    call = _call(ctx, profile, entity, token_file, deadline)
     last: list[str] = []
 
     def progress(conn: Connection) -> None:
@@ -432,7 +443,7 @@ def wait(
         call.client,
         call.scope_id,
         cid,
-        timeout=limit,
+        timeout=max(deadline - time.monotonic(), 0.0),
         policy=WaitPolicy(first=first, maximum=max(30.0, first)),
         recorder=call.recorder(),
         actor=call.actor,

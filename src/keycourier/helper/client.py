@@ -78,8 +78,8 @@ class HelperClient:
         self._cafile = cafile
 
     @classmethod
-    def from_env(cls, url: str, env: Mapping[str, str]) -> HelperClient:
-        return cls(url, read_key(env), cafile=env.get("KEYCOURIER_HELPER_CACERT"))
+    def from_env(cls, url: str, env: Mapping[str, str], *, timeout: float = 15.0) -> HelperClient:
+        return cls(url, read_key(env), timeout=timeout, cafile=env.get("KEYCOURIER_HELPER_CACERT"))
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.url.startswith("unix:"):

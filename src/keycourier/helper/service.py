@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from keycourier.errors import Error
+from keycourier.errors import Error, UnavailableError
 from keycourier.helper.profiles import Profile, get_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
@@ -45,12 +45,17 @@ def obtain_token(
     use_cache: bool = True,
     clock: Callable[[], float] = time.time,
     record: bool = True,
+    deadline: float | None = None,
 ) -> Obtained:
+    """``deadline`` (``time.monotonic()`` time, for ``connection wait --timeout``) bounds
+    a call to the helper or the token endpoint; a mint cut short by it fails like an
+    unreachable endpoint (so a still-valid cached token is served)."""
     helper_url = settings.env.get(HELPER_URL_ENV)
     if helper_url:
         from keycourier.helper.client import HelperClient
 
-        client = HelperClient.from_env(helper_url, settings.env)
+        timeout = 15.0 if deadline is None else min(15.0, _budget(deadline))
+        client = HelperClient.from_env(helper_url, settings.env, timeout=timeout)
         token = client.token(profile_name, clock=clock)
         env_name = "PARTNER_TOKEN"
         if profile_name in settings.profiles:
@@ -62,7 +67,7 @@ def obtain_token(
 
     creds = load_credentials(profile, settings)
     if not use_cache:
-        token = _mint(profile, creds, clock)
+        token = _mint(profile, creds, clock, deadline)
         warning = _record_issued(settings, profile, token) if record else None
         return Obtained(profile.name, token, "upstream", creds, profile.env_name, warning)
 
@@ -84,7 +89,7 @@ def obtain_token(
         if cached is not None and now < cached.refresh_at(profile.refresh_fraction):
             return Obtained(profile.name, cached, "cache", creds, profile.env_name)
         try:
-            token = _mint(profile, creds, clock)
+            token = _mint(profile, creds, clock, deadline)
         except Error as exc:
             if cached is not None and clock() < cached.expires_at - 1:
                 return Obtained(
@@ -109,10 +114,31 @@ def obtain_token(
     return Obtained(profile.name, token, "upstream", creds, profile.env_name, warning)
 
 
-def _mint(profile: Profile, creds: ClientCredentials, clock: Callable[[], float]) -> Token:
+MIN_TOKEN_BUDGET = 0.25  # seconds: the least a deadline-bound token call is given
+
+
+def _budget(deadline: float) -> float:
+    return max(deadline - time.monotonic(), MIN_TOKEN_BUDGET)
+
+
+def _mint(
+    profile: Profile,
+    creds: ClientCredentials,
+    clock: Callable[[], float],
+    deadline: float | None = None,
+) -> Token:
     from keycourier.partner.tokens import fetch_token
 
-    return asyncio.run(fetch_token(profile, creds, clock=clock))
+    if deadline is None:
+        return asyncio.run(fetch_token(profile, creds, clock=clock))
+    budget = _budget(deadline)
+    try:
+        return asyncio.run(asyncio.wait_for(fetch_token(profile, creds, clock=clock), budget))
+    except TimeoutError:
+        raise UnavailableError(
+            f"profile {profile.name}: no token from the token endpoint "
+            f"within the time left ({budget:.1f} s)"
+        ) from None
 
 
 def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | None:
@@ -145,14 +171,17 @@ class ProfileTokenSource:
     so the next ``get()`` mints a new one.
     """
 
-    def __init__(self, settings: Settings, profile: str) -> None:
+    def __init__(self, settings: Settings, profile: str, *, deadline: float | None = None) -> None:
         self._settings = settings
         self._profile = profile
+        self._deadline = deadline  # time.monotonic() time that token calls must not outlive
         self._force = False
         self.warnings: list[str] = []
 
     def get(self) -> Secret:
-        got = obtain_token(self._settings, self._profile, use_cache=not self._force)
+        got = obtain_token(
+            self._settings, self._profile, use_cache=not self._force, deadline=self._deadline
+        )
         if got.origin == "upstream" and self._force and got.credentials is not None:
             from keycourier.helper.filecache import FileCache, cache_dir
 

@@ -538,8 +538,16 @@ class HttpResponse:
 
 class Transport(Protocol):
     def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
-    ) -> HttpResponse: ...
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
+    ) -> HttpResponse:
+        """One request; ``timeout`` (seconds) overrides the transport's own when given."""
+        ...
 
 
 class UrllibTransport:
@@ -553,7 +561,13 @@ class UrllibTransport:
         self._timeout = timeout
 
     def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
     ) -> HttpResponse:
         import http.client
         import urllib.error
@@ -569,7 +583,7 @@ class UrllibTransport:
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))  # noqa: S310 - URL validated by check_base_url
         try:
-            with opener.open(request, timeout=self._timeout) as resp:
+            with opener.open(request, timeout=timeout or self._timeout) as resp:
                 return HttpResponse(
                     status=resp.status,
                     headers={k.lower(): v for k, v in resp.headers.items()},
@@ -630,6 +644,32 @@ class RateLimitedError(UnavailableError):
         self.retry_after = retry_after
 
 
+MIN_REQUEST_TIMEOUT: Final = 0.25  # seconds: the floor of a request's timeout under a deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A point in ``clock`` time that a call must not outlive (``wait --timeout``)."""
+
+    at: float
+    clock: Callable[[], float] = time.monotonic
+
+    def remaining(self) -> float:
+        return self.at - self.clock()
+
+
+class DeadlineExceededError(UnavailableError):
+    """The deadline passed (or left no room for a retry) while a call kept failing.
+
+    ``problem`` says what the last attempt ran into, in plain words (``503``,
+    ``cannot reach the platform ...``); the caller turns it into its timeout.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the deadline passed; last problem: {problem}")
+        self.problem = problem
+
+
 def _token_expired_400(resp: HttpResponse) -> bool:
     """Tesouro answers an expired token with 400 "The token has been expired."."""
     if resp.status != 400:
@@ -665,16 +705,27 @@ class ConnectionClient:
         return parse_connection_list(parse_json_body(resp.body, "connection list"))
 
     def get(
-        self, scope_id: str, connection_id: str, *, wait_out_rate_limits: bool = True
+        self,
+        scope_id: str,
+        connection_id: str,
+        *,
+        wait_out_rate_limits: bool = True,
+        deadline: Deadline | None = None,
     ) -> Connection:
         """One connection. With ``wait_out_rate_limits=False`` a 429 is not slept on
-        here but raised at once as ``RateLimitedError`` (``wait`` keeps its own deadline)."""
+        here but raised at once as ``RateLimitedError`` (``wait`` keeps its own deadline).
+
+        With a ``deadline``, no retry pause and no request timeout runs past it
+        (a request gets at least ``MIN_REQUEST_TIMEOUT``); when it passes while
+        the call keeps failing, ``DeadlineExceededError`` names the last problem.
+        """
         resp = self._call(
             "GET",
             "/" + quote(connection_id),
             scope_id,
             expect=200,
             wait_out_rate_limits=wait_out_rate_limits,
+            deadline=deadline,
         )
         return parse_connection(parse_json_body(resp.body, "connection"))
 
@@ -711,22 +762,38 @@ class ConnectionClient:
         expect: int,
         body: bytes | None = None,
         wait_out_rate_limits: bool = True,
+        deadline: Deadline | None = None,
     ) -> HttpResponse:
         url = self.endpoint.base_url + self.endpoint.spec.collection_path + path
         refreshed = False
         rate_limited = 0
         server_errors = 0
         while True:
-            token = self._tokens.get()
+            timeout: float | None = None
+            if deadline is not None:  # a poll right at the deadline still gets the floor
+                left = deadline.remaining()
+                timeout = max(min(self.endpoint.timeout, left), MIN_REQUEST_TIMEOUT)
+            try:
+                token = self._tokens.get()
+            except UnavailableError as exc:
+                if deadline is not None and deadline.remaining() <= 0:
+                    raise DeadlineExceededError(f"no partner token: {exc.message}") from None
+                raise
             try:
                 resp = self._transport.send(
-                    method, url, self._headers(scope_id, token, body is not None), body
+                    method,
+                    url,
+                    self._headers(scope_id, token, body is not None),
+                    body,
+                    timeout=timeout,
                 )
-            except UnavailableError:
+            except UnavailableError as exc:
                 if method == "GET" and server_errors < self._retry.server_retries:
-                    self._sleep(self._retry.backoff * 2**server_errors)
+                    self._pause(self._retry.backoff * 2**server_errors, deadline, exc.message)
                     server_errors += 1
                     continue
+                if deadline is not None and deadline.remaining() <= 0:
+                    raise DeadlineExceededError(exc.message) from None
                 raise
             if resp.status == expect:
                 return resp
@@ -754,10 +821,20 @@ class ConnectionClient:
                 and resp.status in {502, 503, 504}
                 and server_errors < self._retry.server_retries
             ):
-                self._sleep(self._retry.backoff * 2**server_errors)
+                problem = self._error(method, resp, refreshed).message
+                self._pause(self._retry.backoff * 2**server_errors, deadline, problem)
                 server_errors += 1
                 continue
-            raise self._error(method, resp, refreshed)
+            error = self._error(method, resp, refreshed)
+            if isinstance(error, UnavailableError) and deadline and deadline.remaining() <= 0:
+                raise DeadlineExceededError(error.message)
+            raise error
+
+    def _pause(self, seconds: float, deadline: Deadline | None, problem: str) -> None:
+        """Sleep before a retry; under a deadline, give up now if the retry would start too late."""
+        if deadline is not None and seconds >= deadline.remaining():
+            raise DeadlineExceededError(problem)
+        self._sleep(seconds)
 
     def _error(self, method: str, resp: HttpResponse, refreshed: bool) -> Error:
         status = resp.status
@@ -1012,15 +1089,26 @@ def wait_for_connection(
     and never less than that pause), cut to the time left, and poll again.
     When the deadline comes first, the timeout says the platform was
     rate-limiting. ``polls`` counts every GET, 429s included.
+
+    The client's own retries (502/503/504, network errors), its request
+    timeouts and a token refresh are bounded by the same deadline; when it
+    passes during them, the timeout names the last problem.
     """
     policy = policy or WaitPolicy()
     deadline = clock() + timeout
+    bound = Deadline(deadline, clock)
     pause = policy.first
     polls = 0
     last: Connection | None = None
     while True:
         try:
-            conn = client.get(scope_id, connection_id, wait_out_rate_limits=False)
+            conn = client.get(scope_id, connection_id, wait_out_rate_limits=False, deadline=bound)
+        except DeadlineExceededError as exc:
+            raise UnavailableError(
+                f"connection {connection_id} is not connected after the timeout: "
+                f"the last poll failed ({exc.problem}); {_seen(last)}",
+                hints=["rerun later: keycourier connection wait"],
+            ) from None
         except RateLimitedError as exc:
             polls += 1
             asked = max(exc.retry_after or 0.0, pause)
@@ -1078,15 +1166,17 @@ def wait_for_connection(
 def _rate_limited_timeout(
     connection_id: str, asked: float, last: Connection | None
 ) -> UnavailableError:
-    if last is None:
-        seen = "no status seen yet"
-    else:
-        seen = f"last status seen: {last.status.value if last.status else 'none'}"
     return UnavailableError(
         f"connection {connection_id} is not connected after the timeout: the platform was "
-        f"rate-limiting us (429, asked to wait {math.ceil(asked)} s); {seen}",
+        f"rate-limiting us (429, asked to wait {math.ceil(asked)} s); {_seen(last)}",
         hints=["rerun later: keycourier connection wait"],
     )
+
+
+def _seen(last: Connection | None) -> str:
+    if last is None:
+        return "no status seen yet"
+    return f"last status seen: {last.status.value if last.status else 'none'}"
 
 
 class StaticTokenSource:

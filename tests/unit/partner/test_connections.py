@@ -7,7 +7,7 @@ answers from a script and records what it was sent (no MagicMock).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,6 +84,7 @@ class Sent:
     url: str
     headers: Mapping[str, str]
     body: bytes | None
+    timeout: float | None = None
 
 
 @dataclass
@@ -92,9 +93,15 @@ class ScriptedTransport:
     sent: list[Sent] = field(default_factory=list)
 
     def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
     ) -> HttpResponse:
-        self.sent.append(Sent(method, url, dict(headers), body))
+        self.sent.append(Sent(method, url, dict(headers), body, timeout))
         if not self.replies:
             raise AssertionError(f"unexpected call {method} {url}")
         nxt = self.replies.pop(0)
@@ -162,6 +169,7 @@ def client(
     replies: list[HttpResponse | Error],
     endpoint: Endpoint | None = None,
     tokens: RotatingTokens | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> tuple[ConnectionClient, ScriptedTransport, RotatingTokens, Sleeps]:
     transport = ScriptedTransport(list(replies))
     tok = tokens or RotatingTokens()
@@ -172,7 +180,7 @@ def client(
         tok,
         transport=transport,
         retry=RetryPolicy(),
-        sleep=sleeps,
+        sleep=sleep or sleeps,
         now=lambda: fixed_now,
     )
     return c, transport, tok, sleeps
@@ -807,6 +815,51 @@ def test_wait_429_without_retry_after_keeps_the_backoff() -> None:
     assert result.polls == 3
     assert clock.sleeps == [2.0, 3.0]
     assert client_sleeps.calls == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "problem"),
+    [
+        (reply(503), "the platform failed (503)"),
+        (
+            UnavailableError("cannot reach the platform at api.example: Connection refused"),
+            "cannot reach the platform at api.example: Connection refused",
+        ),
+    ],
+)
+def test_wait_client_retries_stop_at_the_deadline(
+    failure: HttpResponse | Error, problem: str
+) -> None:
+    """Issue 6: the client's 503/network retries under wait never sleep past --timeout."""
+    pending = reply(200, conn_doc())
+    clock = FakeClock()
+    c, transport, _, _ = client([pending, failure, failure, failure], sleep=clock.sleep)
+    with pytest.raises(UnavailableError) as caught:
+        wait_for_connection(c, ENTITY, CID, timeout=2.7, clock=clock.now, sleep=clock.sleep)
+    assert caught.value.exit_code == 6
+    assert caught.value.message == (
+        f"connection {CID} is not connected after the timeout: the last poll failed "
+        f"({problem}); last status seen: pending_auth"
+    )
+    assert "rerun later: keycourier connection wait" in caught.value.hints
+    # the poll pause, then one 0.5 s retry pause; the 1.0 s one would end past 2.7 s
+    assert clock.sleeps == [2.0, 0.5]
+    assert clock.t <= 2.7
+    assert len(transport.sent) == 3
+
+
+def test_wait_caps_each_request_timeout_at_the_time_left() -> None:
+    pending = reply(200, conn_doc())
+    clock = FakeClock()
+    c, transport, _, _ = client([pending, pending, pending], sleep=clock.sleep)
+    with pytest.raises(UnavailableError, match="still pending_auth after the timeout"):
+        wait_for_connection(c, ENTITY, CID, timeout=3.0, clock=clock.now, sleep=clock.sleep)
+    assert clock.sleeps == [2.0, 1.0]
+    # the profile's 30 s, cut to what is left; the last poll, at the deadline, gets the 0.25 s floor
+    assert [s.timeout for s in transport.sent] == [3.0, 1.0, 0.25]
+    c2, transport2, _, _ = client([reply(200, {"data": []})])
+    c2.list(ENTITY)
+    assert transport2.sent[0].timeout is None  # other commands: the profile's own timeout
 
 
 @pytest.mark.parametrize(
