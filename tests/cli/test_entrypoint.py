@@ -222,3 +222,25 @@ def test_a_full_disk_under_stdout_is_a_one_line_error(
     first = out.stderr.decode().splitlines()[0]
     assert first == "keycourier: error: input/output error: No space left on device"
     assert b"Traceback" not in out.stderr
+
+
+def test_quick_exit_flushes_what_is_still_buffered_and_keeps_the_code() -> None:
+    """Text left in stdout's and stderr's buffers reaches the pipes; atexit does not run."""
+    program = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: sys.stderr.write('{MARK}\\\\n'))\n"
+        "from keycourier.cli.outcome import quick_exit\n"
+        "sys.stdout.write('partial line without a newline')\n"
+        "sys.stderr.write('on stderr')\n"
+        "quick_exit(3)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+    )
+    assert out.returncode == 3
+    assert out.stdout == b"partial line without a newline"
+    assert out.stderr == b"on stderr"

@@ -110,7 +110,7 @@ def parse(argv: list[str]) -> FastCommand | None:
             continue
         dest, kind = spec
         if kind == "flag":
-            cmd.armor = True
+            setattr(cmd, dest, True)
             i += 1
             continue
         if i + 1 >= len(argv):
@@ -158,9 +158,6 @@ def run() -> None:
             age_ops.decrypt_files(
                 identity_files=cmd.identity_files, output=cmd.output, input_path=cmd.input_path
             )
-    except (Exception, KeyboardInterrupt) as exc:  # rendered as main() renders them
-        code = exit_code_for(exc, debug=False)
-        if code is None:  # pragma: no cover - every Exception has a code
-            raise
-        quick_exit(code)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - rendered as main() does
+        quick_exit(exit_code_for(exc, debug=False))
     quick_exit(0)

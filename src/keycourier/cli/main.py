@@ -140,11 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(int(ExitCode.USAGE))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (Exception, KeyboardInterrupt) as exc:  # the one catch-all, by design
-        code = exit_code_for(exc, debug=debug)
-        if code is None:  # pragma: no cover - every Exception has a code
-            raise
-        sys.exit(code)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one catch-all
+        sys.exit(exit_code_for(exc, debug=debug))
     else:
         sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -18,9 +18,9 @@ def say(kind: str, text: str) -> None:
     sys.stderr.write(f"keycourier: {kind}: {text}\n")
 
 
-def exit_code_for(exc: BaseException, *, debug: bool) -> int | None:
-    """Report ``exc`` on stderr and return its exit code; None for what is not ours
-    to handle (SystemExit, and click's exceptions, which ``main()`` handles first)."""
+def exit_code_for(exc: Exception | KeyboardInterrupt, *, debug: bool) -> int:
+    """Report ``exc`` on stderr and return its exit code (click's own exceptions are
+    rendered by ``main()`` before it gets here)."""
     if isinstance(exc, Error):
         if debug:
             _traceback()
@@ -38,13 +38,11 @@ def exit_code_for(exc: BaseException, *, debug: bool) -> int | None:
         # under stdout, say): name the system error only; its filename is not shown.
         say("error", f"input/output error: {exc.strerror or type(exc).__name__}")
         return int(ExitCode.UNEXPECTED)
-    if isinstance(exc, Exception):
-        if debug:
-            _traceback()
-        say("error", f"unexpected internal error ({type(exc).__name__})")
-        say("hint", "rerun with --debug for a traceback, and report it (see SECURITY.md)")
-        return int(ExitCode.UNEXPECTED)
-    return None
+    if debug:
+        _traceback()
+    say("error", f"unexpected internal error ({type(exc).__name__})")
+    say("hint", "rerun with --debug for a traceback, and report it (see SECURITY.md)")
+    return int(ExitCode.UNEXPECTED)
 
 
 def _traceback() -> None:

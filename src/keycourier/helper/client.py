@@ -28,6 +28,7 @@ from keycourier.redact import Secret
 KEY_ENV: Final = "KEYCOURIER_HELPER_KEY"
 KEY_FILE_ENV: Final = "KEYCOURIER_HELPER_KEY_FILE"
 MAX_REPLY: Final = 64 * 1024
+TIMEOUT: Final = 15.0  # seconds per request to the helper
 # What a helper reply may contain, checked before anything reaches stdout, $GITHUB_ENV
 # or a child's environment: a newline in a token would let a rogue helper add lines
 # (``::add-mask::`` / workflow commands, env-file entries).
@@ -70,7 +71,7 @@ def read_key(env: Mapping[str, str]) -> Secret:
 
 class HelperClient:
     def __init__(
-        self, url: str, key: Secret, *, timeout: float = 15.0, cafile: str | None = None
+        self, url: str, key: Secret, *, timeout: float = TIMEOUT, cafile: str | None = None
     ) -> None:
         self.url = url
         self._key = key
@@ -78,7 +79,9 @@ class HelperClient:
         self._cafile = cafile
 
     @classmethod
-    def from_env(cls, url: str, env: Mapping[str, str], *, timeout: float = 15.0) -> HelperClient:
+    def from_env(
+        cls, url: str, env: Mapping[str, str], *, timeout: float = TIMEOUT
+    ) -> HelperClient:
         return cls(url, read_key(env), timeout=timeout, cafile=env.get("KEYCOURIER_HELPER_CACERT"))
 
     def _connection(self) -> http.client.HTTPConnection:

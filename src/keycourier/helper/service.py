@@ -52,9 +52,9 @@ def obtain_token(
     unreachable endpoint (so a still-valid cached token is served)."""
     helper_url = settings.env.get(HELPER_URL_ENV)
     if helper_url:
-        from keycourier.helper.client import HelperClient
+        from keycourier.helper.client import TIMEOUT, HelperClient
 
-        timeout = 15.0 if deadline is None else min(15.0, _budget(deadline))
+        timeout = TIMEOUT if deadline is None else min(TIMEOUT, _budget(deadline))
         client = HelperClient.from_env(helper_url, settings.env, timeout=timeout)
         token = client.token(profile_name, clock=clock)
         env_name = "PARTNER_TOKEN"

@@ -543,10 +543,6 @@ class LedgerRecorder:
         local event accounts for: origin "foreign" (written by another ledger) or
         "unmatched" (names this ledger but the local ledger lacks it or differs: a removed
         tail, or a forgery). Both count for bundle state: a revoke is a revoke."""
-        return [(origin, v.event) for origin, v in self.vault_only_records(bundle_id)]
-
-    def vault_only_records(self, bundle_id: str) -> list[tuple[str, VaultEvent]]:
-        """Like :meth:`vault_only_events`, with each version's ledger and seq."""
         if self.mirror is None:
             return []
         return self._unaccounted(self.mirror.bundle_events(bundle_id))
@@ -555,18 +551,18 @@ class LedgerRecorder:
         """Like :meth:`vault_only_events`, for the fingerprint's deny record."""
         if self.mirror is None:
             return []
-        return [(o, v.event) for o, v in self._unaccounted(self.mirror.denied_events(fingerprint))]
+        return self._unaccounted(self.mirror.denied_events(fingerprint))
 
-    def _unaccounted(self, found: list[VaultEvent]) -> list[tuple[str, VaultEvent]]:
+    def _unaccounted(self, found: list[VaultEvent]) -> list[tuple[str, Event]]:
         mine = self.ledger.ledger_id
-        out: list[tuple[str, VaultEvent]] = []
+        out: list[tuple[str, Event]] = []
         for v in found:
             if v.ledger != mine:
-                out.append(("foreign", v))
+                out.append(("foreign", v.event))
                 continue
             row = self.ledger.event_row(v.seq)
             if row is None or row[2] != v.hash:
-                out.append(("unmatched", v))
+                out.append(("unmatched", v.event))
         return out
 
 
@@ -585,25 +581,24 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
     # only (see _voided_local). Records of other ledgers in Vault are not chain-verified
     # here and anyone with write access to the shared record could append one, so an
     # abort found there never hides an open or a revoke: fail safe (--allow-reopen).
-    voided = {(-1, seq) for seq in _voided_local(local)}
-    numbered = [((-1, s.seq), s.event) for s in local]
+    voided = _voided_local(local)
+    live = [s.event for s in local if s.seq not in voided]
     vault_checked = False
     detail = ""
     if isinstance(recorder, LedgerRecorder) and recorder.mirror is not None:
         try:
-            found = [v for _, v in recorder.vault_only_records(bundle_id)]
+            found = [e for _, e in recorder.vault_only_events(bundle_id)]
             vault_checked = True
         except (UnavailableError, AuthError) as exc:
             detail = exc.message
             found = []
-        ledgers = {name: i for i, name in enumerate(sorted({v.ledger for v in found}))}
-        numbered += [((ledgers[v.ledger], v.seq), v.event) for v in found]
-        events.extend(v.event for v in found)
+        events.extend(found)
+        live.extend(found)
     else:
         detail = "no Vault configured"
     events.sort(key=lambda e: e.at)
     events = [_printable_event(e) for e in events]
-    live = sorted((e for key, e in numbered if key not in voided), key=lambda e: e.at)
+    live.sort(key=lambda e: e.at)
     opened: list[str] = []
     revoked: str | None = None
     sealed_by: str | None = None

@@ -31,6 +31,17 @@ MAX_POLICY_BYTES: Final = 256 * 1024
 POLICY_VERSION: Final = 1
 BUILTIN: Final = "builtin"
 
+# Rules about what accompanies a credential (API host, realm, Xero tenant). The
+# receiver cannot re-check them: it only has the sender's warnings (rules.py).
+CONTEXT_RULE_IDS: Final = (
+    "sandbox-api-host",
+    "sandbox-userinfo-host",
+    "playground-redirect",
+    "sandbox-realm",
+    "xero-demo-tenant",
+    "xero-demo-company",
+)
+
 RULE_IDS: Final = (
     "platform",
     "environment",
@@ -44,12 +55,7 @@ RULE_IDS: Final = (
     "sample-value",
     "weak-pattern",
     "entropy",
-    "sandbox-api-host",
-    "sandbox-userinfo-host",
-    "playground-redirect",
-    "sandbox-realm",
-    "xero-demo-tenant",
-    "xero-demo-company",
+    *CONTEXT_RULE_IDS,
     "denied-fingerprint",
     "lifetime",
     "sender-policy",

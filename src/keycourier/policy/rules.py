@@ -21,7 +21,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from keycourier.policy.context import SandboxContext
-from keycourier.policy.model import Policy, Severity, format_duration
+from keycourier.policy.model import CONTEXT_RULE_IDS, Policy, Severity, format_duration
 from keycourier.redact import Secret, fingerprint, mask
 
 MAX_CLIENT_ID_CHARS: Final = 512  # enforced at the edge (the CLI options)
@@ -448,16 +448,7 @@ def _check_strength(run: _Run, client_id: str, secret: str) -> None:
         run.ok("entropy", "the client secret's estimated entropy is above the threshold")
 
 
-CONTEXT_RULES: Final = frozenset(
-    {
-        "sandbox-api-host",
-        "sandbox-userinfo-host",
-        "playground-redirect",
-        "sandbox-realm",
-        "xero-demo-tenant",
-        "xero-demo-company",
-    }
-)
+CONTEXT_RULES: Final = frozenset(CONTEXT_RULE_IDS)
 
 
 def _check_context(run: _Run, platform: str, ctx: SandboxContext, reported: frozenset[str]) -> None:

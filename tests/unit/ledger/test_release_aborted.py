@@ -53,8 +53,8 @@ class WithVault(LedgerRecorder):
     ) -> Sequence[StoredEvent]:
         return self._history
 
-    def vault_only_records(self, bundle_id: str) -> list[tuple[str, VaultEvent]]:
-        return [("foreign", v) for v in self._vault]
+    def vault_only_events(self, bundle_id: str) -> list[tuple[str, Event]]:
+        return [("foreign", v.event) for v in self._vault]
 
 
 def test_an_abort_voids_the_matching_release_of_its_own_chain() -> None:
