@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keycourier.age import _x25519
@@ -135,13 +134,12 @@ def check_stanza(stanza: Stanza) -> None:
 
 
 class X25519Recipient(Recipient):
-    __slots__ = ("_peer", "_public")
+    __slots__ = ("_public",)
 
     def __init__(self, public: bytes) -> None:
         if len(public) != 32:
             raise InvalidKeyError("an X25519 recipient is 32 bytes")
         self._public = bytes(public)
-        self._peer: X25519PublicKey | None = None  # loaded on first wrap, then reused
 
     @classmethod
     def parse(cls, text: str) -> X25519Recipient:
@@ -157,21 +155,15 @@ class X25519Recipient(Recipient):
         return bech32_encode(HRP_RECIPIENT, self._public)
 
     def wrap(self, file_key: bytes) -> list[Stanza]:
-        return [self._wrap_with(file_key, _x25519.generate())]
-
-    def _wrap_with(self, file_key: bytes, ephemeral: X25519PrivateKey) -> Stanza:
-        if self._peer is None:
-            self._peer = _x25519.public_from_bytes(self._public)
-        share = ephemeral.public_key().public_bytes_raw()
         try:
-            shared = ephemeral.exchange(self._peer)
+            share, shared = _x25519.ephemeral_exchange(self._public)
         except ValueError:  # an all-zero shared secret: the recipient is a low-order point
             raise InvalidKeyError(
                 f"the recipient {self.to_string()} is not a usable X25519 public key "
                 "(a low-order point)"
             ) from None
         key = hkdf(shared, share + self._public, X25519_LABEL)
-        return Stanza(X25519_TYPE, (b64encode(share).decode("ascii"),), _wrap_key(key, file_key))
+        return [Stanza(X25519_TYPE, (b64encode(share).decode("ascii"),), _wrap_key(key, file_key))]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, X25519Recipient) and other._public == self._public

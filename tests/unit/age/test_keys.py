@@ -191,3 +191,56 @@ def test_low_order_recipients_are_usage_errors_when_encrypting() -> None:
     bad = bech32_encode("age1pq", hybrid[:-32] + bytes(32))
     with pytest.raises(age.InvalidKeyError, match="low-order point"):
         age.encrypt([age.parse_recipient(bad)], b"data")
+
+
+# Curve25519 points of small order, as 32-byte little-endian u-coordinates: 0, 1, the
+# two of order 8, p - 1, and the non-canonical p and p + 1 (RFC 7748 section 5 masks
+# bit 255, so each is also tried with that bit set).
+_LOW_ORDER = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    (2**255 - 20).to_bytes(32, "little"),
+    (2**255 - 19).to_bytes(32, "little"),
+    (2**255 - 18).to_bytes(32, "little"),
+]
+
+
+def test_ephemeral_exchange_is_the_same_through_libsodium_and_openssl() -> None:
+    """The seal path uses libsodium's X25519 when PyNaCl is loaded, the age CLI OpenSSL's:
+    for the same scalar both give the same share and shared secret, and both refuse
+    every low-order point."""
+    import os
+
+    import nacl.bindings
+
+    from keycourier.age import _x25519
+
+    for _ in range(64):
+        scalar, peer = os.urandom(32), age.X25519Identity.generate().recipient().public_bytes()
+        via_openssl = _x25519.exchange_with(scalar, peer, None)
+        assert _x25519.exchange_with(scalar, peer, nacl.bindings) == via_openssl
+        assert via_openssl[0] == _x25519.private_from_bytes(scalar).public_key().public_bytes_raw()
+    high_bit = [p[:31] + bytes([p[31] | 0x80]) for p in _LOW_ORDER]
+    for point in _LOW_ORDER + high_bit:
+        for sodium in (None, nacl.bindings):
+            with pytest.raises(ValueError, match="all zeros"):
+                _x25519.exchange_with(os.urandom(32), point, sodium)
+
+
+def test_x25519_recipients_wrap_for_their_identity_either_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    import nacl.bindings
+
+    ident = age.X25519Identity.generate()
+    for loaded in (True, False):
+        if loaded:
+            monkeypatch.setitem(sys.modules, "nacl.bindings", nacl.bindings)
+        else:
+            monkeypatch.delitem(sys.modules, "nacl.bindings", raising=False)
+        blob = age.encrypt([ident.recipient()], b"payload")
+        assert age.decrypt([ident], blob) == b"payload"
