@@ -306,3 +306,44 @@ def test_passphrase_prompt_on_a_terminal_is_hidden_and_confirmed(tmp_path: Path)
         age.decrypt([age.ScryptIdentity(Secret(words))], (tmp_path / "other.age").read_bytes())
         == b"credentials\n"
     )
+
+
+def test_large_files_decrypt_with_read_ahead_and_fail_cleanly(
+    tmp_path: Path, keyfile: tuple[Path, str]
+) -> None:
+    """A file past the read-ahead threshold (16 MiB) decrypts whole from a path and from
+    stdin redirected from the file; a chunk changed in the third 4 MiB block is exit 4
+    with no output left behind."""
+    import hashlib
+    import io
+
+    path, public = keyfile
+    size = 20 * 1024 * 1024 + 12345
+    plaintext = os.urandom(size)
+    enc = tmp_path / "big.age"
+    with open(enc, "wb") as dst:
+        age.encrypt_stream([age.parse_recipient(public)], io.BytesIO(plaintext), dst)
+    out = tmp_path / "plain.bin"
+    res = run("decrypt", "-i", str(path), "-o", str(out), str(enc))
+    assert res.returncode == 0, res.stderr
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(plaintext).digest()
+    with open(enc, "rb") as stdin:
+        piped = subprocess.run(
+            [sys.executable, "-m", "keycourier", "age", "decrypt", "-i", str(path)],
+            stdin=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert piped.returncode == 0, piped.stderr
+    assert hashlib.sha256(piped.stdout).digest() == hashlib.sha256(plaintext).digest()
+
+    data = bytearray(enc.read_bytes())
+    data[len(data) - size + 9 * 1024 * 1024] ^= 0x40
+    enc.write_bytes(bytes(data))
+    bad_out = tmp_path / "bad.bin"
+    res = run("decrypt", "-i", str(path), "-o", str(bad_out), str(enc))
+    assert res.returncode == 4
+    assert "changed" in _one_line_error(res)
+    assert not bad_out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bad")] == []

@@ -146,12 +146,23 @@ def unwrap_file_key(identities: Sequence[Identity], stanzas: Sequence[Stanza]) -
     )
 
 
-def decrypt_stream(identities: Sequence[Identity], src: BinaryIO, dst: BinaryIO) -> None:
+def decrypt_stream(
+    identities: Sequence[Identity],
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    read_ahead: bool | None = None,
+) -> None:
     """Decrypt ``src`` (binary or armored) to ``dst`` with bounded memory.
 
     Plaintext is written one verified chunk at a time, so on a ``PayloadError``
     ``dst`` holds a prefix of the plaintext: callers that need all-or-nothing
     must discard ``dst`` on error (``decrypt`` and the CLI do).
+
+    ``read_ahead``: read the payload on a second thread, 4 MiB ahead of the
+    decryption (which stays on the calling thread). ``None`` (the default) does
+    so when ``src`` is a binary age file that is a regular file of at least
+    16 MiB; the thread has stopped by the time this returns or raises.
     """
     identities = list(identities)
     if not identities:
@@ -167,7 +178,7 @@ def decrypt_stream(identities: Sequence[Identity], src: BinaryIO, dst: BinaryIO)
     nonce = reader.read(NONCE_SIZE)
     if len(nonce) != NONCE_SIZE:
         raise HeaderError("the age file is truncated (no payload nonce)")
-    decrypt_payload(payload_key(file_key, nonce), reader, dst.write)
+    decrypt_payload(payload_key(file_key, nonce), reader, dst.write, read_ahead=read_ahead)
 
 
 def decrypt(identities: Sequence[Identity], data: bytes) -> bytes:
