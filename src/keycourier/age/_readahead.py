@@ -36,9 +36,7 @@ class ReadAhead:
         self._readinto = readinto
         self._size = size
         self._free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._full: queue.SimpleQueue[tuple[memoryview, int] | BaseException] = (
-            queue.SimpleQueue()
-        )
+        self._full: queue.SimpleQueue[tuple[memoryview, int] | BaseException] = queue.SimpleQueue()
         for _ in range(2):
             self._free.put(memoryview(bytearray(size)))
         self._held: memoryview | None = None
