@@ -373,6 +373,47 @@ def test_wait_ends_by_its_timeout_while_the_platform_fails(
     assert elapsed < 2.5  # 1 s of --timeout plus the interpreter's start-up
 
 
+def test_wait_ends_by_its_timeout_while_the_token_is_slow(world: Env) -> None:
+    """Issue 6: with no cached token, a stalled token endpoint, or another process
+    holding the profile's refresh lock, cannot hold wait past --timeout."""
+    import fcntl
+
+    created = world.monite("create", "--json")
+    assert created.code == 0, created.err
+    cid = str(created.json()["connection"]["id"])
+    tokens = world.tmp / ".cache" / "keycourier" / "tokens"
+
+    def timed_wait() -> tuple[Run, float]:
+        for cached in tokens.glob("m-*.json"):
+            cached.unlink()  # no cached token: wait must get one
+        started = time.monotonic()
+        r = world.run(
+            "connection", "wait", cid, "--profile", "m", "--entity", ENTITY, "--timeout", "1s",
+            timeout=30,
+        )  # fmt: skip
+        return r, time.monotonic() - started
+
+    world.platform.auth.delay = 4.0
+    r, elapsed = timed_wait()
+    assert r.code == 6, r.err
+    assert "no token from the token endpoint within the time left" in r.err
+    assert elapsed < 2.5  # 1 s of --timeout plus the interpreter's start-up
+    polls = len(world.platform.connections.requests)
+
+    world.platform.auth.delay = 0.0
+    holder = os.open(tokens / "m.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process refreshing, never finishing
+        r, elapsed = timed_wait()
+    finally:
+        os.close(holder)
+    assert r.code == 6, r.err
+    assert "held the token cache lock until the deadline" in r.err
+    assert f"connection {cid} is still pending_auth after the timeout" in r.err
+    assert elapsed < 3.0  # the lock wait ends at 1 s; the mint and a last poll follow
+    assert len(world.platform.connections.requests) == polls + 1
+
+
 def test_ids_are_validated_before_any_request(world: Env) -> None:
     r = world.run("connection", "list", "--profile", "m", "--entity", "not-a-uuid")
     assert r.code == 2

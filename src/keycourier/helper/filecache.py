@@ -183,14 +183,36 @@ class FileCache:
                 self._path(profile, key).unlink()
 
     @contextlib.contextmanager
-    def lock(self, profile: Profile) -> Iterator[None]:
+    def lock(self, profile: Profile, deadline: float | None = None) -> Iterator[None]:
+        """The profile's refresh lock. With ``deadline`` (a ``time.monotonic()`` time),
+        waiting for another process that holds it ends then, with ``OSError(ETIMEDOUT)``."""
         self._ensure_dir()
         lock_path = self.directory / f"{profile.name}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if deadline is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                _flock_by(fd, deadline)
             yield
         finally:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _flock_by(fd: int, deadline: float) -> None:
+    """``flock(LOCK_EX)`` that gives up at ``deadline``: non-blocking tries, 10-100 ms apart."""
+    pause = 0.01
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OSError(
+                    errno.ETIMEDOUT, "another process held the token cache lock until the deadline"
+                ) from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.1)

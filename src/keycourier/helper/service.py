@@ -48,8 +48,10 @@ def obtain_token(
     deadline: float | None = None,
 ) -> Obtained:
     """``deadline`` (``time.monotonic()`` time, for ``connection wait --timeout``) bounds
-    a call to the helper or the token endpoint; a mint cut short by it fails like an
-    unreachable endpoint (so a still-valid cached token is served)."""
+    a call to the helper or the token endpoint and the wait for another process's
+    refresh lock; a mint cut short by it fails like an unreachable endpoint (so a
+    still-valid cached token is served), and a lock not had by then is given up (the
+    token is minted without caching)."""
     helper_url = settings.env.get(HELPER_URL_ENV)
     if helper_url:
         from keycourier.helper.client import TIMEOUT, HelperClient
@@ -80,7 +82,7 @@ def obtain_token(
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(cache.lock(profile))
+            stack.enter_context(cache.lock(profile, deadline))
         except OSError as exc:
             notes.append(f"token cache unavailable ({exc.strerror}); not caching")
         else:

@@ -90,3 +90,30 @@ def test_a_damaged_key_file_of_ours_is_replaced(tmp_path: Path) -> None:
     got = cache.read(PROFILE, PARTNER_A)
     assert got is not None
     assert got.access_token.reveal() == "token-of-a2"
+
+
+def test_the_refresh_lock_wait_ends_at_the_deadline(tmp_path: Path) -> None:
+    """connection wait --timeout: another process holding the profile's refresh lock
+    must not hold the caller past its deadline (flock locks are per open file, so a
+    second descriptor in this process stands in for the other process)."""
+    import errno
+    import fcntl
+
+    cache = FileCache(tmp_path / "tokens")
+    with cache.lock(PROFILE, time.monotonic() + 5):  # free: taken at once
+        pass
+    holder = os.open(tmp_path / "tokens" / "ci.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        refused = pytest.raises(OSError, match="held the token cache lock")
+        with refused as info, cache.lock(PROFILE, started + 0.5):
+            pass
+        waited = time.monotonic() - started
+        assert info.value.errno == errno.ETIMEDOUT
+        assert 0.5 <= waited < 1.0
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        with cache.lock(PROFILE, time.monotonic() + 0.5):  # released: taken again
+            pass
+    finally:
+        os.close(holder)
