@@ -42,9 +42,16 @@ class ReadAhead:
         self._held: memoryview | None = None
         self._ended = False
         self._stop = False
-        self._thread = threading.Thread(target=self._fill, name="keycourier-read-ahead")
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keycourier-read-ahead")
         self._thread.daemon = True
         self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fill()
+        finally:
+            self._finished.set()
 
     def _fill(self) -> None:
         while True:
@@ -77,8 +84,18 @@ class ReadAhead:
         return buf[:n]
 
     def close(self) -> None:
+        """Stop the thread and wait for it: at most the end of the one read in progress."""
         self._stop = True
         self._free.put(None)  # wakes the thread if it waits for a buffer
+        try:
+            self._finished.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C) while waiting: wait on, or the thread could still be
+            # reading when the caller closes the file. A second interrupt gets out.
+            # (An Event, not Thread.join: Python 3.11's join marks a thread stopped
+            # when interrupted, and a second join then returns at once.)
+            self._finished.wait()
+            raise
         self._thread.join()
 
     def __enter__(self) -> ReadAhead:

@@ -67,11 +67,28 @@ def ephemeral_exchange(peer: bytes) -> tuple[bytes, bytes]:
     would add about 15 ms to the start-up of ``keycourier age encrypt``. Both
     give the same bytes (tests compare them).
     """
-    return exchange_with(os.urandom(32), peer, sys.modules.get("nacl.bindings"))
+    return exchange_with(os.urandom(32), peer, _loaded_sodium())
+
+
+def _loaded_sodium() -> Any:  # noqa: ANN401 - a module, or None
+    """PyNaCl's bindings if they are fully imported in this process, else ``None``.
+
+    A module is in ``sys.modules`` while it is still being imported (perhaps by
+    another thread); its functions may not be bound yet, so that case counts as
+    not loaded (importlib marks it with ``__spec__._initializing``).
+    """
+    module = sys.modules.get("nacl.bindings")
+    spec = getattr(module, "__spec__", None)
+    if spec is None or getattr(spec, "_initializing", False):
+        return None
+    return module
 
 
 def exchange_with(scalar: bytes, peer: bytes, sodium: Any) -> tuple[bytes, bytes]:  # noqa: ANN401
     """``ephemeral_exchange`` for a given scalar, through libsodium's bindings or OpenSSL."""
+    if len(scalar) != 32 or len(peer) != 32:
+        # PyNaCl hands libsodium raw pointers without checking lengths: never pass others.
+        raise TypeError("X25519 scalars and points are 32 bytes")
     try:
         if sodium is None:
             key = private_from_bytes(scalar)

@@ -244,3 +244,51 @@ def test_x25519_recipients_wrap_for_their_identity_either_way(
             monkeypatch.delitem(sys.modules, "nacl.bindings", raising=False)
         blob = age.encrypt([ident.recipient()], b"payload")
         assert age.decrypt([ident], blob) == b"payload"
+
+
+def test_wrapping_while_another_thread_imports_pynacl_never_fails() -> None:
+    """sys.modules holds nacl.bindings before its import has finished: a wrap on another
+    thread at that moment must use OpenSSL, not a half-initialised module (review finding).
+    The race is re-run 40 times in a fresh interpreter (PyNaCl's modules dropped each time)."""
+    import subprocess
+    import sys
+
+    program = """
+import os, sys, threading
+from keycourier import age
+recipient = age.X25519Identity.generate().recipient()
+errors = []
+for _ in range(40):
+    for name in [m for m in sys.modules if m == "nacl" or m.startswith("nacl.")]:
+        del sys.modules[name]
+    done = threading.Event()
+    def spin():
+        while not done.is_set():
+            try:
+                recipient.wrap(os.urandom(16))
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+    thread = threading.Thread(target=spin)
+    thread.start()
+    import nacl.signing
+    done.set()
+    thread.join()
+print(errors[:1])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().strip() == "[]"
+
+
+def test_exchange_with_refuses_other_lengths_before_reaching_libsodium() -> None:
+    import nacl.bindings
+
+    from keycourier.age import _x25519
+
+    for scalar, peer in ((bytes(31), bytes(32)), (bytes(32), bytes(33)), (b"", b"")):
+        for sodium in (None, nacl.bindings):
+            with pytest.raises(TypeError, match="32 bytes"):
+                _x25519.exchange_with(scalar, peer, sodium)

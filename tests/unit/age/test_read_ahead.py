@@ -192,3 +192,41 @@ def test_regular_file_size_of_sources(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     with open(read_end, "rb") as pipe_in, open(write_end, "wb"):
         assert _format.Reader(pipe_in).regular_file_size() == 0
+
+
+class SimulatedInterruptError(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise SimulatedInterruptError
+
+
+def test_an_interrupted_close_still_waits_for_the_read_in_progress() -> None:
+    """Ctrl-C while close() waits for the thread: the thread is still stopped before the
+    interrupt goes on (review finding: it kept reading the caller's file)."""
+    import signal
+    import time
+
+    reading, returned = threading.Event(), threading.Event()
+
+    def slow_readinto(view: memoryview) -> int:
+        reading.set()
+        time.sleep(0.6)
+        returned.set()
+        return 0
+
+    blocks = _readahead.ReadAhead(slow_readinto, 16)
+    assert reading.wait(5)
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(SimulatedInterruptError):
+            blocks.close()
+        assert returned.is_set()  # the read had ended before the interrupt went on
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    for thread in _threads():
+        thread.join(5)
+    assert not _threads()
