@@ -252,9 +252,27 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         raise SystemExit("demo: step failed: a refused bundle left creds.json behind")
 
     say(
-        "7. The partner also hands over its production Xero app, sealed the same way; the "
-        "platform opens that bundle with 'open': verified, decrypted, checked against its own "
-        "policy, and written to a 0600 file; 'opened' is recorded."
+        "7. The platform opens the genuine QuickBooks bundle from the pinned partner key with "
+        "'open': signature, payload digest, decryption, inner binding, expiry and its own "
+        "policy all pass, and only then are the credentials written, to a 0600 file; 'opened' "
+        "is recorded in its ledger and in Vault."
+    )
+    platform.kc(
+        "open", "handover.kcb", "--identity", "platform.kcid", *trust,
+        "-o", "qbo-creds.json", "--json",
+    )  # fmt: skip
+    opened = json.loads((work / "qbo-creds.json").read_text())
+    if opened.get("client_secret") != client_secret or opened.get("client_id") != client_id:
+        raise SystemExit("demo: step failed: the opened QuickBooks credentials do not match")
+    if (work / "qbo-creds.json").stat().st_mode & 0o077:
+        raise SystemExit("demo: step failed: the opened credentials file is not 0600")
+    print("    qbo-creds.json (0600): the client ID and secret the partner sealed")
+
+    say(
+        "8. The partner also hands over its production Xero app, sealed the same way; the "
+        "platform ingests that bundle: the same checks as 'open', then the credentials go "
+        "straight into Vault KV with provenance metadata (no file), and 'opened' and "
+        "'ingested' are recorded."
     )
     xero_id = secrets.token_hex(16).upper()
     xero_secret = secrets.token_urlsafe(36)
@@ -269,31 +287,9 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         "-o", "xero-handover.kcb",
     )  # fmt: skip
     platform.kc(
-        "open", "xero-handover.kcb", "--identity", "platform.kcid", *trust,
-        "-o", "xero-creds.json", "--json",
+        "ingest", "xero-handover.kcb", "--identity", "platform.kcid", *trust,
+        "--vault-path", "partners/acme/xero",
     )  # fmt: skip
-    opened = json.loads((work / "xero-creds.json").read_text())
-    if opened.get("client_secret") != xero_secret or opened.get("client_id") != xero_id:
-        raise SystemExit("demo: step failed: the opened Xero credentials do not match")
-    if (work / "xero-creds.json").stat().st_mode & 0o077:
-        raise SystemExit("demo: step failed: the opened credentials file is not 0600")
-    print("    xero-creds.json (0600): the client ID and secret the partner sealed")
-
-    say(
-        "8. The platform ingests the genuine bundle from the pinned partner key: signature, "
-        "payload digest, decryption, inner binding, expiry and its own policy all pass, then "
-        "the credentials are stored in Vault KV with provenance metadata, and 'opened' and "
-        "'ingested' are recorded."
-    )
-    platform.kc(
-        "ingest",
-        "handover.kcb",
-        "--identity",
-        "platform.kcid",
-        *trust,
-        "--vault-path",
-        "partners/acme/quickbooks",
-    )
 
     say(
         "9. A second open, from another platform machine whose local ledger is empty, is "

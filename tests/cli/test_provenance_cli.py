@@ -455,6 +455,54 @@ def test_seal_require_vault_writes_no_bundle_and_a_retry_succeeds(
     assert [body["type"] for _, _, body in vault_bundle_events(bao_dev, bundle_id)] == ["sealed"]
 
 
+def test_open_to_an_unwritable_file_releases_nothing_and_a_retry_succeeds(
+    handover: dict[str, str], bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    """`opened` is recorded before the credentials are written; when the (atomic) -o write
+    fails, nothing was released: exit 2, a `release_aborted` in the ledger and in Vault, and
+    the same machine can open again without --allow-reopen (before: exit 1 and the bundle
+    stayed 'already opened')."""
+    args: tuple[str, ...] = ("open", "handover.kcb", "--identity", "platform.kcid", "--trust")
+    args += (handover["partner_fpr"], "-o")
+    failed = run(*args, "no-such-dir/creds.env", cwd=tmp_path, env=vault_env(bao_dev))
+    assert failed.returncode == 2, failed.stderr
+    assert "cannot write no-such-dir/creds.env: No such file or directory" in failed.stderr
+    assert "nothing was released (event #1 is voided by event #2)" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    events = vault_bundle_events(bao_dev, handover["bundle_id"])
+    assert [body["type"] for _, _, body in events] == ["sealed", "opened", "release_aborted"]
+    assert real_opens(events) == []
+    retry = run(*args, "creds.env", cwd=tmp_path, env=vault_env(bao_dev))
+    assert retry.returncode == 0, retry.stderr
+    assert f"client_id={handover['client_id']}" in (tmp_path / "creds.env").read_text()
+    assert real_opens(vault_bundle_events(bao_dev, handover["bundle_id"])) == [
+        handover["platform_fpr"]
+    ]
+    verify = run("audit", "verify", "--vault", cwd=tmp_path, env=vault_env(bao_dev))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_seal_to_an_unwritable_file_releases_nothing(tmp_path: Path) -> None:
+    pub = make_identities(tmp_path, "partner", "platform")
+    args = seal_args(tmp_path, new_client_id(), pub["platform"]["recipient"], out="no/b.kcb")
+    failed = run(*args, cwd=tmp_path)
+    assert failed.returncode == 2, failed.stderr
+    assert "cannot write no/b.kcb: No such file or directory; nothing was released" in (
+        failed.stderr
+    )
+    assert failed.stdout == ""
+    rows = [json.loads(line) for line in run("audit", "export", cwd=tmp_path).stdout.splitlines()]
+    assert [r["type"] for r in rows] == ["sealed", "release_aborted"]
+    assert rows[1]["data"] == {
+        "aborts_seq": rows[0]["seq"],
+        "aborted_type": "sealed",
+        "released": False,
+        "reason": "cannot write no/b.kcb: No such file or directory",
+    }
+    assert rows[1]["bundle_id"] == rows[0]["bundle_id"]
+    assert run("audit", "verify", cwd=tmp_path).returncode == 0
+
+
 def test_open_rejected_by_the_receivers_policy_is_recorded(
     handover: dict[str, str], bao_dev: BaoServer, tmp_path: Path
 ) -> None:

@@ -16,17 +16,17 @@ from keycourier.cli.common import (
     info,
     warn,
     write_output,
-    write_private,
 )
 from keycourier.cli.identity_cmd import load_identity_for_cli
 from keycourier.cli.main import settings_from
 from keycourier.cli.policy_cmd import facts_from_options, handover_options
+from keycourier.cli.record import record_event, write_release
 from keycourier.errors import PolicyError, UsageError
 
 if TYPE_CHECKING:
     from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest, ReceiverPolicyError
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event, Recorder
+    from keycourier.ledger.interface import Event, Recorder, RecordOutcome
 
 DEFAULT_LIFETIME_DAYS = 7
 F = TypeVar("F", bound=Callable[..., Any])
@@ -200,7 +200,7 @@ def seal(
     report = evaluate(policy, facts, now=now, denied=denied_lookup(settings), probe=probe)
     actor = sender.public().signing_fingerprint
     if report.verdict == Verdict.REJECT:
-        _record(
+        record_event(
             settings,
             Event(
                 type=EventType.REJECTED,
@@ -241,36 +241,25 @@ def seal(
         now=now,
     )
     m = sealed.manifest
-    _record(
-        settings,
-        Event(
-            type=EventType.SEALED,
-            at=now,
-            actor=actor,
-            bundle_id=m.bundle_id,
-            fingerprint=m.fingerprint,
-            policy_digest=policy.digest,
-            data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
-        ),
-        require_vault=require_vault,
+    event = Event(
+        type=EventType.SEALED,
+        at=now,
+        actor=actor,
+        bundle_id=m.bundle_id,
+        fingerprint=m.fingerprint,
+        policy_digest=policy.digest,
+        data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
     )
-    write_output(output, sealed.text, private=True)
+    outcome = record_event(settings, event, require_vault=require_vault)
+    if output is None or output == "-":
+        write_output(None, sealed.text, private=True)
+    else:
+        write_release(settings, event, outcome, output, sealed.text)
     if as_json:
         emit_json(_summary(m))
     else:
         info(f"sealed bundle {m.bundle_id} for {len(m.recipients)} recipient(s)")
         info(f"credential fingerprint {m.fingerprint}, expires {m.expires_at:%Y-%m-%d %H:%M} UTC")
-
-
-def _record(settings: Settings, event: Event, *, require_vault: bool) -> None:
-    from keycourier.cli.record import open_recorder, report_outcome
-
-    recorder = open_recorder(settings, require_vault=require_vault)
-    try:
-        outcome = recorder.record(event)
-    finally:
-        recorder.close()
-    report_outcome(event, outcome)
 
 
 # -- inspect -------------------------------------------------------------------------
@@ -393,7 +382,7 @@ def open_bundle(
     settings = settings_from(ctx, policy_path=policy)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    checked = open_for_cli(
+    checked, event, outcome = open_for_cli(
         settings,
         text,
         ident,
@@ -429,7 +418,7 @@ def open_bundle(
             f"client_secret={c.client_secret.reveal()}\n"
         )
     if output:
-        write_private(output, data.encode("utf-8"))
+        write_release(settings, event, outcome, output, data.encode("utf-8"))
         info(f"credentials of bundle {m.bundle_id} written to {output}")
     else:
         write_output(None, data.encode("utf-8"), private=True)
@@ -443,8 +432,9 @@ def open_for_cli(
     *,
     allow_reopen: bool,
     require_vault: bool,
-) -> CheckedBundle:
-    """Verify, re-check policy, check the ledger and record `opened` (shared by open/ingest)."""
+) -> tuple[CheckedBundle, Event, RecordOutcome]:
+    """Verify, re-check policy, check the ledger and record `opened` (shared by open/ingest);
+    returns the opened bundle and the `opened` event as recorded."""
     from keycourier import bundle
     from keycourier.cli.policy_cmd import denied_lookup
     from keycourier.cli.record import open_recorder, report_outcome
@@ -482,7 +472,7 @@ def open_for_cli(
     finally:
         recorder.close()
     report_outcome(event, outcome)
-    return checked
+    return checked, event, outcome
 
 
 def _record_open_rejection(
@@ -492,7 +482,7 @@ def _record_open_rejection(
     from keycourier.ledger.interface import Event, EventType
 
     m = exc.manifest
-    _record(
+    record_event(
         settings,
         Event(
             type=EventType.REJECTED,

@@ -312,7 +312,7 @@ def deny(
       keycourier policy deny kc1:4f0c2a9e1b7d3c5a8e6f0b2d4c6a8e0f \\
         --reason "development key, sent by mistake"
     """
-    from keycourier.cli.record import open_recorder, report_outcome
+    from keycourier.cli.record import record_event
     from keycourier.ledger.interface import Event, EventType
 
     if not _FINGERPRINT.match(fingerprint):
@@ -336,12 +336,7 @@ def deny(
         policy_digest=pol.digest,
         data={"reason": text},
     )
-    recorder = open_recorder(settings)
-    try:
-        outcome = recorder.record(event)
-    finally:
-        recorder.close()
-    report_outcome(event, outcome)
+    outcome = record_event(settings, event)
     if as_json:
         emit_json(
             {

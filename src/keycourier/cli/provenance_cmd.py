@@ -123,7 +123,7 @@ def ingest(
     vault.ping(client)  # fail early (exit 5/6) before anything is opened or recorded
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    checked = open_for_cli(
+    checked, _, _ = open_for_cli(
         settings, text, ident, trusted, allow_reopen=allow_reopen, require_vault=require_vault
     )
     m = checked.manifest

@@ -17,6 +17,17 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorde
     return _open(settings, require_vault=require_vault)
 
 
+def record_event(settings: Settings, event: Event, *, require_vault: bool = False) -> RecordOutcome:
+    """Record one event (ledger, then Vault when configured) and say where it went."""
+    recorder = open_recorder(settings, require_vault=require_vault)
+    try:
+        outcome = recorder.record(event)
+    finally:
+        recorder.close()
+    report_outcome(event, outcome)
+    return outcome
+
+
 def report_outcome(event: Event, outcome: RecordOutcome) -> None:
     """Say where the event went; never claim Vault when it is not there."""
     from keycourier.ledger.interface import VaultStatus
@@ -32,3 +43,29 @@ def report_outcome(event: Event, outcome: RecordOutcome) -> None:
         )
     else:
         info(f"{what} recorded in the local ledger (no Vault configured)")
+
+
+def write_release(
+    settings: Settings, event: Event, outcome: RecordOutcome, output: str, data: bytes
+) -> None:
+    """Write what release ``event`` (recorded as ``outcome``) hands out to the file ``output``.
+
+    The event is recorded first, so a release is never missing from the ledger.
+    The file is written atomically (0600), so when writing fails nothing was
+    released: record a `release_aborted` naming the event (in Vault too, when
+    configured) so that neither claims it, and fail with exit 2 saying so.
+    """
+    from keycourier.errors import UsageError
+    from keycourier.files import write_private
+    from keycourier.ledger.service import abort_event
+
+    try:
+        write_private(output, data)
+    except OSError as exc:
+        reason = f"cannot write {output}: {exc.strerror}"
+        aborted = record_event(settings, abort_event(event, outcome.seq, reason))
+        raise UsageError(
+            f"{reason}; nothing was released (event #{outcome.seq} is voided by "
+            f"event #{aborted.seq})",
+            hints=["check the -o path, then run the command again"],
+        ) from None

@@ -220,20 +220,9 @@ class LedgerRecorder:
         claims the release. Append-only: event #seq itself stays as it was hashed."""
         if event.type not in RELEASES:
             return None
-        from dataclasses import replace
-
-        abort = replace(
-            event,
-            type=EventType.RELEASE_ABORTED,
-            at=max(event.at, datetime.now(UTC)),
-            data={
-                "aborts_seq": seq,
-                "aborted_type": str(event.type),
-                "released": False,
-                "reason": reason,
-            },
+        stored, _, _ = self.ledger.append_full(
+            abort_event(event, seq, reason), VaultStatus.PENDING, where
         )
-        stored, _, _ = self.ledger.append_full(abort, VaultStatus.PENDING, where)
         self.ledger.mark_detail(stored.seq, reason)
         return stored.seq
 
@@ -571,6 +560,24 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerR
     from keycourier.ledger.sqlite import SqliteLedger
 
     return LedgerRecorder(settings, SqliteLedger(settings.ledger_path), require_vault=require_vault)
+
+
+def abort_event(event: Event, seq: int, reason: str) -> Event:
+    """The `release_aborted` event that voids release event #``seq`` (``event``) of this
+    chain: same type of actor, bundle and fingerprint, ``data.released`` false."""
+    from dataclasses import replace
+
+    return replace(
+        event,
+        type=EventType.RELEASE_ABORTED,
+        at=max(event.at, datetime.now(UTC)),
+        data={
+            "aborts_seq": seq,
+            "aborted_type": str(event.type),
+            "released": False,
+            "reason": reason,
+        },
+    )
 
 
 def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
