@@ -2,7 +2,8 @@
 
 Target (issue 2): seal rate >= 0.6 x the rate of X25519 + HKDF-SHA256 +
 ChaCha20-Poly1305 + Ed25519 sign, measured in the same run, interleaved.
-Writes the `bench:bundle` section of BENCHMARKS.md.
+Writes the `bench:bundle` section of BENCHMARKS.md. Exits 0 whatever the verdict (it
+is in the report, as for bench_age.py); a crash is a non-zero exit.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def main() -> int:
     )
     write_section("bundle", "Seal + sign, in process", body)
     print(body)
-    return 0 if verdict == "PASS" else 1
+    return 0  # the verdict is in the report, as for bench_age; an exception is exit 1
 
 
 if __name__ == "__main__":
