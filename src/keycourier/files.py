@@ -4,7 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
+import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def is_special(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` exists and is a device, FIFO or socket (after symlinks).
+
+    Such a target (``/dev/null``, ``/dev/stdout``, a named pipe) must be written
+    in place: renaming a new file over it would replace the device node or the
+    symlink itself, which as root breaks ``/dev/null`` for the whole machine.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def write_in_place(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to an existing special file (see ``is_special``); no rename, no fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -21,9 +48,15 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
     over ``path``): if the process dies before that, even by SIGKILL, the
     kernel discards the unnamed file and nothing is left behind. Where
     ``O_TMPFILE`` is not available it falls back to a named 0600 temporary
-    file that is removed on any error it can see.
+    file that is removed on any error it can see. A device, FIFO or socket
+    (``/dev/null``, ``/dev/stdout``) is written in place instead.
     """
+    from pathlib import Path  # here: `keycourier age -o` imports this module for is_special
+
     target = Path(path)
+    if is_special(target):
+        write_in_place(target, data)
+        return
     directory = target.parent if str(target.parent) else Path(".")
     flag = getattr(os, "O_TMPFILE", None)
     fd = -1

@@ -347,3 +347,40 @@ def test_large_files_decrypt_with_read_ahead_and_fail_cleanly(
     assert "changed" in _one_line_error(res)
     assert not bad_out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bad")] == []
+
+
+def test_output_to_a_fifo_or_a_device_is_written_in_place(
+    tmp_path: Path, keyfile: tuple[Path, str]
+) -> None:
+    """-o onto a named pipe, or a symlink to /dev/null, writes through it instead of
+    renaming a temp file over it (which replaced /dev/null itself when run as root)."""
+    import threading
+
+    path, public = keyfile
+    enc = tmp_path / "f.age"
+    enc.write_bytes(age.encrypt([age.parse_recipient(public)], b"to the pipe"))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def drain() -> None:
+        with open(fifo, "rb") as fh:
+            got.append(fh.read())
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    res = run("decrypt", "-i", str(path), "-o", str(fifo), str(enc))
+    reader.join(10)
+    assert res.returncode == 0, res.stderr
+    assert got == [b"to the pipe"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    for args in (["decrypt", "-i", str(path)], ["encrypt", "-r", public]):
+        source = enc if args[0] == "decrypt" else tmp_path / "f.age"
+        res = run(*args, "-o", str(null), str(source))
+        assert res.returncode == 0, res.stderr
+        assert null.is_symlink()
+        assert stat.S_ISCHR(os.stat(null).st_mode)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

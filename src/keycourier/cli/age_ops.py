@@ -79,6 +79,16 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
         yield out
         out.flush()
         return
+    from keycourier.files import is_special
+
+    if is_special(path):  # /dev/null, /dev/stdout, a FIFO: write in place, never rename over
+        try:
+            fh = open(path, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        with fh:
+            yield fh
+        return
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
     try:
