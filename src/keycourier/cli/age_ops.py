@@ -57,10 +57,18 @@ def _input(path: str | None) -> Iterator[BinaryIO]:
     if path is None or path == "-":
         yield _std("stdin")
         return
+    with _opened(path, writing=False) as fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def _opened(path: str, *, writing: bool) -> Iterator[BinaryIO]:
+    """``path`` opened as is (no temp file); a failure to open is a one-line usage error."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below
+        fh = open(path, "wb" if writing else "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        verb = "write" if writing else "read"
+        raise UsageError(f"cannot {verb} {path}: {exc.strerror}") from None
     with fh:
         yield fh
 
@@ -73,7 +81,8 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
-    """stdout, or a temp file next to ``path`` renamed into place only on success."""
+    """stdout, or a temp file next to ``path`` renamed into place only on success (a
+    device or FIFO is written in place)."""
     if path is None or path == "-":
         out = _std("stdout")
         yield out
@@ -82,12 +91,8 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
     from keycourier.files import is_special
 
     if is_special(path):  # /dev/null, /dev/stdout, a FIFO: write in place, never rename over
-        try:
-            fh = open(path, "wb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-        with fh:
-            yield fh
+        with _opened(path, writing=True) as out:
+            yield out
         return
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
