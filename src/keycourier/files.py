@@ -1,4 +1,8 @@
-"""Writing files that hold secrets: atomic, mode 0600, never a partial file."""
+"""Writing files that hold secrets: atomic, mode 0600, never a partial file.
+
+The exception is a target that is a device or a pipe (``/dev/null``, a
+terminal, a FIFO, ``/dev/stdout``): that is written in place, like stdout.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +15,76 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def is_special(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` exists and is a device, FIFO or socket (after symlinks).
+class PartialWriteError(OSError):
+    """Writing in place (a device or pipe) failed after part of the data went out."""
 
-    Such a target (``/dev/null``, ``/dev/stdout``, a named pipe) must be written
-    in place: renaming a new file over it would replace the device node or the
-    symlink itself, which as root breaks ``/dev/null`` for the whole machine.
+
+def open_in_place(path: str | os.PathLike[str]) -> int | None:
+    """A descriptor to write ``path`` in place, or ``None``: write it the atomic way.
+
+    In place: an existing character device (``/dev/null``, a terminal), a FIFO
+    owned by this user or root, or the very file this process's stdout or
+    stderr is (``-o /dev/stdout`` with stdout redirected to a file: then the
+    descriptor is a duplicate of fd 1 or 2, so ``>>`` still appends). Renaming
+    a new file over such a name would replace the device node or the symlink
+    itself, which as root breaks ``/dev/null`` for the whole machine.
+
+    The checks are made on the opened descriptor (opened without creating or
+    truncating anything), so a symlink swapped in afterwards changes nothing.
+    Everything else (a regular file, a symlink to one, a missing path) gives
+    ``None``, and the caller renames a new file over the name, which never
+    follows a symlink. A FIFO owned by another user is refused: anyone can
+    plant one where a secret is about to be written.
     """
     try:
-        mode = os.stat(path).st_mode
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def write_in_place(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to an existing special file (see ``is_special``); no rename, no fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        return None  # missing, a directory, not writable: the atomic way says why
     try:
-        _write_all(fd, data)
-    finally:
+        keep = _writable_in_place(fd, path)
+    except BaseException:
         os.close(fd)
+        raise
+    if keep != fd:
+        os.close(fd)
+    return keep
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _writable_in_place(fd: int, path: str | os.PathLike[str]) -> int | None:
+    """``fd`` itself, a duplicate of stdout/stderr, or None (see ``open_in_place``)."""
+    from keycourier.errors import UsageError
+
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode):
+        for std in (1, 2):
+            with contextlib.suppress(OSError):
+                other = os.fstat(std)
+                if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                    return os.dup(std)
+        return None
+    if not (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+        return None
+    if stat.S_ISFIFO(info.st_mode) and info.st_uid not in (os.geteuid(), 0):
+        raise UsageError(
+            f"refusing to write to {path}: a named pipe owned by another user (uid {info.st_uid})"
+        )
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``; a failure after the first byte is a
+    ``PartialWriteError`` (part of the data went out)."""
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    done = 0
+    try:
+        while done < len(view):
+            done += os.write(fd, view[done:])
+    except OSError as exc:
+        if done:
+            raise PartialWriteError(
+                exc.errno, f"{exc.strerror} after {done} of {len(view)} bytes"
+            ) from None
+        raise
 
 
 def write_private(path: str | os.PathLike[str], data: bytes) -> None:
@@ -48,14 +95,20 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
     over ``path``): if the process dies before that, even by SIGKILL, the
     kernel discards the unnamed file and nothing is left behind. Where
     ``O_TMPFILE`` is not available it falls back to a named 0600 temporary
-    file that is removed on any error it can see. A device, FIFO or socket
-    (``/dev/null``, ``/dev/stdout``) is written in place instead.
+    file that is removed on any error it can see. A device, a FIFO or this
+    process's own stdout (see ``open_in_place``) is written in place instead:
+    there a failure can be partial (``PartialWriteError``) and the mode is the
+    device's own.
     """
-    from pathlib import Path  # here: `keycourier age -o` imports this module for is_special
+    from pathlib import Path  # here: `keycourier age -o` imports this module too
 
     target = Path(path)
-    if is_special(target):
-        write_in_place(target, data)
+    in_place = open_in_place(target)
+    if in_place is not None:
+        try:
+            write_all(in_place, data)
+        finally:
+            os.close(in_place)
         return
     directory = target.parent if str(target.parent) else Path(".")
     flag = getattr(os, "O_TMPFILE", None)
@@ -66,7 +119,7 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
     if fd >= 0 and Path("/proc/self/fd").is_dir():
         try:
             os.fchmod(fd, 0o600)
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
             tmp = directory / f".{target.name}.{os.urandom(6).hex()}.tmp"
             # Give it a name: linkat(/proc/self/fd, "<fd>", ..., AT_SYMLINK_FOLLOW). CPython

@@ -85,3 +85,115 @@ def test_a_fifo_or_a_device_is_written_in_place_not_replaced(tmp_path: Path) -> 
     assert null.is_symlink()
     assert stat.S_ISCHR(os.stat(null).st_mode)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_fifo_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can plant a FIFO where a secret is about to be written: refuse it."""
+    from keycourier.errors import UsageError
+
+    fifo = tmp_path / "planted"
+    os.mkfifo(fifo, 0o666)
+    if os.geteuid() == 0:
+        os.chown(fifo, 65534, 65534)  # nobody
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
+    got: list[bytes] = []
+    reader = _read_fifo(fifo, got)
+    with pytest.raises(UsageError, match="a named pipe owned by another user"):
+        files.write_private(fifo, b"client_secret=do-not-leak")
+    reader.join(10)
+    assert got == [b""]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_own_stdout_by_name_is_written_through_and_appends(tmp_path: Path) -> None:
+    """-o /dev/stdout with stdout redirected to a file (here a symlink to /proc/self/fd/1,
+    so that a regression cannot replace the machine's /dev/stdout): the data goes to the
+    redirect (appended under >>), and the name stays a symlink."""
+    import subprocess
+    import sys
+
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"head\n")
+    with open(out, "ab") as redirect:
+        done = subprocess.run(
+            [sys.executable, "-c", f"from keycourier import files; "
+             f"files.write_private({str(link)!r}, b'body\\n')"],
+            stdout=redirect, capture_output=False, stderr=subprocess.PIPE, timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == b"head\nbody\n"
+    assert link.is_symlink()
+
+
+def test_a_symlink_to_a_regular_file_is_replaced_never_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    link = tmp_path / "creds.json"
+    link.symlink_to(victim)
+    files.write_private(link, b"secret")
+    assert victim.read_bytes() == b"keep me"
+    assert not link.is_symlink()
+    assert link.read_bytes() == b"secret"
+    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+
+
+def test_a_write_in_place_that_fails_part_way_says_so() -> None:
+    import fcntl
+    import time
+
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: one page
+
+        def close_reader() -> None:
+            time.sleep(0.3)
+            os.close(read_end)
+
+        closer = threading.Thread(target=close_reader)
+        closer.start()
+        with pytest.raises(files.PartialWriteError, match="after 4096 of 10000 bytes"):
+            files.write_all(write_end, b"x" * 10_000)
+        closer.join()
+        with pytest.raises(BrokenPipeError) as whole:  # nothing went out: a plain error
+            files.write_all(write_end, b"y")
+        assert not isinstance(whole.value, files.PartialWriteError)
+    finally:
+        os.close(write_end)
+
+
+def test_write_release_keeps_the_event_when_part_went_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a write that released nothing may be voided by release_aborted."""
+    from datetime import UTC, datetime
+
+    from keycourier import config
+    from keycourier.cli.record import record_event, write_release
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.service import open_recorder
+
+    settings = config.load(ledger_path=tmp_path / "l.db", env={"HOME": str(tmp_path)})
+    event = Event(type=EventType.SEALED, at=datetime.now(UTC), actor="kc1:" + "a" * 32,
+                  bundle_id="b" * 8, fingerprint="kc1:" + "f" * 32)  # fmt: skip
+    outcome = record_event(settings, event)
+
+    def partial(path: object, data: bytes) -> None:
+        raise files.PartialWriteError(32, "Broken pipe after 10 of 20 bytes")
+
+    monkeypatch.setattr(files, "write_private", partial)
+    with pytest.raises(files.PartialWriteError):
+        write_release(settings, event, outcome, str(tmp_path / "x"), b"data")
+
+    def nothing(path: object, data: bytes) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(files, "write_private", nothing)
+    with pytest.raises(Exception, match="nothing was released"):
+        write_release(settings, event, outcome, str(tmp_path / "x"), b"data")
+    with open_recorder(settings) as recorder:
+        kinds = [str(e.event.type) for e in recorder.history(bundle_id="b" * 8)]
+    assert kinds == ["sealed", "release_aborted"]

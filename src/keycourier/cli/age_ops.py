@@ -57,18 +57,10 @@ def _input(path: str | None) -> Iterator[BinaryIO]:
     if path is None or path == "-":
         yield _std("stdin")
         return
-    with _opened(path, writing=False) as fh:
-        yield fh
-
-
-@contextlib.contextmanager
-def _opened(path: str, *, writing: bool) -> Iterator[BinaryIO]:
-    """``path`` opened as is (no temp file); a failure to open is a one-line usage error."""
     try:
-        fh = open(path, "wb" if writing else "rb")  # noqa: SIM115 - closed below
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
-        verb = "write" if writing else "read"
-        raise UsageError(f"cannot {verb} {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     with fh:
         yield fh
 
@@ -88,10 +80,11 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
         yield out
         out.flush()
         return
-    from keycourier.files import is_special
+    from keycourier.files import open_in_place
 
-    if is_special(path):  # /dev/null, /dev/stdout, a FIFO: write in place, never rename over
-        with _opened(path, writing=True) as out:
+    in_place = open_in_place(path)  # /dev/null, /dev/stdout, a FIFO: never renamed over
+    if in_place is not None:
+        with os.fdopen(in_place, "wb") as out:
             yield out
         return
     directory, name = os.path.split(path)

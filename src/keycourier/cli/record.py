@@ -51,16 +51,20 @@ def write_release(
     """Write what release ``event`` (recorded as ``outcome``) hands out to the file ``output``.
 
     The event is recorded first, so a release is never missing from the ledger.
-    The file is written atomically (0600), so when writing fails nothing was
+    A file is written atomically (0600), so when writing fails nothing was
     released: record a `release_aborted` naming the event (in Vault too, when
-    configured) so that neither claims it, and fail with exit 2 saying so.
+    configured) so that neither claims it, and fail with exit 2 saying so. A
+    device or pipe is written in place: a failure there after part of the data
+    went out (``PartialWriteError``) keeps the event, as on stdout.
     """
     from keycourier.errors import UsageError
-    from keycourier.files import write_private
+    from keycourier.files import PartialWriteError, write_private
     from keycourier.ledger.service import abort_event
 
     try:
         write_private(output, data)
+    except PartialWriteError:
+        raise
     except OSError as exc:
         reason = f"cannot write {output}: {exc.strerror}"
         aborted = record_event(settings, abort_event(event, outcome.seq, reason))
