@@ -22,53 +22,56 @@ class PartialWriteError(OSError):
 def open_in_place(path: str | os.PathLike[str]) -> int | None:
     """A descriptor to write ``path`` in place, or ``None``: write it the atomic way.
 
-    In place: an existing character device (``/dev/null``, a terminal), a FIFO
-    owned by this user or root, or the very file this process's stdout or
-    stderr is (``-o /dev/stdout`` with stdout redirected to a file: then the
-    descriptor is a duplicate of fd 1 or 2, so ``>>`` still appends). Renaming
-    a new file over such a name would replace the device node or the symlink
-    itself, which as root breaks ``/dev/null`` for the whole machine.
+    In place: this process's own stdout or stderr named by path (``-o
+    /dev/stdout``: a duplicate of fd 1 or 2, whatever it is, so ``>>`` still
+    appends), an existing character device (``/dev/null``, a terminal), or a
+    FIFO owned by this user or root. Renaming a new file over such a name would
+    replace the device node or the symlink itself, which as root breaks
+    ``/dev/null`` for the whole machine. A regular file, a symlink to one, or a
+    missing path gives ``None``: the caller renames a new file over the name,
+    which never follows a symlink. Anything else (a FIFO of another user, which
+    anyone can plant where a secret is about to be written; a block device; a
+    socket) is refused with a usage error.
 
-    The checks are made on the opened descriptor (opened without creating or
-    truncating anything), so a symlink swapped in afterwards changes nothing.
-    Everything else (a regular file, a symlink to one, a missing path) gives
-    ``None``, and the caller renames a new file over the name, which never
-    follows a symlink. A FIFO owned by another user is refused: anyone can
-    plant one where a secret is about to be written.
+    The target is first opened with ``O_PATH``, which has no side effects (it
+    neither blocks on a FIFO nor breaks a lease), and checked with ``fstat``;
+    the very inode checked is then reopened for writing through
+    ``/proc/self/fd``, so a symlink swapped in meanwhile changes nothing.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return None  # missing, a directory, not writable: the atomic way says why
-    try:
-        keep = _writable_in_place(fd, path)
-    except BaseException:
-        os.close(fd)
-        raise
-    if keep != fd:
-        os.close(fd)
-    return keep
-
-
-def _writable_in_place(fd: int, path: str | os.PathLike[str]) -> int | None:
-    """``fd`` itself, a duplicate of stdout/stderr, or None (see ``open_in_place``)."""
     from keycourier.errors import UsageError
 
-    info = os.fstat(fd)
-    if stat.S_ISREG(info.st_mode):
-        for std in (1, 2):
-            with contextlib.suppress(OSError):
-                other = os.fstat(std)
-                if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
-                    return os.dup(std)
-        return None
-    if not (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
-        return None
-    if stat.S_ISFIFO(info.st_mode) and info.st_uid not in (os.geteuid(), 0):
-        raise UsageError(
-            f"refusing to write to {path}: a named pipe owned by another user (uid {info.st_uid})"
-        )
-    return fd
+    own = {}
+    for std in (2, 1):  # before opening anything: a closed 1 or 2 would be reused
+        with contextlib.suppress(OSError):
+            info = os.fstat(std)
+            own[(info.st_dev, info.st_ino)] = std
+    try:
+        probe = os.open(path, _PROBE_FLAGS)
+    except OSError:
+        return None  # missing, or a path the atomic way will report
+    try:
+        info = os.fstat(probe)
+        mine = own.get((info.st_dev, info.st_ino))
+        if mine is not None:
+            return os.dup(mine)
+        mode = info.st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            return None  # a directory: the atomic way says it is one
+        if stat.S_ISFIFO(mode) and info.st_uid not in (os.geteuid(), 0):
+            raise UsageError(
+                f"refusing to write to {path}: a named pipe owned by another user "
+                f"(uid {info.st_uid})"
+            )
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            raise UsageError(
+                f"refusing to write to {path}: not a regular file, a character device or a pipe"
+            )
+        return os.open(f"/proc/self/fd/{probe}", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(probe)
+
+
+_PROBE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY) | os.O_CLOEXEC
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -97,12 +97,23 @@ def test_a_fifo_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.M
         os.chown(fifo, 65534, 65534)  # nobody
     else:
         monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
-    got: list[bytes] = []
-    reader = _read_fifo(fifo, got)
-    with pytest.raises(UsageError, match="a named pipe owned by another user"):
-        files.write_private(fifo, b"client_secret=do-not-leak")
-    reader.join(10)
-    assert got == [b""]
+    # No reader: the check is made before opening it for writing, so it cannot block
+    # (run on a thread so that a regression that blocks fails instead of hanging).
+    raised: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            files.write_private(fifo, b"client_secret=do-not-leak")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            raised.append(exc)
+
+    writer = threading.Thread(target=attempt, daemon=True)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "write_private blocked on a FIFO with no reader"
+    assert len(raised) == 1
+    assert isinstance(raised[0], UsageError)
+    assert "a named pipe owned by another user" in str(raised[0])
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
@@ -194,6 +205,76 @@ def test_write_release_keeps_the_event_when_part_went_out(
     monkeypatch.setattr(files, "write_private", nothing)
     with pytest.raises(Exception, match="nothing was released"):
         write_release(settings, event, outcome, str(tmp_path / "x"), b"data")
+
+    def refused(path: object, data: bytes) -> None:  # e.g. a planted FIFO
+        from keycourier.errors import UsageError
+
+        raise UsageError("refusing to write to x: a named pipe owned by another user")
+
+    monkeypatch.setattr(files, "write_private", refused)
+    with pytest.raises(Exception, match="owned by another user; nothing was released"):
+        write_release(settings, event, outcome, str(tmp_path / "x"), b"data")
     with open_recorder(settings) as recorder:
         kinds = [str(e.event.type) for e in recorder.history(bundle_id="b" * 8)]
-    assert kinds == ["sealed", "release_aborted"]
+    assert kinds == ["sealed", "release_aborted", "release_aborted"]
+
+
+def _in_subprocess(code: str, **kwargs: object) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], stderr=subprocess.PIPE, timeout=60, check=False,
+        **kwargs,  # type: ignore[call-overload]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_closed_stdout_is_not_mistaken_for_the_target(tmp_path: Path) -> None:
+    """With fd 1 (or 2) closed, opening the target reuses that number: it must not count as
+    'our own stdout' and be written in place through a symlink (review finding)."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"AAAAAAAAAAAA-old")
+    victim.chmod(0o644)
+    link = tmp_path / "out"
+    link.symlink_to(victim)
+    for fd in (1, 2):
+        code = (
+            f"import os; os.close({fd}); from keycourier import files; "
+            f"files.write_private({str(link)!r}, b'secret')"
+        )
+        _in_subprocess(code)
+        assert victim.read_bytes() == b"AAAAAAAAAAAA-old"
+        assert not link.is_symlink()
+        assert link.read_bytes() == b"secret"
+        assert stat.S_IMODE(link.stat().st_mode) == 0o600
+        link.unlink()
+        link.symlink_to(victim)
+
+
+def test_own_stdout_as_a_socket_and_other_special_files(tmp_path: Path) -> None:
+    """-o naming our own stdout writes to it whatever it is (here a socket, as under
+    systemd); a socket or other node that is not ours is refused, never renamed over."""
+    import socket
+
+    from keycourier.errors import UsageError
+
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        _in_subprocess(
+            f"from keycourier import files; files.write_private({str(link)!r}, b'to the socket')",
+            stdout=ours,
+        )
+        theirs.settimeout(10)
+        assert theirs.recv(100) == b"to the socket"
+    assert link.is_symlink()
+
+    node = tmp_path / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    with server:
+        server.bind(str(node))
+        with pytest.raises(UsageError, match="not a regular file, a character device or a pipe"):
+            files.write_private(node, b"secret")
+    assert stat.S_ISSOCK(os.stat(node).st_mode)

@@ -67,9 +67,12 @@ def write_release(
         raise
     except OSError as exc:
         reason = f"cannot write {output}: {exc.strerror}"
-        aborted = record_event(settings, abort_event(event, outcome.seq, reason))
-        raise UsageError(
-            f"{reason}; nothing was released (event #{outcome.seq} is voided by "
-            f"event #{aborted.seq})",
-            hints=["check the -o path, then run the command again"],
-        ) from None
+    except UsageError as exc:  # a target refused before anything was written
+        reason = exc.message
+    else:
+        return
+    aborted = record_event(settings, abort_event(event, outcome.seq, reason))
+    raise UsageError(
+        f"{reason}; nothing was released (event #{outcome.seq} is voided by event #{aborted.seq})",
+        hints=["check the -o path, then run the command again"],
+    )
