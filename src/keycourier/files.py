@@ -22,56 +22,87 @@ class PartialWriteError(OSError):
 def open_in_place(path: str | os.PathLike[str]) -> int | None:
     """A descriptor to write ``path`` in place, or ``None``: write it the atomic way.
 
-    In place: this process's own stdout or stderr named by path (``-o
-    /dev/stdout``: a duplicate of fd 1 or 2, whatever it is, so ``>>`` still
-    appends), an existing character device (``/dev/null``, a terminal), or a
-    FIFO owned by this user or root. Renaming a new file over such a name would
-    replace the device node or the symlink itself, which as root breaks
-    ``/dev/null`` for the whole machine. A regular file, a symlink to one, or a
-    missing path gives ``None``: the caller renames a new file over the name,
-    which never follows a symlink. Anything else (a FIFO of another user, which
-    anyone can plant where a secret is about to be written; a block device; a
+    In place: this process's own stdout or stderr named through a link
+    (``-o /dev/stdout``, ``/proc/self/fd/1``: a duplicate of fd 1 or 2, so
+    ``>>`` still appends), or, when it is a pipe, socket or terminal, by any
+    name; an existing character device or a FIFO owned by this user or root
+    (``/dev/null``, your terminal, your named pipe). Renaming a new file over
+    such a name would replace the device node or the symlink itself, which as
+    root breaks ``/dev/null`` for the whole machine. A regular file (a plain
+    name, or a symlink to one), a directory or a missing path gives ``None``:
+    the caller renames a new file over the name, which never follows a
+    symlink. Anything else (a device or FIFO of another user, which anyone
+    could plant where a secret is about to be written; a block device; a
     socket) is refused with a usage error.
 
     The target is first opened with ``O_PATH``, which has no side effects (it
     neither blocks on a FIFO nor breaks a lease), and checked with ``fstat``;
     the very inode checked is then reopened for writing through
-    ``/proc/self/fd``, so a symlink swapped in meanwhile changes nothing.
+    ``/proc/self/fd`` (without ``/proc``: by name, and it must be the same
+    inode), so a symlink swapped in meanwhile changes nothing.
     """
-    from keycourier.errors import UsageError
-
     own = {}
     for std in (2, 1):  # before opening anything: a closed 1 or 2 would be reused
         with contextlib.suppress(OSError):
             info = os.fstat(std)
             own[(info.st_dev, info.st_ino)] = std
+    linked = os.path.islink(path)
     try:
         probe = os.open(path, _PROBE_FLAGS)
     except OSError:
+        with contextlib.suppress(OSError):
+            _refuse_special(path, os.stat(path))  # e.g. a socket, without O_PATH
         return None  # missing, or a path the atomic way will report
     try:
         info = os.fstat(probe)
         mine = own.get((info.st_dev, info.st_ino))
-        if mine is not None:
+        if mine is not None and (linked or not stat.S_ISREG(info.st_mode)):
             return os.dup(mine)
-        mode = info.st_mode
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
             return None  # a directory: the atomic way says it is one
-        if stat.S_ISFIFO(mode) and info.st_uid not in (os.geteuid(), 0):
-            raise UsageError(
-                f"refusing to write to {path}: a named pipe owned by another user "
-                f"(uid {info.st_uid})"
-            )
-        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
-            raise UsageError(
-                f"refusing to write to {path}: not a regular file, a character device or a pipe"
-            )
-        return os.open(f"/proc/self/fd/{probe}", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        _refuse_special(path, info)
+        return _reopen_for_writing(probe, path, info)
     finally:
         os.close(probe)
 
 
 _PROBE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY) | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _refuse_special(path: str | os.PathLike[str], info: os.stat_result) -> None:
+    """Refuse a target that is neither a regular file, a directory, nor a character device
+    or FIFO owned by this user or root."""
+    from keycourier.errors import UsageError
+
+    mode = info.st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        raise UsageError(
+            f"refusing to write to {path}: not a regular file, a character device or a pipe"
+        )
+    if info.st_uid not in (os.geteuid(), 0):
+        kind = "named pipe" if stat.S_ISFIFO(mode) else "device"
+        raise UsageError(
+            f"refusing to write to {path}: a {kind} owned by another user (uid {info.st_uid})"
+        )
+
+
+def _reopen_for_writing(probe: int, path: str | os.PathLike[str], info: os.stat_result) -> int:
+    try:
+        return os.open(f"/proc/self/fd/{probe}", _WRITE_FLAGS)
+    except FileNotFoundError:  # no /proc: by name, and it must still be what was checked
+        from keycourier.errors import UsageError
+
+        fd = os.open(path, _WRITE_FLAGS)
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+            os.close(fd)
+            raise UsageError(
+                f"refusing to write to {path}: it changed while being checked"
+            ) from None
+        return fd
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -223,9 +223,10 @@ def _in_subprocess(code: str, **kwargs: object) -> None:
     import subprocess
     import sys
 
+    options: dict[str, object] = {"stderr": subprocess.PIPE, **kwargs}
     done = subprocess.run(
-        [sys.executable, "-c", code], stderr=subprocess.PIPE, timeout=60, check=False,
-        **kwargs,  # type: ignore[call-overload]
+        [sys.executable, "-c", code], timeout=60, check=False,
+        **options,  # type: ignore[call-overload]
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
 
@@ -276,5 +277,75 @@ def test_own_stdout_as_a_socket_and_other_special_files(tmp_path: Path) -> None:
     with server:
         server.bind(str(node))
         with pytest.raises(UsageError, match="not a regular file, a character device or a pipe"):
+            files.write_private(node, b"secret")
+    assert stat.S_ISSOCK(os.stat(node).st_mode)
+
+
+def test_a_device_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a planted FIFO, a character device someone else owns (their pty, say) is
+    refused; /dev/null and our own terminal are fine."""
+    from keycourier.errors import UsageError
+
+    if os.geteuid() == 0:
+        device = tmp_path / "their-tty"
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a null device
+        os.chown(device, 65534, 65534)
+    else:
+        _, replica = os.openpty()
+        device = Path(os.ttyname(replica))
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
+    link = tmp_path / "out"
+    link.symlink_to(device)
+    with pytest.raises(UsageError, match="a device owned by another user"):
+        files.write_private(link, b"secret")
+    assert link.is_symlink()
+
+
+def test_a_plain_name_for_our_stderr_file_is_still_written_atomically(tmp_path: Path) -> None:
+    """Only a link (/dev/stderr, /proc/self/fd/2) to our stderr file means 'write to it';
+    a plain name of the same file (a hard link, or the log itself) gets a new 0600 file."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"log line\n")
+    other_name = tmp_path / "hard"
+    os.link(log, other_name)
+    with open(log, "ab") as stderr:
+        _in_subprocess(
+            f"from keycourier import files; files.write_private({str(other_name)!r}, b's')",
+            stderr=stderr,
+        )
+    assert log.read_bytes() == b"log line\n"
+    assert other_name.read_bytes() == b"s"
+    assert stat.S_IMODE(other_name.stat().st_mode) == 0o600
+
+
+def test_without_proc_or_o_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /proc: the device is reopened by name (and must be the same inode). No O_PATH
+    (the probe cannot open a socket): a socket is still refused, not renamed over."""
+    import socket
+
+    from keycourier.errors import UsageError
+
+    real_open = os.open
+
+    def no_proc(path: object, flags: int, *args: int) -> int:
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    monkeypatch.setattr(os, "open", no_proc)
+    files.write_private(null, b"discarded")
+    assert null.is_symlink()
+    monkeypatch.setattr(os, "open", real_open)
+
+    monkeypatch.setattr(files, "_PROBE_FLAGS", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    node = tmp_path / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    with server:
+        server.bind(str(node))
+        with pytest.raises(UsageError, match="not a regular file"):
             files.write_private(node, b"secret")
     assert stat.S_ISSOCK(os.stat(node).st_mode)

@@ -82,7 +82,10 @@ def _output(path: str | None, *, private: bool) -> Iterator[BinaryIO]:
         return
     from keycourier.files import open_in_place
 
-    in_place = open_in_place(path)  # /dev/null, /dev/stdout, a FIFO: never renamed over
+    try:
+        in_place = open_in_place(path)  # /dev/null, /dev/stdout, a FIFO: never renamed over
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     if in_place is not None:
         with os.fdopen(in_place, "wb") as out:
             yield out
