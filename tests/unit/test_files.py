@@ -258,8 +258,6 @@ def test_own_stdout_as_a_socket_and_other_special_files(tmp_path: Path) -> None:
     systemd); a socket or other node that is not ours is refused, never renamed over."""
     import socket
 
-    from keycourier.errors import UsageError
-
     link = tmp_path / "stdout"
     link.symlink_to("/proc/self/fd/1")
     ours, theirs = socket.socketpair()
@@ -272,13 +270,7 @@ def test_own_stdout_as_a_socket_and_other_special_files(tmp_path: Path) -> None:
         assert theirs.recv(100) == b"to the socket"
     assert link.is_symlink()
 
-    node = tmp_path / "sock"
-    server = socket.socket(socket.AF_UNIX)
-    with server:
-        server.bind(str(node))
-        with pytest.raises(UsageError, match="not a regular file, a character device or a pipe"):
-            files.write_private(node, b"secret")
-    assert stat.S_ISSOCK(os.stat(node).st_mode)
+    _assert_socket_node_refused(tmp_path / "sock")
 
 
 def test_a_device_of_another_user_is_refused(
@@ -323,9 +315,6 @@ def test_a_plain_name_for_our_stderr_file_is_still_written_atomically(tmp_path: 
 def test_without_proc_or_o_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No /proc: the device is reopened by name (and must be the same inode). No O_PATH
     (the probe cannot open a socket): a socket is still refused, not renamed over."""
-    import socket
-
-    from keycourier.errors import UsageError
 
     real_open = os.open
 
@@ -342,10 +331,17 @@ def test_without_proc_or_o_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(os, "open", real_open)
 
     monkeypatch.setattr(files, "_PROBE_FLAGS", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    node = tmp_path / "sock"
+    _assert_socket_node_refused(tmp_path / "sock")
+
+
+def _assert_socket_node_refused(node: Path) -> None:
+    import socket
+
+    from keycourier.errors import UsageError
+
     server = socket.socket(socket.AF_UNIX)
     with server:
         server.bind(str(node))
-        with pytest.raises(UsageError, match="not a regular file"):
+        with pytest.raises(UsageError, match="not a regular file, a character device or a pipe"):
             files.write_private(node, b"secret")
     assert stat.S_ISSOCK(os.stat(node).st_mode)
