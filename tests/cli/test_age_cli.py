@@ -308,12 +308,13 @@ def test_passphrase_prompt_on_a_terminal_is_hidden_and_confirmed(tmp_path: Path)
     )
 
 
-def test_large_files_decrypt_with_read_ahead_and_fail_cleanly(
+def test_large_files_decrypt_whole_and_fail_cleanly(
     tmp_path: Path, keyfile: tuple[Path, str]
 ) -> None:
-    """A file past the read-ahead threshold (16 MiB) decrypts whole from a path and from
-    stdin redirected from the file; a chunk changed in the third 4 MiB block is exit 4
-    with no output left behind."""
+    """A file past the read-ahead threshold (16 MiB; that read-ahead is chosen for it is
+    tested in tests/unit/age/test_read_ahead.py) decrypts whole from a path and from stdin
+    redirected from the file; a chunk changed in the third 4 MiB block is exit 4 with no
+    output left behind."""
     import hashlib
     import io
 

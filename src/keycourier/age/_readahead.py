@@ -7,9 +7,10 @@ the next block while the calling thread decrypts the previous one. The
 decryption itself, and every check on it, stays on the calling thread; the
 reader thread only calls ``readinto``.
 
-Used only for regular files of at least ``MIN_FILE_SIZE`` bytes (decided in
-``_format.decrypt_payload``): a pipe can block a read forever, and a thread
-that might outlive the call must never be left reading the caller's file.
+Used only for regular files of at least ``_format.READ_AHEAD_MIN_FILE_SIZE``
+bytes (decided in ``_format.decrypt_payload``): a pipe can block a read
+forever, and a thread that might outlive the call must never be left reading
+the caller's file.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-
-MIN_FILE_SIZE = 16 * 1024 * 1024
 
 
 class ReadAhead:

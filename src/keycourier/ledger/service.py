@@ -564,7 +564,7 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerR
 
 def abort_event(event: Event, seq: int, reason: str) -> Event:
     """The `release_aborted` event that voids release event #``seq`` (``event``) of this
-    chain: same type of actor, bundle and fingerprint, ``data.released`` false."""
+    chain: the same actor, bundle and fingerprint, ``data.released`` false."""
     from dataclasses import replace
 
     return replace(

@@ -236,12 +236,16 @@ def test_x25519_recipients_wrap_for_their_identity_either_way(
 
     import nacl.bindings
 
+    from keycourier.age import _x25519
+
     ident = age.X25519Identity.generate()
     for loaded in (True, False):
         if loaded:
             monkeypatch.setitem(sys.modules, "nacl.bindings", nacl.bindings)
         else:
             monkeypatch.delitem(sys.modules, "nacl.bindings", raising=False)
+        # the seal path takes libsodium exactly when PyNaCl is loaded (its speed-up)
+        assert _x25519._loaded_sodium() is (nacl.bindings if loaded else None)
         blob = age.encrypt([ident.recipient()], b"payload")
         assert age.decrypt([ident], blob) == b"payload"
 

@@ -143,7 +143,7 @@ class Spy(_readahead.ReadAhead):
 def spy(monkeypatch: pytest.MonkeyPatch) -> type[Spy]:
     Spy.made = 0
     monkeypatch.setattr(_readahead, "ReadAhead", Spy)
-    monkeypatch.setattr(_readahead, "MIN_FILE_SIZE", 3 * CHUNK)
+    monkeypatch.setattr(_format, "READ_AHEAD_MIN_FILE_SIZE", 3 * CHUNK)
     return Spy
 
 
