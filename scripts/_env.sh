@@ -38,4 +38,21 @@ if ! command -v age >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq age >/dev/null
 fi
 
+# The independent OAuth2 server the oauth2 dialect is tested against (npm);
+# called by scripts/test only.
+ensure_oauth2_server() {
+  local prefix="$VENV/npm" package="oauth2-mock-server@9.3.0"
+  if [ ! -d "$prefix/node_modules/oauth2-mock-server" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "keycourier: installing Debian's nodejs and npm" >&2
+      if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+      $SUDO apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    echo "keycourier: installing $package into .venv/npm" >&2
+    npm install --prefix "$prefix" --no-audit --no-fund --silent "$package" >/dev/null
+  fi
+  export KEYCOURIER_TEST_OAUTH2_SERVER_DIR="$prefix"
+}
+
 export PATH="$VENV/bin:$PATH"

@@ -8,13 +8,10 @@ documented ``beforeResponse`` hook, refuses clients whose ID/secret do not
 match (the stock server accepts anyone), logging which client-authentication
 method each request used.
 
-The fixture installs it outside the repository when it is missing (npm,
-from the npm registry)::
-
-    npm install --prefix /tmp/kc-oauth2-npm oauth2-mock-server@9.3.0
-
-``KEYCOURIER_TEST_OAUTH2_SERVER_DIR`` points at another install prefix. The
-tests skip, saying so, only when node/npm are absent or the install fails.
+``./scripts/test`` installs it (with npm, from the npm registry) into
+``.venv/npm`` and points ``KEYCOURIER_TEST_OAUTH2_SERVER_DIR`` at it. The tests
+never install anything themselves, and a missing server or ``node`` fails them
+loudly: a suite that silently skips its only independent peer proves nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +32,8 @@ from keycourier.helper.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token, fetch_token
 from keycourier.redact import Secret
 
-PREFIX = Path(os.environ.get("KEYCOURIER_TEST_OAUTH2_SERVER_DIR", "/tmp/kc-oauth2-npm"))
-PACKAGE = "oauth2-mock-server@9.3.0"
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = Path(os.environ.get("KEYCOURIER_TEST_OAUTH2_SERVER_DIR", str(ROOT / ".venv" / "npm")))
 CLIENT_ID = "ci-client"
 CLIENT_SECRET = "oauth2 secret/with+special=chars"
 
@@ -82,29 +79,12 @@ class OAuthServer:
 @pytest.fixture
 def oauth_server(tmp_path: Path) -> Iterator[OAuthServer]:
     node = shutil.which("node")
-    installed = (PREFIX / "node_modules" / "oauth2-mock-server").is_dir()
-    npm = shutil.which("npm")
-    if node is not None and not installed and npm is not None:
-        # From the npm registry, with npm itself, outside the repository.
-        subprocess.run(
-            [
-                npm,
-                "install",
-                "--prefix",
-                str(PREFIX),
-                "--no-audit",
-                "--no-fund",
-                "--silent",
-                PACKAGE,
-            ],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        installed = (PREFIX / "node_modules" / "oauth2-mock-server").is_dir()
-    if node is None or not installed:
-        pytest.skip(
-            f"oauth2-mock-server could not be installed under {PREFIX} (needs node and npm)"
+    if node is None:
+        pytest.fail("node is not installed: ./scripts/test installs Debian's nodejs and npm")
+    if not (PREFIX / "node_modules" / "oauth2-mock-server").is_dir():
+        pytest.fail(
+            f"oauth2-mock-server is not installed under {PREFIX}: "
+            "./scripts/test installs it (or set KEYCOURIER_TEST_OAUTH2_SERVER_DIR)"
         )
     script = tmp_path / "runner.mjs"
     script.write_text(RUNNER)
