@@ -1,6 +1,6 @@
 """A local stand-in for the platform's accounting-connection API (test and demo code).
 
-It follows the documented contract (``platform-apis.md`` 1.3 and 1.5), for both
+It follows the documented contract (``docs/platform-apis.md`` 1.3 and 1.5), for both
 dialects at once:
 
 * Monite: ``/v1/accounting_connections`` with ``x-monite-version`` and
@@ -307,7 +307,7 @@ def connection_routes(state: ConnectionsState) -> list[web.RouteDef]:
         scheme, _, token = auth.partition(" ")
         status = state.token_status(token) if scheme == "Bearer" and token else "unknown"
         if status == "expired" and rules is TESOURO:
-            # Tesouro answers an expired token with 400 (platform-apis.md 1.5).
+            # Tesouro answers an expired token with 400 (docs/platform-apis.md 1.5).
             return None, _error(400, "The token has been expired.")
         if status != "valid":
             return None, _error(401, "Invalid or expired token")

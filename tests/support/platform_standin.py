@@ -1,6 +1,6 @@
 """A local stand-in of the platform's token endpoints (test and demo code, never production).
 
-It follows the documented contracts (``platform-apis.md`` 1.2 and 1.5):
+It follows the documented contracts (``docs/platform-apis.md`` 1.2 and 1.5):
 
 * Monite ``POST /v1/auth/token`` (profile ``base_url`` = ``{url}/v1``): JSON
   body, ``additionalProperties: false`` (an extra field, a non-UUID

@@ -1,7 +1,7 @@
 """Local stand-ins for the Intuit (QuickBooks Online) and Xero endpoints the probe uses.
 
 Test code only. The replies follow the vendors' documented behaviour
-(``platform-apis.md`` sections 2 and 3, and the OAuth 2 token-endpoint
+(``docs/platform-apis.md`` sections 2 and 3, and the OAuth 2 token-endpoint
 conventions of RFC 6749 section 5):
 
 * Intuit token endpoint (``/intuit/oauth2/v1/tokens/bearer``): Basic auth with

@@ -38,7 +38,7 @@ VAULT_PATH_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 PATH_RE: Final = re.compile(r"^/[A-Za-z0-9_./\-]{0,200}$")
 SCOPE_RE: Final = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
 
-# Hosts that the platform documents as production (platform-apis.md 1.1, 1.5).
+# Hosts that the platform documents as production (docs/platform-apis.md 1.1, 1.5).
 KNOWN_PRODUCTION_HOSTS: Final = frozenset(
     {"api.monite.com", "us.api.monite.com", "api.tesouro.com"}
 )

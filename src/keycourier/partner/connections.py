@@ -4,7 +4,7 @@ After the partner's QuickBooks/Xero keys are handed over, the platform's setup
 guide has the partner create one accounting connection per entity (Monite) or
 organization (Tesouro), give the returned ``connection_url`` to the entity's
 user, and wait until the connection's ``status`` is ``connected`` with its
-``platform`` set. Facts: ``platform-apis.md`` sections 1.2, 1.3 and 1.5.
+``platform`` set. Facts: ``docs/platform-apis.md`` sections 1.2, 1.3 and 1.5.
 
 Layers, from the outside in:
 

@@ -1,7 +1,7 @@
 """Partner access tokens from the platform: the three token dialects and their errors.
 
 * ``monite``: ``POST {base}/auth/token``, JSON body ``{grant_type, client_id,
-  client_secret}``, ``x-monite-version`` header (platform-apis.md 1.2);
+  client_secret}``, ``x-monite-version`` header (docs/platform-apis.md 1.2);
 * ``tesouro``: ``POST {base}/openid/connect/token``, form-encoded body, with
   ``x-tesouro-version`` (or ``x-finops-version``) when a version is set (1.5);
 * ``oauth2``: any RFC 6749 section 4.4 client_credentials endpoint, with
