@@ -38,17 +38,23 @@ if ! command -v age >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq age >/dev/null
 fi
 
-# The independent OAuth2 server the oauth2 dialect is tested against (npm);
-# called by scripts/test only.
-ensure_oauth2_server() {
+# What only the test suite needs (called by scripts/test): Go's reference
+# transparency-log code (Debian's golang-go and golang-golang-x-mod-dev, built
+# offline), and the independent OAuth2 server the oauth2 dialect is tested
+# against (npm).
+ensure_test_tools() {
+  local debs=()
+  command -v go >/dev/null 2>&1 || debs+=(golang-go)
+  [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || debs+=(golang-golang-x-mod-dev)
+  command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
+  if [ ${#debs[@]} -gt 0 ]; then
+    echo "keycourier: installing Debian's ${debs[*]}" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${debs[@]}" >/dev/null
+  fi
   local prefix="$VENV/npm" package="oauth2-mock-server@9.3.0"
   if [ ! -d "$prefix/node_modules/oauth2-mock-server" ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-      echo "keycourier: installing Debian's nodejs and npm" >&2
-      if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-      $SUDO apt-get update -qq >/dev/null
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
-    fi
     echo "keycourier: installing $package into .venv/npm" >&2
     npm install --prefix "$prefix" --no-audit --no-fund --silent "$package" >/dev/null
   fi

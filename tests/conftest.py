@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support.gotools import TlogCheck, build_tlogcheck
 from tests.support.openbao import BaoServer, start_dev_server
 
 # Ordinary property tests run a few hundred examples; the parser fuzz tests ask
@@ -50,3 +51,9 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "KEYCOURIER_HELPER_URL",
     ):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def go_tlogcheck(tmp_path_factory: pytest.TempPathFactory) -> TlogCheck:
+    """Go's note and tlog packages, built once, as an independent verifier."""
+    return build_tlogcheck(tmp_path_factory.mktemp("go-tlogcheck"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "keycourier"
-CORE = ["age", "bundle", "policy", "errors.py", "redact.py"]
+CORE = ["age", "bundle", "policy", "tlog", "errors.py", "redact.py"]
 FORBIDDEN = (
     "click",
     "hvac",

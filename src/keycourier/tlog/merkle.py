@@ -1,0 +1,198 @@
+"""RFC 6962 / RFC 9162 Merkle trees over stored subtree hashes (stdlib only).
+
+A tree's leaves are hashed as ``SHA-256(0x00 || leaf)`` and its interior nodes as
+``SHA-256(0x01 || left || right)``. The tree of ``n`` leaves is the RFC 6962 MTH:
+split at the largest power of two smaller than ``n``.
+
+Storage model: the hash of every *complete, aligned* subtree is stored once it is
+complete: ``(level, index)`` covers the leaves ``[index * 2**level, (index + 1) * 2**level)``.
+Appending leaf ``n`` stores its leaf hash at ``(0, n)`` and then one hash per level
+for as long as the new node completes a pair: amortised two writes, at most
+``log2(n) + 1``. The root of any size and every proof are then read from at most
+``2 * log2(n)`` stored hashes, never recomputed from the leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+HASH_SIZE = 32
+
+# Reads the stored hash of the complete subtree (level, index).
+HashReader = Callable[[int, int], bytes]
+
+
+class ProofError(ValueError):
+    """A proof does not verify, or its parameters are impossible."""
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than ``n`` (``n >= 2``)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def stored_after_append(index: int, leaf: bytes, read: HashReader) -> list[tuple[int, int, bytes]]:
+    """The ``(level, index, hash)`` entries to store when leaf number ``index`` is appended.
+
+    ``read`` must already answer for every leaf before ``index``.
+    """
+    entries = [(0, index, leaf)]
+    level, idx, current = 0, index, leaf
+    while idx & 1:
+        current = node_hash(read(level, idx - 1), current)
+        level, idx = level + 1, idx >> 1
+        entries.append((level, idx, current))
+    return entries
+
+
+def subtree_hash(lo: int, hi: int, read: HashReader) -> bytes:
+    """MTH of the leaves ``[lo, hi)``, where ``lo`` is aligned as RFC 6962 splits are."""
+    n = hi - lo
+    if n <= 0:
+        raise ProofError("an empty range has no subtree hash")
+    if n & (n - 1) == 0 and lo % n == 0:
+        return read(n.bit_length() - 1, lo // n)
+    k = _split(n)
+    return node_hash(subtree_hash(lo, lo + k, read), subtree_hash(lo + k, hi, read))
+
+
+def root_hash(size: int, read: HashReader) -> bytes:
+    """The root of the tree of the first ``size`` leaves (SHA-256 of nothing for 0)."""
+    if size == 0:
+        return hashlib.sha256(b"").digest()
+    return subtree_hash(0, size, read)
+
+
+def inclusion_proof(index: int, size: int, read: HashReader) -> list[bytes]:
+    """RFC 6962 PATH(index, D[size]): sibling hashes from the leaf up to the root."""
+    if not 0 <= index < size:
+        raise ProofError(f"leaf {index} is not in a tree of size {size}")
+    proof: list[bytes] = []
+    lo, hi = 0, size
+    # Walk down recording siblings; reverse at the end so the list runs leaf to root.
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if index < lo + k:
+            proof.append(subtree_hash(lo + k, hi, read))
+            hi = lo + k
+        else:
+            proof.append(subtree_hash(lo, lo + k, read))
+            lo = lo + k
+    proof.reverse()
+    return proof
+
+
+def consistency_proof(old: int, new: int, read: HashReader) -> list[bytes]:
+    """RFC 6962 PROOF(old, D[new]), for ``0 < old <= new``."""
+    if not 0 < old <= new:
+        raise ProofError(f"no consistency proof from size {old} to size {new}")
+    proof: list[bytes] = []
+    lo, hi, m, complete = 0, new, old, True
+    while True:
+        n = hi - lo
+        if m == n:
+            if not complete:
+                proof.append(subtree_hash(lo, hi, read))
+            break
+        k = _split(n)
+        if m <= k:
+            proof.append(subtree_hash(lo + k, hi, read))
+            hi = lo + k
+        else:
+            proof.append(subtree_hash(lo, lo + k, read))
+            lo, m, complete = lo + k, m - k, False
+    proof.reverse()
+    return proof
+
+
+def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
+    """RFC 9162 2.1.3.2: the root that ``proof`` implies for ``leaf`` at ``index``."""
+    if not 0 <= index < size:
+        raise ProofError(f"leaf {index} is not in a tree of size {size}")
+    fn, sn = index, size - 1
+    current = leaf
+    for sibling in proof:
+        if len(sibling) != HASH_SIZE:
+            raise ProofError("a proof hash is not 32 bytes")
+        if sn == 0:
+            raise ProofError("the inclusion proof is too long")
+        if fn & 1 or fn == sn:
+            current = node_hash(sibling, current)
+            if not fn & 1:
+                while fn & 1 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            current = node_hash(current, sibling)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("the inclusion proof is too short")
+    return current
+
+
+def verify_inclusion(
+    index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes
+) -> None:
+    """Raise ProofError unless ``proof`` shows ``leaf`` at ``index`` under ``root``."""
+    if root_from_inclusion(index, size, leaf, proof) != root:
+        raise ProofError(f"leaf {index} is not included in the tree of size {size}")
+
+
+def verify_consistency(
+    old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> None:
+    """RFC 9162 2.1.4.2: raise ProofError unless the tree of ``new`` extends that of ``old``."""
+    if old < 0 or new < old:
+        raise ProofError(f"no consistency from size {old} to size {new}")
+    if any(len(h) != HASH_SIZE for h in proof):
+        raise ProofError("a proof hash is not 32 bytes")
+    if old == new:
+        if proof:
+            raise ProofError("a consistency proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ProofError(f"two different trees of size {new}")
+        return
+    if old == 0:
+        if proof:
+            raise ProofError("a consistency proof from the empty tree must be empty")
+        return
+    if not proof:
+        raise ProofError("the consistency proof is empty")
+    path = list(proof)
+    if old & (old - 1) == 0:  # old is a power of two: its root is the first node
+        path.insert(0, old_root)
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("the consistency proof is too long")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn & 1 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("the consistency proof is too short")
+    if fr != old_root:
+        raise ProofError(f"the tree of size {new} does not extend the old tree of size {old}")
+    if sr != new_root:
+        raise ProofError(f"the consistency proof does not lead to the root of size {new}")
