@@ -40,13 +40,15 @@ fi
 
 # What only the test suite needs (called by scripts/test): Go's reference
 # transparency-log code (Debian's golang-go and golang-golang-x-mod-dev, built
-# offline), and the independent OAuth2 server the oauth2 dialect is tested
+# offline), Debian's chromium (renders the audit report), and the independent
+# OAuth2 server the oauth2 dialect is tested
 # against (npm).
 ensure_test_tools() {
   local debs=()
   command -v go >/dev/null 2>&1 || debs+=(golang-go)
   [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || debs+=(golang-golang-x-mod-dev)
   command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
+  command -v chromium >/dev/null 2>&1 || debs+=(chromium)
   if [ ${#debs[@]} -gt 0 ]; then
     echo "keycourier: installing Debian's ${debs[*]}" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -1,0 +1,1 @@
+"""What an auditor is handed: the provenance report (and, in time, evidence packs)."""
