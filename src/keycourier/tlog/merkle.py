@@ -14,8 +14,10 @@ for as long as the new node completes a pair: amortised two writes, at most
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 
 HASH_SIZE = 32
 
@@ -196,3 +198,87 @@ def verify_consistency(
         raise ProofError(f"the tree of size {new} does not extend the old tree of size {old}")
     if sr != new_root:
         raise ProofError(f"the consistency proof does not lead to the root of size {new}")
+
+
+# -- batch inclusion proofs ------------------------------------------------------------
+#
+# A batch proof shows many leaves of one tree at once: the hashes of the RFC 6962
+# subtrees ``[lo, hi)`` that hold none of the chosen leaves but are needed, with the
+# leaves themselves, to recompute the root. For a contiguous run of leaves it is a
+# handful of hashes; every single-leaf audit path can be derived from it.
+
+
+def _mth_of_run(leaves: Sequence[bytes]) -> bytes:
+    """MTH of consecutive leaf hashes, bottom-up (the last odd node is carried up)."""
+    level = list(leaves)
+    while len(level) > 1:
+        pairs = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) & 1:
+            pairs.append(level[-1])
+        level = pairs
+    return level[0]
+
+
+def _check_indices(indices: Sequence[int], size: int) -> None:
+    if indices[0] < 0 or indices[-1] >= size or any(b <= a for a, b in pairwise(indices)):
+        raise ProofError("batch proof indices must be sorted, distinct and inside the tree")
+
+
+def batch_proof(
+    indices: Sequence[int], size: int, read: HashReader
+) -> list[tuple[int, int, bytes]]:
+    """``(lo, hi, hash)`` of every subtree needed beside the leaves at sorted ``indices``."""
+    if not indices:
+        raise ProofError("a batch proof needs at least one leaf")
+    _check_indices(indices, size)
+    out: list[tuple[int, int, bytes]] = []
+
+    def walk(lo: int, hi: int, a: int, b: int) -> None:
+        if a == b:
+            out.append((lo, hi, subtree_hash(lo, hi, read)))
+            return
+        if b - a == hi - lo or hi - lo == 1:
+            return
+        k = _split(hi - lo)
+        m = bisect.bisect_left(indices, lo + k, a, b)
+        walk(lo, lo + k, a, m)
+        walk(lo + k, hi, m, b)
+
+    walk(0, size, 0, len(indices))
+    return out
+
+
+def root_from_batch(
+    size: int,
+    indices: Sequence[int],
+    leaves: Sequence[bytes],
+    nodes: Mapping[tuple[int, int], bytes],
+) -> bytes:
+    """The root implied by ``leaves`` at sorted ``indices`` and the batch proof ``nodes``.
+
+    ProofError when a needed node is missing, a node is not needed (a proof must be
+    exact), or the indices are not sorted, distinct and inside the tree.
+    """
+    if not indices or len(indices) != len(leaves):
+        raise ProofError("a batch proof needs one leaf hash for each index")
+    _check_indices(indices, size)
+    used = 0
+
+    def mth(lo: int, hi: int, a: int, b: int) -> bytes:
+        nonlocal used
+        if a == b:
+            found = nodes.get((lo, hi))
+            if found is None or len(found) != HASH_SIZE:
+                raise ProofError(f"the batch proof lacks the subtree [{lo}, {hi})")
+            used += 1
+            return found
+        if b - a == hi - lo:
+            return _mth_of_run(leaves[a:b])
+        k = _split(hi - lo)
+        m = bisect.bisect_left(indices, lo + k, a, b)
+        return node_hash(mth(lo, lo + k, a, m), mth(lo + k, hi, m, b))
+
+    root = mth(0, size, 0, len(indices))
+    if used != len(nodes):
+        raise ProofError("the batch proof holds subtrees that are not needed")
+    return root

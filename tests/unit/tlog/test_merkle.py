@@ -156,3 +156,36 @@ def test_proof_positions_are_bound(case: tuple[int, int]) -> None:
         if other != m and LEAVES[other] != LEAVES[m]:
             with pytest.raises(merkle.ProofError):
                 merkle.verify_inclusion(other, n, merkle.leaf_hash(LEAVES[m]), proof, root)
+
+
+@given(
+    st.integers(1, 70).flatmap(
+        lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n - 1), min_size=1))
+    )
+)
+def test_batch_proofs_recompute_the_root(case: tuple[int, set[int]]) -> None:
+    n, chosen = case
+    s = Store()
+    for leaf in LEAVES[:n]:
+        s.append(leaf)
+    indices = sorted(chosen)
+    nodes = {(lo, hi): h for lo, hi, h in merkle.batch_proof(indices, n, s.read)}
+    leaves = [merkle.leaf_hash(LEAVES[i]) for i in indices]
+    assert merkle.root_from_batch(n, indices, leaves, nodes) == _mth(LEAVES[:n])
+    if nodes:
+        first = next(iter(nodes))
+        with pytest.raises(merkle.ProofError):
+            merkle.root_from_batch(
+                n, indices, leaves, {k: v for k, v in nodes.items() if k != first}
+            )
+        changed = {**nodes, first: bytes(32)}
+        assert merkle.root_from_batch(n, indices, leaves, changed) != _mth(LEAVES[:n])
+        with pytest.raises(merkle.ProofError):
+            merkle.root_from_batch(n, indices, leaves, {**nodes, (0, n + 5): bytes(32)})
+    bad_leaves = [merkle.leaf_hash(b"x"), *leaves[1:]]
+    assert merkle.root_from_batch(n, indices, bad_leaves, nodes) != _mth(LEAVES[:n])
+
+
+def test_a_contiguous_batch_needs_few_nodes(store: Store) -> None:
+    nodes = merkle.batch_proof(list(range(10, 60)), 70, store.read)
+    assert len(nodes) <= 2 * 7
