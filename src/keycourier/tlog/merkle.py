@@ -211,8 +211,11 @@ def verify_consistency(
 def _mth_of_run(leaves: Sequence[bytes]) -> bytes:
     """MTH of consecutive leaf hashes, bottom-up (the last odd node is carried up)."""
     level = list(leaves)
+    sha256 = hashlib.sha256
     while len(level) > 1:
-        pairs = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        pairs = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) & 1:
             pairs.append(level[-1])
         level = pairs
