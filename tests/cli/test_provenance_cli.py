@@ -92,7 +92,8 @@ def test_revoke_show_export_without_vault(tmp_path: Path) -> None:
     assert json.loads(jsonl.stdout.splitlines()[0])["vault_status"] == "disabled"
     csv_out = run("audit", "export", "--format", "csv", "--since", "2999-01-01", cwd=tmp_path)
     assert csv_out.stdout.splitlines() == [
-        "seq,type,at,actor,bundle_id,fingerprint,policy_digest,data,prev_hash,hash,vault_status"
+        "time,seq,type,actor,partner,platform,environment,bundle_id,fingerprint,"
+        "vault_path,vault_version,policy_digest,detail,vault_status"
     ]
     bad = run("audit", "export", "--since", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2

@@ -744,20 +744,6 @@ def denied_lookup(settings: Settings) -> Callable[[str], str | None]:
 
 # -- export ----------------------------------------------------------------------------
 
-EXPORT_FIELDS = (
-    "seq",
-    "type",
-    "at",
-    "actor",
-    "bundle_id",
-    "fingerprint",
-    "policy_digest",
-    "data",
-    "prev_hash",
-    "hash",
-    "vault_status",
-)
-
 
 def export_row(stored: StoredEvent) -> dict[str, Any]:
     from keycourier.ledger.chain import format_time
@@ -778,28 +764,73 @@ def export_row(stored: StoredEvent) -> dict[str, Any]:
     }
 
 
+CSV_FIELDS = (
+    "time",
+    "seq",
+    "type",
+    "actor",
+    "partner",
+    "platform",
+    "environment",
+    "bundle_id",
+    "fingerprint",
+    "vault_path",
+    "vault_version",
+    "policy_digest",
+    "detail",
+    "vault_status",
+)
+_CSV_FROM_DATA = ("partner", "platform", "environment", "vault_path", "vault_version")
+
+
+def _csv_value(value: Any) -> str:  # noqa: ANN401 - any JSON value
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def csv_row(stored: StoredEvent) -> dict[str, str]:
+    """One flat spreadsheet row: the common fields as columns, the rest of ``data`` in detail."""
+    from keycourier.ledger.chain import format_time
+
+    e = stored.event
+    data = dict(e.data)
+    row = {
+        "time": format_time(e.at),
+        "seq": str(stored.seq),
+        "type": str(e.type),
+        "actor": e.actor,
+        "bundle_id": e.bundle_id or "",
+        "fingerprint": e.fingerprint or "",
+        "policy_digest": e.policy_digest or "",
+        "vault_status": str(stored.vault_status),
+    }
+    for key in _CSV_FROM_DATA:
+        row[key] = _csv_value(data.pop(key, None))
+    row["detail"] = "; ".join(f"{k}={_csv_value(v)}" for k, v in sorted(data.items()))
+    return row
+
+
 def export(
     events: Iterator[StoredEvent], fmt: str, *, since: datetime | None = None
 ) -> Iterator[str]:
-    """JSON lines or CSV (header first), one string per line, newline included."""
+    """JSON lines (every field) or CSV (flat columns, header first), one string per line."""
     if fmt not in {"jsonl", "csv"}:
         raise UsageError("export format must be jsonl or csv")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
         writer.writeheader()
         yield buf.getvalue()
     for stored in events:
         if since is not None and stored.event.at < since:
             continue
-        row = export_row(stored)
         if fmt == "jsonl":
-            yield json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
+            yield json.dumps(export_row(stored), sort_keys=True, ensure_ascii=False) + "\n"
         else:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-            row["data"] = json.dumps(row["data"], sort_keys=True)
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            buf.seek(0)
+            buf.truncate()
+            writer.writerow(csv_row(stored))
             yield buf.getvalue()
 
 

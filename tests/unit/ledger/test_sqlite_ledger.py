@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import stat
@@ -252,9 +254,52 @@ def test_export_jsonl_and_csv(tmp_path: Path) -> None:
     lines = list(export(led.iter_all(), "jsonl", since=T0 + timedelta(seconds=1)))
     assert [json.loads(x)["seq"] for x in lines] == [2, 3]
     rows = "".join(export(led.iter_all(), "csv")).splitlines()
-    assert rows[0].startswith("seq,type,at,actor")
+    assert rows[0].startswith("time,seq,type,actor,partner,platform")
     assert len(rows) == 4
     led.close()
+
+
+def test_csv_columns_are_flat(tmp_path: Path) -> None:
+    rec = MemoryRecorder()
+    rec.record(
+        Event(
+            type=EventType.INGESTED,
+            at=T0,
+            actor="kc1:bob",
+            bundle_id="B",
+            fingerprint="fp",
+            policy_digest="sha256:00",
+            data={
+                "partner": "Acme, Ltd",
+                "platform": "xero",
+                "environment": "production",
+                "vault_path": "handed-over/acme/xero",
+                "vault_version": 3,
+                "sealed_by": "kc1:alice",
+                "rules": ["a", "b"],
+            },
+        )
+    )
+    lines = "".join(export(iter(rec.events), "csv"))
+    rows = list(csv.DictReader(io.StringIO(lines)))
+    assert rows == [
+        {
+            "time": "2026-01-01T12:00:00.000000Z",
+            "seq": "1",
+            "type": "ingested",
+            "actor": "kc1:bob",
+            "partner": "Acme, Ltd",
+            "platform": "xero",
+            "environment": "production",
+            "bundle_id": "B",
+            "fingerprint": "fp",
+            "vault_path": "handed-over/acme/xero",
+            "vault_version": "3",
+            "policy_digest": "sha256:00",
+            "detail": 'rules=["a", "b"]; sealed_by=kc1:alice',
+            "vault_status": "disabled",
+        }
+    ]
 
 
 def test_memory_recorder_behaves_like_the_port() -> None:
