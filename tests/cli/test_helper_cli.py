@@ -520,3 +520,19 @@ def test_exec_masks_kept_credential_variables(env: dict[str, str], tmp_path: Pat
     assert seen["KEYCOURIER_HELPER_KEY_FILE"] == CREDENTIAL_VARS["KEYCOURIER_HELPER_KEY_FILE"]
     assert seen["UNRELATED_SETTING"] == "unrelated-value-123"
     assert CREDENTIAL_VARS["VAULT_TOKEN"] not in r.stdout + r.stderr
+
+
+def test_token_is_printed_when_bookkeeping_after_its_event_fails(
+    env: dict[str, str], standin: RunningStandin
+) -> None:
+    assert kc(env, "token", "--profile", "ci", "--no-cache").returncode == 0  # creates the ledger
+    ledger = Path(env["KEYCOURIER_LEDGER"])
+    key = ledger.with_name(ledger.name + ".key")
+    key.unlink()  # the checkpoint cannot be signed now; appending still works
+    r = kc(env, "token", "--profile", "ci", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    assert standin.state.is_valid(r.stdout.strip())
+    assert "keycourier: warning: token_issued is on record, but the ledger bookkeeping" in r.stderr
+    exported = kc(env, "audit", "export", "--format", "jsonl")
+    types = [json.loads(line)["type"] for line in exported.stdout.splitlines()]
+    assert types == ["token_issued", "token_issued"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from keycourier.cli.common import info, warn
+from keycourier.errors import Error
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -17,13 +20,39 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorde
     return _open(settings, require_vault=require_vault)
 
 
-def record_event(settings: Settings, event: Event, *, require_vault: bool = False) -> RecordOutcome:
-    """Record one event (ledger, then Vault when configured) and say where it went."""
+@contextlib.contextmanager
+def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[Recorder]:
+    """A recorder for one command, closed when the block ends.
+
+    When the block fails, its error is the one reported (a failure to close is
+    dropped). When it succeeds, its events are committed, so what closing still
+    does (delivery marks, the checkpoint, the Vault client) is bookkeeping: a
+    failure there is a warning, never a failed command, and a release that
+    follows goes ahead.
+    """
+    import sqlite3
+
     recorder = open_recorder(settings, require_vault=require_vault)
     try:
-        outcome = recorder.record(event)
-    finally:
+        yield recorder
+    except BaseException:
+        with contextlib.suppress(Error, sqlite3.Error):
+            recorder.close()
+        raise
+    try:
         recorder.close()
+    except (Error, sqlite3.Error) as exc:
+        detail = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        warn(
+            f"the event is on record, but the ledger bookkeeping after it failed ({detail}); "
+            "run 'keycourier audit verify' to check the ledger"
+        )
+
+
+def record_event(settings: Settings, event: Event, *, require_vault: bool = False) -> RecordOutcome:
+    """Record one event (ledger, then Vault when configured) and say where it went."""
+    with recording(settings, require_vault=require_vault) as recorder:
+        outcome = recorder.record(event)
     report_outcome(event, outcome)
     return outcome
 

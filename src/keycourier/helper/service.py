@@ -153,14 +153,21 @@ def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | 
         return "the ledger is not available: token_issued was not recorded"
     except Error as exc:
         return f"token_issued was not recorded: {exc.message}"
+    import sqlite3
+
     try:
         outcome = recorder.record(
             issued_event(profile.name, token, environment=profile.environment.value)
         )
     except Error as exc:
+        with contextlib.suppress(Error, sqlite3.Error):
+            recorder.close()
         return f"token_issued was not recorded: {exc.message}"
-    finally:
+    try:
         recorder.close()
+    except (Error, sqlite3.Error) as exc:  # the event is committed: bookkeeping only
+        detail = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        return f"token_issued is on record, but the ledger bookkeeping after it failed ({detail})"
     if outcome.vault_status.value == "pending":
         return "token_issued is in the local ledger but not yet in Vault (run keycourier sync)"
     return None
