@@ -42,6 +42,7 @@ from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 
 MAX_CACHE_FILE: Final = 64 * 1024
+WAIT_NOTICE: Final = 1.0  # seconds of waiting for another process's lock before on_wait
 KEY_FILE: Final = ".credentials-key"
 KEY_BYTES: Final = 32
 
@@ -183,9 +184,15 @@ class FileCache:
                 self._path(profile, key).unlink()
 
     @contextlib.contextmanager
-    def lock(self, profile: Profile, deadline: float | None = None) -> Iterator[None]:
+    def lock(
+        self,
+        profile: Profile,
+        deadline: float | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
         """The profile's refresh lock. With ``deadline`` (a ``time.monotonic()`` time),
-        waiting for another process that holds it ends then, with ``OSError(ETIMEDOUT)``."""
+        waiting for another process that holds it ends then, with ``OSError(ETIMEDOUT)``,
+        and ``on_wait`` is called once when the wait has lasted WAIT_NOTICE seconds."""
         self._ensure_dir()
         lock_path = self.directory / f"{profile.name}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -193,7 +200,7 @@ class FileCache:
             if deadline is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
-                _flock_by(fd, deadline)
+                _flock_by(fd, deadline, on_wait)
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -201,15 +208,21 @@ class FileCache:
             os.close(fd)
 
 
-def _flock_by(fd: int, deadline: float) -> None:
-    """``flock(LOCK_EX)`` that gives up at ``deadline``: non-blocking tries, 10-100 ms apart."""
+def _flock_by(fd: int, deadline: float, on_wait: Callable[[], None] | None = None) -> None:
+    """``flock(LOCK_EX)`` that gives up at ``deadline``: non-blocking tries, 10-100 ms apart;
+    ``on_wait()`` once the wait has lasted WAIT_NOTICE seconds."""
     pause = 0.01
+    notice_at = time.monotonic() + WAIT_NOTICE
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if on_wait is not None and now >= notice_at:
+                on_wait()
+                on_wait = None
+            left = deadline - now
             if left <= 0:
                 raise OSError(
                     errno.ETIMEDOUT, "another process held the token cache lock until the deadline"
