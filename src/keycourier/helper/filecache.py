@@ -116,8 +116,13 @@ class FileCache:
             return key
         if not create:
             return None  # absent (nothing cached yet), foreign, too open or malformed
-        if key is not None:  # ours but truncated or overlong: replace it
-            write_private(path, os.urandom(KEY_BYTES))
+        if key is not None:  # ours but truncated or overlong: replace it, once
+            # Under a lock, re-read: a concurrent writer may have replaced it already, and
+            # replacing it again would orphan the entry it has just written under it.
+            with self._key_lock():
+                key = _read_own(path, KEY_BYTES)
+                if key is not None and len(key) != KEY_BYTES:
+                    write_private(path, os.urandom(KEY_BYTES))
         else:
             # Publish atomically and never replace: a concurrent creator's key wins,
             # and a foreign or too-open file stays in place (and disables the cache).
@@ -131,6 +136,17 @@ class FileCache:
                     tmp.unlink()
         key = _read_own(path, KEY_BYTES)
         return key if key is not None and len(key) == KEY_BYTES else None
+
+    @contextlib.contextmanager
+    def _key_lock(self) -> Iterator[None]:
+        fd = os.open(
+            self.directory / f"{KEY_FILE}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _key(self, profile: Profile, creds: ClientCredentials, *, create: bool) -> str | None:
         mac_key = self._mac_key(create=create)
