@@ -155,3 +155,48 @@ def test_parallel_writers_share_one_ledger(tmp_path: Path, hogs: int) -> None:
         f"{took:.1f} s\n"
     )
     assert took < 90, took
+
+
+def test_parallel_opens_of_one_bundle_open_it_once(tmp_path: Path) -> None:
+    """Eight processes reach the "not opened yet" check of one bundle together: one
+    opens it, seven are refused, and the ledger holds one `opened` event."""
+    world = make_world(tmp_path)
+    sealed = kc(world, *world.seal_args("h.kcb"))
+    assert sealed.returncode == 0, sealed.stderr.decode()
+    start = world.dir / "start"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.reliability.open_worker",
+                str(world.dir / "h.kcb"),
+                str(world.dir / "platform.kcid"),
+                world.partner_fpr,
+                str(start),
+            ],
+            cwd=ROOT,
+            env=world.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(8)
+    ]
+    try:
+        for proc in procs:  # all decrypted and waiting
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"ready\n"
+        start.touch()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=90)
+            assert proc.returncode == 0, err.decode()
+            results.append(out.decode().strip())
+    finally:
+        _stop(procs)
+    assert sorted(results)[0] == "opened"
+    assert results.count("opened") == 1, results
+    assert all(r.endswith("was already opened") for r in results if r != "opened"), results
+    exported = kc(world, "audit", "export", "--format", "jsonl")
+    types = [json.loads(line)["type"] for line in exported.stdout.splitlines()]
+    assert types.count("opened") == 1, types
