@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from keycourier.cli.common import info, warn
@@ -11,7 +11,7 @@ from keycourier.errors import Error
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event, Recorder, RecordOutcome
+    from keycourier.ledger.interface import Event, Recorder, RecordOutcome, StoredEvent
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorder:
@@ -39,6 +39,13 @@ def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[Re
         with contextlib.suppress(Error, sqlite3.Error):
             recorder.close()
         raise
+    close_after_record(recorder)
+
+
+def close_after_record(recorder: Recorder) -> None:
+    """Close ``recorder`` whose events are committed; a failure is a warning (see recording)."""
+    import sqlite3
+
     try:
         recorder.close()
     except (Error, sqlite3.Error) as exc:
@@ -47,6 +54,25 @@ def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[Re
             f"the event is on record, but the ledger bookkeeping after it failed ({detail}); "
             "run 'keycourier audit verify' to check the ledger"
         )
+
+
+class WarnOnClose:
+    """A recorder whose ``close`` warns instead of failing (for commands that keep
+    recording through a library workflow, such as the connection commands)."""
+
+    def __init__(self, inner: Recorder) -> None:
+        self._inner = inner
+
+    def record(self, event: Event) -> RecordOutcome:
+        return self._inner.record(event)
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> Sequence[StoredEvent]:
+        return self._inner.history(bundle_id=bundle_id, fingerprint=fingerprint)
+
+    def close(self) -> None:
+        close_after_record(self._inner)
 
 
 def record_event(settings: Settings, event: Event, *, require_vault: bool = False) -> RecordOutcome:
