@@ -621,3 +621,25 @@ def test_token_timeout_takes_the_connection_wait_durations(env: dict[str, str]) 
     assert r.returncode == 2
     assert "--timeout 'soon' is not a duration" in r.stderr
     assert kc(env, "token", "--profile", "ci", "--timeout", "0s").returncode == 2
+
+
+def test_token_serves_a_valid_cached_token_when_the_refresh_lock_stays_held(
+    env: dict[str, str], standin: RunningStandin, tmp_path: Path
+) -> None:
+    config = Path(env["KEYCOURIER_CONFIG"])
+    config.write_text(config.read_text() + "refresh_at = 0.1\n")
+    standin.state.monite_lifetime = 60  # refresh after 6 s, valid for 60 s
+    first = kc(env, "token", "--profile", "ci")
+    assert first.returncode == 0, first.stderr
+    cached = first.stdout.strip()
+    time.sleep(6.5)  # past the refresh point: this call wants a new token
+    holder = _hold_refresh_lock(env, "ci", 120)
+    try:
+        r = kc(env, "token", "--profile", "ci", "--timeout", "2s")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == cached
+    assert "serving the cached token until it expires" in r.stderr
+    assert standin.state.token_calls == 1

@@ -54,9 +54,9 @@ def obtain_token(
     helper or the token endpoint and the wait for another process's refresh lock; a
     mint cut short by it fails like an unreachable endpoint (so a still-valid cached
     token is served), and a lock not had by then is given up: the token is minted
-    without caching, or with ``lock_timeout_fails`` an ``UnavailableError`` (exit 6)
-    ends the call. ``on_lock_wait`` is called once when that wait has lasted a second
-    (``filecache.WAIT_NOTICE``)."""
+    without caching, or with ``lock_timeout_fails`` the cached token is served while it
+    is valid, else an ``UnavailableError`` (exit 6) ends the call. ``on_lock_wait`` is
+    called once when that wait has lasted a second (``filecache.WAIT_NOTICE``)."""
     helper_url = settings.env.get(HELPER_URL_ENV)
     if helper_url:
         from keycourier.helper.client import TIMEOUT, HelperClient
@@ -90,6 +90,16 @@ def obtain_token(
             stack.enter_context(cache.lock(profile, deadline, on_lock_wait))
         except OSError as exc:
             if lock_timeout_fails and exc.errno == errno.ETIMEDOUT:
+                if cached is not None and clock() < cached.expires_at - 1:
+                    return Obtained(
+                        profile.name,
+                        cached,
+                        "cache",
+                        creds,
+                        profile.env_name,
+                        warning="another process is still refreshing the token; serving "
+                        "the cached token until it expires",
+                    )
                 raise UnavailableError(
                     f"profile {profile.name}: another process kept refreshing the token "
                     "until the timeout",
