@@ -460,3 +460,31 @@ def test_oversized_bundle_is_the_integrity_error(world: World) -> None:
         out = run(*args, cwd=world.dir)
         assert out.returncode == 4, (args, out.stderr)
         assert not (world.dir / "c.json").exists()
+
+
+def test_a_seal_is_released_when_bookkeeping_after_its_event_fails(world: World) -> None:
+    """The event is committed before the bundle is written; what follows it (the
+    checkpoint, here without its key) is bookkeeping: a warning, exit 0, the bundle out."""
+    assert world.seal(out="first.kcb").returncode == 0  # creates the ledger and its key
+    ledger = Path(os.environ["XDG_DATA_HOME"]) / "keycourier" / "ledger.db"
+    key = ledger.with_name(ledger.name + ".key")
+    kept = world.dir / "kept.key"
+    key.rename(kept)  # the checkpoint cannot be signed now; appending still works
+
+    sealed = world.seal(out="second.kcb")
+    assert sealed.returncode == 0, sealed.stderr
+    err = sealed.stderr.decode()
+    assert "keycourier: warning: the event is on record, but the ledger bookkeeping" in err
+    assert "checkpoint key" in err
+    assert "Traceback" not in err
+    inspected = run("inspect", "second.kcb", "--json", cwd=world.dir)
+    assert inspected.returncode == 0
+    bundle_id = json.loads(inspected.stdout)["manifest"]["bundle_id"]
+    exported = run("audit", "export", "--format", "jsonl", cwd=world.dir)
+    events = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(e["type"], e["bundle_id"]) for e in events][-1] == ("sealed", bundle_id)
+
+    kept.rename(key)
+    verified = run("audit", "verify", "--json", cwd=world.dir)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["unsigned_tail"] == 1

@@ -651,3 +651,19 @@ def test_vault_down_keeps_the_event_pending(world: Env) -> None:
     assert created.code == 0, created.err
     assert created.json()["recorded"][0]["vault"] == "pending"
     assert "keycourier sync" in created.err
+
+
+def test_a_created_connection_is_shown_when_bookkeeping_after_its_event_fails(
+    world: Env,
+) -> None:
+    """The platform made the connection and its event is committed: a failure of what
+    closing the ledger still does (here the checkpoint, its key gone) is a warning."""
+    assert world.monite("list").code == 0
+    assert world.run("audit", "export", "--format", "jsonl").code == 0  # creates the ledger
+    ledger = Path(world.env["KEYCOURIER_LEDGER"])
+    ledger.with_name(ledger.name + ".key").unlink()
+    created = world.run("connection", "create", "--profile", "m", "--entity", ENTITY, "--json")
+    assert created.code == 0, created.err
+    assert created.json()["connection"]["connection_url"]
+    assert "keycourier: warning: the event is on record, but the ledger bookkeeping" in created.err
+    assert [e["type"] for e in ledger_events(world)] == ["connection_created"]

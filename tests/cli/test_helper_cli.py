@@ -520,3 +520,126 @@ def test_exec_masks_kept_credential_variables(env: dict[str, str], tmp_path: Pat
     assert seen["KEYCOURIER_HELPER_KEY_FILE"] == CREDENTIAL_VARS["KEYCOURIER_HELPER_KEY_FILE"]
     assert seen["UNRELATED_SETTING"] == "unrelated-value-123"
     assert CREDENTIAL_VARS["VAULT_TOKEN"] not in r.stdout + r.stderr
+
+
+def test_token_is_printed_when_bookkeeping_after_its_event_fails(
+    env: dict[str, str], standin: RunningStandin
+) -> None:
+    assert kc(env, "token", "--profile", "ci", "--no-cache").returncode == 0  # creates the ledger
+    ledger = Path(env["KEYCOURIER_LEDGER"])
+    key = ledger.with_name(ledger.name + ".key")
+    key.unlink()  # the checkpoint cannot be signed now; appending still works
+    r = kc(env, "token", "--profile", "ci", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    assert standin.state.is_valid(r.stdout.strip())
+    assert "keycourier: warning: token_issued is on record, but the ledger bookkeeping" in r.stderr
+    exported = kc(env, "audit", "export", "--format", "jsonl")
+    types = [json.loads(line)["type"] for line in exported.stdout.splitlines()]
+    assert types == ["token_issued", "token_issued"]
+
+
+def _hold_refresh_lock(env: dict[str, str], profile: str, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding PROFILE's token refresh lock (flock) for SECONDS."""
+    from keycourier.helper.filecache import cache_dir
+
+    directory = cache_dir(env)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n",
+            str(directory / f"{profile}.lock"),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_token_waiting_for_another_refresh_says_so_and_ends_at_the_timeout(
+    env: dict[str, str], standin: RunningStandin
+) -> None:
+    holder = _hold_refresh_lock(env, "ci", 120)
+    try:
+        began = time.monotonic()
+        r = kc(env, "token", "--profile", "ci", "--timeout", "3s")
+        took = time.monotonic() - began
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert r.returncode == 6, r.stderr
+    assert 3 <= took < 3 + 10, took  # the bound, plus start-up on a loaded machine
+    assert "keycourier: waiting for another process refreshing the token for profile ci ...\n" in (
+        r.stderr
+    )
+    assert "another process kept refreshing the token until the timeout" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+    assert standin.state.token_calls == 0
+
+
+def test_token_waits_for_another_refresh_within_the_timeout(
+    env: dict[str, str], standin: RunningStandin
+) -> None:
+    holder = _hold_refresh_lock(env, "ci", 120)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keycourier", "token", "--profile", "ci"],  # --timeout 30s
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        said = proc.stderr.readline()
+        assert (
+            said
+            == "keycourier: waiting for another process refreshing the token for profile ci ...\n"
+        )
+        holder.kill()  # the other process is done: its lock goes with it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, err
+    assert standin.state.is_valid(out.strip())
+
+
+def test_token_timeout_takes_the_connection_wait_durations(env: dict[str, str]) -> None:
+    r = kc(env, "token", "--profile", "ci", "--timeout", "soon")
+    assert r.returncode == 2
+    assert "--timeout 'soon' is not a duration" in r.stderr
+    assert kc(env, "token", "--profile", "ci", "--timeout", "0s").returncode == 2
+
+
+def test_token_serves_a_valid_cached_token_when_the_refresh_lock_stays_held(
+    env: dict[str, str], standin: RunningStandin, tmp_path: Path
+) -> None:
+    config = Path(env["KEYCOURIER_CONFIG"])
+    config.write_text(config.read_text() + "refresh_at = 0.1\n")
+    standin.state.monite_lifetime = 60  # refresh after 6 s, valid for 60 s
+    first = kc(env, "token", "--profile", "ci")
+    assert first.returncode == 0, first.stderr
+    cached = first.stdout.strip()
+    time.sleep(6.5)  # past the refresh point: this call wants a new token
+    holder = _hold_refresh_lock(env, "ci", 120)
+    try:
+        r = kc(env, "token", "--profile", "ci", "--timeout", "2s")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == cached
+    assert "serving the cached token until it expires" in r.stderr
+    assert standin.state.token_calls == 1

@@ -437,8 +437,9 @@ def open_for_cli(
     returns the opened bundle and the `opened` event as recorded."""
     from keycourier import bundle
     from keycourier.cli.policy_cmd import denied_lookup
-    from keycourier.cli.record import open_recorder, report_outcome
+    from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.service import decision_lock
     from keycourier.policy import load_policy
 
     policy_obj = load_policy(settings.policy_path)
@@ -456,8 +457,8 @@ def open_for_cli(
     except bundle.ReceiverPolicyError as exc:  # not an expiry: that is not a policy verdict
         _record_open_rejection(settings, exc, actor=me, policy_digest=policy_obj.digest)
         raise
-    recorder = open_recorder(settings, require_vault=require_vault)
-    try:
+    # the check (not opened yet) and the `opened` event, one process at a time
+    with decision_lock(settings), recording(settings, require_vault=require_vault) as recorder:
         _check_state(recorder, checked.manifest.bundle_id, me, allow_reopen=allow_reopen)
         event = Event(
             type=EventType.OPENED,
@@ -469,8 +470,6 @@ def open_for_cli(
             data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
         )
         outcome = recorder.record(event)
-    finally:
-        recorder.close()
     report_outcome(event, outcome)
     return checked, event, outcome
 

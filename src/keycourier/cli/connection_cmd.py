@@ -48,11 +48,13 @@ class _Call:
 
 
 def _recorder_factory(settings: Settings) -> Callable[[], Recorder]:
-    """``keycourier.ledger.service.open_recorder(settings)``, opened at the first event."""
+    """``keycourier.ledger.service.open_recorder(settings)``, opened at the first event;
+    closing it (after the connection changed on the platform) warns instead of failing."""
+    from keycourier.cli.record import WarnOnClose
     from keycourier.ledger.service import open_recorder
 
     def factory() -> Recorder:
-        return open_recorder(settings)
+        return WarnOnClose(open_recorder(settings))
 
     return factory
 

@@ -10,6 +10,8 @@ import click
 
 from keycourier.cli.main import settings_from
 
+TOKEN_TIMEOUT = 30.0  # seconds: `token --timeout` when not given
+
 
 @click.command()
 @click.option(
@@ -33,12 +35,28 @@ from keycourier.cli.main import settings_from
     help="Variable name for env/github formats (default: the profile's env_name).",
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or write the 0600 token cache file.")
+@click.option(
+    "--timeout",
+    default=None,
+    metavar="DURATION",
+    help="Give up (exit 6) after this long (90s, 2m; default 30s): waiting for another "
+    "process refreshing the token, the helper or the token endpoint.",
+)
 @click.pass_context
-def token(ctx: click.Context, profile: str, fmt: str, env_name: str | None, no_cache: bool) -> None:
+def token(
+    ctx: click.Context,
+    profile: str,
+    fmt: str,
+    env_name: str | None,
+    no_cache: bool,
+    timeout: str | None,
+) -> None:
     """Print a partner access token for PROFILE (cached, refreshed ahead of expiry).
 
     With KEYCOURIER_HELPER_URL set, the running helper is asked instead of the
     platform (client key from KEYCOURIER_HELPER_KEY or KEYCOURIER_HELPER_KEY_FILE).
+    When another process is refreshing the same profile's token, this one waits
+    for it (saying so after a second) and uses its token, up to --timeout.
 
     \b
     Examples:
@@ -47,14 +65,31 @@ def token(ctx: click.Context, profile: str, fmt: str, env_name: str | None, no_c
       keycourier token --profile ci --format github     # in GitHub Actions
       keycourier token --profile ci --format credential-process
     """
-    from keycourier.cli.common import warn
+    from keycourier.cli.common import info, warn
     from keycourier.helper.formats import Format, check_env_name, render, write_github_env
     from keycourier.helper.service import obtain_token
 
+    limit = TOKEN_TIMEOUT
+    if timeout is not None:  # the parser lives with `connection wait`: import it only then
+        from keycourier.partner.connections import parse_duration
+
+        limit = parse_duration(timeout, "--timeout")
+    deadline = time.monotonic() + limit
     settings = settings_from(ctx)
     if env_name is not None:
         check_env_name(env_name)
-    got = obtain_token(settings, profile, use_cache=not no_cache)
+
+    def waiting() -> None:
+        info(f"waiting for another process refreshing the token for profile {profile} ...")
+
+    got = obtain_token(
+        settings,
+        profile,
+        use_cache=not no_cache,
+        deadline=deadline,
+        on_lock_wait=waiting,
+        lock_timeout_fails=True,
+    )
     if got.warning:
         warn(got.warning)
     name = env_name or got.env_name

@@ -108,9 +108,8 @@ def ingest(
     from keycourier import vault
     from keycourier.cli.bundle_cmd import open_for_cli, read_bundle, trusted_senders
     from keycourier.cli.identity_cmd import load_identity_for_cli
-    from keycourier.cli.record import report_outcome
+    from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
-    from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
     if not settings.vault.addr:
@@ -176,7 +175,7 @@ def ingest(
             "sealed_by": m.sender_fingerprint,
         },
     )
-    with open_recorder(settings, require_vault=require_vault) as recorder:
+    with recording(settings, require_vault=require_vault) as recorder:
         outcome = recorder.record(event)
     report_outcome(event, outcome)
     summary = {

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from keycourier.cli.common import info, warn
+from keycourier.errors import Error
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event, Recorder, RecordOutcome
+    from keycourier.ledger.interface import Event, Recorder, RecordOutcome, StoredEvent
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorder:
@@ -17,13 +20,65 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorde
     return _open(settings, require_vault=require_vault)
 
 
-def record_event(settings: Settings, event: Event, *, require_vault: bool = False) -> RecordOutcome:
-    """Record one event (ledger, then Vault when configured) and say where it went."""
+@contextlib.contextmanager
+def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[Recorder]:
+    """A recorder for one command, closed when the block ends.
+
+    When the block fails, its error is the one reported (a failure to close is
+    dropped). When it succeeds, its events are committed, so what closing still
+    does (delivery marks, the checkpoint, the Vault client) is bookkeeping: a
+    failure there is a warning, never a failed command, and a release that
+    follows goes ahead.
+    """
+    import sqlite3
+
     recorder = open_recorder(settings, require_vault=require_vault)
     try:
-        outcome = recorder.record(event)
-    finally:
+        yield recorder
+    except BaseException:
+        with contextlib.suppress(Error, sqlite3.Error):
+            recorder.close()
+        raise
+    close_after_record(recorder)
+
+
+def close_after_record(recorder: Recorder) -> None:
+    """Close ``recorder`` whose events are committed; a failure is a warning (see recording)."""
+    import sqlite3
+
+    try:
         recorder.close()
+    except (Error, sqlite3.Error) as exc:
+        detail = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        warn(
+            f"the event is on record, but the ledger bookkeeping after it failed ({detail}); "
+            "run 'keycourier audit verify' to check the ledger"
+        )
+
+
+class WarnOnClose:
+    """A recorder whose ``close`` warns instead of failing (for commands that keep
+    recording through a library workflow, such as the connection commands)."""
+
+    def __init__(self, inner: Recorder) -> None:
+        self._inner = inner
+
+    def record(self, event: Event) -> RecordOutcome:
+        return self._inner.record(event)
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> Sequence[StoredEvent]:
+        return self._inner.history(bundle_id=bundle_id, fingerprint=fingerprint)
+
+    def close(self) -> None:
+        close_after_record(self._inner)
+
+
+def record_event(settings: Settings, event: Event, *, require_vault: bool = False) -> RecordOutcome:
+    """Record one event (ledger, then Vault when configured) and say where it went."""
+    with recording(settings, require_vault=require_vault) as recorder:
+        outcome = recorder.record(event)
     report_outcome(event, outcome)
     return outcome
 

@@ -42,6 +42,7 @@ from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 
 MAX_CACHE_FILE: Final = 64 * 1024
+WAIT_NOTICE: Final = 1.0  # seconds of waiting for another process's lock before on_wait
 KEY_FILE: Final = ".credentials-key"
 KEY_BYTES: Final = 32
 
@@ -115,8 +116,13 @@ class FileCache:
             return key
         if not create:
             return None  # absent (nothing cached yet), foreign, too open or malformed
-        if key is not None:  # ours but truncated or overlong: replace it
-            write_private(path, os.urandom(KEY_BYTES))
+        if key is not None:  # ours but truncated or overlong: replace it, once
+            # Under a lock, re-read: a concurrent writer may have replaced it already, and
+            # replacing it again would orphan the entry it has just written under it.
+            with self._key_lock():
+                key = _read_own(path, KEY_BYTES)
+                if key is not None and len(key) != KEY_BYTES:
+                    write_private(path, os.urandom(KEY_BYTES))
         else:
             # Publish atomically and never replace: a concurrent creator's key wins,
             # and a foreign or too-open file stays in place (and disables the cache).
@@ -130,6 +136,17 @@ class FileCache:
                     tmp.unlink()
         key = _read_own(path, KEY_BYTES)
         return key if key is not None and len(key) == KEY_BYTES else None
+
+    @contextlib.contextmanager
+    def _key_lock(self) -> Iterator[None]:
+        fd = os.open(
+            self.directory / f"{KEY_FILE}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _key(self, profile: Profile, creds: ClientCredentials, *, create: bool) -> str | None:
         mac_key = self._mac_key(create=create)
@@ -183,9 +200,15 @@ class FileCache:
                 self._path(profile, key).unlink()
 
     @contextlib.contextmanager
-    def lock(self, profile: Profile, deadline: float | None = None) -> Iterator[None]:
+    def lock(
+        self,
+        profile: Profile,
+        deadline: float | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
         """The profile's refresh lock. With ``deadline`` (a ``time.monotonic()`` time),
-        waiting for another process that holds it ends then, with ``OSError(ETIMEDOUT)``."""
+        waiting for another process that holds it ends then, with ``OSError(ETIMEDOUT)``,
+        and ``on_wait`` is called once when the wait has lasted WAIT_NOTICE seconds."""
         self._ensure_dir()
         lock_path = self.directory / f"{profile.name}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -193,7 +216,7 @@ class FileCache:
             if deadline is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
-                _flock_by(fd, deadline)
+                _flock_by(fd, deadline, on_wait)
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -201,15 +224,21 @@ class FileCache:
             os.close(fd)
 
 
-def _flock_by(fd: int, deadline: float) -> None:
-    """``flock(LOCK_EX)`` that gives up at ``deadline``: non-blocking tries, 10-100 ms apart."""
+def _flock_by(fd: int, deadline: float, on_wait: Callable[[], None] | None = None) -> None:
+    """``flock(LOCK_EX)`` that gives up at ``deadline``: non-blocking tries, 10-100 ms apart;
+    ``on_wait()`` once the wait has lasted WAIT_NOTICE seconds."""
     pause = 0.01
+    notice_at = time.monotonic() + WAIT_NOTICE
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if on_wait is not None and now >= notice_at:
+                on_wait()
+                on_wait = None
+            left = deadline - now
             if left <= 0:
                 raise OSError(
                     errno.ETIMEDOUT, "another process held the token cache lock until the deadline"

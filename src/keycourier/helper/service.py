@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,12 +47,16 @@ def obtain_token(
     clock: Callable[[], float] = time.time,
     record: bool = True,
     deadline: float | None = None,
+    on_lock_wait: Callable[[], None] | None = None,
+    lock_timeout_fails: bool = False,
 ) -> Obtained:
-    """``deadline`` (``time.monotonic()`` time, for ``connection wait --timeout``) bounds
-    a call to the helper or the token endpoint and the wait for another process's
-    refresh lock; a mint cut short by it fails like an unreachable endpoint (so a
-    still-valid cached token is served), and a lock not had by then is given up (the
-    token is minted without caching)."""
+    """``deadline`` (``time.monotonic()`` time, for ``--timeout``) bounds a call to the
+    helper or the token endpoint and the wait for another process's refresh lock; a
+    mint cut short by it fails like an unreachable endpoint (so a still-valid cached
+    token is served), and a lock not had by then is given up: the token is minted
+    without caching, or with ``lock_timeout_fails`` the cached token is served while it
+    is valid, else an ``UnavailableError`` (exit 6) ends the call. ``on_lock_wait`` is
+    called once when that wait has lasted a second (``filecache.WAIT_NOTICE``)."""
     helper_url = settings.env.get(HELPER_URL_ENV)
     if helper_url:
         from keycourier.helper.client import TIMEOUT, HelperClient
@@ -82,8 +87,27 @@ def obtain_token(
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(cache.lock(profile, deadline))
+            stack.enter_context(cache.lock(profile, deadline, on_lock_wait))
         except OSError as exc:
+            if lock_timeout_fails and exc.errno == errno.ETIMEDOUT:
+                if cached is not None and clock() < cached.expires_at - 1:
+                    return Obtained(
+                        profile.name,
+                        cached,
+                        "cache",
+                        creds,
+                        profile.env_name,
+                        warning="another process is still refreshing the token; serving "
+                        "the cached token until it expires",
+                    )
+                raise UnavailableError(
+                    f"profile {profile.name}: another process kept refreshing the token "
+                    "until the timeout",
+                    hints=[
+                        "run the command again, or give it longer with --timeout",
+                        "--no-cache gets a token without waiting for the other process",
+                    ],
+                ) from None
             notes.append(f"token cache unavailable ({exc.strerror}); not caching")
         else:
             cached = cache.read(profile, creds)  # another process may have refreshed meanwhile
@@ -153,14 +177,21 @@ def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | 
         return "the ledger is not available: token_issued was not recorded"
     except Error as exc:
         return f"token_issued was not recorded: {exc.message}"
+    import sqlite3
+
     try:
         outcome = recorder.record(
             issued_event(profile.name, token, environment=profile.environment.value)
         )
     except Error as exc:
+        with contextlib.suppress(Error, sqlite3.Error):
+            recorder.close()
         return f"token_issued was not recorded: {exc.message}"
-    finally:
+    try:
         recorder.close()
+    except (Error, sqlite3.Error) as exc:  # the event is committed: bookkeeping only
+        detail = exc.message if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        return f"token_issued is on record, but the ledger bookkeeping after it failed ({detail})"
     if outcome.vault_status.value == "pending":
         return "token_issued is in the local ledger but not yet in Vault (run keycourier sync)"
     return None

@@ -6,6 +6,7 @@ PyNaCl are imported only when a recorder is opened.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -560,6 +561,31 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerR
     from keycourier.ledger.sqlite import SqliteLedger
 
     return LedgerRecorder(settings, SqliteLedger(settings.ledger_path), require_vault=require_vault)
+
+
+@contextlib.contextmanager
+def decision_lock(settings: Settings) -> Iterator[None]:
+    """Hold the ledger's decision lock: an exclusive ``flock`` on ``<ledger>.lock`` (0600).
+
+    For a command that decides from the ledger's state and then records the outcome
+    (``open``: not opened yet, so record `opened`): another process doing the same on this
+    ledger waits, so both cannot pass the check. Appends alone do not need it (SQLite
+    orders them); the lock goes with the process that holds it, even when it is killed.
+    """
+    import fcntl
+    import os
+
+    path = settings.ledger_path.with_name(settings.ledger_path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the ledger lock {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def abort_event(event: Event, seq: int, reason: str) -> Event:

@@ -297,6 +297,8 @@ class SqliteLedger:
         """Append one event (and its delivery row) atomically: (stored, body, path).
 
         ``path`` may be a function of the sequence number (event records are named by it).
+        When the ledger then holds CHECKPOINT_EVERY events after its last checkpoint (from
+        any writer), the new head is signed in the same transaction.
         """
         with self._tx():
             seq, prev = self.head()
@@ -313,9 +315,8 @@ class SqliteLedger:
                 " VALUES (?, ?, ?, NULL, '')",
                 (seq, str(status), where),
             )
-        self.appended_since_checkpoint += 1
-        if self.appended_since_checkpoint >= CHECKPOINT_EVERY:
-            self.checkpoint()
+            signed = self._checkpoint_due(seq) and self._try_sign(seq, digest)
+        self.appended_since_checkpoint = 0 if signed else self.appended_since_checkpoint + 1
         stored = StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
         return stored, body, where
 
@@ -343,26 +344,45 @@ class SqliteLedger:
             self.conn.execute("UPDATE delivery SET detail = ? WHERE seq = ?", (detail[:300], seq))
 
     def checkpoint(self) -> int | None:
-        """Sign the chain head unless it is already signed. Returns the signed seq."""
+        """Sign the chain head unless it is already signed. Returns the signed seq.
+
+        The head and the last checkpoint are read inside the write transaction that
+        inserts the checkpoint: writers in other processes sign each head once.
+        """
+        self.appended_since_checkpoint = 0
+        with self._tx():
+            seq, head_hash = self.head()
+            if seq == 0 or self._last_checkpoint() >= seq:
+                return None
+            self._sign(seq, head_hash)
+        return seq
+
+    def _last_checkpoint(self) -> int:
+        return int(self.conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0] or 0)
+
+    def _checkpoint_due(self, seq: int) -> bool:
+        """Whether the ledger (all writers together) has CHECKPOINT_EVERY unsigned events."""
+        return seq - self._last_checkpoint() >= CHECKPOINT_EVERY
+
+    def _try_sign(self, seq: int, head_hash: str) -> bool:
+        """``_sign`` within an append: an unusable key skips it (close's checkpoint says why)."""
+        try:
+            self._sign(seq, head_hash)
+        except (ConfigError, IntegrityError):
+            return False
+        return True
+
+    def _sign(self, seq: int, head_hash: str) -> None:
+        """Insert the checkpoint of head ``seq``; call inside ``_tx``."""
         from nacl.signing import SigningKey
 
-        seq, head_hash = self.head()
-        self.appended_since_checkpoint = 0
-        if seq == 0:
-            return None
-        last = self.conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
-        if last is not None and int(last) >= seq:
-            return None
         signed_at = _now()
         message = chain.checkpoint_message(self.ledger_id, seq, head_hash, signed_at)
         signature = SigningKey(self._key()).sign(message).signature.hex()
-        with self._tx():
-            self.conn.execute(
-                "INSERT INTO checkpoints (seq, head_hash, signed_at, signature)"
-                " VALUES (?, ?, ?, ?)",
-                (seq, head_hash, signed_at, signature),
-            )
-        return seq
+        self.conn.execute(
+            "INSERT INTO checkpoints (seq, head_hash, signed_at, signature) VALUES (?, ?, ?, ?)",
+            (seq, head_hash, signed_at, signature),
+        )
 
     # -- reading --------------------------------------------------------------------
 

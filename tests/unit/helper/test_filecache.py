@@ -117,3 +117,30 @@ def test_the_refresh_lock_wait_ends_at_the_deadline(tmp_path: Path) -> None:
             pass
     finally:
         os.close(holder)
+
+
+def test_the_refresh_lock_wait_is_announced_once_after_a_second(tmp_path: Path) -> None:
+    """``on_wait`` runs once when the wait for another holder has lasted WAIT_NOTICE, not
+    when the lock is free."""
+    import fcntl
+
+    from keycourier.helper.filecache import WAIT_NOTICE
+
+    cache = FileCache(tmp_path / "tokens")
+    calls: list[float] = []
+    with cache.lock(PROFILE, time.monotonic() + 5, lambda: calls.append(time.monotonic())):
+        pass
+    assert calls == []
+    holder = os.open(tmp_path / "tokens" / "ci.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with (
+            pytest.raises(OSError, match="held the token cache lock"),
+            cache.lock(PROFILE, started + 2.5, lambda: calls.append(time.monotonic())),
+        ):
+            pass
+        assert len(calls) == 1
+        assert WAIT_NOTICE <= calls[0] - started < 2.5
+    finally:
+        os.close(holder)
