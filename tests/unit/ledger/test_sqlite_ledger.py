@@ -196,15 +196,41 @@ def test_not_a_ledger_is_a_config_error(tmp_path: Path) -> None:
         SqliteLedger(path)
 
 
-def test_missing_key_refuses_checkpoint(tmp_path: Path) -> None:
+def test_missing_key_refuses_new_events_and_creates_no_key(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     fill(path, 1)
     key_path_for(path).unlink()
     led = SqliteLedger(path)
-    led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
-    with pytest.raises(ConfigError, match="checkpoint key"):
-        led.checkpoint()
-    led.close()
+    try:
+        with pytest.raises(IntegrityError, match=r"checkpoint key .* is missing") as caught:
+            led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
+        assert "from a backup" in caught.value.hints[0]
+        assert led.head()[0] == 1  # nothing appended that could never be signed
+    finally:
+        led.close()
+    assert not key_path_for(path).exists()
+
+
+def test_checkpoint_interval_counts_events_of_earlier_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head is signed once it is CHECKPOINT_EVERY past the last checkpoint, even when
+    the events before it were left unsigned by a session that never closed."""
+    from keycourier.ledger import sqlite
+
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 4)
+    path = tmp_path / "ledger.db"
+    crashed = SqliteLedger(path)  # appends 3 events, then dies without close()'s checkpoint
+    for i in range(3):
+        crashed.append(ev(EventType.SEALED, i), VaultStatus.DISABLED, None)
+    crashed.conn.close()
+    led = SqliteLedger(path)
+    try:
+        led.append(ev(EventType.SEALED, 9), VaultStatus.DISABLED, None)
+        signed = [r[0] for r in led.conn.execute("SELECT seq FROM checkpoints ORDER BY seq")]
+        assert signed == [4]  # the counter of this session alone would say 1
+    finally:
+        led.close()
 
 
 def test_history_by_bundle_and_fingerprint(tmp_path: Path) -> None:
