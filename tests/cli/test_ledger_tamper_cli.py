@@ -325,3 +325,20 @@ def test_key_file_alone_replaced_is_exit_4(tmp_path: Path) -> None:
     assert again.returncode == 4
     assert "does not match the ledger's public key" in again.stderr
     assert events(tmp_path) == 1
+
+
+def test_new_key_in_meta_and_key_file_with_the_old_checkpoints_is_exit_4(tmp_path: Path) -> None:
+    """A key in meta that did not sign the stored checkpoints breaks their signatures."""
+    revoke(tmp_path, "kcb-1", "kcb-2")
+    seed = bytes(range(32))
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE key = 'public_key'",
+        (SigningKey(seed).verify_key.encode().hex(),),
+    )
+    conn.close()
+    key_path_for(tmp_path / "ledger.db").write_text(f"{KEY_HEADER}\n{seed.hex()}\n")
+    out = run("audit", "verify", cwd=tmp_path)
+    assert out.returncode == 4
+    assert "BROKEN at event #1" in out.stdout
+    assert "checkpoint signature is invalid" in out.stderr
