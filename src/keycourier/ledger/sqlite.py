@@ -274,7 +274,8 @@ class SqliteLedger:
         key_path = key_path_for(self.path)
         restore = (
             f"restore {key_path.name} from a backup: keycourier creates a checkpoint key only "
-            "with a new ledger, never for an existing one"
+            "with a new ledger, never for an existing one (if the key is lost for good, move "
+            "the ledger aside, keep it, and let the next command start a new one)"
         )
         try:
             with key_path.open("rb") as fh:
