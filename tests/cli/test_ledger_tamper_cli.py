@@ -342,3 +342,28 @@ def test_new_key_in_meta_and_key_file_with_the_old_checkpoints_is_exit_4(tmp_pat
     assert out.returncode == 4
     assert "BROKEN at event #1" in out.stdout
     assert "checkpoint signature is invalid" in out.stderr
+
+
+def test_a_replaced_ledger_is_caught_by_an_exported_checkpoint(tmp_path: Path) -> None:
+    """The ledger and its key file deleted together: the next command starts a new ledger."""
+    revoke(tmp_path, "kcb-1", "kcb-2")
+    saved = export(tmp_path, "cp")
+    (tmp_path / "ledger.db").unlink()
+    key_path_for(tmp_path / "ledger.db").unlink()
+    revoke(tmp_path, "kcb-3")
+    assert run("audit", "verify", cwd=tmp_path).returncode == 0  # a healthy new ledger
+    out = run("audit", "verify", "--since", str(saved), cwd=tmp_path)
+    assert out.returncode == 4
+    assert "not of this ledger" in out.stderr
+    assert "rolled back" not in out.stderr
+
+
+def test_an_unreadable_or_malformed_checkpoint_file(tmp_path: Path) -> None:
+    revoke(tmp_path, "kcb-1")
+    missing = run("audit", "verify", "--since", "nope", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "cannot read the checkpoint nope" in missing.stderr
+    (tmp_path / "junk").write_text("hello\n")
+    junk = run("audit", "verify", "--since", "junk", cwd=tmp_path)
+    assert junk.returncode == 4
+    assert "junk is not a keycourier checkpoint" in junk.stderr

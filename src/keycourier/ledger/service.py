@@ -597,6 +597,8 @@ def check_exported(
         check_signature(exported, ledger.ledger_id, ledger.public_key, where)
     except IntegrityError as exc:
         breaks.append((0, exc.message))
+        if exported.ledger_id != ledger.ledger_id:
+            return tuple(breaks)  # its events say nothing about this ledger's
     head = ledger.head()[0]
     n = exported.events
     row = ledger.event_row(n)
