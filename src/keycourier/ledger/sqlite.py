@@ -175,7 +175,10 @@ class SqliteLedger:
             raise self._damaged("meta has no schema_version")
         if not re.fullmatch(_META_FORMAT["schema_version"], str(row[0])):
             raise self._damaged("meta.schema_version is not a number")
-        return int(str(row[0]))
+        version = int(str(row[0]))
+        if version < 1:
+            raise self._damaged(f"meta.schema_version is {version}, which never existed")
+        return version
 
     def _migrate(self) -> None:
         version = self._schema_version()
@@ -187,8 +190,6 @@ class SqliteLedger:
             )
         if version == SCHEMA_VERSION:
             return
-        if version != 0:
-            raise self._damaged(f"meta.schema_version is {version}, which never existed")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             if self._schema_version() == 0:

@@ -196,6 +196,43 @@ def test_not_a_ledger_is_a_config_error(tmp_path: Path) -> None:
         SqliteLedger(path)
 
 
+@pytest.mark.parametrize(
+    ("tamper", "why"),
+    [
+        ("UPDATE meta SET value = 'x' WHERE key = 'ledger_id'", "meta.ledger_id is malformed"),
+        ("UPDATE meta SET value = '1x' WHERE key = 'schema_version'", "schema_version is not a"),
+        ("UPDATE meta SET value = '0' WHERE key = 'schema_version'", "is 0, which never existed"),
+        ("DELETE FROM meta WHERE key = 'created_at'", "meta has no created_at"),
+        ("DROP TABLE checkpoints", "its checkpoints table is missing"),
+        ("DROP TABLE meta", "its meta table is missing"),
+    ],
+)
+def test_damaged_meta_or_tables_are_integrity_errors(tmp_path: Path, tamper: str, why: str) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 1)
+    key = key_path_for(path).read_bytes()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(tamper)
+    conn.close()
+    with pytest.raises(IntegrityError, match=f"ledger {path} is damaged: .*{why}"):
+        SqliteLedger(path)
+    assert key_path_for(path).read_bytes() == key
+
+
+def test_a_sqlite_file_of_another_program_is_not_a_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match="not a keycourier ledger"):
+        SqliteLedger(path)
+    assert not key_path_for(path).exists()
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    conn.close()
+
+
 def test_missing_key_refuses_new_events_and_creates_no_key(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     fill(path, 1)
