@@ -406,7 +406,7 @@ def audit_verify(
             )
         if since is not None:
             click.echo(
-                f"exported:     {since}: "
+                f"exported:     {printable(since)}: "
                 + ("still held" if not report.since_breaks else "CONTRADICTED")
             )
         for note in report.notes:
