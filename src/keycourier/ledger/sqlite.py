@@ -97,6 +97,10 @@ def key_path_for(ledger_path: Path) -> Path:
     return ledger_path.with_name(ledger_path.name + ".key")
 
 
+def _pending_key_path(ledger_path: Path) -> Path:
+    return ledger_path.with_name(ledger_path.name + ".key.new")
+
+
 def _now() -> str:
     return chain.format_time(datetime.now(UTC))
 
@@ -191,13 +195,47 @@ class SqliteLedger:
         if version == SCHEMA_VERSION:
             return
         self.conn.execute("BEGIN IMMEDIATE")
+        created = False
         try:
             if self._schema_version() == 0:
                 self._create_v1()
+                created = True
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        if created:
+            self._finish_key()
+
+    def _finish_key(self) -> bool:
+        """Give a committed ledger's <key>.new its name; False when there is none to give.
+
+        Only a pending key whose public half is the one in ``meta`` is taken (a creation
+        killed between its commit and this rename); it never replaces an existing key.
+        """
+        from nacl.signing import SigningKey
+
+        pending = _pending_key_path(self.path)
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'public_key'").fetchone()
+        try:
+            lines = pending.read_bytes()[: KEY_FILE_MAX + 1].split()
+            seed = bytes.fromhex(lines[1].decode("ascii")) if len(lines) == 2 else b""
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        if (
+            row is None
+            or len(seed) != 32
+            or lines[0] != KEY_HEADER.encode()
+            or SigningKey(seed).verify_key.encode().hex() != str(row[0])
+        ):
+            return False
+        try:
+            os.link(pending, key_path_for(self.path))  # never over an existing key
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            pending.unlink()
+        return True
 
     def _check_meta(self) -> dict[str, str]:
         """The fixed ``meta`` entries, each present and well-formed, and the chain's tables."""
@@ -243,16 +281,24 @@ class SqliteLedger:
             if stmt.strip():
                 self.conn.execute(stmt + "END;")
         key_path = key_path_for(self.path)
-        seed = secrets.token_bytes(32)
-        try:
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if key_path.exists():
             raise ConfigError(
                 f"{key_path} already exists but the ledger {self.path} is new",
                 hints=["move the stale key file away; it belongs to another ledger"],
-            ) from None
+            )
+        # The key is written as <key>.new and takes its name only once the ledger that
+        # names it is committed (_finish_key), so a creation killed half-way leaves no
+        # key that looks like an existing ledger's. A <key>.new found now belongs to no
+        # ledger (this database is empty): a creation that died before its commit.
+        pending = _pending_key_path(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+        seed = secrets.token_bytes(32)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(f"{KEY_HEADER}\n{seed.hex()}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         public = SigningKey(seed).verify_key.encode().hex()
         db.table("meta").insert_all(
             [
@@ -282,6 +328,8 @@ class SqliteLedger:
             with key_path.open("rb") as fh:
                 raw = fh.read(KEY_FILE_MAX + 1)
         except FileNotFoundError:
+            if self._finish_key():
+                return self._read_seed()
             raise IntegrityError(
                 f"the ledger's checkpoint key {key_path} is missing", hints=[restore]
             ) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import bundle_state, export, open_recorder
-from keycourier.ledger.sqlite import SqliteLedger, key_path_for
+from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -245,6 +247,66 @@ def test_missing_key_refuses_new_events_and_creates_no_key(tmp_path: Path) -> No
         assert led.head()[0] == 1  # nothing appended that could never be signed
     finally:
         led.close()
+    assert not key_path_for(path).exists()
+
+
+def test_creation_killed_before_its_commit_leaves_no_stale_key(tmp_path: Path) -> None:
+    """A <key>.new beside an empty database belongs to no ledger: creation starts over."""
+    path = tmp_path / "ledger.db"
+    sqlite3.connect(path).close()  # the empty file a killed creation leaves
+    pending = tmp_path / "ledger.db.key.new"
+    pending.write_text(f"{KEY_HEADER}\n{'22' * 32}\n")
+    led = SqliteLedger(path)
+    try:
+        assert led.key_file_public() == led.public_key
+        led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
+    finally:
+        led.close()
+    assert not pending.exists()
+    assert stat.S_IMODE(key_path_for(path).stat().st_mode) == 0o600
+
+
+def test_a_process_killed_while_creating_the_ledger_leaves_it_usable(tmp_path: Path) -> None:
+    """Killed after the key is written and before the ledger is committed: the next
+    command creates the ledger instead of refusing a stale key of "another ledger"."""
+    path = tmp_path / "ledger.db"
+    code = (
+        "import os, sys, sqlite_utils.db as d\n"
+        "real = d.Table.insert_all\n"
+        "def die(self, *a, **k):\n"
+        "    if self.name == 'meta':\n"
+        "        os._exit(9)\n"
+        "    return real(self, *a, **k)\n"
+        "d.Table.insert_all = die\n"
+        "from pathlib import Path\n"
+        "from keycourier.ledger.sqlite import SqliteLedger\n"
+        "SqliteLedger(Path(sys.argv[1]))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(path)], check=False, timeout=60)
+    assert killed.returncode == 9
+    led = SqliteLedger(path)
+    try:
+        led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
+        led.checkpoint()
+        assert led.verify().ok
+    finally:
+        led.close()
+
+
+def test_creation_killed_after_its_commit_is_finished_by_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 1)
+    pending = tmp_path / "ledger.db.key.new"
+    key_path_for(path).rename(pending)  # committed, not yet renamed
+    assert verify(path) is None
+    assert key_path_for(path).exists()
+    assert not pending.exists()
+    # a pending key that is not the one in meta is never taken
+    key_path_for(path).rename(pending)
+    pending.write_text(f"{KEY_HEADER}\n{'33' * 32}\n")
+    found = verify(path)
+    assert found is not None
+    assert "is missing" in found[1]
     assert not key_path_for(path).exists()
 
 
