@@ -23,6 +23,9 @@ ALNUM = string.ascii_letters + string.digits
 PASS = "test passphrase 123"
 
 
+REPO = str(Path(__file__).resolve().parents[2])
+
+
 def run(
     *args: str, cwd: Path, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
@@ -464,18 +467,21 @@ def test_oversized_bundle_is_the_integrity_error(world: World) -> None:
 
 def test_a_seal_is_released_when_bookkeeping_after_its_event_fails(world: World) -> None:
     """The event is committed before the bundle is written; what follows it (the
-    checkpoint, here without its key) is bookkeeping: a warning, exit 0, the bundle out."""
+    checkpoint, here refused by a busy ledger) is bookkeeping: a warning, exit 0, the
+    bundle out."""
     assert world.seal(out="first.kcb").returncode == 0  # creates the ledger and its key
-    ledger = Path(os.environ["XDG_DATA_HOME"]) / "keycourier" / "ledger.db"
-    key = ledger.with_name(ledger.name + ".key")
-    kept = world.dir / "kept.key"
-    key.rename(kept)  # the checkpoint cannot be signed now; appending still works
-
-    sealed = world.seal(out="second.kcb")
+    sealed = subprocess.run(
+        [sys.executable, "-m", "tests.support.busy_checkpoint", *world.seal_args(out="second.kcb")],
+        cwd=world.dir,
+        capture_output=True,
+        env={**os.environ, "KEYCOURIER_PASSPHRASE": PASS, "PYTHONPATH": REPO},
+        timeout=120,
+        check=False,
+    )
     assert sealed.returncode == 0, sealed.stderr
     err = sealed.stderr.decode()
     assert "keycourier: warning: the event is on record, but the ledger bookkeeping" in err
-    assert "checkpoint key" in err
+    assert "busy" in err
     assert "Traceback" not in err
     inspected = run("inspect", "second.kcb", "--json", cwd=world.dir)
     assert inspected.returncode == 0
@@ -484,7 +490,6 @@ def test_a_seal_is_released_when_bookkeeping_after_its_event_fails(world: World)
     events = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [(e["type"], e["bundle_id"]) for e in events][-1] == ("sealed", bundle_id)
 
-    kept.rename(key)
     verified = run("audit", "verify", "--json", cwd=world.dir)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout)["unsigned_tail"] == 1

@@ -657,12 +657,29 @@ def test_a_created_connection_is_shown_when_bookkeeping_after_its_event_fails(
     world: Env,
 ) -> None:
     """The platform made the connection and its event is committed: a failure of what
-    closing the ledger still does (here the checkpoint, its key gone) is a warning."""
+    closing the ledger still does (here the checkpoint, the ledger busy) is a warning."""
     assert world.monite("list").code == 0
     assert world.run("audit", "export", "--format", "jsonl").code == 0  # creates the ledger
-    ledger = Path(world.env["KEYCOURIER_LEDGER"])
-    ledger.with_name(ledger.name + ".key").unlink()
-    created = world.run("connection", "create", "--profile", "m", "--entity", ENTITY, "--json")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.busy_checkpoint",
+            "connection",
+            "create",
+            "--profile",
+            "m",
+            "--entity",
+            ENTITY,
+            "--json",
+        ],
+        env={**world.env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        timeout=60,
+        cwd=world.tmp,
+        check=False,
+    )
+    created = Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
     assert created.code == 0, created.err
     assert created.json()["connection"]["connection_url"]
     assert "keycourier: warning: the event is on record, but the ledger bookkeeping" in created.err

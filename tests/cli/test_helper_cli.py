@@ -526,10 +526,15 @@ def test_token_is_printed_when_bookkeeping_after_its_event_fails(
     env: dict[str, str], standin: RunningStandin
 ) -> None:
     assert kc(env, "token", "--profile", "ci", "--no-cache").returncode == 0  # creates the ledger
-    ledger = Path(env["KEYCOURIER_LEDGER"])
-    key = ledger.with_name(ledger.name + ".key")
-    key.unlink()  # the checkpoint cannot be signed now; appending still works
-    r = kc(env, "token", "--profile", "ci", "--no-cache")
+    busy = ["-m", "tests.support.busy_checkpoint", "token", "--profile", "ci", "--no-cache"]
+    r = subprocess.run(  # the ledger too busy to sign its checkpoint; appending still works
+        [sys.executable, *busy],
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert standin.state.is_valid(r.stdout.strip())
     assert "keycourier: warning: token_issued is on record, but the ledger bookkeeping" in r.stderr

@@ -6,6 +6,7 @@ import getpass
 import socket
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -315,11 +316,12 @@ def sync(ctx: click.Context, workers: int, as_json: bool, ledger_path: str | Non
 
 @click.group()
 def audit() -> None:
-    """Verify, show and export the provenance ledger.
+    """Verify, show and export the provenance ledger and its checkpoints.
 
     \b
     Example:
       keycourier audit verify --vault
+      keycourier audit checkpoint -o ledger.checkpoint
       keycourier audit show 01J9Z8...
       keycourier audit export --format csv --since 2026-01-01 > ledger.csv
     """
@@ -327,17 +329,31 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--vault", "with_vault", is_flag=True, help="Also cross-check every record in Vault.")
+@click.option(
+    "--since",
+    "since",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A checkpoint exported earlier with 'audit checkpoint': the ledger must still hold it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @ledger_option
 @click.pass_context
 def audit_verify(
-    ctx: click.Context, with_vault: bool, as_json: bool, ledger_path: str | None
+    ctx: click.Context, with_vault: bool, since: str | None, as_json: bool, ledger_path: str | None
 ) -> None:
     """Check every hash link and checkpoint signature (and Vault with --vault); exit 4 on a break.
+
+    A ledger whose checkpoint key file is missing or is not its own, or whose
+    last checkpoint is more than the checkpoint interval behind the head, is
+    broken too. With --since, the ledger must still hold the events a
+    checkpoint exported earlier signed, with the same key: a rollback to an
+    older copy, a truncation or a rewrite after it is exit 4.
 
     \b
     Example:
       keycourier audit verify --vault --json
+      keycourier audit verify --since ledger-checkpoint.txt
     """
     from keycourier.ledger.service import open_recorder, printable
 
@@ -345,7 +361,7 @@ def audit_verify(
     if not settings.ledger_path.exists():
         raise ConfigError(f"no ledger at {settings.ledger_path}")
     with open_recorder(settings) as recorder:
-        report = recorder.verify(vault=with_vault)
+        report = recorder.verify(vault=with_vault, since=None if since is None else Path(since))
         ledger_id = recorder.ledger.ledger_id
     c = report.chain
     first = report.first_break
@@ -360,12 +376,15 @@ def audit_verify(
                 "head_hash": c.head_hash,
                 "public_key": c.public_key,
                 "unsigned_tail": c.unsigned_tail,
+                "checkpoint_interval": c.interval,
+                "since_checked": since is not None,
                 "pending": report.pending,
                 "vault_checked": report.vault_checked,
                 "vault_records_checked": report.vault_records_checked,
                 "foreign_records": report.foreign_records,
                 "first_break": None if first is None else {"seq": first[0], "reason": first[1]},
                 "vault_breaks": [{"seq": b.seq, "reason": b.reason} for b in report.vault_breaks],
+                "since_breaks": [{"seq": q, "reason": r} for q, r in report.since_breaks],
                 "notes": list(report.notes),
             }
         )
@@ -373,15 +392,26 @@ def audit_verify(
         click.echo(f"ledger:       {settings.ledger_path} (ID {ledger_id})")
         click.echo(f"public key:   ed25519:{c.public_key}")
         click.echo(f"events:       {c.events} (head #{c.head_seq} {c.head_hash[:16]}...)")
-        click.echo(f"checkpoints:  {c.checkpoints} ({c.unsigned_tail} event(s) after the last one)")
+        within = "within" if c.unsigned_tail <= c.interval else "MORE than"
+        click.echo(
+            f"checkpoints:  {c.checkpoints} ({c.unsigned_tail} event(s) after the last one, "
+            f"{within} the checkpoint interval of {c.interval})"
+        )
         click.echo(f"pending:      {report.pending} event(s) not yet in Vault")
         if report.vault_checked:
             click.echo(
                 f"vault:        {report.vault_records_checked} record version(s) cross-checked, "
                 f"{report.foreign_records} from other ledgers"
             )
+        if since is not None:
+            click.echo(
+                f"exported:     {printable(since)}: "
+                + ("still held" if not report.since_breaks else "CONTRADICTED")
+            )
         for note in report.notes:
             warn(printable(note))
+        for _, reason in report.since_breaks:
+            warn(printable(reason))
         for b in report.vault_breaks[:10]:
             warn(f"Vault: event #{b.seq}: {printable(b.reason)}")
         if len(report.vault_breaks) > 10:
@@ -394,6 +424,75 @@ def audit_verify(
             f"the ledger is broken at event #{first[0]}: {printable(first[1])}",
             hints=["keep a copy of the ledger file and the Vault records for investigation"],
         )
+
+
+@audit.command("checkpoint")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of stdout."
+)
+@ledger_option
+@click.pass_context
+def audit_checkpoint(ctx: click.Context, output: str | None, ledger_path: str | None) -> None:
+    """Export the latest signed checkpoint (signing the head first if it is unsigned).
+
+    The checkpoint is a short signed text (ledger ID, number of events, head
+    hash, Ed25519 signature). Keep it where the ledger's users cannot write;
+    'audit verify --since FILE' later proves that the ledger still holds those
+    events with the same key. The ledger is verified first (exit 4 if broken).
+
+    \b
+    Example:
+      keycourier audit checkpoint -o /mnt/audit/ledger-$(date +%F).checkpoint
+    """
+    from keycourier.ledger.service import export_checkpoint, open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    if not settings.ledger_path.exists():
+        raise ConfigError(f"no ledger at {settings.ledger_path}")
+    with open_recorder(settings) as recorder:
+        exported = export_checkpoint(recorder)
+    if output is None or output == "-":
+        sys.stdout.write(exported.text)
+        return
+    try:
+        with open(output, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(exported.text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    info(
+        f"checkpoint of ledger {exported.ledger_id} at {exported.events} event(s) written to "
+        f"{output}"
+    )
+
+
+@audit.command("key")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@ledger_option
+@click.pass_context
+def audit_key(ctx: click.Context, as_json: bool, ledger_path: str | None) -> None:
+    """Print the ledger's checkpoint verifier key; exit 4 if its key file is not its own.
+
+    The line is '<name>+<key ID>+<base64 key>' (the C2SP signed-note form).
+    Keep a copy elsewhere: a ledger rewritten with a new key shows a
+    different line.
+
+    \b
+    Example:
+      keycourier audit key
+    """
+    from keycourier.ledger.service import ledger_verifier_key, open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    if not settings.ledger_path.exists():
+        raise ConfigError(f"no ledger at {settings.ledger_path}")
+    with open_recorder(settings) as recorder:
+        vkey = ledger_verifier_key(recorder)
+        ledger_id = recorder.ledger.ledger_id
+        public = recorder.ledger.public_key
+    if as_json:
+        emit_json({"ledger_id": ledger_id, "public_key": public, "verifier_key": vkey})
+    else:
+        click.echo(vkey)
 
 
 @audit.command("show")

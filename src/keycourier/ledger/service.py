@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from keycourier.ledger.interface import (
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
+    from keycourier.ledger.note import SignedCheckpoint
     from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
     from keycourier.ledger.vault import VaultEvent, VaultMirror
     from keycourier.vault import KvVersion
@@ -90,6 +92,8 @@ class AuditReport:
     foreign_records: int = 0
     pending: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # (seq, reason) where the ledger contradicts an exported checkpoint (--since)
+    since_breaks: tuple[tuple[int, str], ...] = ()
 
     @property
     def first_break(self) -> tuple[int, str] | None:
@@ -97,6 +101,7 @@ class AuditReport:
         if self.chain.first_break is not None:
             candidates.append((self.chain.first_break.seq, self.chain.first_break.reason))
         candidates.extend((b.seq, "Vault: " + b.reason) for b in self.vault_breaks)
+        candidates.extend(self.since_breaks)
         return min(candidates) if candidates else None
 
     @property
@@ -372,15 +377,24 @@ class LedgerRecorder:
 
     # -- audit -------------------------------------------------------------------------
 
-    def verify(self, *, vault: bool = False) -> AuditReport:
+    def verify(self, *, vault: bool = False, since: Path | None = None) -> AuditReport:
+        """The chain, and with ``vault`` its Vault records, and with ``since`` an exported
+        checkpoint (``audit checkpoint``) that the ledger must still contain."""
+        from dataclasses import replace
+
+        exported = None if since is None else read_checkpoint(since)
         self.flush()
         chain_report = self.ledger.verify()
         pending = self.ledger.pending_count()
         if not vault:
-            return AuditReport(chain=chain_report, pending=pending)
-        if self.mirror is None:
+            report = AuditReport(chain=chain_report, pending=pending)
+        elif self.mirror is None:
             raise UsageError("--vault needs a configured Vault", hints=["set VAULT_ADDR"])
-        return self._cross_check(chain_report, pending)
+        else:
+            report = self._cross_check(chain_report, pending)
+        if exported is None or since is None:
+            return report
+        return replace(report, since_breaks=check_exported(self.ledger, exported, str(since)))
 
     def _cross_check(self, chain_report: ChainReport, pending: int) -> AuditReport:
         """Both directions: every delivered event is in Vault as recorded, and every Vault
@@ -554,6 +568,97 @@ class LedgerRecorder:
             if row is None or row[2] != v.hash:
                 out.append(("unmatched", v.event))
         return out
+
+
+# -- exported checkpoints ------------------------------------------------------------------
+
+
+def read_checkpoint(path: Path) -> SignedCheckpoint:
+    """Read and parse an exported checkpoint file (exit 2 unreadable, 4 malformed)."""
+    from keycourier.ledger.note import MAX_NOTE_BYTES, parse_note
+
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_NOTE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the checkpoint {path}: {exc.strerror}") from None
+    return parse_note(data, str(path))
+
+
+def check_exported(
+    ledger: SqliteLedger, exported: SignedCheckpoint, where: str
+) -> tuple[tuple[int, str], ...]:
+    """(seq, reason) for each way the ledger contradicts a checkpoint exported from it:
+    another key or ledger (seq 0), fewer events (the first missing seq), another event at
+    the signed position (that seq)."""
+    from keycourier.ledger.note import check_signature
+
+    breaks: list[tuple[int, str]] = []
+    try:
+        check_signature(exported, ledger.ledger_id, ledger.public_key, where)
+    except IntegrityError as exc:
+        breaks.append((0, exc.message))
+        if exported.ledger_id != ledger.ledger_id:
+            return tuple(breaks)  # its events say nothing about this ledger's
+    head = ledger.head()[0]
+    n = exported.events
+    row = ledger.event_row(n)
+    if head < n:
+        breaks.append(
+            (
+                head + 1,
+                f"checkpoint {where} signed {n} events but the ledger has {head}: it was "
+                "rolled back to an older copy or truncated",
+            )
+        )
+    elif row is None or row[2] != exported.head_hash:
+        breaks.append(
+            (
+                n,
+                f"event #{n} is not the one checkpoint {where} signed: the ledger was rewritten",
+            )
+        )
+    return tuple(breaks)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedCheckpoint:
+    ledger_id: str
+    events: int
+    text: str  # the note (note.py), ready to print or write
+
+
+def export_checkpoint(recorder: LedgerRecorder) -> ExportedCheckpoint:
+    """The latest signed checkpoint as a note, after signing the head if it is unsigned.
+
+    The whole chain is verified first: a ledger that does not verify (including a
+    missing or replaced key) is exit 4 and nothing is signed.
+    """
+    from keycourier.ledger.note import format_note
+
+    ledger = recorder.ledger
+    report = ledger.verify()
+    if report.first_break is not None:
+        raise IntegrityError(
+            f"the ledger is broken at event #{report.first_break.seq}: "
+            f"{report.first_break.reason}; no checkpoint is exported",
+            hints=["run 'keycourier audit verify' for the details"],
+        )
+    ledger.checkpoint()
+    latest = ledger.latest_checkpoint()
+    if latest is None:
+        raise UsageError(f"the ledger {ledger.path} has no events yet: nothing to checkpoint")
+    seq, head_hash = latest
+    text = format_note(ledger.ledger_id, seq, head_hash, ledger.public_key, ledger.sign_note)
+    return ExportedCheckpoint(ledger.ledger_id, seq, text)
+
+
+def ledger_verifier_key(recorder: LedgerRecorder) -> str:
+    """The ledger's verifier key line (note.py), once its key file is checked against it."""
+    from keycourier.ledger.note import verifier_key
+
+    recorder.ledger.check_key()
+    return verifier_key(recorder.ledger.ledger_id, recorder.ledger.public_key)
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,15 @@ from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
 SCHEMA_VERSION = 1
 CHECKPOINT_EVERY = 1000
 KEY_HEADER = "keycourier-ledger-key-v1"
+KEY_FILE_MAX = 4096
+
+_LEDGER_TABLES = frozenset({"meta", "events", "checkpoints", "delivery"})
+_META_FORMAT = {
+    "schema_version": r"[0-9]{1,6}",
+    "ledger_id": r"[0-9a-f]{16}",
+    "public_key": r"[0-9a-f]{64}",
+    "created_at": r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,15}Z",
+}
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
@@ -66,8 +76,9 @@ class ChainReport:
     head_seq: int
     head_hash: str
     public_key: str
-    unsigned_tail: int  # events after the last checkpoint
+    unsigned_tail: int  # events after the last valid checkpoint
     first_break: ChainBreak | None
+    interval: int = CHECKPOINT_EVERY  # a longer unsigned tail is a break
 
     @property
     def ok(self) -> bool:
@@ -84,6 +95,10 @@ class Delivery:
 
 def key_path_for(ledger_path: Path) -> Path:
     return ledger_path.with_name(ledger_path.name + ".key")
+
+
+def _pending_key_path(ledger_path: Path) -> Path:
+    return ledger_path.with_name(ledger_path.name + ".key.new")
 
 
 def _now() -> str:
@@ -121,7 +136,11 @@ class SqliteLedger:
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise ConfigError(f"{path} is not a usable keycourier ledger: {exc}") from None
-        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        try:
+            meta = self._check_meta()
+        except BaseException:
+            self.conn.close()
+            raise
         self.ledger_id: str = meta["ledger_id"]
         self.public_key: str = meta["public_key"]
         self._signing_key: bytes | None = None
@@ -129,14 +148,41 @@ class SqliteLedger:
 
     # -- schema ---------------------------------------------------------------------
 
+    def _damaged(self, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"ledger {self.path} is damaged: {why}",
+            hints=[
+                "keycourier never re-creates or repairs an existing ledger; keep the file and "
+                "its key for investigation and restore both from a backup"
+            ],
+        )
+
     def _schema_version(self) -> int:
-        if "meta" not in self.db.table_names():
+        """0 for a brand-new (empty) database, else the version ``meta`` records.
+
+        A database that holds any of the ledger's tables but no usable
+        ``meta.schema_version`` is damaged (exit 4), never a new ledger: creating the
+        tables again would fail, and a new key would hide what happened.
+        """
+        tables = set(self.db.table_names())
+        if not tables:
             return 0
+        if not tables & _LEDGER_TABLES:
+            raise ConfigError(
+                f"{self.path} is not a keycourier ledger (it holds other tables)",
+                hints=["point --ledger (or KEYCOURIER_LEDGER) at a keycourier ledger file"],
+            )
+        if "meta" not in tables:
+            raise self._damaged("its meta table is missing")
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        try:
-            return int(row[0]) if row else 0
-        except ValueError:
-            raise ConfigError(f"{self.path}: the ledger's schema version is not a number") from None
+        if row is None:
+            raise self._damaged("meta has no schema_version")
+        if not re.fullmatch(_META_FORMAT["schema_version"], str(row[0])):
+            raise self._damaged("meta.schema_version is not a number")
+        version = int(str(row[0]))
+        if version < 1:
+            raise self._damaged(f"meta.schema_version is {version}, which never existed")
+        return version
 
     def _migrate(self) -> None:
         version = self._schema_version()
@@ -149,13 +195,61 @@ class SqliteLedger:
         if version == SCHEMA_VERSION:
             return
         self.conn.execute("BEGIN IMMEDIATE")
+        created = False
         try:
             if self._schema_version() == 0:
                 self._create_v1()
+                created = True
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        if created:
+            self._finish_key()
+
+    def _finish_key(self) -> bool:
+        """Give a committed ledger's <key>.new its name; False when there is none to give.
+
+        Only a pending key whose public half is the one in ``meta`` is taken (a creation
+        killed between its commit and this rename); it never replaces an existing key.
+        """
+        from nacl.signing import SigningKey
+
+        pending = _pending_key_path(self.path)
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'public_key'").fetchone()
+        try:
+            lines = pending.read_bytes()[: KEY_FILE_MAX + 1].split()
+            seed = bytes.fromhex(lines[1].decode("ascii")) if len(lines) == 2 else b""
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        if (
+            row is None
+            or len(seed) != 32
+            or lines[0] != KEY_HEADER.encode()
+            or SigningKey(seed).verify_key.encode().hex() != str(row[0])
+        ):
+            return False
+        try:
+            os.link(pending, key_path_for(self.path))  # never over an existing key
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            pending.unlink()
+        return True
+
+    def _check_meta(self) -> dict[str, str]:
+        """The fixed ``meta`` entries, each present and well-formed, and the chain's tables."""
+        missing = sorted(_LEDGER_TABLES - set(self.db.table_names()))
+        if missing:
+            raise self._damaged(f"its {missing[0]} table is missing")
+        meta = {str(k): str(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+        for key, pattern in _META_FORMAT.items():
+            value = meta.get(key)
+            if value is None:
+                raise self._damaged(f"meta has no {key}")
+            if not re.fullmatch(pattern, value):
+                raise self._damaged(f"meta.{key} is malformed")
+        return meta
 
     def _create_v1(self) -> None:
         from nacl.signing import SigningKey
@@ -187,16 +281,24 @@ class SqliteLedger:
             if stmt.strip():
                 self.conn.execute(stmt + "END;")
         key_path = key_path_for(self.path)
-        seed = secrets.token_bytes(32)
-        try:
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if key_path.exists():
             raise ConfigError(
                 f"{key_path} already exists but the ledger {self.path} is new",
                 hints=["move the stale key file away; it belongs to another ledger"],
-            ) from None
+            )
+        # The key is written as <key>.new and takes its name only once the ledger that
+        # names it is committed (_finish_key), so a creation killed half-way leaves no
+        # key that looks like an existing ledger's. A <key>.new found now belongs to no
+        # ledger (this database is empty): a creation that died before its commit.
+        pending = _pending_key_path(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+        seed = secrets.token_bytes(32)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(f"{KEY_HEADER}\n{seed.hex()}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         public = SigningKey(seed).verify_key.encode().hex()
         db.table("meta").insert_all(
             [
@@ -210,40 +312,60 @@ class SqliteLedger:
     # -- keys -----------------------------------------------------------------------
 
     def _read_seed(self) -> bytes:
-        """The checkpoint key file's seed; ConfigError when unreadable or malformed."""
+        """The checkpoint key file's seed.
+
+        IntegrityError when the file is missing or is not a ledger key (it was removed
+        or replaced: keycourier never makes a new key for an existing ledger),
+        ConfigError when it exists but cannot be read (permissions).
+        """
         key_path = key_path_for(self.path)
+        restore = (
+            f"restore {key_path.name} from a backup: keycourier creates a checkpoint key only "
+            "with a new ledger, never for an existing one (if the key is lost for good, move "
+            "the ledger aside, keep it, and let the next command start a new one)"
+        )
         try:
-            text = key_path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError):
-            raise ConfigError(
-                f"cannot read the ledger checkpoint key {key_path}",
-                hints=["it is created with the ledger; restore it from backup"],
+            with key_path.open("rb") as fh:
+                raw = fh.read(KEY_FILE_MAX + 1)
+        except FileNotFoundError:
+            if self._finish_key():
+                return self._read_seed()
+            raise IntegrityError(
+                f"the ledger's checkpoint key {key_path} is missing", hints=[restore]
             ) from None
-        lines = text.split()
-        try:
-            seed = bytes.fromhex(lines[1]) if len(lines) == 2 and lines[0] == KEY_HEADER else b""
-        except ValueError:
-            seed = b""
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the ledger checkpoint key {key_path}: {exc.strerror}"
+            ) from None
+        lines = raw.split()
+        seed = b""
+        if len(raw) <= KEY_FILE_MAX and len(lines) == 2 and lines[0] == KEY_HEADER.encode():
+            with contextlib.suppress(ValueError):
+                seed = bytes.fromhex(lines[1].decode("ascii", "replace"))
         if len(seed) != 32:
-            raise ConfigError(f"{key_path} is not a keycourier ledger key")
+            raise IntegrityError(f"{key_path} is not a keycourier ledger key", hints=[restore])
         return seed
 
-    def key_file_public(self) -> str | None:
-        """The public half of the key file beside the ledger (hex), None when it is absent."""
+    def key_file_public(self) -> str:
+        """The public half of the key file beside the ledger (hex); see :meth:`_read_seed`."""
         from nacl.signing import SigningKey
 
-        if not key_path_for(self.path).exists():
-            return None
         return str(SigningKey(self._read_seed()).verify_key.encode().hex())
 
     def _key(self) -> bytes:
+        """The signing seed, checked against the ledger's public key (IntegrityError if not)."""
         if self._signing_key is None:
             from nacl.signing import SigningKey
 
             seed = self._read_seed()
             if SigningKey(seed).verify_key.encode().hex() != self.public_key:
                 raise IntegrityError(
-                    f"{key_path_for(self.path)} does not match the ledger's public key"
+                    f"{key_path_for(self.path)} does not match the ledger's public key: "
+                    "the ledger or its key was replaced",
+                    hints=[
+                        "restore the ledger's own key from a backup; keycourier signs no "
+                        "checkpoint with another key"
+                    ],
                 )
             self._signing_key = seed
         return self._signing_key
@@ -297,9 +419,13 @@ class SqliteLedger:
         """Append one event (and its delivery row) atomically: (stored, body, path).
 
         ``path`` may be a function of the sequence number (event records are named by it).
-        When the ledger then holds CHECKPOINT_EVERY events after its last checkpoint (from
-        any writer), the new head is signed in the same transaction.
+        The checkpoint key is checked before the first append (exit 4 when it is missing
+        or not the ledger's): events that could never be signed are not added. The head
+        is signed in the same transaction as soon as it is ``CHECKPOINT_EVERY`` events past
+        the last checkpoint, whoever wrote those events, so no more than that many stay
+        unsigned.
         """
+        self._key()
         with self._tx():
             seq, prev = self.head()
             seq += 1
@@ -383,6 +509,32 @@ class SqliteLedger:
             "INSERT INTO checkpoints (seq, head_hash, signed_at, signature) VALUES (?, ?, ?, ?)",
             (seq, head_hash, signed_at, signature),
         )
+
+    def check_key(self) -> None:
+        """IntegrityError unless the key file beside the ledger is the ledger's own key."""
+        self._key()
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        """(seq, head hash) of the newest stored checkpoint (its signature is not checked)."""
+        row = self.conn.execute(
+            "SELECT seq, head_hash FROM checkpoints ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def sign_note(self, body: bytes) -> bytes:
+        """Sign an exported checkpoint's body (``note.py``) with the checkpoint key.
+
+        Only note bodies: they start with their origin line, never with the stored
+        checkpoints' ``keycourier-ledger-checkpoint-v1`` line, so one signature cannot
+        pass for the other.
+        """
+        from nacl.signing import SigningKey
+
+        from keycourier.ledger.note import ORIGIN_PREFIX
+
+        if not body.startswith(ORIGIN_PREFIX.encode()):
+            raise ValueError("not a checkpoint note body")
+        return bytes(SigningKey(self._key()).sign(body).signature)
 
     # -- reading --------------------------------------------------------------------
 
@@ -488,14 +640,17 @@ class SqliteLedger:
                 0, 0, 0, chain.GENESIS, self.public_key, 0, ChainBreak(0, "bad public key in meta")
             )
         # The key in meta is only as trustworthy as the file it sits in: an attacker who
-        # rewrites the ledger can swap it and re-sign. The key file must agree with it
-        # (and `audit verify --vault` compares it with the key pinned in Vault).
+        # rewrites the ledger can swap it and re-sign. The key file must be there and agree
+        # with it (an exported checkpoint, `audit verify --since`, or the key pinned in
+        # Vault, `--vault`, catches a key file and meta replaced together).
         try:
             file_key = self.key_file_public()
+        except IntegrityError as exc:
+            first = ChainBreak(0, exc.message)
         except ConfigError as exc:
             first = ChainBreak(0, f"the checkpoint key file is unusable: {exc.message}")
         else:
-            if file_key is not None and file_key != self.public_key:
+            if file_key != self.public_key:
                 first = ChainBreak(
                     0,
                     f"the ledger's public key does not match its key file "
@@ -522,15 +677,27 @@ class SqliteLedger:
             chain_break, count, prev = self._walk(dict(wanted))
         if chain_break is not None and (first is None or chain_break.seq < first.seq):
             first = chain_break
-        last_cp = int(checkpoints[-1][0]) if checkpoints else 0
+        last_cp = max(wanted, default=0)
+        tail = max(0, count - last_cp)
+        if tail > CHECKPOINT_EVERY and (first is None or last_cp + 1 < first.seq):
+            # Every command signs the head when it closes and every CHECKPOINT_EVERY events,
+            # so a longer unsigned tail means checkpoints were removed (to rewrite or cut
+            # what they signed), not a crash.
+            first = ChainBreak(
+                last_cp + 1,
+                f"{tail} events from #{last_cp + 1} on are not signed by any checkpoint, "
+                f"more than the checkpoint interval of {CHECKPOINT_EVERY}: checkpoints "
+                "were removed or the chain was rewritten",
+            )
         return ChainReport(
             events=count,
             checkpoints=len(checkpoints),
             head_seq=count,
             head_hash=prev,
             public_key=self.public_key,
-            unsigned_tail=max(0, count - last_cp),
+            unsigned_tail=tail,
             first_break=first,
+            interval=CHECKPOINT_EVERY,
         )
 
     def _fast_walk(self, wanted: dict[int, str]) -> tuple[int, str] | None:

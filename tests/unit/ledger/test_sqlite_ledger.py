@@ -7,6 +7,8 @@ import io
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import bundle_state, export, open_recorder
-from keycourier.ledger.sqlite import SqliteLedger, key_path_for
+from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -198,15 +200,138 @@ def test_not_a_ledger_is_a_config_error(tmp_path: Path) -> None:
         SqliteLedger(path)
 
 
-def test_missing_key_refuses_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "why"),
+    [
+        ("UPDATE meta SET value = 'x' WHERE key = 'ledger_id'", "meta.ledger_id is malformed"),
+        ("UPDATE meta SET value = '1x' WHERE key = 'schema_version'", "schema_version is not a"),
+        ("UPDATE meta SET value = '0' WHERE key = 'schema_version'", "is 0, which never existed"),
+        ("DELETE FROM meta WHERE key = 'created_at'", "meta has no created_at"),
+        ("DROP TABLE checkpoints", "its checkpoints table is missing"),
+        ("DROP TABLE meta", "its meta table is missing"),
+    ],
+)
+def test_damaged_meta_or_tables_are_integrity_errors(tmp_path: Path, tamper: str, why: str) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 1)
+    key = key_path_for(path).read_bytes()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(tamper)
+    conn.close()
+    with pytest.raises(IntegrityError, match=f"ledger {path} is damaged: .*{why}"):
+        SqliteLedger(path)
+    assert key_path_for(path).read_bytes() == key
+
+
+def test_a_sqlite_file_of_another_program_is_not_a_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match="not a keycourier ledger"):
+        SqliteLedger(path)
+    assert not key_path_for(path).exists()
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    conn.close()
+
+
+def test_missing_key_refuses_new_events_and_creates_no_key(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     fill(path, 1)
     key_path_for(path).unlink()
     led = SqliteLedger(path)
-    led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
-    with pytest.raises(ConfigError, match="checkpoint key"):
+    try:
+        with pytest.raises(IntegrityError, match=r"checkpoint key .* is missing") as caught:
+            led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
+        assert "from a backup" in caught.value.hints[0]
+        assert led.head()[0] == 1  # nothing appended that could never be signed
+    finally:
+        led.close()
+    assert not key_path_for(path).exists()
+
+
+def test_creation_killed_before_its_commit_leaves_no_stale_key(tmp_path: Path) -> None:
+    """A <key>.new beside an empty database belongs to no ledger: creation starts over."""
+    path = tmp_path / "ledger.db"
+    sqlite3.connect(path).close()  # the empty file a killed creation leaves
+    pending = tmp_path / "ledger.db.key.new"
+    pending.write_text(f"{KEY_HEADER}\n{'22' * 32}\n")
+    led = SqliteLedger(path)
+    try:
+        assert led.key_file_public() == led.public_key
+        led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
+    finally:
+        led.close()
+    assert not pending.exists()
+    assert stat.S_IMODE(key_path_for(path).stat().st_mode) == 0o600
+
+
+def test_a_process_killed_while_creating_the_ledger_leaves_it_usable(tmp_path: Path) -> None:
+    """Killed after the key is written and before the ledger is committed: the next
+    command creates the ledger instead of refusing a stale key of "another ledger"."""
+    path = tmp_path / "ledger.db"
+    code = (
+        "import os, sys, sqlite_utils.db as d\n"
+        "real = d.Table.insert_all\n"
+        "def die(self, *a, **k):\n"
+        "    if self.name == 'meta':\n"
+        "        os._exit(9)\n"
+        "    return real(self, *a, **k)\n"
+        "d.Table.insert_all = die\n"
+        "from pathlib import Path\n"
+        "from keycourier.ledger.sqlite import SqliteLedger\n"
+        "SqliteLedger(Path(sys.argv[1]))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(path)], check=False, timeout=60)
+    assert killed.returncode == 9
+    led = SqliteLedger(path)
+    try:
+        led.append(ev(EventType.REVOKED, data={"reason": "x"}), VaultStatus.DISABLED, None)
         led.checkpoint()
-    led.close()
+        assert led.verify().ok
+    finally:
+        led.close()
+
+
+def test_creation_killed_after_its_commit_is_finished_by_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 1)
+    pending = tmp_path / "ledger.db.key.new"
+    key_path_for(path).rename(pending)  # committed, not yet renamed
+    assert verify(path) is None
+    assert key_path_for(path).exists()
+    assert not pending.exists()
+    # a pending key that is not the one in meta is never taken
+    key_path_for(path).rename(pending)
+    pending.write_text(f"{KEY_HEADER}\n{'33' * 32}\n")
+    found = verify(path)
+    assert found is not None
+    assert "is missing" in found[1]
+    assert not key_path_for(path).exists()
+
+
+def test_checkpoint_interval_counts_events_of_earlier_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head is signed once it is CHECKPOINT_EVERY past the last checkpoint, even when
+    the events before it were left unsigned by a session that never closed."""
+    from keycourier.ledger import sqlite
+
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 4)
+    path = tmp_path / "ledger.db"
+    crashed = SqliteLedger(path)  # appends 3 events, then dies without close()'s checkpoint
+    for i in range(3):
+        crashed.append(ev(EventType.SEALED, i), VaultStatus.DISABLED, None)
+    crashed.conn.close()
+    led = SqliteLedger(path)
+    try:
+        led.append(ev(EventType.SEALED, 9), VaultStatus.DISABLED, None)
+        signed = [r[0] for r in led.conn.execute("SELECT seq FROM checkpoints ORDER BY seq")]
+        assert signed == [4]  # the counter of this session alone would say 1
+    finally:
+        led.close()
 
 
 def test_history_by_bundle_and_fingerprint(tmp_path: Path) -> None:
