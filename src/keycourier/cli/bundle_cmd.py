@@ -456,17 +456,29 @@ def open_for_cli(
     except bundle.ReceiverPolicyError as exc:  # not an expiry: that is not a policy verdict
         _record_open_rejection(settings, exc, actor=me, policy_digest=policy_obj.digest)
         raise
+    from keycourier.ledger.signed import sign_event
+
     recorder = open_recorder(settings, require_vault=require_vault)
     try:
-        _check_state(recorder, checked.manifest.bundle_id, me, allow_reopen=allow_reopen)
-        event = Event(
-            type=EventType.OPENED,
-            at=now,
-            actor=me,
-            bundle_id=checked.manifest.bundle_id,
-            fingerprint=checked.manifest.fingerprint,
-            policy_digest=policy_obj.digest,
-            data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
+        _check_state(
+            recorder,
+            checked.manifest.bundle_id,
+            me,
+            allow_reopen=allow_reopen,
+            trusted=[*trusted, checked.manifest.sender_key],
+            own_key=ident.public().signing_key,
+        )
+        event = sign_event(
+            Event(
+                type=EventType.OPENED,
+                at=now,
+                actor=me,
+                bundle_id=checked.manifest.bundle_id,
+                fingerprint=checked.manifest.fingerprint,
+                policy_digest=policy_obj.digest,
+                data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
+            ),
+            ident,
         )
         outcome = recorder.record(event)
     finally:
@@ -504,10 +516,20 @@ def _record_open_rejection(
     )
 
 
-def _check_state(recorder: Recorder, bundle_id: str, me: str, *, allow_reopen: bool) -> None:
+def _check_state(
+    recorder: Recorder,
+    bundle_id: str,
+    me: str,
+    *,
+    allow_reopen: bool,
+    trusted: list[str],
+    own_key: str,
+) -> None:
     from keycourier.ledger.service import bundle_state
 
-    state = bundle_state(recorder, bundle_id)
+    state = bundle_state(recorder, bundle_id, trusted=trusted, own_key=own_key)
+    for message in state.ignored:
+        warn(message)
     if state.revoked is not None:
         raise PolicyError(
             f"bundle {bundle_id} was revoked: {state.revoked}",
