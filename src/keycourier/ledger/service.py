@@ -177,10 +177,13 @@ class LedgerRecorder:
             if self._vault_error is not None:
                 raise self._vault_error
             self._ensure_pinned()
-            known, pending_before = self.ledger.path_state(path, stored.seq)
-            # events delivered in this session but not yet marked are not really pending
-            if pending_before > self._unmarked_paths.get(path, 0):
-                report = self.sync(paths={path}, workers=1)
+            known, _ = self.ledger.path_state(path, stored.seq)
+            # earlier events of the same bundle (or fingerprint) still pending go first, in
+            # ledger order; events delivered in this session but not yet marked are not
+            # really pending
+            earlier = self._pending_related(path, stored.seq)
+            if earlier:
+                report = self.sync(paths={*earlier, path}, workers=1)
                 if report.conflicts:
                     raise IntegrityError(report.conflicts[0].message)
                 if report.unavailable:
@@ -215,6 +218,17 @@ class LedgerRecorder:
                 ) from None
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
+
+    def _pending_related(self, path: str, seq: int) -> set[str]:
+        """Paths of the pending events before ``seq`` of the same bundle or fingerprint."""
+        from keycourier.ledger.vault import appendable
+
+        parts = path.split("/")
+        if len(parts) != 5 or parts[3] != "events":
+            return set()  # an event without a bundle: nothing to keep in order with
+        legacy = "/".join(parts[:3])
+        found = self.ledger.pending_paths(legacy + "/events/", legacy, seq)
+        return {p for p in found if p not in self._unmarked_paths or appendable(p)}
 
     def _abort_release(
         self, event: Event, seq: int, reason: str, where: Callable[[int], str]
@@ -758,6 +772,8 @@ def _vault_event_trusted(
     """
     from keycourier.ledger.signed import key_trusted, signer_of
 
+    from keycourier.bundle.identity import signing_fingerprint
+
     signer = signer_of(event)
     if signer is None:
         return False, "it is not signed"
@@ -769,7 +785,15 @@ def _vault_event_trusted(
         return False, "its type is not taken from Vault"
     if key_trusted(signer, keys):
         return True, ""
-    return False, f"it is signed by a key this reader does not trust ({printable(signer[:60])})"
+    import base64
+
+    who = signing_fingerprint(base64.b64decode(signer.split(":", 1)[1]))
+    if event.type == EventType.OPENED:
+        return False, (
+            f"it is signed by {who}, a key this reader does not trust: possible interception "
+            "(another recipient opened it) or a forged record"
+        )
+    return False, f"it is signed by {who}, a key this reader does not trust"
 
 
 def bundle_state(
@@ -812,8 +836,8 @@ def bundle_state(
                 live.append(e)
             elif e.type in {EventType.REVOKED, EventType.OPENED, EventType.INGESTED}:
                 ignored.append(
-                    f"ignored a '{e.type}' event for bundle {printable(bundle_id)} found in "
-                    f"Vault (actor {printable(e.actor[:80])}): {why}"
+                    f"a '{e.type}' event for bundle {printable(bundle_id)} found in Vault "
+                    f"(actor {printable(e.actor[:80])}) is not acted on: {why}"
                 )
     else:
         detail = "no Vault configured"

@@ -345,6 +345,16 @@ class SqliteLedger:
                 "UPDATE delivery SET path = ? WHERE seq = ? AND status = 'pending'", (path, seq)
             )
 
+    def pending_paths(self, folder: str, exact: str, before: int) -> set[str]:
+        """Paths of events before ``before`` still pending under ``folder`` (a prefix ending
+        in "/") or at ``exact``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT path FROM delivery WHERE status = 'pending' AND seq < ?"
+            " AND (path = ? OR substr(path, 1, length(?)) = ?)",
+            (before, exact, folder, folder),
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def checkpoints_after(self, seq: int) -> list[tuple[int, str, str, str]]:
         """(seq, head_hash, signed_at, signature) of every checkpoint after ``seq``."""
         rows = self.conn.execute(
