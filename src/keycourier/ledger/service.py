@@ -770,9 +770,10 @@ def _vault_event_trusted(
     counts: a revoke or a seal by the bundle's sender key or a key the reader trusts,
     an open or an ingest by those or by the reader's own key.
     """
-    from keycourier.ledger.signed import key_trusted, signer_of
+    import base64
 
     from keycourier.bundle.identity import signing_fingerprint
+    from keycourier.ledger.signed import key_trusted, signer_of
 
     signer = signer_of(event)
     if signer is None:
@@ -785,8 +786,6 @@ def _vault_event_trusted(
         return False, "its type is not taken from Vault"
     if key_trusted(signer, keys):
         return True, ""
-    import base64
-
     who = signing_fingerprint(base64.b64decode(signer.split(":", 1)[1]))
     if event.type == EventType.OPENED:
         return False, (
