@@ -26,15 +26,20 @@ from keycourier.config import Settings
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType
 from keycourier.ledger.service import open_recorder
-from keycourier.ledger.signed import sign_event
 from keycourier.ledger.sqlite import key_path_for
-from keycourier.ledger.vault import CHECKPOINTS, bundle_events_dir, record_for
+from keycourier.ledger.vault import record_for
 from tests.support.openbao import BaoServer, start_dev_server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies" / "vault"
 ROLES = ("sender", "receiver", "auditor", "token-helper")
 PASS = "test passphrase 123"
 ALNUM = string.ascii_letters + string.digits
+CHECKPOINTS = "keycourier/checkpoints"
+
+
+def bundle_events_dir(bundle_id: str) -> str:
+    """Where a bundle's events are written, one write-once record each."""
+    return f"keycourier/handovers/{bundle_id}/events"
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +283,8 @@ def test_unsigned_or_foreign_revocations_are_ignored(
         attacker, "secret", f"{folder}/f0rged-0000000001-{secrets.token_hex(8)}", unsigned, cas=0
     )
     # one signed by a key nobody trusts (mallory's own identity)
+    from keycourier.ledger.signed import sign_event
+
     mallory = KeycourierIdentity.generate()
     event = sign_event(
         Event(
