@@ -546,9 +546,10 @@ class VaultMirror:
         """Record once which ledger (ID and key) this machine's witness name uses.
 
         A different ledger already recorded there is left for ``audit verify --vault``
-        to report (exit 4): recording goes on, the replaced ledger stays visible.
+        to report (exit 4): recording goes on, the replaced ledger stays visible. A token
+        whose policy predates these records (403) records events all the same.
         """
-        with contextlib.suppress(IntegrityError):
+        with contextlib.suppress(IntegrityError, AuthError):
             self._write_once(
                 machine_path(name),
                 {"machine": name, "ledger": ledger_id, "public_key": public_key},
