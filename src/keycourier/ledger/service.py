@@ -830,6 +830,8 @@ def bundle_state(
         own = [own_key] if own_key else []
         for e in found:
             ok, why = _vault_event_trusted(e, senders=trusted, own=own)
+            if e.bundle_id != bundle_id:  # a signed event copied from another bundle's record
+                ok, why = False, "it names another bundle"
             if ok:
                 events.append(e)
                 live.append(e)
