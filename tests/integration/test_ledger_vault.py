@@ -352,3 +352,28 @@ def test_missing_mount_keeps_event_pending_and_says_why(bao_dev: BaoServer, tmp_
         assert out.vault_status == VaultStatus.PENDING
         assert "no-such-mount" in out.detail
         assert rec.ledger.pending_count() == 1
+
+
+def test_pending_event_of_the_older_layout_goes_to_its_own_record(
+    bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    """An event left pending by a version that appended to one record per bundle is
+    delivered, by sync, to its own write-once record (never to the shared one)."""
+    import sqlite3
+
+    bid = "kcb-" + uuid.uuid4().hex
+    with open_recorder(settings_for(tmp_path, dead_addr(), "t")) as rec:
+        rec.record(ev(EventType.REVOKED, bid, reason="lost"))
+        ledger_id = rec.ledger.ledger_id
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    conn.execute("UPDATE delivery SET path = ? WHERE seq = 1", (f"keycourier/handovers/{bid}",))
+    conn.close()
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        report = rec.sync()
+        assert report.delivered == 1
+        path = path_of(rec, 1)
+        assert rec.verify(vault=True).ok
+    assert path.startswith(f"{bundle_events_dir(bid)}/{ledger_id}-0000000001-")
+    client = root(bao_dev)
+    assert vault.kv_read(client, "secret", path) is not None
+    assert vault.kv_read(client, "secret", f"keycourier/handovers/{bid}") is None
