@@ -224,6 +224,14 @@ def test_a_sender_role_token_cannot_erase_a_signed_revocation(
     folder = bundle_events_dir(bid)
     names = vault.kv_list(attacker, "secret", folder)
     assert len(names) == 2  # sealed, revoked
+    bodies = [
+        json.loads(str((vault.kv_read(attacker, "secret", f"{folder}/{n}") or {})["body"]))
+        for n in names
+    ]
+    assert sorted(b["type"] for b in bodies) == ["revoked", "sealed"]
+    for body in bodies:  # both signed by the partner's identity
+        assert body["data"]["signer_key"] == ids["partner"]["signing_key"]
+        assert body["data"]["signature"]
     junk = {"ledger": "x", "seq": 1, "body": "junk"}
     legacy = f"keycourier/handovers/{bid}"
     for i in range(10):

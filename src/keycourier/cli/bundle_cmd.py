@@ -182,6 +182,7 @@ def seal(
     from keycourier import bundle
     from keycourier.cli.policy_cmd import denied_lookup, rejection_error, render_report
     from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.signed import sign_event
     from keycourier.policy import Verdict, evaluate, load_policy
 
     if as_json and (output is None or output == "-"):
@@ -241,14 +242,18 @@ def seal(
         now=now,
     )
     m = sealed.manifest
-    event = Event(
-        type=EventType.SEALED,
-        at=now,
-        actor=actor,
-        bundle_id=m.bundle_id,
-        fingerprint=m.fingerprint,
-        policy_digest=policy.digest,
-        data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
+    # signed like every event that another machine may act on (docs/provenance.md)
+    event = sign_event(
+        Event(
+            type=EventType.SEALED,
+            at=now,
+            actor=actor,
+            bundle_id=m.bundle_id,
+            fingerprint=m.fingerprint,
+            policy_digest=policy.digest,
+            data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
+        ),
+        sender,
     )
     outcome = record_event(settings, event, require_vault=require_vault)
     if output is None or output == "-":
