@@ -614,3 +614,20 @@ def test_a_checkpoint_that_differs_from_the_chain_is_exit_4(
     )
     assert out.returncode == 4, out.stdout + out.stderr
     assert "differs from checkpoint #1 witnessed in Vault" in out.stdout + out.stderr
+
+
+def test_a_periodic_checkpoint_is_witnessed_while_the_recorder_stays_open(
+    bao: BaoServer, tokens: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived recorder (the token helper's) witnesses each periodic checkpoint when
+    it is signed, not only when it closes."""
+    from keycourier.ledger import sqlite
+
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 3)
+    settings = settings_for(tmp_path, bao, tokens["sender"])
+    with open_recorder(settings) as rec:
+        for n in range(4):
+            rec.record(revoke_event(n))
+        ledger_id = rec.ledger.ledger_id
+        assert witnessed(bao, tokens, ledger_id) == [f"{3:010d}"]
+    assert witnessed(bao, tokens, ledger_id) == [f"{3:010d}", f"{4:010d}"]

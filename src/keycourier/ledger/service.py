@@ -217,6 +217,9 @@ class LedgerRecorder:
                     hints=[*exc.hints, "run 'keycourier sync' when Vault is back"],
                 ) from None
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
+        if self.ledger.appended_since_checkpoint == 0:
+            # this append signed a periodic checkpoint: witness it now, not only at close
+            self._witness_quietly(alarms=False)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
 
     def _pending_related(self, path: str, seq: int) -> set[str]:
