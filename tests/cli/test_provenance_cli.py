@@ -81,6 +81,7 @@ def test_revoke_show_export_without_vault(tmp_path: Path) -> None:
     out = run("revoke", "kcb-1", "--reason", "sent to the wrong person", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "no Vault configured" in out.stderr
+    assert "the revocation is not signed" in out.stderr  # other machines would ignore it
     assert "in Vault" not in out.stderr
     show = run("audit", "show", "kcb-1", "--json", cwd=tmp_path)
     assert show.returncode == 0, show.stderr
