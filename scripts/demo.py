@@ -113,6 +113,8 @@ def main() -> int:
         servers: list[object] = [bao]
         try:
             print(f"    OpenBao at {bao.addr} (pid {bao.pid})")
+            # the documented setting: every write to the mount must use check-and-set
+            bao.bao("write", "secret/config", "cas_required=true")
             passphrase = "demo passphrase " + secrets.token_hex(4)
             partner = Side("partner", work, passphrase)
             platform = Side("platform", work, passphrase)
@@ -288,7 +290,7 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
     )  # fmt: skip
     platform.kc(
         "ingest", "xero-handover.kcb", "--identity", "platform.kcid", *trust,
-        "--vault-path", "partners/acme/xero",
+        "--vault-path", "handed-over/acme/xero",
     )  # fmt: skip
 
     say(
@@ -329,7 +331,9 @@ def run_token_and_connection(
     monite_id, monite_secret = str(uuid.uuid4()), secrets.token_urlsafe(32)
     client = hvac.Client(url=vault_addr, token=vault_token)
     client.secrets.kv.v2.create_or_update_secret(
-        path="partners/acme/monite", secret={"client_id": monite_id, "client_secret": monite_secret}
+        path="platform/acme/monite",
+        secret={"client_id": monite_id, "client_secret": monite_secret},
+        cas=0,
     )
     platform_api = start_platform({monite_id: monite_secret})
     servers.append(platform_api)
@@ -342,7 +346,7 @@ def run_token_and_connection(
         f'base_url = "{platform_api.monite_base}"\n'
         'environment = "sandbox"\n'
         'version = "2024-05-25"\n'
-        'vault_path = "partners/acme/monite"\n'
+        'vault_path = "platform/acme/monite"\n'
     )
 
     say(

@@ -1,6 +1,7 @@
-# keycourier auditor: read every provenance record and its metadata, and the
-# metadata (provenance custom_metadata, version history) of partner
-# credentials, but never the partner secret data itself. Read-only.
+# keycourier auditor: read every provenance record, witnessed checkpoint and
+# their metadata, and the metadata (provenance custom_metadata, version
+# history) of handed-over credentials, but never the credentials themselves.
+# Read-only.
 
 path "secret/data/keycourier/*" {
   capabilities = ["read"]
@@ -10,7 +11,7 @@ path "secret/metadata/keycourier/*" {
   capabilities = ["read", "list"]
 }
 
-path "secret/metadata/partners/*" {
+path "secret/metadata/handed-over/*" {
   capabilities = ["read", "list"]
 }
 

@@ -1,29 +1,33 @@
-# keycourier receiver (open / ingest): read handover records, append the
-# `opened` and `ingested` events, write partner credentials under
-# secret/partners/. It cannot read partner credentials back, delete or
-# destroy anything, or change metadata other than custom_metadata.
+# keycourier receiver (open / ingest): create its own provenance records
+# (`opened`, `ingested`) exactly like the sender role, and write handed-over
+# credentials under secret/handed-over/. It cannot read credentials back,
+# delete or destroy anything, or change metadata other than custom_metadata
+# of handed-over credentials.
+# Mount: "secret" (KV v2). For another mount, replace the leading "secret/".
 
-path "secret/data/keycourier/handovers/*" {
-  capabilities = ["create", "update", "read"]
+path "secret/data/keycourier/handovers/+/events/*" {
+  capabilities = ["create", "read"]
+}
+
+path "secret/data/keycourier/handovers/+" {
+  capabilities = ["read"]
 }
 
 path "secret/metadata/keycourier/handovers/*" {
-  capabilities = ["read", "create", "update", "list"]
-  allowed_parameters = {
-    "custom_metadata" = []
-  }
+  capabilities = ["read", "list"]
 }
 
-# Deny records: read (open refuses a denied credential), append (`policy deny`).
-path "secret/data/keycourier/denied/*" {
-  capabilities = ["create", "update", "read"]
+# Deny events: read (open refuses a denied credential), create (`policy deny`).
+path "secret/data/keycourier/denied/+/events/*" {
+  capabilities = ["create", "read"]
+}
+
+path "secret/data/keycourier/denied/+" {
+  capabilities = ["read"]
 }
 
 path "secret/metadata/keycourier/denied/*" {
-  capabilities = ["read", "create", "update", "list"]
-  allowed_parameters = {
-    "custom_metadata" = []
-  }
+  capabilities = ["read", "list"]
 }
 
 path "secret/data/keycourier/events/*" {
@@ -34,19 +38,34 @@ path "secret/metadata/keycourier/events/*" {
   capabilities = ["read", "list"]
 }
 
-# The ledger's checkpoint public key, pinned once (cas=0, create only).
+# The ledger's checkpoint public key, pinned once.
 path "secret/data/keycourier/ledgers/*" {
   capabilities = ["create", "read"]
 }
 
-# `keycourier ingest --vault-path partners/...`: write the credentials (a new
-# version per ingest) and their provenance custom_metadata.
-path "secret/data/partners/*" {
+# Signed checkpoints, each witnessed once; the ledger this machine uses.
+path "secret/data/keycourier/checkpoints/*" {
+  capabilities = ["create", "read"]
+}
+
+path "secret/metadata/keycourier/checkpoints/*" {
+  capabilities = ["read", "list"]
+}
+
+path "secret/data/keycourier/machines/*" {
+  capabilities = ["create", "read"]
+}
+
+# `keycourier ingest --vault-path handed-over/...`: write the credentials (a new
+# version per ingest, with check-and-set, so cas_required = true works) and
+# their provenance custom_metadata; read the version list (metadata only, never
+# the data) for the check-and-set. No other role can read secret/data/handed-over/.
+path "secret/data/handed-over/*" {
   capabilities = ["create", "update"]
 }
 
-path "secret/metadata/partners/*" {
-  capabilities = ["create", "update"]
+path "secret/metadata/handed-over/*" {
+  capabilities = ["read", "create", "update"]
   allowed_parameters = {
     "custom_metadata" = []
   }

@@ -1,41 +1,46 @@
-# keycourier sender: create and append handover (and deny) records, pin its
-# ledger's key, nothing else.
+# keycourier sender: create its own provenance records, pin its ledger's key,
+# witness its checkpoints, nothing else.
 # Mount: "secret" (KV v2). For another mount, replace the leading "secret/".
-# No delete, no destroy, no metadata changes other than custom_metadata, no
-# partner credentials. History cannot be rewritten: KV v2 versions are
-# immutable and this policy grants no delete/destroy/metadata-delete.
+#
+# Every record is written once (cas=0): this policy grants "create" but never
+# "update", so a token cannot add a version to any record (no flooding a
+# record's history), and no delete, destroy or metadata write, so it cannot
+# remove or shorten one either. A token can create new records; readers act on
+# an event only when it is signed by a key they trust (see docs/provenance.md).
+# No handed-over or platform credentials.
 
-# One record per bundle: created with cas=0, then appended with cas=current.
-path "secret/data/keycourier/handovers/*" {
-  capabilities = ["create", "update", "read"]
+# One write-once record per event of a bundle:
+# keycourier/handovers/<bundle>/events/<ledger>-<seq>-<nonce>
+path "secret/data/keycourier/handovers/+/events/*" {
+  capabilities = ["create", "read"]
 }
 
-# custom_metadata (bundle ID, platform, partner, fingerprint) and reading the
-# version list for idempotent sync. Only custom_metadata may be set, so the
-# sender cannot shrink max_versions or set delete_version_after.
-# "list" lets `audit verify --vault` find every record this ledger wrote
-# (a removed local tail shows up as records Vault has and the ledger lacks).
+# Read-only: the one-record-per-bundle layout of older versions.
+path "secret/data/keycourier/handovers/+" {
+  capabilities = ["read"]
+}
+
+# The version list for idempotent sync and "list" for `audit verify --vault`
+# and for reading a bundle's events. No metadata writes (max_versions,
+# delete_version_after, custom_metadata).
 path "secret/metadata/keycourier/handovers/*" {
-  capabilities = ["read", "create", "update", "list"]
-  allowed_parameters = {
-    "custom_metadata" = []
-  }
+  capabilities = ["read", "list"]
 }
 
-# One deny record per credential fingerprint (`policy deny`), appended like a
-# bundle record; seal/check/open read it to honour a deny from any ledger.
-path "secret/data/keycourier/denied/*" {
-  capabilities = ["create", "update", "read"]
+# Deny events (`policy deny`), one write-once record each; seal/check/open read them.
+path "secret/data/keycourier/denied/+/events/*" {
+  capabilities = ["create", "read"]
+}
+
+path "secret/data/keycourier/denied/+" {
+  capabilities = ["read"]
 }
 
 path "secret/metadata/keycourier/denied/*" {
-  capabilities = ["read", "create", "update", "list"]
-  allowed_parameters = {
-    "custom_metadata" = []
-  }
+  capabilities = ["read", "list"]
 }
 
-# Other events without a bundle: write-once (create only, never update).
+# Other events without a bundle: write-once.
 path "secret/data/keycourier/events/*" {
   capabilities = ["create", "read"]
 }
@@ -44,8 +49,22 @@ path "secret/metadata/keycourier/events/*" {
   capabilities = ["read", "list"]
 }
 
-# The ledger's checkpoint public key, pinned once (cas=0, create only).
+# The ledger's checkpoint public key, pinned once.
 path "secret/data/keycourier/ledgers/*" {
+  capabilities = ["create", "read"]
+}
+
+# Signed checkpoints of the ledger, each witnessed once, and the ledger this
+# machine uses (keycourier/machines/<name>), pinned once.
+path "secret/data/keycourier/checkpoints/*" {
+  capabilities = ["create", "read"]
+}
+
+path "secret/metadata/keycourier/checkpoints/*" {
+  capabilities = ["read", "list"]
+}
+
+path "secret/data/keycourier/machines/*" {
   capabilities = ["create", "read"]
 }
 

@@ -1,7 +1,8 @@
-# keycourier token helper: read the partner credentials that token
-# generation needs (secret/partners/<partner>/<platform>), nothing else.
-# No list, no metadata, no provenance records, no writes.
+# keycourier token helper: read the platform API credentials that token
+# generation needs (secret/platform/<partner>/<platform>), nothing else.
+# Handed-over credentials (secret/handed-over/, written by `ingest`) are not
+# readable. No list, no metadata, no provenance records, no writes.
 
-path "secret/data/partners/*" {
+path "secret/data/platform/*" {
   capabilities = ["read"]
 }

@@ -80,6 +80,41 @@ def check_path(path: str, what: str = "Vault path") -> str:
     return path
 
 
+# Where `ingest` stores handed-over credentials (policies/vault/receiver.hcl): only the
+# receiver may write there and no shipped policy lets any role read the data back.
+INGEST_PREFIX = "handed-over"
+# keycourier's provenance records (every role reads them) and the platform API
+# credentials the token helper reads: never a place for handed-over credentials
+RESERVED_PREFIXES = ("keycourier", "platform")
+
+
+def check_ingest_path(path: str) -> str:
+    """A --vault-path for `ingest`: a valid KV path under ``handed-over/`` (UsageError else)."""
+    from keycourier.errors import UsageError
+
+    try:
+        check_path(path, "--vault-path")
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
+    first = path.split("/", 1)[0]
+    if first in RESERVED_PREFIXES:
+        raise UsageError(
+            f"--vault-path {path[:80]!r} is under {first}/, which other roles can read "
+            f"({'provenance records' if first == 'keycourier' else 'the token helper'})",
+            hints=[
+                f"store handed-over credentials under {INGEST_PREFIX}/, e.g. "
+                f"{INGEST_PREFIX}/acme/quickbooks"
+            ],
+        )
+    if first != INGEST_PREFIX or "/" not in path:
+        raise UsageError(
+            f"--vault-path must be under {INGEST_PREFIX}/ (the receiver's prefix in "
+            "policies/vault/receiver.hcl, which no other role can read)",
+            hints=[f"for example --vault-path {INGEST_PREFIX}/acme/quickbooks"],
+        )
+    return path
+
+
 def _check_addr(addr: str) -> urllib.parse.SplitResult:
     parts = urllib.parse.urlsplit(addr)
     if parts.scheme not in {"http", "https"} or not parts.hostname:

@@ -81,6 +81,7 @@ def test_revoke_show_export_without_vault(tmp_path: Path) -> None:
     out = run("revoke", "kcb-1", "--reason", "sent to the wrong person", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "no Vault configured" in out.stderr
+    assert "the revocation is not signed" in out.stderr  # other machines would ignore it
     assert "in Vault" not in out.stderr
     show = run("audit", "show", "kcb-1", "--json", cwd=tmp_path)
     assert show.returncode == 0, show.stderr
@@ -154,16 +155,15 @@ def test_sync_conflict_exit_4_names_the_bundle(bao_dev: BaoServer, tmp_path: Pat
     bid = "kcb-" + secrets.token_hex(8)
     assert run("revoke", bid, "--reason", "r", cwd=tmp_path, env=DEAD).returncode == 0
     client = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
-    client.secrets.kv.v2.create_or_update_secret(
-        path=f"keycourier/handovers/{bid}", secret={"body": "forged"}, cas=0, mount_point="secret"
-    )
     conn = sqlite3.connect(tmp_path / "ledger.db")
     ledger_id = conn.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()[0]
+    (path,) = conn.execute("SELECT path FROM delivery WHERE seq = 1").fetchone()
     conn.close()
+    assert path.startswith(f"keycourier/handovers/{bid}/events/{ledger_id}-0000000001-")
     client.secrets.kv.v2.create_or_update_secret(
-        path=f"keycourier/handovers/{bid}",
+        path=path,
         secret={"ledger": ledger_id, "seq": 1, "body": "forged"},
-        cas=1,
+        cas=0,
         mount_point="secret",
     )
     out = run("sync", cwd=tmp_path, env=vault_env(bao_dev))
@@ -250,7 +250,7 @@ def handover(tmp_path: Path, bao_dev: BaoServer) -> dict[str, str]:
 def test_ingest_writes_credentials_with_provenance(
     handover: dict[str, str], bao_dev: BaoServer, tmp_path: Path
 ) -> None:
-    vpath = f"partners/acme-{secrets.token_hex(4)}/quickbooks"
+    vpath = f"handed-over/acme-{secrets.token_hex(4)}/quickbooks"
     env = vault_env(bao_dev)
     args = (
         "ingest",
@@ -308,9 +308,9 @@ def test_ingest_needs_vault(handover: dict[str, str], tmp_path: Path) -> None:
         "--trust",
         handover["partner_fpr"],
     )
-    assert run(*args, "--vault-path", "partners/x/y", cwd=tmp_path).returncode == 3
-    assert run(*args, "--vault-path", "../etc", cwd=tmp_path, env=DEAD).returncode == 3
-    assert run(*args, "--vault-path", "partners/x/y", cwd=tmp_path, env=DEAD).returncode == 6
+    assert run(*args, "--vault-path", "handed-over/x/y", cwd=tmp_path).returncode == 3
+    assert run(*args, "--vault-path", "../etc", cwd=tmp_path, env=DEAD).returncode == 2
+    assert run(*args, "--vault-path", "handed-over/x/y", cwd=tmp_path, env=DEAD).returncode == 6
     # nothing was opened: the bundle is still unopened in the ledger
     assert "opened" not in run("audit", "export", cwd=tmp_path).stdout
 
@@ -364,17 +364,17 @@ def test_audit_show_prints_foreign_records_escaped(bao_dev: BaoServer, tmp_path:
 def vault_bundle_events(
     server: BaoServer, bundle_id: str
 ) -> list[tuple[str, int, dict[str, object]]]:
-    """(ledger, seq, event body) of every version of the bundle's Vault record, in order."""
+    """(ledger, seq, event body) of every event record of the bundle in Vault, in time order."""
     client = hvac.Client(url=server.addr, token=server.token)
-    path = f"keycourier/handovers/{bundle_id}"
-    meta = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point="secret")["data"]
+    folder = f"keycourier/handovers/{bundle_id}/events"
+    names = client.secrets.kv.v2.list_secrets(path=folder, mount_point="secret")["data"]["keys"]
     out = []
-    for number in sorted(int(v) for v in meta["versions"]):
+    for name in names:
         data = client.secrets.kv.v2.read_secret_version(
-            path=path, version=number, mount_point="secret", raise_on_deleted_version=True
+            path=f"{folder}/{name}", mount_point="secret", raise_on_deleted_version=True
         )["data"]["data"]
         out.append((data["ledger"], data["seq"], json.loads(data["body"])))
-    return out
+    return sorted(out, key=lambda item: (str(item[2]["at"]), item[0], item[1]))
 
 
 def real_opens(events: list[tuple[str, int, dict[str, object]]]) -> list[str]:
@@ -558,16 +558,20 @@ def test_open_refused_when_vault_shows_another_identity_opened_it(
     assert mallory.returncode == 0, mallory.stderr
     # the platform's ledger is fresh: only Vault knows of mallory's open
     assert not (tmp_path / "ledger.db").exists()
+    # an open in Vault counts when signed by a key the receiver trusts ...
     args = ("open", "handover.kcb", "--identity", "platform.kcid", *trust, "-o", "creds.env")
-    refused = run(*args, cwd=tmp_path, env=env)
+    refused = run(*args, "--trust", h["mallory_fpr"], cwd=tmp_path, env=env)
     assert refused.returncode == 7, refused.stderr
     assert "possible interception" in refused.stderr
     assert h["mallory_fpr"] in refused.stderr
     assert "already opened" in refused.stderr
     assert not (tmp_path / "creds.env").exists()
-    reopened = run(*args, "--allow-reopen", cwd=tmp_path, env=env)
-    assert reopened.returncode == 0, reopened.stderr
-    assert "possible interception" in reopened.stderr
+    # ... any other is reported, never acted on (a sender-role token can create one)
+    warned = run(*args, cwd=tmp_path, env=env)
+    assert warned.returncode == 0, warned.stderr
+    assert "possible interception" in warned.stderr
+    assert h["mallory_fpr"] in warned.stderr
+    assert "not acted on" in warned.stderr
     assert (tmp_path / "creds.env").exists()
 
 
@@ -660,10 +664,12 @@ def test_vault_cacert_trusts_a_tls_vault_and_a_wrong_ca_is_exit_3(tmp_path: Path
         assert ok.returncode == 0, ok.stderr
         assert "in the local ledger and in Vault" in ok.stderr
         client = hvac.Client(url=server.addr, token=server.token, verify=cacert)
+        folder = "keycourier/handovers/kcb-tls-ok/events"
+        (name,) = client.secrets.kv.v2.list_secrets(path=folder, mount_point="secret")["data"][
+            "keys"
+        ]
         record = client.secrets.kv.v2.read_secret_version(
-            path="keycourier/handovers/kcb-tls-ok",
-            mount_point="secret",
-            raise_on_deleted_version=True,
+            path=f"{folder}/{name}", mount_point="secret", raise_on_deleted_version=True
         )
         assert "revoked" in json.dumps(record["data"]["data"])
 
@@ -673,7 +679,7 @@ def test_vault_cacert_trusts_a_tls_vault_and_a_wrong_ca_is_exit_3(tmp_path: Path
             )
             return [str(k) for k in listed["data"]["keys"]]
 
-        assert handover_records() == ["kcb-tls-ok"]
+        assert handover_records() == ["kcb-tls-ok/"]
         doctor = run("doctor", cwd=tmp_path, env=trusted)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 

@@ -15,7 +15,7 @@ from keycourier.errors import IntegrityError, UnavailableError
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import bundle_state, open_recorder
 from keycourier.ledger.sqlite import SqliteLedger
-from keycourier.ledger.vault import HANDOVERS, record_for
+from keycourier.ledger.vault import bundle_events_dir, record_for
 from tests.support.openbao import BaoServer, free_port
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -48,7 +48,17 @@ def root(server: BaoServer) -> hvac.Client:
     return hvac.Client(url=server.addr, token=server.token)
 
 
-def test_records_are_write_once_versions_with_metadata(bao_dev: BaoServer, tmp_path: Path) -> None:
+def path_of(rec: object, seq: int) -> str:
+    from keycourier.ledger.service import LedgerRecorder
+
+    assert isinstance(rec, LedgerRecorder)
+    rec.flush()
+    path = rec.ledger.delivery_of(seq)[1]
+    assert path is not None
+    return path
+
+
+def test_records_are_write_once_per_event(bao_dev: BaoServer, tmp_path: Path) -> None:
     bid = "kcb-" + uuid.uuid4().hex
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         first = rec.record(ev(EventType.SEALED, bid, platform="xero", partner="Acme"))
@@ -59,56 +69,63 @@ def test_records_are_write_once_versions_with_metadata(bao_dev: BaoServer, tmp_p
         assert other.vault_status == VaultStatus.RECORDED
         ledger_id = rec.ledger.ledger_id
         rows = {seq: rec.ledger.event_row(seq) for seq in (1, 2, 3)}
+        paths = {seq: path_of(rec, seq) for seq in (1, 2)}
         report = rec.verify(vault=True)
     assert report.ok
     assert report.vault_records_checked == 3
     client = root(bao_dev)
-    meta = vault.kv_read_metadata(client, "secret", f"{HANDOVERS}/{bid}")
-    assert meta is not None
-    assert meta.current_version == 2
-    assert meta.custom_metadata == {
-        "bundle_id": bid,
-        "platform": "xero",
-        "partner": "Acme",
-        "fingerprint": "kcfp1:abc",
-    }
-    for seq, version in ((1, 1), (2, 2)):
-        got = vault.kv_read_version(client, "secret", f"{HANDOVERS}/{bid}", version)
+    folder = bundle_events_dir(bid)
+    assert sorted(vault.kv_list(client, "secret", folder)) == sorted(
+        p.rsplit("/", 1)[1] for p in paths.values()
+    )
+    for seq in (1, 2):
+        assert paths[seq].startswith(f"{folder}/{ledger_id}-{seq:010d}-")
+        meta = vault.kv_read_metadata(client, "secret", paths[seq])
+        assert meta is not None
+        assert meta.current_version == 1  # one record per event, one version
+        got = vault.kv_read_version(client, "secret", paths[seq], 1)
         row = rows[seq]
         assert row is not None
         assert got is not None
         assert got.data == record_for(ledger_id, seq, *row)
     event_path = f"keycourier/events/token_issued/{ledger_id}-{3:010d}"
     assert vault.kv_read(client, "secret", event_path) is not None
-    # write-once: a second create at the same version is refused by cas
+    # write-once: a second create of the same record is refused by cas
     with pytest.raises(vault.CasMismatchError):
-        vault.kv_write(client, "secret", f"{HANDOVERS}/{bid}", {"x": "y"}, cas=0)
+        vault.kv_write(client, "secret", paths[1], {"x": "y"}, cas=0)
 
 
 def test_other_ledger_sees_opened_by_another_identity(bao_dev: BaoServer, tmp_path: Path) -> None:
+    from keycourier.bundle.identity import KeycourierIdentity
+    from keycourier.ledger.signed import sign_event
+
+    alice, mallory, bob = (KeycourierIdentity.generate() for _ in range(3))
+    key = {n: i.public().signing_key for n, i in (("a", alice), ("m", mallory), ("b", bob))}
     bid = "kcb-" + uuid.uuid4().hex
     sender = settings_for(tmp_path, bao_dev.addr, bao_dev.token, "sender.db")
     receiver = settings_for(tmp_path, bao_dev.addr, bao_dev.token, "receiver.db")
     with open_recorder(sender) as rec:
-        rec.record(ev(EventType.SEALED, bid))
+        rec.record(sign_event(ev(EventType.SEALED, bid), alice))
     with open_recorder(receiver) as rec:
-        rec.record(ev(EventType.OPENED, bid, 1, actor="kc1:mallory"))
+        rec.record(sign_event(ev(EventType.OPENED, bid, 1, actor="kc1:mallory"), mallory))
     with open_recorder(receiver) as rec:
-        state = bundle_state(rec, bid)
+        state = bundle_state(rec, bid, trusted=[key["a"]], own_key=key["m"])
         assert state.vault_checked
         assert state.sealed_by == "kc1:alice"  # known only through Vault
         assert state.opened_by == ("kc1:mallory",)
-        out = rec.record(ev(EventType.OPENED, bid, 2, actor="kc1:bob"))
+        out = rec.record(sign_event(ev(EventType.OPENED, bid, 2, actor="kc1:bob"), bob))
         assert out.vault_status == VaultStatus.RECORDED
     with open_recorder(sender) as rec:
-        state = bundle_state(rec, bid)
+        # opens by keys the reader trusts count; others are reported, not acted on
+        state = bundle_state(rec, bid, trusted=[key["a"], key["m"], key["b"]])
         assert state.opened_by == ("kc1:mallory", "kc1:bob")
+        state = bundle_state(rec, bid, trusted=[key["a"], key["b"]])
+        assert state.opened_by == ("kc1:bob",)
+        assert len(state.ignored) == 1
+        assert "does not trust" in state.ignored[0]
         report = rec.verify(vault=True)
     assert report.ok
-    assert report.foreign_records == 2
-    meta = vault.kv_read_metadata(root(bao_dev), "secret", f"{HANDOVERS}/{bid}")
-    assert meta is not None
-    assert meta.current_version == 3
+    assert len(vault.kv_list(root(bao_dev), "secret", bundle_events_dir(bid))) == 3
 
 
 def test_unreachable_vault_keeps_event_pending(tmp_path: Path) -> None:
@@ -142,11 +159,10 @@ def test_sync_counts_identical_record_as_delivered(bao_dev: BaoServer, tmp_path:
         rec.record(ev(EventType.DENIED_FINGERPRINT, None, 2, reason="sandbox"))
         ledger_id = rec.ledger.ledger_id
         row = rec.ledger.event_row(1)
+        first_path = path_of(rec, 1)
     assert row is not None
     # Someone (a crashed earlier sync) already wrote event #1.
-    vault.kv_write(
-        root(bao_dev), "secret", f"{HANDOVERS}/{bid}", record_for(ledger_id, 1, *row), cas=0
-    )
+    vault.kv_write(root(bao_dev), "secret", first_path, record_for(ledger_id, 1, *row), cas=0)
     up = settings_for(tmp_path, bao_dev.addr, bao_dev.token)
     with open_recorder(up) as rec:
         report = rec.sync()
@@ -166,8 +182,9 @@ def test_sync_conflict_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path)
         rec.record(ev(EventType.SEALED, bid))
         ledger_id = rec.ledger.ledger_id
         body, prev, digest = rec.ledger.event_row(1) or ("", "", "")
+        first_path = path_of(rec, 1)
     forged = record_for(ledger_id, 1, body.replace("kc1:alice", "kc1:mallory"), prev, digest)
-    vault.kv_write(root(bao_dev), "secret", f"{HANDOVERS}/{bid}", forged, cas=0)
+    vault.kv_write(root(bao_dev), "secret", first_path, forged, cas=0)
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         report = rec.sync()
         assert report.delivered == 0
@@ -182,23 +199,23 @@ def test_sync_conflict_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path)
 
 def test_altered_vault_versions_are_detected(bao_dev: BaoServer, tmp_path: Path) -> None:
     bid = "kcb-" + uuid.uuid4().hex
-    path = f"{HANDOVERS}/{bid}"
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         for i, kind in enumerate((EventType.SEALED, EventType.OPENED, EventType.INGESTED)):
             rec.record(ev(kind, bid, i))
         assert rec.verify(vault=True).ok
         ledger_id = rec.ledger.ledger_id
         body, prev, digest = rec.ledger.event_row(2) or ("", "", "")
+        paths = [path_of(rec, seq) for seq in (1, 2)]
     client = root(bao_dev)
-    # An attacker with write access appends a version that rewrites event #2.
+    # An administrator (no keycourier role may) adds a version that rewrites event #2.
     altered = record_for(ledger_id, 2, body.replace("kc1:alice", "kc1:eve"), prev, digest)
-    vault.kv_write(client, "secret", path, altered, cas=3)
+    vault.kv_write(client, "secret", paths[1], altered, cas=1)
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         report = rec.verify(vault=True)
     assert report.first_break is not None
     assert report.first_break[0] == 2
     # ... and soft-deletes version 1 (event #1).
-    client.secrets.kv.v2.delete_secret_versions(path=path, versions=[1], mount_point="secret")
+    client.secrets.kv.v2.delete_secret_versions(path=paths[0], versions=[1], mount_point="secret")
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         report = rec.verify(vault=True)
     assert report.first_break is not None
@@ -229,10 +246,9 @@ def test_pending_then_sync_after_vault_restart(tmp_path: Path) -> None:
             report = rec.sync()
             assert report.delivered == 2
             assert report.remaining == 0
-            meta = vault.kv_read_metadata(root(second), "secret", f"{HANDOVERS}/kcb-r")
-            assert meta is not None
-            # the in-memory server lost version 1; the two pending events were appended in order
-            assert meta.current_version == 2
+            # the in-memory server lost event #1; the two pending events have their records
+            names = vault.kv_list(root(second), "secret", bundle_events_dir("kcb-r"))
+            assert len(names) == 2
             state = bundle_state(rec, "kcb-r")
             assert state.revoked == "lost"
     finally:
@@ -260,7 +276,7 @@ def test_optional_transit_signatures(bao_dev: BaoServer, tmp_path: Path) -> None
         report = rec.verify(vault=True)
         assert report.ok, report.first_break
         assert rec.mirror is not None
-        got = vault.kv_read_version(admin, "secret", f"{HANDOVERS}/{bid}", 1)
+        got = vault.kv_read_version(admin, "secret", path_of(rec, 1), 1)
         assert got is not None
         assert got.data is not None
         signature = str(got.data["transit_signature"])
@@ -288,21 +304,21 @@ def test_transit_signature_removed_or_forged_breaks_at_its_seq(
         "KEYCOURIER_VAULT_TRANSIT_KEY": "keycourier-provenance",
     }
     settings = config.load(ledger_path=tmp_path / "t.db", env=env)
-    path = f"{HANDOVERS}/{bid}"
     with open_recorder(settings) as rec:
         for n, kind in enumerate((EventType.SEALED, EventType.OPENED, EventType.REVOKED)):
             assert rec.record(ev(kind, bid, n)).vault_status == VaultStatus.RECORDED
         assert rec.verify(vault=True).ok
-    versions = [vault.kv_read_version(admin, "secret", path, n) for n in (1, 2, 3)]
+        paths = [path_of(rec, seq) for seq in (1, 2, 3)]
+    versions = [vault.kv_read_version(admin, "secret", path, 1) for path in paths]
     data = [dict(v.data) for v in versions if v is not None and v.data is not None]
     assert [d["seq"] for d in data] == [1, 2, 3]
-    # someone with write access to the mount rewrites the record's history: the records
-    # are kept identical, but version 2 loses its signature and version 3 borrows version 1's
+    # an administrator rewrites the records: the records are kept identical, but
+    # event #2 loses its signature and event #3 borrows event #1's
     del data[1]["transit_signature"]
     data[2]["transit_signature"] = data[0]["transit_signature"]
-    admin.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
-    for cas, record in enumerate(data):
-        vault.kv_write(admin, "secret", path, record, cas=cas)
+    for path, record in zip(paths, data, strict=True):
+        admin.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+        vault.kv_write(admin, "secret", path, record, cas=0)
     with open_recorder(settings) as rec:
         report = rec.verify(vault=True)
     assert report.chain.ok  # the local chain is intact: only Vault's signatures are wrong
@@ -336,3 +352,28 @@ def test_missing_mount_keeps_event_pending_and_says_why(bao_dev: BaoServer, tmp_
         assert out.vault_status == VaultStatus.PENDING
         assert "no-such-mount" in out.detail
         assert rec.ledger.pending_count() == 1
+
+
+def test_pending_event_of_the_older_layout_goes_to_its_own_record(
+    bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    """An event left pending by a version that appended to one record per bundle is
+    delivered, by sync, to its own write-once record (never to the shared one)."""
+    import sqlite3
+
+    bid = "kcb-" + uuid.uuid4().hex
+    with open_recorder(settings_for(tmp_path, dead_addr(), "t")) as rec:
+        rec.record(ev(EventType.REVOKED, bid, reason="lost"))
+        ledger_id = rec.ledger.ledger_id
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    conn.execute("UPDATE delivery SET path = ? WHERE seq = 1", (f"keycourier/handovers/{bid}",))
+    conn.close()
+    with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
+        report = rec.sync()
+        assert report.delivered == 1
+        path = path_of(rec, 1)
+        assert rec.verify(vault=True).ok
+    assert path.startswith(f"{bundle_events_dir(bid)}/{ledger_id}-0000000001-")
+    client = root(bao_dev)
+    assert vault.kv_read(client, "secret", path) is not None
+    assert vault.kv_read(client, "secret", f"keycourier/handovers/{bid}") is None

@@ -19,7 +19,7 @@ from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import bundle_state, denied_lookup, open_recorder, timeline
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
-from keycourier.ledger.vault import DENIED, LEDGERS
+from keycourier.ledger.vault import DENIED, LEDGERS, denied_events_dir
 from tests.support.openbao import BaoServer
 
 T0 = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
@@ -119,19 +119,32 @@ def test_removed_tail_is_an_integrity_break(
 
 
 def test_bundle_state_sees_own_revoke_removed_locally(bao_dev: BaoServer, tmp_path: Path) -> None:
+    from keycourier.bundle.identity import KeycourierIdentity
+    from keycourier.ledger.signed import sign_event
+
+    alice, bob = KeycourierIdentity.generate(), KeycourierIdentity.generate()
     bid = "kcb-" + uuid.uuid4().hex
     settings = settings_for(tmp_path, bao_dev)
     with open_recorder(settings) as rec:
         rec.record(ev(EventType.SEALED, bid))
-        rec.record(ev(EventType.OPENED, bid, 1, actor="kc1:bob"))
-        rec.record(ev(EventType.REVOKED, bid, 2, reason="sent to the wrong team"))
+        rec.record(sign_event(ev(EventType.OPENED, bid, 1, actor="kc1:bob"), bob))
+        rec.record(
+            sign_event(ev(EventType.REVOKED, bid, 2, reason="sent to the wrong team"), alice)
+        )
     truncate(settings.ledger_path, 2)
     with open_recorder(settings) as rec:
-        state = bundle_state(rec, bid)
+        state = bundle_state(
+            rec, bid, trusted=[alice.public().signing_key], own_key=bob.public().signing_key
+        )
         rows = timeline(rec, bid)
+        # what Vault alone holds counts only when signed by a key the reader trusts
+        untrusted = bundle_state(rec, bid, trusted=[bob.public().signing_fingerprint])
     assert state.vault_checked
     assert state.revoked == "sent to the wrong team"
     assert state.opened_by == ("kc1:bob",)
+    assert untrusted.revoked is None
+    assert untrusted.opened_by == ("kc1:bob",)
+    assert len(untrusted.ignored) == 1
     assert [(src, str(e.type), origin) for src, e, origin in rows] == [
         ("ledger", "sealed", "recorded"),
         ("vault", "opened", "unmatched"),
@@ -145,9 +158,8 @@ def test_deny_recorded_by_another_ledger_is_honoured(bao_dev: BaoServer, tmp_pat
         out = rec.record(ev(EventType.DENIED_FINGERPRINT, None, fingerprint=fp, reason="leaked"))
         assert out.vault_status == VaultStatus.RECORDED
         ledger_id = rec.ledger.ledger_id
-    meta = vault.kv_read_metadata(root(bao_dev), "secret", f"{DENIED}/{fp}")
-    assert meta is not None
-    assert meta.custom_metadata == {"fingerprint": fp}
+    names = vault.kv_list(root(bao_dev), "secret", denied_events_dir(fp))
+    assert [n.split("-")[0] for n in names] == [ledger_id]
     # a sender with no ledger file yet: Vault alone, and no file is created
     fresh = settings_for(tmp_path, bao_dev, "fresh.db")
     reason = denied_lookup(fresh)(fp)
@@ -177,7 +189,7 @@ def test_own_deny_removed_locally_is_still_honoured(bao_dev: BaoServer, tmp_path
         report = rec.verify(vault=True)
     assert report.first_break is not None
     assert report.first_break[0] == 2
-    assert f"{DENIED}/{fp}" in report.first_break[1]
+    assert any(f"{DENIED}/{fp}/events/" in b.reason for b in report.vault_breaks)
 
 
 # -- M1: the checkpoint key --------------------------------------------------------------
@@ -218,7 +230,7 @@ def test_key_is_pinned_once_and_a_swapped_key_is_detected(
         vreport = rec.verify(vault=True)
     assert vreport.first_break is not None
     assert vreport.first_break[0] == 0
-    assert "pinned in Vault" in vreport.first_break[1]
+    assert any("pinned in Vault" in b.reason for b in vreport.vault_breaks)
 
 
 def test_a_clashing_pin_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path) -> None:
@@ -262,4 +274,6 @@ def test_foreign_records_are_marked_and_sanitised(bao_dev: BaoServer, tmp_path: 
     shown = rows[1][1]
     assert shown.actor == "kc1:evil\\x1b[2J\\u202egnp.exe\\x9b31m"
     assert shown.data["note"] == "hi\\x07\\x1b]0;owned\\x07"
-    assert state.opened_by == ("kc1:evil\\x1b[2J\\u202egnp.exe\\x9b31m",)
+    # unsigned: reported (sanitised), never acted on
+    assert state.opened_by == ()
+    assert "kc1:evil\\x1b[2J\\u202egnp.exe\\x9b31m" in state.ignored[0]

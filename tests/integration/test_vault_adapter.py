@@ -192,5 +192,6 @@ def test_namespace_reaches_both_transports(bao_dev: BaoServer, tmp_path: Path) -
         event = Event(EventType.SEALED, datetime.now(UTC), "kc1:a", bundle_id=bid)
         assert rec.record(event).vault_status == VaultStatus.RECORDED
         assert rec.verify(vault=True).ok
-    assert vault.kv_read(inner, "secret", f"keycourier/handovers/{bid}") is not None
-    assert vault.kv_read(admin, "secret", f"keycourier/handovers/{bid}") is None
+    folder = f"keycourier/handovers/{bid}/events"
+    assert len(vault.kv_list(inner, "secret", folder)) == 1
+    assert vault.kv_list(admin, "secret", folder) == []

@@ -42,61 +42,78 @@ def denied(fn: Callable[[], object]) -> None:
 
 def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
     bid = "kcb-" + uuid.uuid4().hex
-    partner = f"partners/p{uuid.uuid4().hex[:8]}/xero"
+    creds = f"handed-over/p{uuid.uuid4().hex[:8]}/xero"
+    platform = f"platform/p{uuid.uuid4().hex[:8]}/monite"
     send, recv, aud, helper = (clients[r] for r in ROLES)
-    hand = f"keycourier/handovers/{bid}"
+    admin = clients["root"]
+    legacy = f"keycourier/handovers/{bid}"
+    folder = f"{legacy}/events"
+    hand = f"{folder}/l1-0000000001-00aa"
+    hand2 = f"{folder}/l2-0000000002-00bb"
     ev = f"keycourier/events/token_issued/x-{bid}"
-    # sender: create with cas=0, append with cas, custom_metadata, read back, write-once events
+    vault.kv_write(admin, "secret", legacy, {"seq": 0}, cas=0)  # the older layout
+    # sender: create write-once event records, read them back and list them
     assert vault.kv_write(send, "secret", hand, {"seq": 1}, cas=0) == 1
-    assert vault.kv_write(send, "secret", hand, {"seq": 2}, cas=1) == 2
-    vault.kv_write_custom_metadata(send, "secret", hand, {"bundle_id": bid})
     meta = vault.kv_read_metadata(send, "secret", hand)
     assert meta is not None
-    assert meta.current_version == 2
-    assert vault.kv_read(send, "secret", hand) == {"seq": 2}
+    assert meta.current_version == 1
+    assert vault.kv_read(send, "secret", hand) == {"seq": 1}
+    assert vault.kv_read(send, "secret", legacy) == {"seq": 0}
     assert vault.kv_write(send, "secret", ev, {"seq": 3}, cas=0) == 1
-    # sender: pin a ledger key once, append deny records, list what audit verify --vault walks
+    # sender: pin a ledger key once, create deny events, witness checkpoints, pin the
+    # machine's ledger, list what audit verify --vault walks
     pin = f"keycourier/ledgers/l{uuid.uuid4().hex[:16]}"
-    deny = f"keycourier/denied/kc1:{uuid.uuid4().hex}"
+    fp = f"kc1:{uuid.uuid4().hex}"
+    deny = f"keycourier/denied/{fp}/events/l1-0000000004-00cc"
+    checkpoint = f"keycourier/checkpoints/l{uuid.uuid4().hex[:16]}/0000000004"
+    machine = f"keycourier/machines/m{uuid.uuid4().hex[:16]}"
     assert vault.kv_write(send, "secret", pin, {"public_key": "ab"}, cas=0) == 1
     assert vault.kv_read(send, "secret", pin) == {"public_key": "ab"}
-    assert vault.kv_write(send, "secret", deny, {"seq": 1}, cas=0) == 1
-    assert vault.kv_write(send, "secret", deny, {"seq": 2}, cas=1) == 2
-    vault.kv_write_custom_metadata(send, "secret", deny, {"fingerprint": "kc1:x"})
-    assert bid in vault.kv_list(send, "secret", "keycourier/handovers")
-    assert deny.rsplit("/", 1)[1] in vault.kv_list(send, "secret", "keycourier/denied")
+    assert vault.kv_write(send, "secret", deny, {"seq": 4}, cas=0) == 1
+    assert vault.kv_write(send, "secret", checkpoint, {"seq": 4}, cas=0) == 1
+    assert vault.kv_write(send, "secret", machine, {"ledger": "l1"}, cas=0) == 1
+    assert vault.kv_read(send, "secret", checkpoint) == {"seq": 4}
+    assert f"{bid}/" in vault.kv_list(send, "secret", "keycourier/handovers")
+    assert hand.rsplit("/", 1)[1] in vault.kv_list(send, "secret", folder)
+    assert f"{fp}/" in vault.kv_list(send, "secret", "keycourier/denied")
     assert "token_issued/" in vault.kv_list(send, "secret", "keycourier/events")
     assert vault.kv_list(send, "secret", "keycourier/events/token_issued")
+    assert vault.kv_list(send, "secret", checkpoint.rsplit("/", 1)[0]) == ["0000000004"]
     # receiver: the same record rights (it records opened/ingested and reads denies)
-    assert vault.kv_read(recv, "secret", deny) == {"seq": 2}
+    assert vault.kv_read(recv, "secret", deny) == {"seq": 4}
     assert vault.kv_read(recv, "secret", pin) == {"public_key": "ab"}
-    assert bid in vault.kv_list(recv, "secret", "keycourier/handovers")
-    # receiver: read and append handover records, write partner credentials and their metadata
-    assert vault.kv_read(recv, "secret", hand) == {"seq": 2}
-    assert vault.kv_write(recv, "secret", hand, {"seq": 4}, cas=2) == 3
+    assert f"{bid}/" in vault.kv_list(recv, "secret", "keycourier/handovers")
+    assert vault.kv_read(recv, "secret", hand) == {"seq": 1}
+    assert vault.kv_write(recv, "secret", hand2, {"seq": 2}, cas=0) == 1
+    assert vault.kv_write(recv, "secret", f"{checkpoint}1", {"seq": 5}, cas=0) == 1
+    # receiver: write handed-over credentials with check-and-set, read their versions
+    # (metadata, never the data) and set their custom_metadata
+    assert vault.kv_read_metadata(recv, "secret", creds) is None
+    assert vault.kv_write(recv, "secret", creds, {"client_id": "A", "client_secret": "B"}, cas=0)
+    meta = vault.kv_read_metadata(recv, "secret", creds)
+    assert meta is not None
+    assert meta.current_version == 1
     assert (
-        vault.kv_write(recv, "secret", partner, {"client_id": "A", "client_secret": "B"}, cas=None)
-        == 1
+        vault.kv_write(recv, "secret", creds, {"client_id": "A", "client_secret": "C"}, cas=1) == 2
     )
-    assert (
-        vault.kv_write(recv, "secret", partner, {"client_id": "A", "client_secret": "C"}, cas=None)
-        == 2
-    )
-    vault.kv_write_custom_metadata(recv, "secret", partner, {"bundle_id": bid})
-    # auditor: read records and metadata (also of partner credentials), list
-    assert vault.kv_read(aud, "secret", hand) == {"seq": 4}
+    vault.kv_write_custom_metadata(recv, "secret", creds, {"bundle_id": bid})
+    # auditor: read records, checkpoints and metadata (also of handed-over credentials), list
+    assert vault.kv_read(aud, "secret", hand) == {"seq": 1}
+    assert vault.kv_read(aud, "secret", legacy) == {"seq": 0}
     assert vault.kv_read(aud, "secret", ev) == {"seq": 3}
     assert vault.kv_read(aud, "secret", pin) == {"public_key": "ab"}
-    assert vault.kv_read(aud, "secret", deny) == {"seq": 2}
-    pmeta = vault.kv_read_metadata(aud, "secret", partner)
+    assert vault.kv_read(aud, "secret", deny) == {"seq": 4}
+    assert vault.kv_read(aud, "secret", checkpoint) == {"seq": 4}
+    assert vault.kv_read(aud, "secret", machine) == {"ledger": "l1"}
+    pmeta = vault.kv_read_metadata(aud, "secret", creds)
     assert pmeta is not None
     assert pmeta.custom_metadata == {"bundle_id": bid}
     listed = aud.secrets.kv.v2.list_secrets(path="keycourier/handovers", mount_point="secret")
-    assert bid in listed["data"]["keys"]
-    # token helper: read the partner credentials
-    assert vault.kv_read(helper, "secret", partner) == {"client_id": "A", "client_secret": "C"}
+    assert f"{bid}/" in listed["data"]["keys"]
+    # token helper: read the platform API credentials (an administrator stores them)
+    vault.kv_write(admin, "secret", platform, {"client_id": "M", "client_secret": "N"}, cas=None)
+    assert vault.kv_read(helper, "secret", platform) == {"client_id": "M", "client_secret": "N"}
     # optional Transit signing: sender and receiver sign, the auditor verifies
-    admin = clients["root"]
     if "transit/" not in admin.sys.list_mounted_secrets_engines()["data"]:
         admin.sys.enable_secrets_engine("transit", path="transit")
     admin.secrets.transit.create_key("keycourier-provenance", key_type="ed25519")
@@ -115,30 +132,50 @@ def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
 
 def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
     bid = "kcb-" + uuid.uuid4().hex
-    partner = f"partners/p{uuid.uuid4().hex[:8]}/quickbooks"
-    hand = f"keycourier/handovers/{bid}"
+    creds = f"handed-over/p{uuid.uuid4().hex[:8]}/quickbooks"
+    legacy = f"keycourier/handovers/{bid}"
+    hand = f"{legacy}/events/l1-0000000001-00aa"
     ev = f"keycourier/events/denied_fingerprint/x-{bid}"
+    checkpoint = f"keycourier/checkpoints/l{uuid.uuid4().hex[:16]}/0000000001"
+    machine = f"keycourier/machines/m{uuid.uuid4().hex[:16]}"
     admin = clients["root"]
+    vault.kv_write(admin, "secret", legacy, {"seq": 0}, cas=0)
     vault.kv_write(admin, "secret", hand, {"seq": 1}, cas=0)
     vault.kv_write(admin, "secret", ev, {"seq": 1}, cas=0)
+    vault.kv_write(admin, "secret", checkpoint, {"seq": 1}, cas=0)
+    vault.kv_write(admin, "secret", machine, {"ledger": "l1"}, cas=0)
     pin = f"keycourier/ledgers/l{uuid.uuid4().hex[:16]}"
     vault.kv_write(admin, "secret", pin, {"public_key": "ab"}, cas=0)
-    vault.kv_write(admin, "secret", partner, {"client_id": "A", "client_secret": "B"}, cas=None)
+    vault.kv_write(admin, "secret", creds, {"client_id": "A", "client_secret": "B"}, cas=None)
     send, recv, aud, helper = (clients[r] for r in ROLES)
     kv = {r: clients[r].secrets.kv.v2 for r in ROLES}
+
+    def add_version(role: str, path: str, cas: int | None = 1) -> Callable[[], object]:
+        return lambda: kv[role].create_or_update_secret(
+            path=path, secret={"a": "b"}, cas=cas, mount_point="secret"
+        )
+
     cases: list[tuple[str, Callable[[], object]]] = [
         (
-            "sender reads partner secret",
+            "sender reads handed-over credentials",
             lambda: kv["sender"].read_secret_version(
-                path=partner, mount_point="secret", raise_on_deleted_version=True
+                path=creds, mount_point="secret", raise_on_deleted_version=True
             ),
         ),
+        ("sender writes handed-over credentials", add_version("sender", creds, None)),
+        ("sender adds a version to an event record", add_version("sender", hand)),
+        ("receiver adds a version to an event record", add_version("receiver", hand)),
+        ("sender writes without cas to an event record", add_version("sender", hand, None)),
+        ("sender appends to the older bundle record", add_version("sender", legacy)),
+        ("receiver appends to the older bundle record", add_version("receiver", legacy)),
         (
-            "sender writes partner secret",
-            lambda: kv["sender"].create_or_update_secret(
-                path=partner, secret={"a": "b"}, mount_point="secret"
-            ),
+            "sender creates a record outside events/",
+            add_version("sender", f"{legacy}/other", 0),
         ),
+        ("sender creates a bundle record", add_version("sender", legacy + "x", 0)),
+        ("sender rewrites a witnessed checkpoint", add_version("sender", checkpoint)),
+        ("receiver rewrites a witnessed checkpoint", add_version("receiver", checkpoint)),
+        ("sender rewrites the machine's ledger", add_version("sender", machine)),
         (
             "sender soft-deletes a record",
             lambda: kv["sender"].delete_latest_version_of_secret(path=hand, mount_point="secret"),
@@ -164,23 +201,24 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
             lambda: send.adapter.post(f"/v1/secret/metadata/{hand}", json={"max_versions": 1}),
         ),
         (
-            "sender overwrites a write-once event",
-            lambda: kv["sender"].create_or_update_secret(
-                path=ev, secret={"a": "b"}, mount_point="secret"
+            "sender shrinks max_versions of the older record",
+            lambda: send.adapter.post(f"/v1/secret/metadata/{legacy}", json={"max_versions": 1}),
+        ),
+        (
+            "receiver sets delete_version_after on a record",
+            lambda: recv.adapter.post(
+                f"/v1/secret/metadata/{hand}", json={"delete_version_after": "1s"}
             ),
         ),
         (
-            "sender replaces a pinned ledger key",
-            lambda: kv["sender"].create_or_update_secret(
-                path=pin, secret={"public_key": "cd"}, cas=1, mount_point="secret"
+            "sender sets custom_metadata on a record",
+            lambda: send.adapter.post(
+                f"/v1/secret/metadata/{hand}", json={"custom_metadata": {"a": "b"}}
             ),
         ),
-        (
-            "receiver replaces a pinned ledger key",
-            lambda: kv["receiver"].create_or_update_secret(
-                path=pin, secret={"public_key": "cd"}, mount_point="secret"
-            ),
-        ),
+        ("sender overwrites a write-once event", add_version("sender", ev, None)),
+        ("sender replaces a pinned ledger key", add_version("sender", pin)),
+        ("receiver replaces a pinned ledger key", add_version("receiver", pin, None)),
         (
             "sender deletes a pinned ledger key",
             lambda: kv["sender"].delete_metadata_and_all_versions(path=pin, mount_point="secret"),
@@ -191,16 +229,13 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
                 path=pin, mount_point="secret", raise_on_deleted_version=True
             ),
         ),
+        ("sender writes outside keycourier/", add_version("sender", "other/x", None)),
+        ("sender writes platform credentials", add_version("sender", "platform/x/y", None)),
+        ("receiver writes platform credentials", add_version("receiver", "platform/x/y", None)),
         (
-            "sender writes outside keycourier/",
-            lambda: kv["sender"].create_or_update_secret(
-                path="other/x", secret={"a": "b"}, mount_point="secret"
-            ),
-        ),
-        (
-            "receiver reads partner secret back",
+            "receiver reads handed-over credentials back",
             lambda: kv["receiver"].read_secret_version(
-                path=partner, mount_point="secret", raise_on_deleted_version=True
+                path=creds, mount_point="secret", raise_on_deleted_version=True
             ),
         ),
         (
@@ -212,27 +247,18 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
         (
             "receiver sets delete_version_after",
             lambda: recv.adapter.post(
-                f"/v1/secret/metadata/{partner}", json={"delete_version_after": "1s"}
+                f"/v1/secret/metadata/{creds}", json={"delete_version_after": "1s"}
             ),
         ),
         (
-            "auditor reads partner secret",
+            "auditor reads handed-over credentials",
             lambda: kv["auditor"].read_secret_version(
-                path=partner, mount_point="secret", raise_on_deleted_version=True
+                path=creds, mount_point="secret", raise_on_deleted_version=True
             ),
         ),
-        (
-            "auditor writes a record",
-            lambda: kv["auditor"].create_or_update_secret(
-                path=hand, secret={"a": "b"}, cas=1, mount_point="secret"
-            ),
-        ),
-        (
-            "auditor writes partner secret",
-            lambda: kv["auditor"].create_or_update_secret(
-                path=partner, secret={"a": "b"}, mount_point="secret"
-            ),
-        ),
+        ("auditor writes a record", add_version("auditor", hand)),
+        ("auditor creates a record", add_version("auditor", hand + "x", 0)),
+        ("auditor writes handed-over credentials", add_version("auditor", creds, None)),
         (
             "auditor deletes a record",
             lambda: kv["auditor"].delete_latest_version_of_secret(path=hand, mount_point="secret"),
@@ -244,18 +270,19 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
             ),
         ),
         (
-            "token helper writes partner secret",
-            lambda: kv["token-helper"].create_or_update_secret(
-                path=partner, secret={"a": "b"}, mount_point="secret"
+            "token helper reads handed-over credentials",
+            lambda: kv["token-helper"].read_secret_version(
+                path=creds, mount_point="secret", raise_on_deleted_version=True
             ),
         ),
+        ("token helper writes handed-over credentials", add_version("token-helper", creds, None)),
         (
-            "token helper lists partners",
-            lambda: kv["token-helper"].list_secrets(path="partners", mount_point="secret"),
+            "token helper lists platform credentials",
+            lambda: kv["token-helper"].list_secrets(path="platform", mount_point="secret"),
         ),
         (
-            "token helper reads partner metadata",
-            lambda: kv["token-helper"].read_secret_metadata(path=partner, mount_point="secret"),
+            "token helper reads credential metadata",
+            lambda: kv["token-helper"].read_secret_metadata(path=creds, mount_point="secret"),
         ),
         (
             "sender writes a policy",
@@ -267,17 +294,26 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
         ("helper mounts an engine", lambda: helper.sys.enable_secrets_engine("kv", path="evil")),
     ]
     assert len(cases) >= 12
-    for _, fn in cases:
-        denied(fn)
+    for name, fn in cases:
+        try:
+            denied(fn)
+        except BaseException as exc:
+            raise AssertionError(f"not denied: {name}") from exc
     # nothing changed
     assert vault.kv_read(admin, "secret", hand) == {"seq": 1}
+    assert vault.kv_read(admin, "secret", legacy) == {"seq": 0}
+    assert vault.kv_read(admin, "secret", checkpoint) == {"seq": 1}
     assert vault.kv_read(admin, "secret", pin) == {"public_key": "ab"}
-    assert vault.kv_read(admin, "secret", partner) == {"client_id": "A", "client_secret": "B"}
+    assert vault.kv_read(admin, "secret", creds) == {"client_id": "A", "client_secret": "B"}
+    for path in (hand, legacy):
+        meta = vault.kv_read_metadata(admin, "secret", path)
+        assert meta is not None
+        assert meta.current_version == 1
 
 
 def test_adapter_translates_denial_to_auth_error(clients: dict[str, hvac.Client]) -> None:
     with pytest.raises(AuthError, match="permission denied"):
-        vault.kv_read(clients["auditor"], "secret", "partners/x/y")
+        vault.kv_read(clients["auditor"], "secret", "handed-over/x/y")
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -357,7 +357,7 @@ def test_no_command_leaks_the_sentinel(
         "second.kcb",
         *trust,
         "--vault-path",
-        f"partners/leaktest-{secrets.token_hex(4)}/quickbooks",
+        f"handed-over/leaktest-{secrets.token_hex(4)}/quickbooks",
         "--json",
     )
     run(leaks, "revoke", "revoke", bundle_id, "--reason", "leak test")
@@ -509,7 +509,7 @@ def test_no_command_leaks_the_sentinel(
     records = 0
     for vpath, data in _vault_records(bao_dev):
         records += 1
-        if world.sentinel in data and vpath.startswith("partners/leaktest-"):
+        if world.sentinel in data and vpath.startswith("handed-over/leaktest-"):
             credential_store += 1  # the one place the secret belongs
             continue
         for name, value in leaks.sentinels.items():

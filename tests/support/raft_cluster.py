@@ -396,7 +396,7 @@ def census(ledger_path: Path, addr: str, token: str) -> Census:
     from collections import Counter
 
     from keycourier.ledger.sqlite import SqliteLedger
-    from keycourier.ledger.vault import path_for, record_for
+    from keycourier.ledger.vault import record_for
 
     ledger = SqliteLedger(ledger_path)
     try:
@@ -407,7 +407,9 @@ def census(ledger_path: Path, addr: str, token: str) -> Census:
             row = ledger.event_row(stored.seq)
             assert row is not None
             expected[stored.seq] = dict(record_for(ledger_id, stored.seq, *row))
-            paths.add(path_for(stored.event, ledger_id=ledger_id, seq=stored.seq))
+            path = ledger.delivery_of(stored.seq)[1]  # each event's own record
+            assert path is not None
+            paths.add(path)
         pending = ledger.pending_count()
     finally:
         ledger.close()

@@ -170,7 +170,7 @@ class Report:
 
 def _detail(data: Mapping[str, Any], label: Label) -> str:
     keys = {
-        Label.INGESTED: ("vault_path", "vault_version"),
+        Label.INGESTED: ("vault_path", "kv_version"),
         Label.REVOKED: ("reason",),
         Label.REJECTED: ("stage", "rules"),
         Label.DENIED: ("reason",),

@@ -182,6 +182,7 @@ def seal(
     from keycourier import bundle
     from keycourier.cli.policy_cmd import denied_lookup, rejection_error, render_report
     from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.signed import sign_event
     from keycourier.policy import Verdict, evaluate, load_policy
 
     if as_json and (output is None or output == "-"):
@@ -241,14 +242,18 @@ def seal(
         now=now,
     )
     m = sealed.manifest
-    event = Event(
-        type=EventType.SEALED,
-        at=now,
-        actor=actor,
-        bundle_id=m.bundle_id,
-        fingerprint=m.fingerprint,
-        policy_digest=policy.digest,
-        data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
+    # signed like every event that another machine may act on (docs/provenance.md)
+    event = sign_event(
+        Event(
+            type=EventType.SEALED,
+            at=now,
+            actor=actor,
+            bundle_id=m.bundle_id,
+            fingerprint=m.fingerprint,
+            policy_digest=policy.digest,
+            data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
+        ),
+        sender,
     )
     outcome = record_event(settings, event, require_vault=require_vault)
     if output is None or output == "-":
@@ -457,17 +462,29 @@ def open_for_cli(
     except bundle.ReceiverPolicyError as exc:  # not an expiry: that is not a policy verdict
         _record_open_rejection(settings, exc, actor=me, policy_digest=policy_obj.digest)
         raise
+    from keycourier.ledger.signed import sign_event
+
     # the check (not opened yet) and the `opened` event, one process at a time
     with decision_lock(settings), recording(settings, require_vault=require_vault) as recorder:
-        _check_state(recorder, checked.manifest.bundle_id, me, allow_reopen=allow_reopen)
-        event = Event(
-            type=EventType.OPENED,
-            at=now,
-            actor=me,
-            bundle_id=checked.manifest.bundle_id,
-            fingerprint=checked.manifest.fingerprint,
-            policy_digest=policy_obj.digest,
-            data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
+        _check_state(
+            recorder,
+            checked.manifest.bundle_id,
+            me,
+            allow_reopen=allow_reopen,
+            trusted=[*trusted, checked.manifest.sender_key],
+            own_key=ident.public().signing_key,
+        )
+        event = sign_event(
+            Event(
+                type=EventType.OPENED,
+                at=now,
+                actor=me,
+                bundle_id=checked.manifest.bundle_id,
+                fingerprint=checked.manifest.fingerprint,
+                policy_digest=policy_obj.digest,
+                data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
+            ),
+            ident,
         )
         outcome = recorder.record(event)
     report_outcome(event, outcome)
@@ -503,10 +520,20 @@ def _record_open_rejection(
     )
 
 
-def _check_state(recorder: Recorder, bundle_id: str, me: str, *, allow_reopen: bool) -> None:
+def _check_state(
+    recorder: Recorder,
+    bundle_id: str,
+    me: str,
+    *,
+    allow_reopen: bool,
+    trusted: list[str],
+    own_key: str,
+) -> None:
     from keycourier.ledger.service import bundle_state
 
-    state = bundle_state(recorder, bundle_id)
+    state = bundle_state(recorder, bundle_id, trusted=trusted, own_key=own_key)
+    for message in state.ignored:
+        warn(message)
     if state.revoked is not None:
         raise PolicyError(
             f"bundle {bundle_id} was revoked: {state.revoked}",

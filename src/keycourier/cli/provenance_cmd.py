@@ -68,7 +68,7 @@ def _fail(code: ExitCode, message: str) -> None:
 @click.option(
     "--vault-path",
     required=True,
-    help="KV v2 path for the credentials, e.g. partners/acme/quickbooks (see receiver.hcl).",
+    help="KV v2 path for the credentials, under handed-over/ (e.g. handed-over/acme/quickbooks).",
 )
 @click.option(
     "--policy", type=click.Path(dir_okay=False, exists=True), help="Receiver's handover policy."
@@ -104,23 +104,27 @@ def ingest(
     \b
     Example:
       keycourier ingest handover.kcb --identity platform.kcid \\
-        --trust kc1:0123... --vault-path partners/acme/quickbooks
+        --trust kc1:0123... --vault-path handed-over/acme/quickbooks
     """
     from keycourier import vault
     from keycourier.cli.bundle_cmd import open_for_cli, read_bundle, trusted_senders
     from keycourier.cli.identity_cmd import load_identity_for_cli
     from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.signed import sign_event
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
     if not settings.vault.addr:
         raise ConfigError(
             "ingest writes to Vault, but no Vault is configured", hints=["set VAULT_ADDR"]
         )
-    vault.check_path(vault_path, "--vault-path")
+    vault.check_ingest_path(vault_path)
     trusted = trusted_senders(trust, trust_file)
     client = vault.connect(settings)
     vault.ping(client)  # fail early (exit 5/6) before anything is opened or recorded
+    mount = settings.vault.mount
+    # also before anything is opened: the token may see the path's versions (check-and-set)
+    vault.kv_read_metadata(client, mount, vault_path)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
     checked, _, _ = open_for_cli(
@@ -129,9 +133,8 @@ def ingest(
     m = checked.manifest
     c = checked.credentials
     sealed_at = str(m.to_dict().get("created_at", ""))
-    mount = settings.vault.mount
     try:
-        version = vault.kv_write(
+        version = _write_credentials(
             client,
             mount,
             vault_path,
@@ -140,7 +143,6 @@ def ingest(
                 "client_id": c.client_id,
                 "client_secret": c.client_secret.reveal(),
             },
-            cas=None,
         )
         vault.kv_write_custom_metadata(
             client,
@@ -161,20 +163,23 @@ def ingest(
             f"bundle {m.bundle_id} is now recorded as opened: retry with --allow-reopen",
         )
         raise
-    event = Event(
-        type=EventType.INGESTED,
-        at=datetime.now(UTC),
-        actor=ident.public().signing_fingerprint,
-        bundle_id=m.bundle_id,
-        fingerprint=m.fingerprint,
-        policy_digest=m.policy.digest,
-        data={
-            "vault_path": f"{mount}/{vault_path}",
-            "kv_version": version,
-            "platform": c.platform,
-            "partner": m.partner,
-            "sealed_by": m.sender_fingerprint,
-        },
+    event = sign_event(
+        Event(
+            type=EventType.INGESTED,
+            at=datetime.now(UTC),
+            actor=ident.public().signing_fingerprint,
+            bundle_id=m.bundle_id,
+            fingerprint=m.fingerprint,
+            policy_digest=m.policy.digest,
+            data={
+                "vault_path": f"{mount}/{vault_path}",
+                "kv_version": version,
+                "platform": c.platform,
+                "partner": m.partner,
+                "sealed_by": m.sender_fingerprint,
+            },
+        ),
+        ident,
     )
     with recording(settings, require_vault=require_vault) as recorder:
         outcome = recorder.record(event)
@@ -196,13 +201,45 @@ def ingest(
         )
 
 
+def _write_credentials(
+    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
+    mount: str,
+    path: str,
+    data: dict[str, str],
+) -> int:
+    """A new version of ``path`` written with check-and-set (works on a mount with
+    cas_required = true): cas = the version current a moment ago, retried on a race."""
+    from keycourier import vault
+
+    for _ in range(3):
+        meta = vault.kv_read_metadata(client, mount, path)
+        try:
+            return vault.kv_write(
+                client, mount, path, data, cas=meta.current_version if meta else 0
+            )
+        except vault.CasMismatchError:
+            continue
+    raise UnavailableError(f"{mount}/{path} kept changing while it was written; retry")
+
+
 # -- revoke ------------------------------------------------------------------------------
 
 
 @click.command()
 @click.argument("bundle_id")
 @click.option("--reason", required=True, help="Why the bundle is revoked (recorded, not secret).")
-@click.option("--actor", default=None, help="Who revokes (default user@host).")
+@click.option("--actor", default=None, help="Who revokes (default: the identity, else user@host).")
+@click.option(
+    "--identity",
+    "identity_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Sign the revocation with this identity (the bundle's sender, so receivers honour it).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Passphrase of the identity file (else KEYCOURIER_PASSPHRASE or a prompt).",
+)
 @click.option("--require-vault", is_flag=True, help="Fail (exit 6) unless the event reaches Vault.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable outcome on stdout.")
 @ledger_option
@@ -212,19 +249,28 @@ def revoke(
     bundle_id: str,
     reason: str,
     actor: str | None,
+    identity_path: str | None,
+    passphrase_file: str | None,
     require_vault: bool,
     as_json: bool,
     ledger_path: str | None,
 ) -> None:
     """Record that a bundle is revoked; open and ingest then refuse it.
 
+    Other machines act on a revocation they find in Vault only when it is
+    signed by the bundle's sender key (or a key they trust): sign it with
+    --identity. Without it the revocation binds this ledger only.
+
     \b
     Example:
-      keycourier revoke 01J9Z8... --reason "sent to the wrong address"
+      keycourier revoke 01J9Z8... --reason "sent to the wrong address" \\
+        --identity partner.kcid
     """
+    from keycourier.cli.identity_cmd import load_identity_for_cli
     from keycourier.cli.record import report_outcome
     from keycourier.ledger.interface import Event, EventType
     from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.signed import sign_event
 
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON_CHARS:
@@ -232,13 +278,25 @@ def revoke(
     if not bundle_id or len(bundle_id) > 128 or not bundle_id.isascii() or "/" in bundle_id:
         raise UsageError("BUNDLE_ID is not a bundle ID")
     settings = settings_from(ctx, ledger_path=ledger_path)
+    ident = (
+        load_identity_for_cli(identity_path, passphrase_file, stdin_busy=False)
+        if identity_path
+        else None
+    )
     event = Event(
         type=EventType.REVOKED,
         at=datetime.now(UTC),
-        actor=actor or _default_actor(),
+        actor=actor or (ident.public().signing_fingerprint if ident else _default_actor()),
         bundle_id=bundle_id,
         data={"reason": reason},
     )
+    if ident is not None:
+        event = sign_event(event, ident)
+    else:
+        warn(
+            "the revocation is not signed (no --identity): receivers on other machines "
+            "ignore it; only this ledger refuses the bundle"
+        )
     with open_recorder(settings, require_vault=require_vault) as recorder:
         outcome = recorder.record(event)
     report_outcome(event, outcome)

@@ -13,7 +13,7 @@ Example::
     base_url = "https://api.sandbox.monite.com/v1"
     environment = "sandbox"                  # sandbox | production
     version = "2024-05-25"                   # x-monite-version value
-    client_id_env = "MONITE_CLIENT_ID"       # or: vault_path = "partners/acme/monite"
+    client_id_env = "MONITE_CLIENT_ID"       # or: vault_path = "platform/acme/monite"
     client_secret_env = "MONITE_CLIENT_SECRET"
 """
 

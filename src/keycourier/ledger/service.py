@@ -57,6 +57,8 @@ class BundleState:
     vault_checked: bool = False
     vault_detail: str = ""  # why Vault was not consulted, if it was not
     events: tuple[Event, ...] = ()
+    # events found in Vault but not acted on (unsigned, or signed by an untrusted key)
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class LedgerRecorder:
         self._unmarked_paths: dict[str, int] = {}
         self._versions: dict[str, int] = {}
         self._pinned = False
+        self._recorded = False
         self._policy_digest: str | None = None
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
@@ -175,14 +178,18 @@ class LedgerRecorder:
 
         stored, body, path = self.ledger.append_full(event, VaultStatus.PENDING, where)
         assert path is not None  # noqa: S101 - where() always names a path
+        self._recorded = True
         try:
             if self._vault_error is not None:
                 raise self._vault_error
             self._ensure_pinned()
-            known, pending_before = self.ledger.path_state(path, stored.seq)
-            # events delivered in this session but not yet marked are not really pending
-            if pending_before > self._unmarked_paths.get(path, 0):
-                report = self.sync(paths={path}, workers=1)
+            known, _ = self.ledger.path_state(path, stored.seq)
+            # earlier events of the same bundle (or fingerprint) still pending go first, in
+            # ledger order; events delivered in this session but not yet marked are not
+            # really pending
+            earlier = self._pending_related(path, stored.seq)
+            if earlier:
+                report = self.sync(paths={*earlier, path}, workers=1)
                 if report.conflicts:
                     raise IntegrityError(report.conflicts[0].message)
                 if report.unavailable:
@@ -216,7 +223,21 @@ class LedgerRecorder:
                     hints=[*exc.hints, "run 'keycourier sync' when Vault is back"],
                 ) from None
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
+        if self.ledger.appended_since_checkpoint == 0:
+            # this append signed a periodic checkpoint: witness it now, not only at close
+            self._witness_quietly(alarms=False)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
+
+    def _pending_related(self, path: str, seq: int) -> set[str]:
+        """Paths of the pending events before ``seq`` of the same bundle or fingerprint."""
+        from keycourier.ledger.vault import appendable
+
+        parts = path.split("/")
+        if len(parts) != 5 or parts[3] != "events":
+            return set()  # an event without a bundle: nothing to keep in order with
+        legacy = "/".join(parts[:3])
+        found = self.ledger.pending_paths(legacy + "/events/", legacy, seq)
+        return {p for p in found if p not in self._unmarked_paths or appendable(p)}
 
     def _abort_release(
         self, event: Event, seq: int, reason: str, where: Callable[[int], str]
@@ -232,6 +253,58 @@ class LedgerRecorder:
         self.ledger.mark_detail(stored.seq, reason)
         return stored.seq
 
+    # -- witnessed checkpoints ------------------------------------------------------------
+
+    def _witness_key(self) -> str:
+        return "vault_witnessed|" + self._pin_mark()
+
+    def unwitnessed_checkpoints(self) -> list[tuple[int, str, str, str]]:
+        """The local checkpoints not yet witnessed in the configured Vault."""
+        done = self.ledger.meta_value(self._witness_key())
+        return self.ledger.checkpoints_after(int(done) if done and done.isdigit() else 0)
+
+    def witness_checkpoints(self) -> int:
+        """Write each unwitnessed checkpoint to Vault once (cas=0); the number written.
+
+        Unavailable/Auth/Config errors leave them pending (``sync`` retries); a
+        different checkpoint already witnessed under the same name is an IntegrityError.
+        """
+        if self.mirror is None:
+            return 0
+        todo = self.unwitnessed_checkpoints()
+        if not todo:
+            return 0
+        self._ensure_pinned()
+        for seq, head_hash, signed_at, signature in todo:
+            self.mirror.witness_checkpoint(
+                {
+                    "ledger": self.ledger.ledger_id,
+                    "seq": seq,
+                    "head_hash": head_hash,
+                    "signed_at": signed_at,
+                    "signature": signature,
+                    "public_key": self.ledger.public_key,
+                }
+            )
+            self.ledger.set_meta_value(self._witness_key(), str(seq))
+        return len(todo)
+
+    def _witness_quietly(self, *, alarms: bool = True) -> str:
+        """Witness pending checkpoints; why Vault did not take them ("" when it did).
+
+        With ``alarms`` (sync) a conflicting record in Vault raises IntegrityError; without
+        (when a recorder closes) it too leaves the checkpoints pending for sync to report.
+        """
+        try:
+            self.witness_checkpoints()
+        except (UnavailableError, AuthError, ConfigError) as exc:
+            return exc.message
+        except IntegrityError as exc:
+            if alarms:
+                raise
+            return exc.message
+        return ""
+
     def _pin_mark(self) -> str:
         vs = self.settings.vault
         return f"{vs.addr}|{vs.namespace or ''}|{vs.mount}"
@@ -243,6 +316,9 @@ class LedgerRecorder:
         mark = self._pin_mark()
         if self.ledger.meta_value("vault_pin") != mark:
             self.mirror.pin(self.ledger.ledger_id, self.ledger.public_key)
+            self.mirror.pin_machine(
+                witness_name(self.settings), self.ledger.ledger_id, self.ledger.public_key
+            )
             self.ledger.set_meta_value("vault_pin", mark)
         self._pinned = True
 
@@ -281,6 +357,9 @@ class LedgerRecorder:
             self.flush()
             if self.ledger.appended_since_checkpoint:
                 self.ledger.checkpoint()
+            if self._recorded and self.mirror is not None and self._vault_error is None:
+                # kept pending when Vault is unavailable: the next recording or sync witnesses it
+                self._witness_quietly(alarms=False)
         finally:
             if self.mirror is not None:
                 self.mirror.close()
@@ -300,7 +379,8 @@ class LedgerRecorder:
             d for d in self.ledger.pending() if d.path and (paths is None or d.path in paths)
         ]
         if not pending:
-            return SyncReport(0, 0, 0, self.ledger.pending_count())
+            why = self._witness_quietly() if paths is None and self.mirror is not None else ""
+            return SyncReport(0, 0, 0, self.ledger.pending_count(), unavailable=why)
         if self.mirror is None:
             raise UsageError(
                 f"{len(pending)} event(s) are pending but no Vault is configured",
@@ -314,9 +394,16 @@ class LedgerRecorder:
             return SyncReport(
                 len(pending), 0, 0, self.ledger.pending_count(), unavailable=exc.message
             )
+        from keycourier.ledger.vault import current_path
+
         groups: dict[str, list[Delivery]] = {}
         for d in pending:
-            groups.setdefault(str(d.path), []).append(d)
+            path = current_path(
+                str(d.path), d.stored.event, ledger_id=self.ledger.ledger_id, seq=d.stored.seq
+            )
+            if path != d.path:  # recorded under the older appendable layout
+                self.ledger.set_path(d.stored.seq, path)
+            groups.setdefault(path, []).append(d)
         known = {path: self.ledger.known_version(path) for path in groups}
         ledger_id = self.ledger.ledger_id
 
@@ -366,6 +453,8 @@ class LedgerRecorder:
             if why and not unavailable:
                 unavailable = why
         self.ledger.mark_delivered(delivered)
+        if paths is None:
+            unavailable = unavailable or self._witness_quietly()
         return SyncReport(
             attempted=len(pending),
             delivered=len(delivered),
@@ -408,6 +497,7 @@ class LedgerRecorder:
         breaks: list[VaultBreak] = []
         notes: list[str] = []
         self._check_pin(breaks, notes)
+        self._check_witnessed(breaks, notes)
         by_path: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
         for seq, path, version, body, prev, digest in self.ledger.delivered():
             by_path.setdefault(path, []).append(
@@ -509,6 +599,66 @@ class LedgerRecorder:
                 )
             )
 
+    def _check_witnessed(self, breaks: list[VaultBreak], notes: list[str]) -> None:
+        """The ledger Vault has seen on this machine, and every checkpoint it witnessed,
+        against the local ledger: another ID or key, a witnessed head beyond the local
+        head (rolled back or truncated) or a different hash are breaks."""
+        assert self.mirror is not None  # noqa: S101 - checked by the caller
+        ledger_id = self.ledger.ledger_id
+        name = witness_name(self.settings)
+        seen = self.mirror.machine_record(name)
+        if seen is not None and (
+            seen.get("ledger") != ledger_id or seen.get("public_key") != self.ledger.public_key
+        ):
+            breaks.append(
+                VaultBreak(
+                    0,
+                    f"Vault has seen ledger {printable(str(seen.get('ledger')))} with another "
+                    f"checkpoint key on this machine ({name}); the local ledger is {ledger_id}: "
+                    "the ledger file was replaced",
+                )
+            )
+        local_head = self.ledger.head()[0]
+        for path, found in self.mirror.checkpoints(ledger_id):
+            data = found.data if found is not None else None
+            if not data:
+                breaks.append(VaultBreak(0, f"witnessed checkpoint {path} was deleted"))
+                continue
+            seq = data.get("seq")
+            head_hash = data.get("head_hash")
+            if not isinstance(seq, int) or not isinstance(head_hash, str):
+                breaks.append(VaultBreak(0, f"witnessed checkpoint {path} is malformed"))
+                continue
+            if not _checkpoint_signed(self.ledger.public_key, ledger_id, data):
+                breaks.append(
+                    VaultBreak(seq, f"witnessed checkpoint {path} has no valid signature")
+                )
+                continue
+            if seq > local_head:
+                breaks.append(
+                    VaultBreak(
+                        seq,
+                        f"Vault witnessed checkpoint #{seq} of this ledger, but the local ledger "
+                        f"ends at #{local_head}: it was rolled back or truncated",
+                    )
+                )
+                continue
+            row = self.ledger.event_row(seq)
+            if row is None or row[2] != head_hash:
+                breaks.append(
+                    VaultBreak(
+                        seq,
+                        f"the local chain differs from checkpoint #{seq} witnessed in Vault "
+                        f"(head hash {printable(head_hash[:16])}...)",
+                    )
+                )
+        pending = len(self.unwitnessed_checkpoints())
+        if pending:
+            notes.append(
+                f"{pending} local checkpoint(s) not yet witnessed in Vault "
+                "('keycourier sync' delivers them)"
+            )
+
     def _check_delivered(
         self,
         path: str,
@@ -568,6 +718,40 @@ class LedgerRecorder:
             if row is None or row[2] != v.hash:
                 out.append(("unmatched", v.event))
         return out
+
+
+def _checkpoint_signed(public_key: str, ledger_id: str, data: Mapping[str, Any]) -> bool:
+    """Whether a witnessed checkpoint record carries this ledger's valid signature."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    from keycourier.ledger import chain
+
+    try:
+        message = chain.checkpoint_message(
+            ledger_id, int(data["seq"]), str(data["head_hash"]), str(data["signed_at"])
+        )
+        VerifyKey(bytes.fromhex(public_key)).verify(message, bytes.fromhex(str(data["signature"])))
+    except (KeyError, ValueError, TypeError, BadSignatureError):
+        return False
+    return data.get("ledger") == ledger_id
+
+
+def witness_name(settings: Settings) -> str:
+    """The name this machine's ledger is witnessed under in Vault (keycourier/machines/):
+    the host name and a digest of the ledger file's absolute path."""
+    import hashlib
+    import socket
+
+    host = (
+        "".join(
+            ch if ch.isascii() and (ch.isalnum() or ch in "-.") else "_"
+            for ch in socket.gethostname()
+        )[:64]
+        or "host"
+    )
+    where = str(settings.ledger_path.expanduser().resolve())
+    return f"{host}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
 
 
 # -- exported checkpoints ------------------------------------------------------------------
@@ -645,6 +829,8 @@ def export_checkpoint(recorder: LedgerRecorder) -> ExportedCheckpoint:
             hints=["run 'keycourier audit verify' for the details"],
         )
     ledger.checkpoint()
+    if recorder.mirror is not None:  # witness it now; kept pending for sync if Vault is down
+        recorder._witness_quietly(alarms=False)
     latest = ledger.latest_checkpoint()
     if latest is None:
         raise UsageError(f"the ledger {ledger.path} has no events yet: nothing to checkpoint")
@@ -711,8 +897,54 @@ def abort_event(event: Event, seq: int, reason: str) -> Event:
     )
 
 
-def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
-    """Opened / revoked / sealed facts from the local ledger and, when reachable, Vault."""
+def _vault_event_trusted(
+    event: Event, *, senders: Sequence[str], own: Sequence[str]
+) -> tuple[bool, str]:
+    """Whether an event read from Vault may be acted on, and why not.
+
+    Anyone whose token may create records can write any event, so only the signature
+    counts: a revoke or a seal by the bundle's sender key or a key the reader trusts,
+    an open or an ingest by those or by the reader's own key.
+    """
+    import base64
+
+    from keycourier.bundle.identity import signing_fingerprint
+    from keycourier.ledger.signed import key_trusted, signer_of
+
+    signer = signer_of(event)
+    if signer is None:
+        return False, "it is not signed"
+    if event.type in {EventType.REVOKED, EventType.SEALED}:
+        keys = list(senders)
+    elif event.type in {EventType.OPENED, EventType.INGESTED}:
+        keys = [*senders, *own]
+    else:
+        return False, "its type is not taken from Vault"
+    if key_trusted(signer, keys):
+        return True, ""
+    who = signing_fingerprint(base64.b64decode(signer.split(":", 1)[1]))
+    if event.type == EventType.OPENED:
+        return False, (
+            f"it is signed by {who}, a key this reader does not trust: possible interception "
+            "(another recipient opened it) or a forged record"
+        )
+    return False, f"it is signed by {who}, a key this reader does not trust"
+
+
+def bundle_state(
+    recorder: Recorder,
+    bundle_id: str,
+    *,
+    trusted: Sequence[str] = (),
+    own_key: str | None = None,
+) -> BundleState:
+    """Opened / revoked / sealed facts from the local ledger and, when reachable, Vault.
+
+    Events of the local ledger (this machine's own chain) count as they are. Events
+    found only in Vault count only when signed by a key in ``trusted`` (the sender
+    keys the reader trusts, the bundle's sender key among them) or, for opened and
+    ingested events, by ``own_key``; the others are listed in ``ignored``.
+    """
     local = recorder.history(bundle_id=bundle_id)
     events = [s.event for s in local]
     # A `release_aborted` event voids a sealed/opened event of this machine's own chain
@@ -723,6 +955,7 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
     live = [s.event for s in local if s.seq not in voided]
     vault_checked = False
     detail = ""
+    ignored: list[str] = []
     if isinstance(recorder, LedgerRecorder) and recorder.mirror is not None:
         try:
             found = [e for _, e in recorder.vault_only_events(bundle_id)]
@@ -730,8 +963,19 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
         except (UnavailableError, AuthError) as exc:
             detail = exc.message
             found = []
-        events.extend(found)
-        live.extend(found)
+        own = [own_key] if own_key else []
+        for e in found:
+            ok, why = _vault_event_trusted(e, senders=trusted, own=own)
+            if e.bundle_id != bundle_id:  # a signed event copied from another bundle's record
+                ok, why = False, "it names another bundle"
+            if ok:
+                events.append(e)
+                live.append(e)
+            elif e.type in {EventType.REVOKED, EventType.OPENED, EventType.INGESTED}:
+                ignored.append(
+                    f"a '{e.type}' event for bundle {printable(bundle_id)} found in Vault "
+                    f"(actor {printable(e.actor[:80])}) is not acted on: {why}"
+                )
     else:
         detail = "no Vault configured"
     events.sort(key=lambda e: e.at)
@@ -759,6 +1003,7 @@ def bundle_state(recorder: Recorder, bundle_id: str) -> BundleState:
         vault_checked=vault_checked,
         vault_detail=detail,
         events=tuple(events),
+        ignored=tuple(ignored),
     )
 
 
@@ -938,6 +1183,8 @@ def csv_row(stored: StoredEvent) -> dict[str, str]:
     }
     for key in _CSV_FROM_DATA:
         row[key] = _csv_value(data.pop(key, None))
+    if not row["vault_version"]:  # ingest records the KV version as kv_version
+        row["vault_version"] = _csv_value(data.pop("kv_version", None))
     row["detail"] = "; ".join(f"{k}={_csv_value(v)}" for k, v in sorted(data.items()))
     return row
 

@@ -465,6 +465,32 @@ class SqliteLedger:
                 [(version, seq) for seq, version in results],
             )
 
+    def set_path(self, seq: int, path: str) -> None:
+        """Move a pending event's delivery to another Vault path (a layout upgrade)."""
+        with self._tx():
+            self.conn.execute(
+                "UPDATE delivery SET path = ? WHERE seq = ? AND status = 'pending'", (path, seq)
+            )
+
+    def pending_paths(self, folder: str, exact: str, before: int) -> set[str]:
+        """Paths of events before ``before`` still pending under ``folder`` (a prefix ending
+        in "/") or at ``exact``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT path FROM delivery WHERE status = 'pending' AND seq < ?"
+            " AND (path = ? OR substr(path, 1, length(?)) = ?)",
+            (before, exact, folder, folder),
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def checkpoints_after(self, seq: int) -> list[tuple[int, str, str, str]]:
+        """(seq, head_hash, signed_at, signature) of every checkpoint after ``seq``."""
+        rows = self.conn.execute(
+            "SELECT seq, head_hash, signed_at, signature FROM checkpoints WHERE seq > ?"
+            " ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        return [(int(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
     def mark_detail(self, seq: int, detail: str) -> None:
         with self._tx():
             self.conn.execute("UPDATE delivery SET detail = ? WHERE seq = ?", (detail[:300], seq))

@@ -1,20 +1,30 @@
 """The Vault mirror of the ledger: write-once KV v2 records, appended with check-and-set.
 
-Paths (under the configured KV v2 mount, default ``secret``):
+Paths (under the configured KV v2 mount, default ``secret``). Every record
+is written once, with ``cas=0``, and the shipped policies grant "create" but
+never "update", "delete" or "destroy" on them, so no role can add versions
+to a record, push one out of its history or replace it:
 
-- ``keycourier/handovers/<bundle_id>``: one record per bundle. Its first
-  event is written with ``cas=0`` (create only); every later event becomes a
-  new version written with ``cas`` = the current version, so history is
-  never rewritten silently. ``custom_metadata`` carries bundle ID, platform,
-  partner and fingerprint for search.
-- ``keycourier/denied/<fingerprint>``: one record per denied credential
-  fingerprint, appended like a bundle record, so that any ledger can honour
-  a deny with one read.
+- ``keycourier/handovers/<bundle_id>/events/<ledger_id>-<seq>-<nonce>``:
+  one record per event of a bundle. The random 16-hex ``nonce`` (chosen when
+  the event is appended, kept in the ledger) means nobody can create the
+  name of another ledger's next event before it does.
+- ``keycourier/denied/<fingerprint>/events/<ledger_id>-<seq>-<nonce>``: the
+  same for the deny events of a credential fingerprint.
 - ``keycourier/events/<type>/<ledger_id>-<seq>``: other events without a
-  bundle (``token_issued``, ``connection_*``...), each written once with
-  ``cas=0``.
+  bundle (``token_issued``, ``connection_*``...).
 - ``keycourier/ledgers/<ledger_id>``: the ledger's Ed25519 checkpoint public
-  key, pinned once with ``cas=0`` (``{ledger, public_key}``).
+  key, pinned once (``{ledger, public_key}``).
+- ``keycourier/checkpoints/<ledger_id>/<seq>``: each signed checkpoint of
+  the ledger, witnessed once (``{ledger, seq, head_hash, signed_at,
+  signature}``).
+- ``keycourier/machines/<name>``: the ledger ID and checkpoint key in use
+  under a machine's witness name, pinned once.
+
+Older versions wrote one appendable record per bundle
+(``keycourier/handovers/<bundle_id>``) and per fingerprint
+(``keycourier/denied/<fingerprint>``); they are still read, but what they
+hold is acted on only when signed by a trusted key (see ``signed.py``).
 
 Each version's data is ``{ledger, seq, type, body, prev_hash, hash}`` where
 ``body`` is the exact canonical event text whose hash the ledger chains, so
@@ -23,6 +33,7 @@ an auditor can recompute every hash from Vault alone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,7 +53,10 @@ HANDOVERS = "keycourier/handovers"
 DENIED = "keycourier/denied"
 EVENTS = "keycourier/events"
 LEDGERS = "keycourier/ledgers"
-_APPENDABLE = (HANDOVERS + "/", DENIED + "/")
+CHECKPOINTS = "keycourier/checkpoints"
+MACHINES = "keycourier/machines"
+# every prefix keycourier writes provenance under; nothing else may be stored there
+PROVENANCE_PREFIX = "keycourier/"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -57,37 +71,93 @@ def _fits(value: str) -> bool:
 
 
 def appendable(path: str) -> bool:
-    """Shared records that grow by cas-appended versions (the rest are write-once)."""
-    return path.startswith(_APPENDABLE)
+    """A record of the older layout, which grew by cas-appended versions.
+
+    Only ``keycourier/handovers/<bundle_id>`` and ``keycourier/denied/<fingerprint>``
+    themselves; everything written now is a write-once record.
+    """
+    parts = path.split("/")
+    return len(parts) == 3 and "/".join(parts[:2]) in {HANDOVERS, DENIED}
+
+
+def legacy_bundle_path(bundle_id: str) -> str:
+    return f"{HANDOVERS}/{_segment(bundle_id, 'bundle ID')}"
 
 
 def denied_path(fingerprint: str) -> str:
+    """The older, appendable deny record of a fingerprint (read for compatibility)."""
     return f"{DENIED}/{_segment(fingerprint, 'fingerprint')}"
+
+
+def bundle_events_dir(bundle_id: str) -> str:
+    return f"{HANDOVERS}/{_segment(bundle_id, 'bundle ID')}/events"
+
+
+def denied_events_dir(fingerprint: str) -> str:
+    return f"{DENIED}/{_segment(fingerprint, 'fingerprint')}/events"
 
 
 def pin_path(ledger_id: str) -> str:
     return f"{LEDGERS}/{_segment(ledger_id, 'ledger ID')}"
 
 
+def checkpoint_path(ledger_id: str, seq: int) -> str:
+    return f"{CHECKPOINTS}/{_segment(ledger_id, 'ledger ID')}/{seq:010d}"
+
+
+def machine_path(name: str) -> str:
+    return f"{MACHINES}/{_segment(name, 'witness name')}"
+
+
+def _nonce() -> str:
+    import secrets
+
+    return secrets.token_hex(8)
+
+
 def path_for(event: Event, *, ledger_id: str, seq: int) -> str:
+    """Where an event is written: its own write-once record (a fresh name each call)."""
+    name = f"{ledger_id}-{seq:010d}"
     if event.bundle_id:
-        return f"{HANDOVERS}/{_segment(event.bundle_id, 'bundle ID')}"
+        return f"{bundle_events_dir(event.bundle_id)}/{name}-{_nonce()}"
     if (
         event.type == EventType.DENIED_FINGERPRINT
         and event.fingerprint
         and _fits(event.fingerprint)
     ):
-        return denied_path(event.fingerprint)
-    return f"{EVENTS}/{event.type}/{ledger_id}-{seq:010d}"
+        return f"{denied_events_dir(event.fingerprint)}/{name}-{_nonce()}"
+    return f"{EVENTS}/{event.type}/{name}"
+
+
+def current_path(path: str, event: Event, *, ledger_id: str, seq: int) -> str:
+    """The path to deliver a pending event to: a path of the older appendable layout
+    (recorded before an upgrade) becomes the event's own write-once record."""
+    return path_for(event, ledger_id=ledger_id, seq=seq) if appendable(path) else path
 
 
 def event_path_seq(path: str, ledger_id: str) -> int | None:
-    """The seq a ``keycourier/events/<type>/<ledger_id>-<seq>`` name claims, else None."""
-    name = path.rsplit("/", 1)[-1]
+    """The seq an event record's name claims for ``ledger_id``, else None.
+
+    ``keycourier/events/<type>/<ledger_id>-<seq>`` and
+    ``keycourier/{handovers,denied}/<key>/events/<ledger_id>-<seq>-<nonce>``.
+    """
+    parts = path.split("/")
+    name = parts[-1]
     prefix = ledger_id + "-"
-    if not path.startswith(EVENTS + "/") or not name.startswith(prefix):
+    if not name.startswith(prefix):
         return None
-    digits = name[len(prefix) :]
+    rest = name[len(prefix) :]
+    if path.startswith(EVENTS + "/") and len(parts) == 4:
+        digits = rest
+    elif (
+        len(parts) == 5
+        and "/".join(parts[:2]) in {HANDOVERS, DENIED}
+        and parts[3] == "events"
+        and rest.count("-") == 1
+    ):
+        digits = rest.split("-", 1)[0]
+    else:
+        return None
     return int(digits) if digits.isdigit() and len(digits) <= 18 else None
 
 
@@ -318,13 +388,26 @@ class VaultMirror:
                     out.append(parsed)
         return out
 
+    def folder_events(self, folder: str) -> list[VaultEvent]:
+        """The events of every write-once record directly under ``folder``."""
+        out: list[VaultEvent] = []
+        for name in self.list_names(folder):
+            if name.endswith("/") or not _fits(name):
+                continue
+            out.extend(self.record_events(f"{folder}/{name}"))
+        return out
+
     def bundle_events(self, bundle_id: str) -> list[VaultEvent]:
-        """The events of a bundle's record (every ledger's), oldest first."""
-        return self.record_events(f"{HANDOVERS}/{_segment(bundle_id, 'bundle ID')}")
+        """The events recorded in Vault for a bundle (every ledger's, both layouts)."""
+        found = self.record_events(legacy_bundle_path(bundle_id))
+        found += self.folder_events(bundle_events_dir(bundle_id))
+        return sorted(found, key=lambda v: v.event.at)
 
     def denied_events(self, fingerprint: str) -> list[VaultEvent]:
-        """The events of a fingerprint's deny record (every ledger's), oldest first."""
-        return self.record_events(denied_path(fingerprint))
+        """The deny events recorded in Vault for a fingerprint (every ledger's, both layouts)."""
+        found = self.record_events(denied_path(fingerprint))
+        found += self.folder_events(denied_events_dir(fingerprint))
+        return sorted(found, key=lambda v: v.event.at)
 
     def list_names(self, path: str) -> list[str]:
         from keycourier import vault
@@ -334,19 +417,28 @@ class VaultMirror:
             return vault.kv_list(client, self.mount, path)
 
     def ledger_paths(self, ledger_id: str) -> tuple[list[str], list[str]]:
-        """(shared records any ledger may append to, this ledger's own write-once event records).
+        """(older shared records any ledger may have appended to, this ledger's own
+        write-once event records).
 
         Lists the mount's keycourier/ tree: the cost of an audit, not of a recording.
         Names outside the path alphabet cannot be keycourier's and are skipped.
         """
         shared: list[str] = []
-        for base in (HANDOVERS, DENIED):
-            shared.extend(
-                f"{base}/{name}"
-                for name in self.list_names(base)
-                if not name.endswith("/") and _fits(name)
-            )
         own: list[str] = []
+        for base in (HANDOVERS, DENIED):
+            for name in self.list_names(base):
+                key = name.rstrip("/")
+                if not _fits(key):
+                    continue
+                if not name.endswith("/"):
+                    shared.append(f"{base}/{key}")
+                    continue
+                folder = f"{base}/{key}/events"
+                own.extend(
+                    f"{folder}/{event}"
+                    for event in self.list_names(folder)
+                    if event.startswith(ledger_id + "-") and _fits(event)
+                )
         for kind in self.list_names(EVENTS):
             folder = kind.rstrip("/")
             if not kind.endswith("/") or not _fits(folder):
@@ -401,3 +493,75 @@ class VaultMirror:
             return ""
         key = found.data.get("public_key")
         return key if isinstance(key, str) else ""
+
+    # -- witnessed checkpoints and the machine's ledger --------------------------------
+
+    def _write_once(self, path: str, data: Mapping[str, Any], what: str) -> bool:
+        """Create ``path`` with cas=0; True when written now, False when the same data
+        was already there. IntegrityError when different data holds the name."""
+        from keycourier import vault
+        from keycourier.vault import CasMismatchError
+
+        try:
+            self.fast().write(self.mount, path, data, cas=0)
+            return True
+        except (CasMismatchError, AuthError):
+            client = self.client
+            with self._hvac_lock:
+                found = vault.kv_read_version(client, self.mount, path)
+            if found is None:
+                raise  # a real refusal, not an existing record
+        if found.data is not None and dict(found.data) == dict(data):
+            return False
+        raise IntegrityError(
+            f"integrity alarm: Vault already holds a different {what} at {self.mount}/{path}",
+            hints=["run 'keycourier audit verify --vault' and investigate first"],
+        )
+
+    def witness_checkpoint(self, record: Mapping[str, Any]) -> bool:
+        """Write one signed checkpoint write-once under keycourier/checkpoints/."""
+        path = checkpoint_path(str(record["ledger"]), int(record["seq"]))
+        return self._write_once(path, record, f"checkpoint #{record['seq']}")
+
+    def checkpoints(self, ledger_id: str) -> list[tuple[str, KvVersion | None]]:
+        """(path, latest version) of every checkpoint witnessed for a ledger."""
+        from keycourier import vault
+
+        folder = f"{CHECKPOINTS}/{_segment(ledger_id, 'ledger ID')}"
+        out: list[tuple[str, KvVersion | None]] = []
+        for name in self.list_names(folder):
+            if name.endswith("/") or not _fits(name):
+                continue
+            client = self.client
+            with self._hvac_lock:
+                out.append(
+                    (
+                        f"{folder}/{name}",
+                        vault.kv_read_version(client, self.mount, f"{folder}/{name}"),
+                    )
+                )
+        return out
+
+    def pin_machine(self, name: str, ledger_id: str, public_key: str) -> None:
+        """Record once which ledger (ID and key) this machine's witness name uses.
+
+        A different ledger already recorded there is left for ``audit verify --vault``
+        to report (exit 4): recording goes on, the replaced ledger stays visible. A token
+        whose policy predates these records (403) records events all the same.
+        """
+        with contextlib.suppress(IntegrityError, AuthError):
+            self._write_once(
+                machine_path(name),
+                {"machine": name, "ledger": ledger_id, "public_key": public_key},
+                "ledger for this machine",
+            )
+
+    def machine_record(self, name: str) -> Mapping[str, Any] | None:
+        from keycourier import vault
+
+        client = self.client
+        with self._hvac_lock:
+            found = vault.kv_read_version(client, self.mount, machine_path(name))
+        if found is None:
+            return None
+        return found.data or {}

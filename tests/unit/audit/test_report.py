@@ -44,7 +44,7 @@ def story() -> list[StoredEvent]:
         ),
         ev(2, EventType.OPENED, "b1", partner_="Acme", platform="quickbooks"),
         ev(3, EventType.OPENED, "b1", partner_="Acme", platform="quickbooks"),
-        ev(4, EventType.INGESTED, "b1", vault_path="handed-over/acme/qbo", vault_version=1),
+        ev(4, EventType.INGESTED, "b1", vault_path="handed-over/acme/qbo", kv_version=1),
         ev(
             5,
             EventType.SEALED,

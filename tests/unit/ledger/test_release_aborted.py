@@ -90,9 +90,49 @@ def test_an_abort_must_match_type_actor_bundle_and_come_after() -> None:
 
 
 def test_aborts_from_other_ledgers_in_vault_hide_nothing() -> None:
-    real_open = VaultEvent("L-A", 7, ev(EventType.OPENED, "kc-interceptor", 1), "h1")
-    forged = VaultEvent("L-A", 8, abort(7, EventType.OPENED, "kc-interceptor", 2), "h2")
-    assert bundle_state(WithVault([], [real_open, forged]), B).opened_by == ("kc-interceptor",)
-    revoke = VaultEvent("L-S", 3, ev(EventType.REVOKED, "kc-sender", 3, reason="sent wrong"), "h3")
+    from keycourier.bundle.identity import KeycourierIdentity
+    from keycourier.ledger.signed import sign_event
+
+    sender, interceptor = KeycourierIdentity.generate(), KeycourierIdentity.generate()
+    trusted = [sender.public().signing_key, interceptor.public().signing_fingerprint]
+    opened = sign_event(ev(EventType.OPENED, "kc-interceptor", 1), interceptor)
+    real_open = VaultEvent("L-A", 7, opened, "h1")
+    aborted = sign_event(abort(7, EventType.OPENED, "kc-interceptor", 2), interceptor)
+    forged = VaultEvent("L-A", 8, aborted, "h2")
+    state = bundle_state(WithVault([], [real_open, forged]), B, trusted=trusted)
+    assert state.opened_by == ("kc-interceptor",)
+    revoked = sign_event(ev(EventType.REVOKED, "kc-sender", 3, reason="sent wrong"), sender)
+    revoke = VaultEvent("L-S", 3, revoked, "h3")
     unrevoke = VaultEvent("L-S", 4, abort(3, EventType.OPENED, "kc-sender", 4), "h4")
-    assert bundle_state(WithVault([], [revoke, unrevoke]), B).revoked == "sent wrong"
+    assert bundle_state(WithVault([], [revoke, unrevoke]), B, trusted=trusted).revoked == (
+        "sent wrong"
+    )
+
+
+def test_vault_events_count_only_when_signed_by_a_trusted_key() -> None:
+    from keycourier.bundle.identity import KeycourierIdentity
+    from keycourier.ledger.signed import sign_event
+
+    sender, stranger = KeycourierIdentity.generate(), KeycourierIdentity.generate()
+    revoke = ev(EventType.REVOKED, "kc-sender", 3, reason="sent wrong")
+    signed = sign_event(revoke, sender)
+    by_stranger = sign_event(revoke, stranger)
+    tampered = Event(
+        signed.type, signed.at, signed.actor, bundle_id=signed.bundle_id,
+        data={**signed.data, "reason": "something else"},
+    )  # fmt: skip
+    trusted = [sender.public().signing_fingerprint]
+    for event, why in (
+        (revoke, "not signed"),
+        (by_stranger, "does not trust"),
+        (tampered, "not signed"),
+        (sign_event(ev(EventType.REVOKED, "x", 3, bundle="other"), sender), "another bundle"),
+    ):
+        state = bundle_state(WithVault([], [VaultEvent("L", 1, event, "h")]), B, trusted=trusted)
+        assert state.revoked is None
+        if why is not None:
+            assert len(state.ignored) == 1
+            assert why in state.ignored[0]
+    state = bundle_state(WithVault([], [VaultEvent("L", 1, signed, "h")]), B, trusted=trusted)
+    assert state.revoked == "sent wrong"
+    assert state.ignored == ()

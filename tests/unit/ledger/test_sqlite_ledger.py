@@ -399,7 +399,7 @@ def test_csv_columns_are_flat(tmp_path: Path) -> None:
                 "platform": "xero",
                 "environment": "production",
                 "vault_path": "handed-over/acme/xero",
-                "vault_version": 3,
+                "kv_version": 3,
                 "sealed_by": "kc1:alice",
                 "rules": ["a", "b"],
             },
