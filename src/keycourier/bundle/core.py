@@ -47,7 +47,7 @@ _BEGIN_S = "-----BEGIN KEYCOURIER SIGNATURE-----"
 _END_S = "-----END KEYCOURIER SIGNATURE-----"
 _BEGIN_A = "-----BEGIN AGE ENCRYPTED FILE-----"
 _END_A = "-----END AGE ENCRYPTED FILE-----"
-_SIG_RE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
+_SIG_RE = re.compile(r"^[A-Za-z0-9+/]{86}==\Z")
 _LEAD_M = f"{FORMAT}\n{_BEGIN_M}\n".encode("ascii")
 _LEAD_S = f"\n{_END_M}\n{_BEGIN_S}\n".encode("ascii")
 _LEAD_A = f"\n{_END_S}\n{_BEGIN_A}\n".encode("ascii")

@@ -164,13 +164,13 @@ def format_time(value: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_FP = re.compile(r"^kc1:[0-9a-f]{32}$")
-_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_RULE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_RECIPIENT = re.compile(r"^age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_FP = re.compile(r"^kc1:[0-9a-f]{32}\Z")
+_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=\Z")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_RULE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_RECIPIENT = re.compile(r"^age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}\Z")
 
 
 def _printable(value: object, max_len: int) -> str:
