@@ -246,7 +246,15 @@ _MANIFEST_KEYS = {
 
 def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
     """Strictly parse a manifest object; a deviation is a StructureError naming the field."""
-    _object(obj, _MANIFEST_KEYS, "(the set of fields)")
+    if set(obj) != _MANIFEST_KEYS:
+        missing = sorted(_MANIFEST_KEYS - set(obj))
+        unknown = len(set(obj) - _MANIFEST_KEYS)  # not shown: they are the input's strings
+        raise manifest_error(
+            ", ".join(
+                ([f"missing field(s) {', '.join(missing)}"] if missing else [])
+                + ([f"{unknown} unknown field(s)"] if unknown else [])
+            )
+        )
     if obj["format"] not in FORMATS:
         raise _bad("format")
     bundle_id = obj["bundle_id"]

@@ -146,8 +146,8 @@ class _Body:
         raw = self.lines[i]
         if i == self.start or raw.startswith(self.prefix):
             return raw[len(self.prefix) :], i + 1
-        if raw == self.prefix.rstrip(" \t"):
-            return "", i + 1
+        if not raw or raw == self.prefix.rstrip(" \t"):
+            return "", i + 1  # an empty line, quoted or not (CR CR LF makes them too)
         raise damaged(
             i + 1, f"the line does not start with {self.prefix!r} like the bundle's first line"
         )
