@@ -23,6 +23,9 @@ MAX_BUNDLE_BYTES: Final = 1024 * 1024
 MAX_MANIFEST_BYTES: Final = 16 * 1024
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 LINE_WIDTH: Final = 64
+# The base64 of the largest bundle is about 110,000 characters: 64 Ki words allow it to be
+# re-wrapped down to 2 characters a line, and bound the memory a hostile input can take.
+MAX_WORDS: Final = 64 * 1024
 
 BEGIN_M: Final = "-----BEGIN KEYCOURIER MANIFEST-----"
 END_M: Final = "-----END KEYCOURIER MANIFEST-----"
@@ -36,6 +39,7 @@ _LINE_END: Final = re.compile(r"\r\n|\r|\n")
 _START: Final = re.compile(r"([ \t>]*)keycourier-bundle/")
 _VERSION_WORD: Final = re.compile(r"keycourier-bundle/[\x21-\x7e]{0,40}")
 _WORD_SEP: Final = re.compile(r"[ \t]+")
+_WORD: Final = re.compile(r"[^ \t]+")
 _PRINTABLE: Final = re.compile(r"[\x21-\x7e]*")
 _B64_CHARS: Final = re.compile(r"[A-Za-z0-9+/=]+")
 _SIG_V1: Final = re.compile(r"[A-Za-z0-9+/]{86}==")
@@ -159,11 +163,13 @@ class _Body:
         while True:
             text, number = self.line()
             before = len(out)
-            for word in _WORD_SEP.split(text):
-                if word:
-                    if not _PRINTABLE.fullmatch(word):
-                        raise damaged(number, "a character that is not printable ASCII")
-                    out.append((word, number))
+            for match in _WORD.finditer(text):
+                word = match.group(0)
+                if not _PRINTABLE.fullmatch(word):
+                    raise damaged(number, "a character that is not printable ASCII")
+                if len(out) == MAX_WORDS:
+                    raise damaged(number, f"more than {MAX_WORDS} words: this is not a bundle")
+                out.append((word, number))
             for k in range(max(0, before - n + 1), len(out) - n + 1):
                 if tuple(w for w, _ in out[k : k + n]) == _END_A_WORDS:
                     if k + n != len(out):
