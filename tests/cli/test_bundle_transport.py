@@ -292,6 +292,46 @@ def test_the_old_format_fails_where_the_new_one_survives(handover: Handover) -> 
     assert b"keycourier: error: the bundle is damaged at line 4: expected" in out.stderr
 
 
+def test_the_v1_fixture_inspects_and_opens_through_the_cli(handover: Handover) -> None:
+    """A bundle of format version 1, as the version-1 writer sealed it, quoted in a reply."""
+    v1 = Path(__file__).resolve().parents[1] / "vectors" / "bundle-v1"
+    expected = json.loads((v1 / "expected.json").read_text())
+    ident = handover.dir / "v1-receiver.kcid"
+    ident.write_bytes((v1 / "receiver.kcid").read_bytes())
+    ident.chmod(0o600)
+    shipped = Path(__file__).resolve().parents[2] / "policies" / "handover.toml"
+    policy = handover.dir / "long-lifetime.toml"  # the fixture is valid for 100 years
+    policy.write_text(shipped.read_text().replace('max = "14d"', 'max = "40000d"'))
+    assert 'max = "40000d"' in policy.read_text()
+    quoted = TRANSFORMS["quote"]((v1 / "handover-v1.kcb").read_bytes())
+    (handover.dir / "v1.kcb").write_bytes(quoted)
+    inspected = _run(handover.env, handover.dir, "inspect", "v1.kcb", "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    info = json.loads(inspected.stdout)
+    assert info["manifest"]["format"] == "keycourier-bundle/v1"
+    assert info["manifest"]["bundle_id"] == expected["bundle_id"]
+    env = {**handover.env, "KEYCOURIER_PASSPHRASE": expected["passphrase"]}
+    opened = _run(
+        env,
+        handover.dir,
+        "open",
+        "v1.kcb",
+        "--identity",
+        ident.name,
+        "--trust",
+        expected["sender_fingerprint"],
+        "--policy",
+        policy.name,
+        "-o",
+        "v1.creds.json",
+        "--json",
+    )
+    assert opened.returncode == 0, opened.stderr
+    creds = json.loads((handover.dir / "v1.creds.json").read_text())
+    assert creds["client_id"] == expected["client_id"]
+    assert creds["client_secret"] == expected["client_secret"]
+
+
 # -- one altered character, whatever the transport ------------------------------------
 
 CHEAP = ["quote", "indent-4", "trailing-spaces", "crlf", "bom", "fold-40", "fmt", "flowed"]
