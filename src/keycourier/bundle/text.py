@@ -40,6 +40,7 @@ _START: Final = re.compile(r"([ \t>]*)keycourier-bundle/")
 _VERSION_WORD: Final = re.compile(r"keycourier-bundle/[\x21-\x7e]{0,40}")
 _WORD_SEP: Final = re.compile(r"[ \t]+")
 _WORD: Final = re.compile(r"[^ \t]+")
+_LINE_CHARS: Final = re.compile(r"[\x20-\x7e\t]*")
 _PRINTABLE: Final = re.compile(r"[\x21-\x7e]*")
 _B64_CHARS: Final = re.compile(r"[A-Za-z0-9+/=]+")
 _SIG_V1: Final = re.compile(r"[A-Za-z0-9+/]{86}==")
@@ -163,13 +164,14 @@ class _Body:
         while True:
             text, number = self.line()
             before = len(out)
+            if not _LINE_CHARS.fullmatch(text):
+                raise damaged(number, "a character that is not printable ASCII")
             for match in _WORD.finditer(text):
-                word = match.group(0)
-                if not _PRINTABLE.fullmatch(word):
-                    raise damaged(number, "a character that is not printable ASCII")
                 if len(out) == MAX_WORDS:
                     raise damaged(number, f"more than {MAX_WORDS} words: this is not a bundle")
-                out.append((word, number))
+                out.append((match.group(0), number))
+            if _END_A_WORDS[-1] not in text:
+                continue  # the age END line cannot end on this line
             for k in range(max(0, before - n + 1), len(out) - n + 1):
                 if tuple(w for w, _ in out[k : k + n]) == _END_A_WORDS:
                     if k + n != len(out):
