@@ -239,7 +239,10 @@ def parse(text: bytes) -> ParsedBundle:
 
 
 def _stanza_type(recipient: str) -> str:
-    return "mlkem768x25519" if recipient.startswith("age1pq1") else "X25519"
+    """The stanza type age writes for a recipient of the manifest (age1pq1... or age1...)."""
+    from keycourier.age.recipients import HYBRID_TYPE, X25519_TYPE
+
+    return HYBRID_TYPE if recipient.startswith("age1pq1") else X25519_TYPE
 
 
 def _check_stanzas(manifest: Manifest, binary: bytes) -> None:

@@ -189,3 +189,23 @@ def test_a_stanza_of_another_type_is_refused(
     with pytest.raises(IntegrityError) as info:
         bundle.inspect(text, now=LATER)
     assert "recipients do not match" in info.value.message
+
+
+def test_hybrid_recipients_match_their_stanzas(
+    sender: KeycourierIdentity, creds: Credentials
+) -> None:
+    """age1pq1... recipients have mlkem768x25519 stanzas (age does not mix them with X25519)."""
+    pq = [KeycourierIdentity.generate(pq=True, now=NOW) for _ in range(2)]
+    sealed = bundle.seal(
+        creds,
+        sender=sender,
+        recipients=[p.public().recipient for p in pq],
+        policy=bundle.parse(make_bundle(sender, pq[0], creds).text).manifest.policy,
+        lifetime=timedelta(days=1),
+        environment="production",
+        now=NOW,
+    )
+    assert all(r.startswith("age1pq1") for r in sealed.manifest.recipients)
+    for ident in pq:
+        opened = bundle.open_verified(sealed.text, identity=ident, trusted=trust(sender), now=LATER)
+        assert opened.credentials.client_id == creds.client_id
