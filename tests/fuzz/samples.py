@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from keycourier import age
+from keycourier import age, bundle
 from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp, seal
 from keycourier.redact import Secret
 
@@ -98,9 +98,12 @@ def plaintext_of(sample: AgeSample) -> bytes:
     return PLAINTEXT * 2000 if sample.name == "x25519-two-chunks" else PLAINTEXT
 
 
-def normalise_bundle(text: bytes) -> bytes:
-    """The transformations docs/bundle-format.md allows: CRLF and outer whitespace."""
-    return text.replace(b"\r\n", b"\n").strip(b" \t\r\n")
+def bundle_content(text: bytes) -> tuple[bytes, bytes, bytes]:
+    """What a bundle's signature and manifest cover: the manifest bytes, the signature and
+    the binary age file. Transport normalisation (docs/bundle-format.md section 1.1) may
+    change the text, never these; an input that opens must have the sample's content."""
+    parsed = bundle.parse(text)
+    return parsed.manifest_bytes, parsed.signature, parsed.payload
 
 
 def normalise_armor(data: bytes) -> bytes:

@@ -332,7 +332,9 @@ def test_no_command_leaks_the_sentinel(
         "nope.json",
         expect=4,
     )
-    tampered = (world.dir / "handover.kcb").read_bytes().replace(b"Acme", b"Acmf")
+    sealed = (world.dir / "handover.kcb").read_bytes()
+    at = sealed.index(b"\n-----END AGE") - 10  # one base64 character of the payload
+    tampered = sealed[:at] + (b"B" if sealed[at : at + 1] == b"A" else b"A") + sealed[at + 1 :]
     (world.dir / "tampered.kcb").write_bytes(tampered)
     run(leaks, "open tampered", "open", "tampered.kcb", *trust, "-o", "nope.json", expect=4)
     run(leaks, "open file", "open", "handover.kcb", *trust, "-o", "creds.json", "--json")

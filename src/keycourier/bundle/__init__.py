@@ -26,6 +26,7 @@ from keycourier.bundle.model import (
     Manifest,
     Platform,
     PolicyStamp,
+    StructureError,
     integrity_error,
 )
 from keycourier.bundle.service import CheckedBundle, ReceiverPolicyError, open_bundle, read_identity
@@ -45,6 +46,7 @@ __all__ = [
     "PublicIdentity",
     "ReceiverPolicyError",
     "SealedBundle",
+    "StructureError",
     "credential_fingerprint",
     "extract_age",
     "inspect",

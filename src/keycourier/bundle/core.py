@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import functools
 import hashlib
+import io
 import os
-import re
-from binascii import b2a_base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,15 +15,18 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from keycourier import age
+from keycourier.bundle import text as _text
 from keycourier.bundle.canonical import canonical_json, parse_canonical
 from keycourier.bundle.identity import KeycourierIdentity, signing_fingerprint
 from keycourier.bundle.model import (
     FORMAT,
+    FORMAT_V1,
     PAYLOAD_FORMAT,
     Attestation,
     Credentials,
     Manifest,
     PolicyStamp,
+    StructureError,
     format_time,
     integrity_error,
     manifest_from_dict,
@@ -36,31 +37,28 @@ from keycourier.errors import PolicyError, UsageError
 from keycourier.policy import credential_fingerprint
 from keycourier.redact import Secret, mask
 
-MAX_BUNDLE_BYTES = 1024 * 1024
-MAX_MANIFEST_BYTES = 16 * 1024
-MAX_PAYLOAD_BYTES = 64 * 1024
-SIGNATURE_CONTEXT = b"keycourier-bundle/v1 manifest\n"
-
-_BEGIN_M = "-----BEGIN KEYCOURIER MANIFEST-----"
-_END_M = "-----END KEYCOURIER MANIFEST-----"
-_BEGIN_S = "-----BEGIN KEYCOURIER SIGNATURE-----"
-_END_S = "-----END KEYCOURIER SIGNATURE-----"
-_BEGIN_A = "-----BEGIN AGE ENCRYPTED FILE-----"
-_END_A = "-----END AGE ENCRYPTED FILE-----"
-_SIG_RE = re.compile(r"^[A-Za-z0-9+/]{86}==$")
-_LEAD_M = f"{FORMAT}\n{_BEGIN_M}\n".encode("ascii")
-_LEAD_S = f"\n{_END_M}\n{_BEGIN_S}\n".encode("ascii")
-_LEAD_A = f"\n{_END_S}\n{_BEGIN_A}\n".encode("ascii")
-_TAIL_A = f"{_END_A}\n".encode("ascii")
+MAX_BUNDLE_BYTES = _text.MAX_BUNDLE_BYTES
+MAX_MANIFEST_BYTES = _text.MAX_MANIFEST_BYTES
+MAX_PAYLOAD_BYTES = _text.MAX_PAYLOAD_BYTES
+SIGNATURE_CONTEXT = b"keycourier-bundle/v2 manifest\n"
+SIGNATURE_CONTEXTS = {FORMAT_V1: b"keycourier-bundle/v1 manifest\n", FORMAT: SIGNATURE_CONTEXT}
+CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a created_at may be
 _NO_TIME = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedBundle:
+    """A bundle whose structure is sound (docs/bundle-format.md section 6, step 1)."""
+
     manifest: Manifest
     manifest_bytes: bytes
     signature: bytes
-    payload_armored: bytes
+    payload: bytes  # the binary age file
+
+    @property
+    def payload_armored(self) -> bytes:
+        """The age file in the age spec's armor (64 columns), whatever transport did."""
+        return _armor(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +67,7 @@ class Inspection:
     signature_valid: bool
     payload_digest_valid: bool
     expired: bool
+    created_in_future: bool = False  # more than CLOCK_SKEW after the inspecting clock
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +75,7 @@ class Inspection:
             "signature_valid": self.signature_valid,
             "payload_digest_valid": self.payload_digest_valid,
             "expired": self.expired,
+            "created_in_future": self.created_in_future,
         }
 
 
@@ -159,18 +159,7 @@ def seal(
     # documented way to initialise a frozen dataclass) instead of building it twice.
     object.__setattr__(manifest, "payload_sha256", digest)
     object.__setattr__(manifest, "payload_size", size)
-    text = b"".join(
-        (
-            _LEAD_M,
-            manifest_bytes,
-            _LEAD_S,
-            base64.b64encode(signature),
-            _LEAD_A,
-            _armor_body(binary),
-            _TAIL_A,
-        )
-    )
-    return SealedBundle(text=text, manifest=manifest)
+    return SealedBundle(text=_text.write(manifest_bytes, signature, binary), manifest=manifest)
 
 
 def _new_bundle_id() -> str:
@@ -214,44 +203,68 @@ def _binding_digest(manifest: Manifest) -> str:
 
 
 def _armor(binary: bytes) -> bytes:
-    return _BEGIN_A.encode("ascii") + b"\n" + _armor_body(binary) + _TAIL_A
-
-
-def _armor_body(binary: bytes) -> bytes:
-    """Padded base64 in 64-column lines, each ending in a newline (48 bytes per line)."""
-    return b"".join([b2a_base64(binary[i : i + 48]) for i in range(0, len(binary), 48)])
+    return (
+        f"{_text.BEGIN_A}\n".encode("ascii")
+        + _text.wrap64(binary)
+        + f"{_text.END_A}\n".encode("ascii")
+    )
 
 
 # -- parsing --------------------------------------------------------------------
 
 
 def parse(text: bytes) -> ParsedBundle:
-    """Parse the layout and the manifest (docs/bundle-format.md sections 1-2)."""
-    if len(text) > MAX_BUNDLE_BYTES:
-        raise integrity_error()
-    try:
-        s = text.decode("ascii")
-    except UnicodeDecodeError:
-        raise integrity_error() from None
-    lines = s.replace("\r\n", "\n").strip(" \t\r\n").split("\n")
-    if len(lines) < 9 or lines[0] != FORMAT:
-        raise integrity_error()
-    if lines[1] != _BEGIN_M or lines[3] != _END_M or lines[4] != _BEGIN_S or lines[6] != _END_S:
-        raise integrity_error()
-    if lines[7] != _BEGIN_A or lines[-1] != _END_A or lines[8:-1].count(_END_A):
-        raise integrity_error()
-    manifest_bytes = lines[2].encode("ascii")
-    obj = parse_canonical(manifest_bytes, limit=MAX_MANIFEST_BYTES, error=integrity_error())
+    """Step 1 of docs/bundle-format.md section 6: everything that needs no key.
+
+    Raises a StructureError (exit 4) that says what is wrong, and where.
+    """
+    blocks = _text.read(text)
+    obj = parse_canonical(
+        blocks.manifest,
+        limit=MAX_MANIFEST_BYTES,
+        error=StructureError(
+            "the bundle's manifest is not readable: it is not canonical JSON",
+            line=blocks.manifest_line,
+        ),
+    )
     manifest = manifest_from_dict(obj)
-    if not _SIG_RE.match(lines[5]):
-        raise integrity_error()
-    signature = base64.b64decode(lines[5])
-    if base64.b64encode(signature) != lines[5].encode("ascii"):  # non-canonical padding bits
-        raise integrity_error()
-    armored = ("\n".join(lines[7:]) + "\n").encode("ascii")
-    if len(armored) > MAX_PAYLOAD_BYTES * 2:
-        raise integrity_error()
-    return ParsedBundle(manifest, manifest_bytes, signature, armored)
+    if manifest.format != blocks.version:
+        raise StructureError(
+            f"the bundle's manifest is not readable: its format '{manifest.format}' "
+            f"differs from the bundle's first line '{blocks.version}'",
+            line=blocks.manifest_line,
+        )
+    _check_stanzas(manifest, blocks.payload)
+    return ParsedBundle(manifest, blocks.manifest, blocks.signature, blocks.payload)
+
+
+def _stanza_type(recipient: str) -> str:
+    """The stanza type age writes for a recipient of the manifest (age1pq1... or age1...)."""
+    from keycourier.age.recipients import HYBRID_TYPE, X25519_TYPE
+
+    return HYBRID_TYPE if recipient.startswith("age1pq1") else X25519_TYPE
+
+
+def _check_stanzas(manifest: Manifest, binary: bytes) -> None:
+    """The age header's stanzas correspond to the signed recipients (section 2)."""
+    from keycourier.age._format import Reader, read_header
+
+    try:
+        header = read_header(Reader(io.BytesIO(binary)))
+    except age.AgeError as exc:
+        raise StructureError(f"the bundle's payload is not an age file: {exc}") from None
+    have = [s.type for s in header.stanzas]
+    want = [_stanza_type(r) for r in manifest.recipients]
+    if have != want:
+        raise StructureError(
+            "the age payload's recipients do not match the manifest: the payload has "
+            f"{len(have)} recipient stanza(s) ({', '.join(have)}), the manifest lists "
+            f"{len(want)} ({', '.join(want)})",
+            hints=(
+                "the payload may be readable by a recipient the manifest does not show: "
+                "do not use this bundle, and ask the sender for a fresh one",
+            ),
+        )
 
 
 def _verify_signature(parsed: ParsedBundle) -> bool:
@@ -261,34 +274,25 @@ def _verify_signature(parsed: ParsedBundle) -> bool:
     key = base64.b64decode(parsed.manifest.sender_key.split(":", 1)[1])
     if signing_fingerprint(key) != parsed.manifest.sender_fingerprint:
         return False
+    context = SIGNATURE_CONTEXTS[parsed.manifest.format]
     try:
-        VerifyKey(key).verify(SIGNATURE_CONTEXT + parsed.manifest_bytes, parsed.signature)
+        VerifyKey(key).verify(context + parsed.manifest_bytes, parsed.signature)
     except (BadSignatureError, ValueError):
         return False
     return True
 
 
-def _dearmor(parsed: ParsedBundle) -> bytes | None:
-    lines = parsed.payload_armored.decode("ascii").split("\n")[1:-2]
-    if not lines or any(len(line) != 64 for line in lines[:-1]) or not 0 < len(lines[-1]) <= 64:
-        return None
-    joined = "".join(lines)
-    try:
-        binary = base64.b64decode(joined, validate=True)
-    except binascii.Error:
-        return None
-    if base64.b64encode(binary).decode("ascii") != joined:
-        return None
-    return binary
-
-
-def _payload_ok(parsed: ParsedBundle, binary: bytes | None) -> bool:
+def _payload_ok(parsed: ParsedBundle) -> bool:
+    binary = parsed.payload
     return (
-        binary is not None
-        and len(binary) == parsed.manifest.payload_size
+        len(binary) == parsed.manifest.payload_size
         and len(binary) <= MAX_PAYLOAD_BYTES
         and hashlib.sha256(binary).hexdigest() == parsed.manifest.payload_sha256
     )
+
+
+def _in_future(manifest: Manifest, now: datetime) -> bool:
+    return manifest.created_at > now + CLOCK_SKEW
 
 
 def inspect(text: bytes, *, now: datetime | None = None) -> Inspection:
@@ -298,16 +302,17 @@ def inspect(text: bytes, *, now: datetime | None = None) -> Inspection:
     return Inspection(
         manifest=parsed.manifest,
         signature_valid=_verify_signature(parsed),
-        payload_digest_valid=_payload_ok(parsed, _dearmor(parsed)),
+        payload_digest_valid=_payload_ok(parsed),
         expired=parsed.manifest.expires_at <= current,
+        created_in_future=_in_future(parsed.manifest, current),
     )
 
 
 def extract_age(text: bytes) -> bytes:
     """The armored age payload, after the checks that need no key (signature not pinned)."""
     parsed = parse(text)
-    if not _payload_ok(parsed, _dearmor(parsed)):
-        raise integrity_error()
+    if not _payload_ok(parsed):
+        raise StructureError("the payload digest does not match the manifest")
     return parsed.payload_armored
 
 
@@ -332,16 +337,17 @@ def open_verified(
 ) -> OpenedBundle:
     """Steps 1-6a of docs/bundle-format.md section 6: verify everything, then check expiry.
 
-    Raises the single integrity error for every failure of steps 1-5 and a
-    PolicyError (exit 7) for an expired bundle. Policy re-evaluation and
+    Raises a StructureError naming the fault for step 1, the single integrity
+    error for every failure of steps 2-5, and a PolicyError (exit 7) for an
+    expired bundle or one created more than CLOCK_SKEW in the future. Policy re-evaluation and
     ledger checks are the caller's (``keycourier.bundle.open_bundle``).
     """
     parsed = parse(text)
     m = parsed.manifest
     if not _trusted(m, trusted) or not _verify_signature(parsed):
         raise integrity_error()
-    binary = _dearmor(parsed)
-    if binary is None or not _payload_ok(parsed, binary):
+    binary = parsed.payload
+    if not _payload_ok(parsed):
         raise integrity_error()
     try:
         plaintext = age.decrypt([identity.age_identity], binary)
@@ -363,6 +369,16 @@ def open_verified(
     ):
         raise integrity_error()
     current = now or datetime.now(UTC)
+    if _in_future(m, current):
+        raise PolicyError(
+            f"bundle {m.bundle_id} was created at {format_time(m.created_at)}, in the future "
+            f"(more than {CLOCK_SKEW.seconds // 60} minutes after this machine's "
+            f"{format_time(current)})",
+            hints=[
+                "check the clocks of the sender and of this machine",
+                "ask the sender to seal a new bundle",
+            ],
+        )
     if m.expires_at <= current:
         raise PolicyError(
             f"bundle {m.bundle_id} expired at {format_time(m.expires_at)}",

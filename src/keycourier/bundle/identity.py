@@ -154,7 +154,7 @@ class KeycourierIdentity:
         return header.encode("ascii") + body
 
 
-_HEADER_RE = re.compile(r"^# ([a-z-]+): (.+)$")
+_HEADER_RE = re.compile(r"^# ([a-z-]+): (.+)\Z")
 
 
 def read_public(data: bytes) -> PublicIdentity:

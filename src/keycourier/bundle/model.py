@@ -13,7 +13,9 @@ from typing import Any
 from keycourier.errors import IntegrityError
 from keycourier.redact import Secret
 
-FORMAT = "keycourier-bundle/v1"
+FORMAT = "keycourier-bundle/v2"
+FORMAT_V1 = "keycourier-bundle/v1"
+FORMATS = (FORMAT_V1, FORMAT)  # the versions this reader knows; writers write FORMAT
 PAYLOAD_FORMAT = "keycourier-credentials/v1"
 MAX_RECIPIENTS = 20
 
@@ -28,8 +30,30 @@ INTEGRITY_HINTS = (
 
 
 def integrity_error() -> IntegrityError:
-    """The one error every tamper, truncation, wrong-key or untrusted-sender case raises."""
+    """The one error every cryptographic failure (signature, digest, decryption, binding,
+    untrusted sender) raises when opening a bundle."""
     return IntegrityError(INTEGRITY_MESSAGE, hints=INTEGRITY_HINTS)
+
+
+class StructureError(IntegrityError):
+    """A structural fault of a bundle, found without any key and named precisely (exit 4).
+
+    Everything it describes is public (docs/bundle-format.md section 6, step 1), so
+    naming it is no oracle. ``line`` is the input line, counted from 1, when one is known.
+    """
+
+    def __init__(
+        self, message: str, *, line: int | None = None, hints: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.line = line
+
+
+def manifest_error(why: str) -> StructureError:
+    return StructureError(
+        f"the bundle's manifest is not readable: {why}",
+        hints=("ask the sender for a fresh bundle",),
+    )
 
 
 class Platform(enum.StrEnum):
@@ -74,10 +98,11 @@ class Manifest:
     policy: PolicyStamp
     payload_sha256: str
     payload_size: int
+    format: str = FORMAT  # the version it was read as; sealing writes FORMAT
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT,
+            "format": self.format,
             "bundle_id": self.bundle_id,
             "created_at": format_time(self.created_at),
             "expires_at": format_time(self.expires_at),
@@ -102,9 +127,6 @@ class Manifest:
         }
 
 
-_FORMAT_JSON = _q(FORMAT)
-
-
 def manifest_parts(m: Manifest) -> tuple[bytes, bytes]:
     """The canonical manifest without its ``payload`` member, cut where that member goes.
 
@@ -126,7 +148,7 @@ def manifest_parts(m: Manifest) -> tuple[bytes, bytes]:
         f',"client_id_masked":{_q(m.client_id_masked)}'
         f',"created_at":{_q(format_time(m.created_at))},"environment":{_q(m.environment)}'
         f',"expires_at":{_q(format_time(m.expires_at))},"fingerprint":{_q(m.fingerprint)}'
-        f',"format":{_FORMAT_JSON},"partner":{partner}'
+        f',"format":{_q(m.format)},"partner":{partner}'
     )
     text = (
         f'{head},"platform":{_q(m.platform)},"policy":{{"digest":{_q(pol.digest)}'
@@ -164,39 +186,43 @@ def format_time(value: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_FP = re.compile(r"^kc1:[0-9a-f]{32}$")
-_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_RULE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_RECIPIENT = re.compile(r"^age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_FP = re.compile(r"^kc1:[0-9a-f]{32}\Z")
+_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=\Z")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_RULE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
+_RECIPIENT = re.compile(r"^age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}\Z")
 
 
-def _printable(value: object, max_len: int) -> str:
+def _bad(field: str) -> StructureError:
+    return manifest_error(f"field '{field}' is missing, unknown or of the wrong form")
+
+
+def _printable(value: object, max_len: int, field: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= max_len or not value.isprintable():
-        raise integrity_error()
+        raise _bad(field)
     return value
 
 
-def _parse_time(value: object) -> datetime:
+def _parse_time(value: object, field: str) -> datetime:
     if not isinstance(value, str) or not _TIME_RE.match(value):
-        raise integrity_error()
+        raise _bad(field)
     try:
         return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
-        raise integrity_error() from None
+        raise _bad(field) from None
 
 
-def _match(pattern: re.Pattern[str], value: object) -> str:
+def _match(pattern: re.Pattern[str], value: object, field: str) -> str:
     if not isinstance(value, str) or not pattern.match(value):
-        raise integrity_error()
+        raise _bad(field)
     return value
 
 
-def _object(value: object, keys: set[str]) -> dict[str, Any]:
+def _object(value: object, keys: set[str], field: str) -> dict[str, Any]:
     if not isinstance(value, dict) or set(value) != keys:
-        raise integrity_error()
+        raise _bad(field)
     return value
 
 
@@ -219,50 +245,65 @@ _MANIFEST_KEYS = {
 
 
 def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
-    """Strictly parse a manifest object; any deviation is the integrity error."""
-    _object(obj, _MANIFEST_KEYS)
-    if obj["format"] != FORMAT:
-        raise integrity_error()
+    """Strictly parse a manifest object; a deviation is a StructureError naming the field."""
+    if set(obj) != _MANIFEST_KEYS:
+        missing = sorted(_MANIFEST_KEYS - set(obj))
+        unknown = len(set(obj) - _MANIFEST_KEYS)  # not shown: they are the input's strings
+        raise manifest_error(
+            ", ".join(
+                ([f"missing field(s) {', '.join(missing)}"] if missing else [])
+                + ([f"{unknown} unknown field(s)"] if unknown else [])
+            )
+        )
+    if obj["format"] not in FORMATS:
+        raise _bad("format")
     bundle_id = obj["bundle_id"]
     if not isinstance(bundle_id, str):
-        raise integrity_error()
+        raise _bad("bundle_id")
     try:
         parsed = uuid.UUID(bundle_id)
     except ValueError:
-        raise integrity_error() from None
+        raise _bad("bundle_id") from None
     if str(parsed) != bundle_id or parsed.version != 4:
-        raise integrity_error()
-    created = _parse_time(obj["created_at"])
-    expires = _parse_time(obj["expires_at"])
+        raise _bad("bundle_id")
+    created = _parse_time(obj["created_at"], "created_at")
+    expires = _parse_time(obj["expires_at"], "expires_at")
     if expires <= created:
-        raise integrity_error()
+        raise manifest_error("expires_at is not later than created_at")
     platform = obj["platform"]
     if not isinstance(platform, str) or platform not in {p.value for p in Platform}:
-        raise integrity_error()
-    environment = _printable(obj["environment"], 32)
-    partner = None if obj["partner"] is None else _printable(obj["partner"], 128)
+        raise _bad("platform")
+    environment = _printable(obj["environment"], 32, "environment")
+    partner = None if obj["partner"] is None else _printable(obj["partner"], 128, "partner")
     attestation = None
     if obj["attestation"] is not None:
-        att = _object(obj["attestation"], {"by", "statement"})
-        attestation = Attestation(_printable(att["by"], 128), _printable(att["statement"], 512))
-    masked = _printable(obj["client_id_masked"], 64)
-    fingerprint = _match(_FP, obj["fingerprint"])
+        att = _object(obj["attestation"], {"by", "statement"}, "attestation")
+        attestation = Attestation(
+            _printable(att["by"], 128, "attestation.by"),
+            _printable(att["statement"], 512, "attestation.statement"),
+        )
+    masked = _printable(obj["client_id_masked"], 64, "client_id_masked")
+    fingerprint = _match(_FP, obj["fingerprint"], "fingerprint")
     recipients = obj["recipients"]
     if (
         not isinstance(recipients, list)
         or not 1 <= len(recipients) <= MAX_RECIPIENTS
         or len(set(map(str, recipients))) != len(recipients)
     ):
-        raise integrity_error()
-    recips = tuple(_match(_RECIPIENT, r) for r in recipients)
-    sender = _object(obj["sender"], {"signing_key", "fingerprint"})
-    policy = _object(obj["policy"], {"digest", "verdict", "warnings"})
-    if policy["verdict"] not in ("pass", "warn") or not isinstance(policy["warnings"], list):
-        raise integrity_error()
-    payload = _object(obj["payload"], {"type", "sha256", "size"})
+        raise _bad("recipients")
+    recips = tuple(_match(_RECIPIENT, r, "recipients") for r in recipients)
+    sender = _object(obj["sender"], {"signing_key", "fingerprint"}, "sender")
+    policy = _object(obj["policy"], {"digest", "verdict", "warnings"}, "policy")
+    if policy["verdict"] not in ("pass", "warn"):
+        raise _bad("policy.verdict")
+    if not isinstance(policy["warnings"], list):
+        raise _bad("policy.warnings")
+    payload = _object(obj["payload"], {"type", "sha256", "size"}, "payload")
     size = payload["size"]
-    if payload["type"] != "age-v1" or not isinstance(size, int) or isinstance(size, bool):
-        raise integrity_error()
+    if payload["type"] != "age-v1":
+        raise _bad("payload.type")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise _bad("payload.size")
     return Manifest(
         bundle_id=bundle_id,
         created_at=created,
@@ -274,13 +315,14 @@ def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
         client_id_masked=masked,
         fingerprint=fingerprint,
         recipients=recips,
-        sender_key=_match(_KEY, sender["signing_key"]),
-        sender_fingerprint=_match(_FP, sender["fingerprint"]),
+        sender_key=_match(_KEY, sender["signing_key"], "sender.signing_key"),
+        sender_fingerprint=_match(_FP, sender["fingerprint"], "sender.fingerprint"),
         policy=PolicyStamp(
-            digest=_match(_DIGEST, policy["digest"]),
+            digest=_match(_DIGEST, policy["digest"], "policy.digest"),
             verdict=policy["verdict"],
-            warnings=tuple(_match(_RULE, w) for w in policy["warnings"]),
+            warnings=tuple(_match(_RULE, w, "policy.warnings") for w in policy["warnings"]),
         ),
-        payload_sha256=_match(_HEX64, payload["sha256"]),
+        payload_sha256=_match(_HEX64, payload["sha256"], "payload.sha256"),
         payload_size=size,
+        format=obj["format"],
     )

@@ -276,8 +276,10 @@ def seal(
 def inspect(bundle_file: str, as_json: bool) -> None:
     """Show a bundle's public manifest and whether its signature is valid.
 
-    Needs no key and shows no secret. Exit 4 when the bundle is malformed or
-    its signature or payload digest does not verify.
+    Needs no key and shows no secret. Exit 4, with what is wrong, when the
+    input is not a bundle, a block is damaged (the line is named), the
+    manifest is not readable, the payload has recipients the manifest does
+    not show, or the signature or payload digest does not verify.
 
     \b
     Example:
@@ -298,7 +300,11 @@ def inspect(bundle_file: str, as_json: bool) -> None:
             ("partner", m.partner or "-"),
             ("client id", m.client_id_masked),
             ("fingerprint", m.fingerprint),
-            ("created", m.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            (
+                "created",
+                m.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                + (" (IN THE FUTURE)" if result.created_in_future else ""),
+            ),
             (
                 "expires",
                 m.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -323,8 +329,24 @@ def inspect(bundle_file: str, as_json: bool) -> None:
         click.echo(
             "(the signature proves who sealed it only if you trust that sender key)", err=True
         )
-    if not (result.signature_valid and result.payload_digest_valid):
-        raise IntegrityError("the bundle's signature or payload digest does not verify")
+    if result.created_in_future:
+        warn(
+            f"the bundle was created at {result.manifest.to_dict()['created_at']}, in the "
+            "future: open and ingest refuse it until then (check the sender's clock)"
+        )
+    failed = [
+        what
+        for what, ok in (
+            ("the bundle's signature does not verify", result.signature_valid),
+            ("the payload digest does not match the manifest", result.payload_digest_valid),
+        )
+        if not ok
+    ]
+    if failed:
+        raise IntegrityError(
+            "; ".join(failed),
+            hints=["the bundle was altered after it was sealed: ask the sender for a fresh one"],
+        )
 
 
 # -- open ----------------------------------------------------------------------------

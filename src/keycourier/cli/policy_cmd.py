@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 REFRESH_TOKEN_ENV: Final = "KEYCOURIER_PROBE_REFRESH_TOKEN"  # noqa: S105 - a variable name
-_FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}$")
+_FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}\Z")
 _MAX_REASON: Final = 500
 
 _HANDOVER_OPTIONS: Final[list[Callable[[Any], Any]]] = [

@@ -34,8 +34,8 @@ from keycourier.files import write_private
 from keycourier.redact import Secret
 
 KEY_PREFIX: Final = "kck_"
-KEY_RE: Final = re.compile(r"^kck_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+KEY_RE: Final = re.compile(r"^kck_([0-9a-f]{8})_([A-Za-z0-9_-]{43})\Z")
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 MAX_STORE_BYTES: Final = 4 * 1024 * 1024
 DEFAULT_RATE: Final = 50.0  # requests per second, per client
 _DUMMY_HASH: Final = hashlib.sha256(b"keycourier-dummy").hexdigest()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from keycourier.errors import ConfigError, UsageError
 from keycourier.partner.tokens import Token, json_payload
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 class Format(enum.StrEnum):

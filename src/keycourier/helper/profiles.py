@@ -30,13 +30,13 @@ from urllib.parse import urlsplit
 
 from keycourier.errors import ConfigError
 
-PROFILE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-VERSION_RE: Final = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-HEADER_RE: Final = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-VAULT_PATH_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-PATH_RE: Final = re.compile(r"^/[A-Za-z0-9_./\-]{0,200}$")
-SCOPE_RE: Final = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")
+PROFILE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+VERSION_RE: Final = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+HEADER_RE: Final = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
+VAULT_PATH_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*\Z")
+PATH_RE: Final = re.compile(r"^/[A-Za-z0-9_./\-]{0,200}\Z")
+SCOPE_RE: Final = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*\Z")
 
 # Hosts that the platform documents as production (docs/platform-apis.md 1.1, 1.5).
 KNOWN_PRODUCTION_HOSTS: Final = frozenset(
@@ -146,7 +146,7 @@ _ALLOWED: Final[Mapping[str, type | tuple[type, ...]]] = {
     "max_retries": int,
     "env_name": str,
 }
-_SECRET_LOOKING: Final = re.compile(r"(secret|password|token)$", re.IGNORECASE)
+_SECRET_LOOKING: Final = re.compile(r"(secret|password|token)\Z", re.IGNORECASE)
 
 
 def _is_loopback(host: str) -> bool:

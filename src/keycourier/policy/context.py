@@ -16,7 +16,7 @@ from keycourier.errors import UsageError
 
 MAX_CONTEXT_BYTES: Final = 64 * 1024
 MAX_FIELD_CHARS: Final = 2048
-_REALM = re.compile(r"^[0-9]{1,30}$")
+_REALM = re.compile(r"^[0-9]{1,30}\Z")
 
 
 @dataclass(frozen=True, slots=True)

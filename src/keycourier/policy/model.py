@@ -62,7 +62,7 @@ RULE_IDS: Final = (
     "live-probe",
 )
 
-_DURATION = re.compile(r"^([1-9][0-9]{0,5})([dhm])$")
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([dhm])\Z")
 _DURATION_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
 _PROBE_URL_KEYS: Final = (
     "quickbooks_token_url",
@@ -77,8 +77,8 @@ _REGEX_KEYS: Final = {
     "secret-format": ("quickbooks", "xero_charset"),
     "xero-demo-tenant": ("pattern",),
 }
-_FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}$")
-_POLICY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}\Z")
+_POLICY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 class Severity(enum.StrEnum):

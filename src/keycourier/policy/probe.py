@@ -25,8 +25,8 @@ from keycourier.policy.model import Policy, check_endpoint_url
 from keycourier.redact import Secret
 
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
-_ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
-_REALM = re.compile(r"^[0-9]{1,30}$")
+_ERROR_CODE = re.compile(r"^[a-z_]{1,40}\Z")
+_REALM = re.compile(r"^[0-9]{1,30}\Z")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")  # printable ASCII: safe in a header
 
 

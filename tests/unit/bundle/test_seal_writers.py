@@ -6,7 +6,6 @@ speed); these tests pin them to ``canonical_json`` so the two cannot drift.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
+from keycourier import bundle
 from keycourier.age import X25519Identity
 from keycourier.bundle import Attestation, KeycourierIdentity, Manifest, PolicyStamp, SealedBundle
 from keycourier.bundle.canonical import canonical_json
@@ -111,8 +111,9 @@ def test_bundle_ids_are_canonical_random_uuid4() -> None:
 
 
 def test_sealed_manifest_line_is_the_generic_encoding(sealed: SealedBundle) -> None:
-    line = sealed.text.split(b"\n")[2]
-    assert line == canonical_json(sealed.manifest.to_dict())
+    parsed = bundle.parse(sealed.text)
+    assert parsed.manifest_bytes == canonical_json(sealed.manifest.to_dict())
+    assert max(len(line) for line in sealed.text.split(b"\n")) <= 64
     assert sealed.manifest.payload_sha256 != "0" * 64
     assert sealed.manifest.payload_size > 0
 
@@ -123,7 +124,7 @@ def test_signature_is_pynacl_ed25519(sender: KeycourierIdentity, sealed: SealedB
     message = b"any message"
     assert ident.sign(message) == SigningKey(seed).sign(message).signature
     assert ident.signing_public == bytes(SigningKey(seed).verify_key)
-    lines = sealed.text.split(b"\n")
+    parsed = bundle.parse(sealed.text)
     VerifyKey(sender.signing_public).verify(
-        SIGNATURE_CONTEXT + lines[2], base64.b64decode(lines[5])
+        SIGNATURE_CONTEXT + parsed.manifest_bytes, parsed.signature
     )
