@@ -460,3 +460,62 @@ def test_oversized_bundle_is_the_integrity_error(world: World) -> None:
         out = run(*args, cwd=world.dir)
         assert out.returncode == 4, (args, out.stderr)
         assert not (world.dir / "c.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("kc1:0123456789abcdef", "has 16 hex characters after kc1:"),
+        ("0123456789abcdef0123456789abcdef", "lacks the kc1: prefix"),
+        ("age1" + "q" * 58, "is an age recipient"),
+        ("kc2:0123456789abcdef0123456789abcdef", "is not a signing fingerprint"),
+        ("ed25519:AAAA", "is not a 44-character base64 Ed25519 key"),
+    ],
+)
+def test_a_malformed_trust_is_a_usage_error_naming_the_form(
+    world: World, value: str, why: str
+) -> None:
+    assert world.seal().returncode == 0
+    args = world.open_args()
+    args[args.index("--trust") + 1] = value
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.decode()
+    assert f"--trust {value!r} {why}" in err
+    assert "expected kc1: followed by 32 hex characters" in err
+    assert "keycourier identity show" in err
+    assert not (world.dir / "creds.json").exists()
+
+
+def test_a_malformed_line_in_the_trust_file_is_a_usage_error(world: World) -> None:
+    assert world.seal().returncode == 0
+    (world.dir / "trusted.txt").write_text(f"# partners\n{world.partner_fpr}\nkc1:0123\n")
+    args = world.open_args()
+    i = args.index("--trust")
+    args[i : i + 2] = ["--trust-file", "trusted.txt"]
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 2, out.stderr
+    assert b"trusted.txt line 3: 'kc1:0123' has 4 hex characters" in out.stderr
+    assert not (world.dir / "creds.json").exists()
+
+
+def test_an_upper_case_fingerprint_is_the_same_pin(world: World) -> None:
+    assert world.seal().returncode == 0
+    args = world.open_args()
+    i = args.index("--trust") + 1
+    args[i] = "kc1:" + args[i][4:].upper()
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_well_formed_pin_of_another_signer_is_exit_4_naming_the_signer(world: World) -> None:
+    assert world.seal().returncode == 0
+    args = world.open_args()
+    args[args.index("--trust") + 1] = world.platform_fpr
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 4, out.stderr
+    err = out.stderr.decode()
+    assert err.startswith("keycourier: error: bundle verification failed")
+    assert f"the bundle names its signer as {world.partner_fpr}, which is not" in err
+    assert f"pinned senders ({world.platform_fpr})" in err
+    assert not (world.dir / "creds.json").exists()
