@@ -230,7 +230,8 @@ def seal(
     \b
     Example:
       keycourier seal --platform quickbooks --client-id ABc...Z \\
-        --client-secret-file secret.txt --attested-by "Jane Doe, CTO" \\
+        --client-secret-file secret.txt --environment production \\
+        --attested-by "Jane Doe, CTO" \\
         --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
     """
     from keycourier import bundle

@@ -152,7 +152,8 @@ def ingest(
                 "sealed_by": m.sender_fingerprint,
                 "sealed_at": sealed_at,
                 "platform": c.platform,
-                "partner": m.partner or "",
+                # Vault refuses an empty metadata value: a bundle without --partner has none
+                **({"partner": m.partner} if m.partner else {}),
             },
         )
     except Error as exc:

@@ -1,0 +1,378 @@
+"""Every example in ``--help``, README.md and docs/*.md runs as printed and does what it says.
+
+Examples are found, not listed, so a new one is picked up by itself:
+
+* ``--help``: in every command's help and epilog, the lines after ``Example:`` or
+  ``Examples:`` (up to the next blank line), ``\\`` continuations joined;
+* Markdown: every fenced block tagged ``sh``, ``bash``, ``shell``, ``console`` or
+  untagged; each logical line (continuations joined, ``$ `` prompt dropped) that
+  runs ``keycourier``. A line in synopsis grammar (``[--opt]``, ``(-a | -b)``,
+  ``<32 hex>``) describes a command rather than showing one and is not run.
+
+Each example runs with ``bash -c`` in its own directory, a copy of a prepared one
+holding the files examples name (identities, ``secret.txt``, ``pass.txt``, a sealed
+``handover.kcb``, age keys ...), with ``keycourier`` on ``PATH``, a real OpenBao
+(a KV v2 mount of its own per example) and the example's own ledger. Files an example
+writes (``-o``, ``--output``, ``--key-file``, ``>``) are removed first, as on a
+first run. It must exit 0 unless ``EXPECTED`` says otherwise.
+
+Placeholders are substituted from the prepared identities (``SUBSTITUTIONS``):
+
+=================================  ==============================================
+``age1...``                        the receiver's (platform.kcid) age recipient
+``--trust kc1:...``, ``kc1:0123...`` the sender's (partner.kcid) signing fingerprint
+``policy deny kc1:0123...``         the credential fingerprint of handover.kcb
+``ABxxxx...``, ``AB...``, ``ABc...Z`` a well-formed production QuickBooks client ID
+``01J9Z8...``                      the bundle ID of handover.kcb
+``KEYCOURIER_PASSPHRASE=...``       the passphrase of the prepared identities
+=================================  ==============================================
+
+``creds.age`` is encrypted to ``key.txt``, or with ``pass.txt`` for an example that
+decrypts it with ``--passphrase-file``.
+
+Examples not run are listed in ``NOT_RUN`` by their exact text, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import hvac
+import pytest
+
+from keycourier.cli.main import COMMANDS, cli
+from tests.support.openbao import BaoServer
+
+ROOT = Path(__file__).resolve().parents[2]
+PASS = "example passphrase 42"
+ALNUM = string.ascii_letters + string.digits
+BIN = Path(sys.executable).parent
+
+_RUNS_KEYCOURIER = re.compile(r"(?:^|[\s;(|&]|\$\()keycourier\s")
+_SYNOPSIS = re.compile(r"\[-|\(-|\s\|\s-|<[a-z0-9 ]+>|\[[A-Z]+\]")
+_FENCE = re.compile(r"\s*```([A-Za-z]*)\s*")
+_SHELL_FENCES = {"", "sh", "bash", "shell", "console"}
+
+
+@dataclass(frozen=True)
+class Example:
+    where: str  # "keycourier seal --help" or "README.md:44"
+    command: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.where}: {self.command[:60]}"
+
+
+def _logical(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    parts: list[str] = []
+    first = 0
+    for number, raw in lines:
+        line = raw.strip()
+        if not parts:
+            first = number
+        if line.endswith("\\"):
+            parts.append(line[:-1].strip())
+            continue
+        parts.append(line)
+        yield first, " ".join(p for p in parts if p)
+        parts = []
+
+
+def _is_example(command: str) -> bool:
+    if command.startswith("$ "):
+        command = command[2:]
+    if not command or command.startswith("#"):
+        return False
+    return bool(_RUNS_KEYCOURIER.search(" " + command)) and not _SYNOPSIS.search(command)
+
+
+def markdown_examples(path: Path) -> list[Example]:
+    found: list[Example] = []
+    block: list[tuple[int, str]] | None = None
+    lang = ""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fence = _FENCE.fullmatch(line)
+        if fence and block is None:
+            block, lang = [], fence.group(1)
+            continue
+        if fence and block is not None:
+            if lang in _SHELL_FENCES:
+                for first, command in _logical(block):
+                    text = command[2:] if command.startswith("$ ") else command
+                    if _is_example(text):
+                        found.append(Example(f"{path.relative_to(ROOT)}:{first}", text))
+            block = None
+            continue
+        if block is not None:
+            block.append((number, line))
+    return found
+
+
+def _walk(prefix: str, cmd: click.Command) -> Iterator[tuple[str, click.Command]]:
+    yield prefix, cmd
+    if isinstance(cmd, click.Group):
+        for sub, child in cmd.commands.items():
+            yield from _walk(f"{prefix} {sub}", child)
+
+
+def help_examples() -> list[Example]:
+    ctx = click.Context(cli)
+    commands: list[tuple[str, click.Command]] = [("keycourier", cli)]
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        commands.extend(_walk(f"keycourier {name}", command))
+    found: list[Example] = []
+    for path, cmd in commands:
+        for text in (cmd.help or "", cmd.epilog or ""):
+            lines: list[tuple[int, str]] = []
+            taking = False
+            for number, line in enumerate(text.splitlines()):
+                head = re.match(r"\s*Examples?:\s*(.*)", line)
+                if head:
+                    taking = True
+                    if head.group(1):
+                        lines.append((number, head.group(1)))
+                    continue
+                if taking and not line.strip():
+                    taking = False
+                elif taking:
+                    lines.append((number, line))
+            found.extend(
+                Example(f"{path} --help", command)
+                for _, command in _logical(lines)
+                if _is_example(command)
+            )
+    return found
+
+
+def all_examples() -> list[Example]:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return help_examples() + [e for path in docs for e in markdown_examples(path)]
+
+
+# Examples that exit non-zero on purpose: exact text -> exit code.
+EXPECTED: dict[str, int] = {}
+
+# Examples not run, by exact text, and why.
+_PLATFORM = (
+    "calls the partner platform's token or connection API (not reachable from here; "
+    "the run against the local platform stand-in is not written yet)"
+)
+NOT_RUN: dict[str, str] = {
+    "VAULT_ADDR=https://vault:8200 keycourier doctor --role receiver": (
+        "names the remote Vault host vault:8200"
+    ),
+    "keycourier exec --profile ci --env-name MONITE_TOKEN -- ./deploy.sh --stage prod": _PLATFORM,
+    "keycourier exec --profile ci --keep-env VAULT_TOKEN -- ./needs-vault-too.sh": _PLATFORM,
+    "keycourier exec --profile ci -- ./deploy.sh --stage prod": _PLATFORM,
+    "keycourier exec --profile ci --env-name MONITE_TOKEN --no-mask -- make smoke": _PLATFORM,
+}
+_NOT_RUN_PREFIXES: dict[str, str] = {
+    "keycourier token ": _PLATFORM,
+    'eval "$(keycourier token ': _PLATFORM,
+    "KEYCOURIER_HELPER_URL=": _PLATFORM,
+    "keycourier serve": "runs the token helper until stopped (a start/stop run is not written yet)",
+    "keycourier helper client ": "the helper client store run is not written yet",
+    "keycourier connection ": _PLATFORM,
+}
+
+
+def not_run_reason(command: str) -> str | None:
+    if command in NOT_RUN:
+        return NOT_RUN[command]
+    for prefix, reason in _NOT_RUN_PREFIXES.items():
+        if command.startswith(prefix):
+            return reason
+    return None
+
+
+# --------------------------------------------------------------------------- the prepared directory
+
+
+def kc(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "keycourier"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def base_env(workdir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KEYCOURIER_", "VAULT_", "GITHUB_"))
+    }
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["HOME"] = str(workdir / "home")
+    env["XDG_CONFIG_HOME"] = str(workdir / "home" / ".config")
+    env["XDG_DATA_HOME"] = str(workdir / "home" / ".local" / "share")
+    env["KEYCOURIER_PASSPHRASE"] = PASS
+    env["KEYCOURIER_LEDGER"] = str(workdir / "ledger.db")
+    return env
+
+
+@dataclass(frozen=True)
+class Prepared:
+    dir: Path
+    values: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """Identities, keys, a sealed bundle and the input files examples name."""
+    d = tmp_path_factory.mktemp("examples-template")
+    (d / "home").mkdir()
+    env = base_env(d)
+
+    def ok(*args: str) -> str:
+        out = kc(*args, cwd=d, env=env)
+        assert out.returncode == 0, (args, out.stderr)
+        return out.stdout
+
+    (d / "pass.txt").write_text(PASS + "\n")
+    for name in ("partner", "platform"):
+        ok("identity", "new", "-o", f"{name}.kcid", "--work-factor", "10")
+    shutil.copy(d / "partner.kcid", d / "me.kcid")
+    pub = {
+        n: json.loads(ok("identity", "show", f"{n}.kcid", "--json"))
+        for n in ("partner", "platform")
+    }
+    client_id = "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
+    (d / "secret.txt").write_text("".join(secrets.choice(ALNUM) for _ in range(40)) + "\n")
+    summary = json.loads(
+        ok(
+            *("seal", "--platform", "quickbooks", "--client-id", client_id),
+            *("--client-secret-file", "secret.txt", "--environment", "production"),
+            *("--attested-by", "Test Lead", "--identity", "partner.kcid"),
+            *("-r", pub["platform"]["recipient"], "-o", "handover.kcb", "--json"),
+        )
+    )
+    ok("identity", "export-age", "platform.kcid", "-o", "platform.agekey")
+    ok("age", "keygen", "-o", "key.txt")
+    recipient = next(
+        line.split(": ", 1)[1]
+        for line in (d / "key.txt").read_text().splitlines()
+        if line.startswith("# public key: ")
+    )
+    (d / "team.txt").write_text(recipient + "\n")
+    (d / "creds.json").write_text('{"client_id": "example"}\n')
+    ok("age", "encrypt", "-r", recipient, "-o", "secret.age", "secret.txt")
+    ok("age", "encrypt", "-r", recipient, "-o", "creds.age", "creds.json")
+    ok(
+        "age",
+        "encrypt",
+        "--passphrase-file",
+        "pass.txt",
+        "--work-factor",
+        "10",
+        "-o",
+        "creds-pass.age",
+        "creds.json",
+    )
+    shutil.copy(ROOT / "src" / "keycourier" / "policy" / "handover.toml", d / "strict.toml")
+    values = {
+        "recipient": pub["platform"]["recipient"],
+        "sender_fpr": pub["partner"]["signing_fingerprint"],
+        "fingerprint": summary["fingerprint"],
+        "bundle_id": summary["bundle_id"],
+        "client_id": "AB" + "".join(secrets.choice(ALNUM) for _ in range(48)),
+    }
+    return Prepared(d, values)
+
+
+def substitute(command: str, values: dict[str, str]) -> str:
+    """The documented placeholders (module docstring) replaced by real values."""
+    out = command
+    out = re.sub(r"(policy deny )kc1:0123\.\.\.", rf"\g<1>{values['fingerprint']}", out)
+    out = re.sub(r"kc1:(?:0123)?\.\.\.", values["sender_fpr"], out)
+    out = out.replace("age1...", values["recipient"])
+    for placeholder in ("ABxxxx...", "ABc...Z", "AB..."):
+        out = out.replace(placeholder, values["client_id"])
+    out = out.replace("01J9Z8...", values["bundle_id"])
+    return out.replace("KEYCOURIER_PASSPHRASE=...", f"KEYCOURIER_PASSPHRASE={shlex.quote(PASS)}")
+
+
+def outputs(command: str) -> list[str]:
+    """Files the command writes: the values of -o/--output/--key-file and > targets."""
+    words = shlex.split(command, comments=True)
+    found = []
+    for i, word in enumerate(words[:-1]):
+        if word in {"-o", "--output", "--key-file", ">"}:
+            found.append(words[i + 1])
+    found += re.findall(r">\s*([\w.-]+)", command)
+    return found
+
+
+EXAMPLES = all_examples()
+
+
+def test_examples_are_found() -> None:
+    where = {e.where.split(":")[0].split(" --help")[0] for e in EXAMPLES}
+    assert "README.md" in where
+    assert "keycourier seal" in where
+    assert len(EXAMPLES) > 40
+
+
+def test_every_not_run_entry_names_an_existing_example() -> None:
+    commands = {e.command for e in EXAMPLES}
+    assert sorted(set(NOT_RUN) - commands) == []
+    assert sorted(set(EXPECTED) - commands) == []
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
+def test_example_runs_as_printed(
+    example: Example, prepared: Prepared, bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    reason = not_run_reason(example.command)
+    if reason is not None:
+        pytest.skip(f"not run: {reason}")
+    if "| age " in example.command and shutil.which("age") is None:
+        pytest.skip("needs the stock age tool on PATH")
+    work = tmp_path / "work"
+    shutil.copytree(prepared.dir, work)
+    command = substitute(example.command, prepared.values)
+    for name in outputs(command):
+        (work / name).unlink(missing_ok=True)
+    if re.search(r"age decrypt --passphrase-file \S+ creds\.age", command):
+        shutil.copy(work / "creds-pass.age", work / "creds.age")  # a passphrase file
+    mount = "ex-" + secrets.token_hex(6)
+    hvac.Client(url=bao_dev.addr, token=bao_dev.token).sys.enable_secrets_engine(
+        "kv", path=mount, options={"version": "2"}
+    )
+    env = base_env(work)
+    env.update(VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token, KEYCOURIER_VAULT_MOUNT=mount)
+    out = subprocess.run(
+        ["bash", "-c", "set -eo pipefail\n" + command],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    want = EXPECTED.get(example.command, 0)
+    assert out.returncode == want, (
+        f"{example.where}: {command}\nexit {out.returncode}\n{out.stdout[-2000:]}\n"
+        f"{out.stderr[-2000:]}"
+    )
+    for name in outputs(command):
+        assert (work / name).exists(), f"{example.where}: {name} was not written"
