@@ -519,3 +519,20 @@ def test_a_well_formed_pin_of_another_signer_is_exit_4_naming_the_signer(world: 
     assert f"the bundle names its signer as {world.partner_fpr}, which is not" in err
     assert f"pinned senders ({world.platform_fpr})" in err
     assert not (world.dir / "creds.json").exists()
+
+
+def test_identity_show_verify_says_what_it_verified(world: World) -> None:
+    out = run("identity", "show", "partner.kcid", "--verify", cwd=world.dir)
+    assert out.returncode == 0, out.stderr
+    assert (
+        b"verified: the passphrase opens the identity; its age key and signing key match the "
+        b"recipient, signing key and fingerprint in its header\n"
+    ) in out.stdout
+    plain = run("identity", "new", "-o", "open.kcid", "--unprotected", cwd=world.dir)
+    assert plain.returncode == 0, plain.stderr
+    out = run("identity", "show", "open.kcid", "--verify", cwd=world.dir)
+    assert out.returncode == 0, out.stderr
+    assert b"verified: no passphrase (unprotected); its age key and signing key match" in out.stdout
+    header_only = run("identity", "show", "partner.kcid", cwd=world.dir)
+    assert b"verified" not in header_only.stdout
+    assert b"header only" in header_only.stderr
