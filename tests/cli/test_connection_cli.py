@@ -519,8 +519,18 @@ def test_token_file_instead_of_the_helper(world: Env) -> None:
         stdin=b"fixed-token-for-ci\n",
     )
     assert r.code == 5
-    assert "even after a fresh token" in r.err
+    assert "the platform refused the partner token from standard input (--token-file)" in r.err
+    assert "fresh token" not in r.err  # none was fetched: a given token is not refreshed
     assert "fixed-token-for-ci" not in r.err
+    assert world.platform.auth.token_calls == 0
+    r = world.run(
+        "connection", "list", "--profile", "m", "--entity", ENTITY,
+        "--token-file", str(token_file),
+    )  # fmt: skip
+    assert r.code == 5
+    assert f"the platform refused the partner token from the file {token_file}" in r.err
+    assert "leave out --token-file" in r.err
+    assert world.platform.auth.token_calls == 0
 
 
 def test_replace_asks_on_a_terminal(world: Env) -> None:

@@ -86,7 +86,8 @@ def _token_source(
         raw = read_secret_source(token_file, "partner token").strip()
         if not raw or b"\n" in raw:
             raise UsageError("the partner token file must hold exactly one token")
-        return StaticTokenSource(Secret(raw))
+        where = "standard input" if token_file == "-" else f"the file {token_file}"  # noqa: S105
+        return StaticTokenSource(Secret(raw), f"the partner token from {where} (--token-file)")
     from keycourier.helper.service import ProfileTokenSource
 
     return _Warned(ProfileTokenSource(settings, profile, deadline=deadline))
