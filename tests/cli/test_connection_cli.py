@@ -437,6 +437,22 @@ def test_ids_are_validated_before_any_request(world: Env) -> None:
     assert world.platform.auth.token_calls == 0
 
 
+def test_tesouro_messages_say_organization(world: Env) -> None:
+    r = world.run("connection", "list", "--profile", "t", "--organization", "not-a-uuid")
+    assert r.code == 2
+    assert "organization ID 'not-a-uuid' is not a UUID" in r.err
+    assert "entity" not in r.err
+    created = world.run("connection", "create", "--profile", "t", "--organization", ORG)
+    assert created.code == 0, created.err
+    assert "send the connection_url to the organization's user" in created.err
+    assert f"--organization {ORG}" in created.err
+    assert "entity" not in created.err
+    again = world.run("connection", "create", "--profile", "t", "--organization", ORG)
+    assert again.code == 7
+    assert f"organization {ORG} already has an active accounting connection" in again.err
+    assert "entity" not in again.err
+
+
 def test_platform_errors_in_plain_words(world: Env) -> None:
     state = world.platform.connections
     state.inject(

@@ -195,7 +195,7 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
     type=click.Path(dir_okay=False, exists=True),
     help="A file of age recipients.",
 )
-@click.option("--partner", help="Your organisation's name, shown in the manifest.")
+@click.option("--partner", help="Your organization's name, shown in the manifest.")
 @click.option(
     "-o",
     "--output",

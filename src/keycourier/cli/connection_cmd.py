@@ -7,6 +7,7 @@ stdout (``--json`` for machines), diagnostics to stderr.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,11 @@ class _Call:
     client: ConnectionClient
     scope_id: str
     profile: str
+
+    @property
+    def scope_option(self) -> str:
+        """``--entity`` (Monite) or ``--organization`` (Tesouro)."""
+        return f"--{self.client.endpoint.spec.scope_name}"
 
     @property
     def actor(self) -> str:
@@ -122,10 +128,10 @@ def _call(
     """``deadline`` (``time.monotonic()`` time) bounds the partner token fetch (``wait``)."""
     from keycourier.partner.connections import ConnectionClient, endpoint_for_profile, parse_uuid
 
-    scope_id = parse_uuid(entity, "entity ID")
     settings: Settings = settings_from(ctx)
     name = _pick_profile(settings, profile)
     endpoint = endpoint_for_profile(settings, name)
+    scope_id = parse_uuid(entity, f"{endpoint.spec.scope_name} ID")  # organization for Tesouro
     tokens = _token_source(settings, name, token_file, deadline)
     return _Call(settings, ConnectionClient(endpoint, tokens), scope_id, name)
 
@@ -298,9 +304,10 @@ def create(
         _show(conn)
     _say_recorded(result.recorded)
     if not as_json:
-        info("send the connection_url to the entity's user, then run:")
-        info(f"  keycourier connection wait {conn.id} --profile {call.profile} \\")
-        info(f"      --entity {call.scope_id}")
+        scope = call.client.endpoint.spec.scope_name
+        info(f"send the connection_url to the {scope}'s user, then run:")
+        info(f"  keycourier connection wait {conn.id} --profile {shlex.quote(call.profile)} \\")
+        info(f"      {call.scope_option} {call.scope_id}")
 
 
 @connection.command("list")
