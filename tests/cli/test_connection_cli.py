@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -303,6 +305,70 @@ def test_wait_exit_codes(world: Env) -> None:
     r = wait(dropped)
     assert r.code == 7
     assert "is disconnected" in r.err
+
+
+def test_wait_shows_it_is_alive_and_how_to_resume(world: Env) -> None:
+    """A status line every interval (state, time waited, time left); on the timeout the
+    connection_url again and the exact, shell-quoted command that resumes waiting."""
+    created = world.run("connection", "create", "--profile", "t", "--organization", ORG, "--json")
+    assert created.code == 0, created.err
+    conn = created.json()["connection"]
+    world.env["KEYCOURIER_WAIT_STATUS_INTERVAL"] = "0.5"
+    started = time.monotonic()
+    r = world.run(
+        "--config", world.env["KEYCOURIER_CONFIG"],
+        "connection", "wait", conn["id"], "--profile", "t", "--organization", ORG,
+        "--timeout", "3s", "--poll-interval", "200ms",
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert r.code == 6, r.err
+    beats = [line for line in r.err.splitlines() if "still waiting for connection" in line]
+    # about 6 in 3 s; a loaded machine may start late or skip a beat, never show none
+    assert 2 <= len(beats) <= elapsed / 0.5 + 1, r.err
+    assert all(
+        re.fullmatch(
+            rf"keycourier: still waiting for connection {conn['id']}: "
+            r"(pending_auth|no status yet), \d+s waited, \d+s left",
+            line,
+        )
+        for line in beats
+    ), beats
+    assert any("pending_auth" in line for line in beats), beats
+    for line in beats:  # waited + left is the 3 s of --timeout, each rounded down
+        waited, left = (int(n) for n in re.findall(r"(\d+)s (?:waited|left)", line))
+        assert 2 <= waited + left <= 3, line
+    resume = shlex.join(
+        [
+            "keycourier", "--config", world.env["KEYCOURIER_CONFIG"], "connection", "wait",
+            conn["id"], "--profile", "t", "--organization", ORG, "--timeout", "3s",
+        ]
+    )  # fmt: skip
+    assert (
+        "keycourier: hint: send the connection_url to the organization's user again: "
+        f"{conn['connection_url']}\n"
+    ) in r.err
+    assert f"keycourier: hint: then resume waiting with: {resume}\n" in r.err
+    assert "rerun" not in r.err  # the vague advice is replaced, not repeated
+    resumed = subprocess.run(
+        ["bash", "-c", resume.replace("keycourier", f"{sys.executable} -m keycourier", 1)],
+        env=world.env | {"KEYCOURIER_WAIT_STATUS_INTERVAL": "30"},
+        capture_output=True, text=True, timeout=60, check=False, cwd=world.tmp,
+    )  # fmt: skip
+    assert resumed.returncode == 6, resumed.stderr  # the same wait, as pasted
+    world.platform.connections.authorize(conn["id"], "xero")
+    done = subprocess.run(
+        ["bash", "-c", resume.replace("keycourier", f"{sys.executable} -m keycourier", 1)],
+        env=world.env, capture_output=True, text=True, timeout=60, check=False, cwd=world.tmp,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "xero\n"
+
+
+def test_wait_status_interval_is_checked(world: Env) -> None:
+    world.env["KEYCOURIER_WAIT_STATUS_INTERVAL"] = "31"
+    r = world.monite("wait", str(uuid.uuid4()), "--timeout", "1s")
+    assert r.code == 3
+    assert "KEYCOURIER_WAIT_STATUS_INTERVAL must be a number of seconds, 0.05 to 30" in r.err
 
 
 def test_wait_honours_retry_after_within_its_timeout(world: Env) -> None:

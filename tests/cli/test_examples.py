@@ -94,7 +94,7 @@ def _logical(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
 def _is_example(command: str) -> bool:
     if command.startswith("$ "):
         command = command[2:]
-    if not command or command.startswith("#"):
+    if not command or command.startswith(("#", "keycourier:")):  # a comment, or output shown
         return False
     return bool(_RUNS_KEYCOURIER.search(" " + command)) and not _SYNOPSIS.search(command)
 
