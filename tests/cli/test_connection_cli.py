@@ -116,6 +116,22 @@ client_secret_env = "KC_TEST_CLIENT_SECRET"
         platform.stop()
 
 
+def baseline_seconds(world: Env, *args: str) -> float:
+    """How long an ordinary, quick run of the same kind takes here and now (interpreter,
+    imports, config, token, one request): the part of a timed run that is not the
+    command's own waiting, and the part a loaded machine stretches most."""
+    started = time.monotonic()
+    r = world.run("connection", *args, "--profile", "m", "--entity", ENTITY)
+    assert r.code == 0, r.err
+    return time.monotonic() - started
+
+
+# What a timed run may take beyond its --timeout and its baseline on a loaded machine. The
+# stalls it must not wait out (STALL) are longer than both, so the bounds still prove it.
+MARGIN = 5.0
+STALL = 12.0
+
+
 def authorize(url: str, platform: str = "xero") -> str:
     with urllib.request.urlopen(f"{url}&platform={platform}", timeout=10) as resp:  # noqa: S310
         return str(resp.read().decode())
@@ -279,9 +295,14 @@ def test_wait_exit_codes(world: Env) -> None:
         )
 
     timed_out = fresh()
-    r = wait(timed_out, "300ms")
+    r = wait(timed_out, "3s")  # room for the first poll to be answered on a loaded machine
     assert r.code == 6
-    assert "still pending_auth after the timeout" in r.err
+    # the last poll at the deadline may itself time out on a loaded machine
+    assert re.search(
+        r"still pending_auth after the timeout|not connected after the timeout: the last "
+        r"poll failed \(.*\); last status seen: pending_auth",
+        r.err,
+    ), r.err
 
     deauth = fresh()
     state.authorize(deauth, "xero")
@@ -409,7 +430,7 @@ def test_wait_honours_retry_after_within_its_timeout(world: Env) -> None:
 
 @pytest.mark.parametrize(
     ("delay", "problem"),
-    [(0.0, "the platform failed (503): unavailable"), (3.0, "cannot reach the platform")],
+    [(0.0, "the platform failed (503): unavailable"), (STALL, "cannot reach the platform")],
     ids=["503", "stalled"],
 )
 def test_wait_ends_by_its_timeout_while_the_platform_fails(
@@ -427,16 +448,18 @@ def test_wait_ends_by_its_timeout_while_the_platform_fails(
         path_contains=cid,
         delay=delay,
     )
+    startup = baseline_seconds(world, "list")  # the faults are on cid's path only
     started = time.monotonic()
     r = world.run(
         "connection", "wait", cid, "--profile", "m", "--entity", ENTITY, "--timeout", "1s",
-        timeout=20,
+        timeout=60,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert r.code == 6, r.err
     assert f"connection {cid} is not connected after the timeout: the last poll failed" in r.err
     assert problem in r.err
-    assert elapsed < 2.5  # 1 s of --timeout plus the interpreter's start-up
+    # 1 s of --timeout, not the stall nor 4 retries with backoff
+    assert elapsed - startup < 1.0 + MARGIN, (elapsed, startup)
 
 
 def test_wait_ends_by_its_timeout_while_the_token_is_slow(world: Env) -> None:
@@ -455,15 +478,18 @@ def test_wait_ends_by_its_timeout_while_the_token_is_slow(world: Env) -> None:
         started = time.monotonic()
         r = world.run(
             "connection", "wait", cid, "--profile", "m", "--entity", ENTITY, "--timeout", "1s",
-            timeout=30,
+            timeout=60,
         )  # fmt: skip
         return r, time.monotonic() - started
 
-    world.platform.auth.delay = 4.0
+    for cached in tokens.glob("m-*.json"):
+        cached.unlink()  # the baseline fetches a token too
+    startup = baseline_seconds(world, "list")
+    world.platform.auth.delay = STALL
     r, elapsed = timed_wait()
     assert r.code == 6, r.err
     assert "no token from the token endpoint within the time left" in r.err
-    assert elapsed < 2.5  # 1 s of --timeout plus the interpreter's start-up
+    assert elapsed - startup < 1.0 + MARGIN, (elapsed, startup)  # 1 s, not the stall
     polls = len(world.platform.connections.requests)
 
     world.platform.auth.delay = 0.0
@@ -474,10 +500,19 @@ def test_wait_ends_by_its_timeout_while_the_token_is_slow(world: Env) -> None:
     finally:
         os.close(holder)
     assert r.code == 6, r.err
-    assert "held the token cache lock until the deadline" in r.err
-    assert f"connection {cid} is still pending_auth after the timeout" in r.err
-    assert elapsed < 3.0  # the lock wait ends at 1 s; the mint and a last poll follow
-    assert len(world.platform.connections.requests) == polls + 1
+    assert "Traceback" not in r.err
+    # The lock wait ends at the 1 s deadline; then a token is minted and one last poll made,
+    # each with the 0.25 s floor. On a loaded machine either floor can run out first: the
+    # timeout then names the token (and no lock warning is shown) or the failed poll. Which
+    # deadline message wins is the machine's; that the lock did not hold wait is the point.
+    assert f"connection {cid} " in r.err
+    assert "after the timeout" in r.err
+    if "held the token cache lock until the deadline" in r.err:
+        assert len(world.platform.connections.requests) == polls + 1
+    else:
+        assert "no token from the token endpoint within the time left" in r.err
+        assert len(world.platform.connections.requests) == polls
+    assert elapsed - startup < 1.0 + MARGIN, (elapsed, startup)  # the holder never lets go
 
 
 def test_ids_are_validated_before_any_request(world: Env) -> None:
