@@ -44,8 +44,10 @@ import shutil
 import string
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -53,6 +55,7 @@ import hvac
 import pytest
 
 from keycourier.cli.main import COMMANDS, cli
+from tests.support.connections_standin import RunningPlatform, StandinConnection, start_platform
 from tests.support.openbao import BaoServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,27 +171,38 @@ def all_examples() -> list[Example]:
 EXPECTED: dict[str, int] = {}
 
 # Examples not run, by exact text, and why.
-_PLATFORM = (
-    "calls the partner platform's token or connection API (not reachable from here; "
-    "the run against the local platform stand-in is not written yet)"
-)
 NOT_RUN: dict[str, str] = {
     "VAULT_ADDR=https://vault:8200 keycourier doctor --role receiver": (
         "names the remote Vault host vault:8200"
     ),
-    "keycourier exec --profile ci --env-name MONITE_TOKEN -- ./deploy.sh --stage prod": _PLATFORM,
-    "keycourier exec --profile ci --keep-env VAULT_TOKEN -- ./needs-vault-too.sh": _PLATFORM,
-    "keycourier exec --profile ci -- ./deploy.sh --stage prod": _PLATFORM,
-    "keycourier exec --profile ci --env-name MONITE_TOKEN --no-mask -- make smoke": _PLATFORM,
 }
+_SERVE = "runs the token helper until stopped (a start/stop harness is not written yet)"
 _NOT_RUN_PREFIXES: dict[str, str] = {
-    "keycourier token ": _PLATFORM,
-    'eval "$(keycourier token ': _PLATFORM,
-    "KEYCOURIER_HELPER_URL=": _PLATFORM,
-    "keycourier serve": "runs the token helper until stopped (a start/stop run is not written yet)",
-    "keycourier helper client ": "the helper client store run is not written yet",
-    "keycourier connection ": _PLATFORM,
+    "keycourier serve": _SERVE,
+    "KEYCOURIER_HELPER_URL=": "needs a running 'keycourier serve' on 127.0.0.1:8377 ("
+    + _SERVE
+    + ")",
 }
+
+# Shell run before an example, in its directory, for what the lines before it in the
+# docs did (exact text -> script).
+SETUP: dict[str, str] = {
+    "keycourier helper client revoke ci-runner": (
+        "keycourier helper client add ci-runner --profile ci --key-file ci-runner.key\n"
+    ),
+    'keycourier connection wait "$(jq -r .connection.id created.json)" --profile demo '
+    "--entity $ENTITY --timeout 30s --poll-interval 200ms   # prints xero": (
+        "keycourier connection create --profile demo --entity $ENTITY --json > created.json\n"
+        'curl -sf "$(jq -r .connection.connection_url created.json)" >/dev/null\n'
+    ),
+}
+
+# The connection the --help examples name by ID: seeded in the platform stand-in,
+# connected to Xero, for the entity they name.
+SEEDED_CONNECTION = "9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10"
+SEEDED_ENTITY = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+PLATFORM_CLIENT_ID = "00000000-0000-4000-8000-00000000c0de"
+PLATFORM_CLIENT_SECRET = "example-client-secret-" + "k" * 20
 
 
 def not_run_reason(command: str) -> str | None:
@@ -289,6 +303,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
         "creds.json",
     )
     shutil.copy(ROOT / "src" / "keycourier" / "policy" / "handover.toml", d / "strict.toml")
+    # what the exec examples run: each fails unless it got what the example says
+    scripts = {
+        "deploy.sh": 'test -n "${MONITE_TOKEN:-}" && test "$1 $2" = "--stage prod"',
+        "needs-vault-too.sh": 'test -n "${VAULT_TOKEN:-}" && test -n "${MONITE_TOKEN:-}"',
+    }
+    for name, body in scripts.items():
+        (d / name).write_text(f"#!/bin/sh\nset -eu\n{body}\n")
+        (d / name).chmod(0o755)
+    (d / "Makefile").write_text('smoke:\n\ttest -n "$$MONITE_TOKEN"\n')
     values = {
         "recipient": pub["platform"]["recipient"],
         "sender_fpr": pub["partner"]["signing_fingerprint"],
@@ -322,6 +345,44 @@ def outputs(command: str) -> list[str]:
     return found
 
 
+def write_config(work: Path, platform: RunningPlatform) -> None:
+    """The profiles examples name (ci, prod, demo), at the config file's default place,
+    all pointing at the platform stand-in."""
+    path = work / "home" / ".config" / "keycourier" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(
+            f"""
+[profiles.{name}]
+dialect = "monite"
+base_url = "{platform.monite_base}"
+environment = "sandbox"
+version = "2024-05-25"
+client_id_env = "KC_CLIENT_ID"
+client_secret_env = "KC_CLIENT_SECRET"
+env_name = "MONITE_TOKEN"
+"""
+            for name in ("ci", "prod", "demo")
+        )
+    )
+
+
+def seed_connection(platform: RunningPlatform) -> None:
+    now = datetime.now(UTC)
+    state = platform.connections
+    with state._lock:
+        state.connections[SEEDED_CONNECTION] = StandinConnection(
+            id=SEEDED_CONNECTION,
+            dialect="monite",
+            scope_id=SEEDED_ENTITY,
+            created_at=now,
+            updated_at=now,
+            nonce=secrets.token_urlsafe(16),
+            status="connected",
+            platform="xero",
+        )
+
+
 EXAMPLES = all_examples()
 
 
@@ -340,7 +401,11 @@ def test_every_not_run_entry_names_an_existing_example() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
 def test_example_runs_as_printed(
-    example: Example, prepared: Prepared, bao_dev: BaoServer, tmp_path: Path
+    example: Example,
+    prepared: Prepared,
+    bao_dev: BaoServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     reason = not_run_reason(example.command)
     if reason is not None:
@@ -354,14 +419,26 @@ def test_example_runs_as_printed(
         (work / name).unlink(missing_ok=True)
     if re.search(r"age decrypt --passphrase-file \S+ creds\.age", command):
         shutil.copy(work / "creds-pass.age", work / "creds.age")  # a passphrase file
+    platform = start_platform({PLATFORM_CLIENT_ID: PLATFORM_CLIENT_SECRET})
+    request.addfinalizer(platform.stop)
+    if SEEDED_CONNECTION in command:
+        seed_connection(platform)
+    write_config(work, platform)
     mount = "ex-" + secrets.token_hex(6)
     hvac.Client(url=bao_dev.addr, token=bao_dev.token).sys.enable_secrets_engine(
         "kv", path=mount, options={"version": "2"}
     )
     env = base_env(work)
     env.update(VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token, KEYCOURIER_VAULT_MOUNT=mount)
+    env.update(
+        KC_CLIENT_ID=PLATFORM_CLIENT_ID,
+        KC_CLIENT_SECRET=PLATFORM_CLIENT_SECRET,
+        GITHUB_ENV=str(work / "github.env"),  # an example marked "in GitHub Actions"
+        ENTITY=str(uuid.uuid4()),
+    )
+    setup = SETUP.get(example.command, "")
     out = subprocess.run(
-        ["bash", "-c", "set -eo pipefail\n" + command],
+        ["bash", "-c", "set -eo pipefail\n" + setup + command],
         cwd=work,
         env=env,
         capture_output=True,

@@ -307,8 +307,8 @@ def connection() -> None:
     \b
     Example:
       keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
-      keycourier connection wait ID --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 \\
-          --timeout 30m
+      keycourier connection wait 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
+          --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 --timeout 30m
     """
 
 
