@@ -30,6 +30,13 @@ Placeholders are substituted from the prepared identities (``SUBSTITUTIONS``):
 ``creds.age`` is encrypted to ``key.txt``, or with ``pass.txt`` for an example that
 decrypts it with ``--passphrase-file``.
 
+Profiles ``ci``, ``prod`` and ``demo`` point at the platform stand-in (started per
+example), ``$ENTITY`` is a fresh UUID, the connection the --help examples name by ID is
+seeded (connected to Xero), ``./deploy.sh``, ``./needs-vault-too.sh`` and ``make smoke``
+check that they got the token, and ``$GITHUB_ENV`` names a file. An example that follows
+other lines in the docs gets them first (``SETUP``). ``keycourier serve`` examples are
+started, seen listening and stopped with SIGTERM (exit 0).
+
 Examples not run are listed in ``NOT_RUN`` by their exact text, with the reason.
 """
 
@@ -41,6 +48,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import string
 import subprocess
 import sys
@@ -176,17 +184,22 @@ NOT_RUN: dict[str, str] = {
         "names the remote Vault host vault:8200"
     ),
 }
-_SERVE = "runs the token helper until stopped (a start/stop harness is not written yet)"
-_NOT_RUN_PREFIXES: dict[str, str] = {
-    "keycourier serve": _SERVE,
-    "KEYCOURIER_HELPER_URL=": "needs a running 'keycourier serve' on 127.0.0.1:8377 ("
-    + _SERVE
-    + ")",
-}
+NOT_RUN["keycourier serve --socket /run/user/1000/keycourier.sock      # 0600 Unix socket"] = (
+    "names /run/user/1000, the runtime directory of user 1000, which this machine lacks"
+)
+# Examples that run until stopped: started, seen listening, stopped with SIGTERM (exit 0).
+_RUNS_UNTIL_STOPPED = re.compile(r"keycourier serve\b")
 
 # Shell run before an example, in its directory, for what the lines before it in the
 # docs did (exact text -> script).
 SETUP: dict[str, str] = {
+    "KEYCOURIER_HELPER_URL=http://127.0.0.1:8377 KEYCOURIER_HELPER_KEY_FILE=ci.key "
+    "keycourier token --profile ci": (
+        "keycourier helper client add ci-runner --profile ci --key-file ci.key\n"
+        "keycourier serve --listen 127.0.0.1:8377 2>serve.log &\n"
+        "trap 'kill %1; wait' EXIT\n"
+        "for _ in $(seq 600); do grep -q 'listening on' serve.log && break; sleep 0.1; done\n"
+    ),
     "keycourier helper client revoke ci-runner": (
         "keycourier helper client add ci-runner --profile ci --key-file ci-runner.key\n"
     ),
@@ -206,12 +219,7 @@ PLATFORM_CLIENT_SECRET = "example-client-secret-" + "k" * 20
 
 
 def not_run_reason(command: str) -> str | None:
-    if command in NOT_RUN:
-        return NOT_RUN[command]
-    for prefix, reason in _NOT_RUN_PREFIXES.items():
-        if command.startswith(prefix):
-            return reason
-    return None
+    return NOT_RUN.get(command)
 
 
 # --------------------------------------------------------------------------- the prepared directory
@@ -311,6 +319,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     for name, body in scripts.items():
         (d / name).write_text(f"#!/bin/sh\nset -eu\n{body}\n")
         (d / name).chmod(0o755)
+    write_self_signed(d / "cert.pem", d / "key.pem")
     (d / "Makefile").write_text('smoke:\n\ttest -n "$$MONITE_TOKEN"\n')
     values = {
         "recipient": pub["platform"]["recipient"],
@@ -320,6 +329,44 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
         "client_id": "AB" + "".join(secrets.choice(ALNUM) for _ in range(48)),
     }
     return Prepared(d, values)
+
+
+def write_self_signed(cert_path: Path, key_path: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (the TLS example of serve)."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keycourier example")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
 
 
 def substitute(command: str, values: dict[str, str]) -> str:
@@ -343,6 +390,29 @@ def outputs(command: str) -> list[str]:
             found.append(words[i + 1])
     found += re.findall(r">\s*([\w.-]+)", command)
     return found
+
+
+def run_until_stopped(command: str, work: Path, env: dict[str, str], example: Example) -> None:
+    """Start it, wait until it says it listens, stop it with SIGTERM: it must exit 0."""
+    proc = subprocess.Popen(
+        ["bash", "-c", "exec " + command],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # "keycourier: token helper listening on ..."
+        assert "listening on" in first, f"{example.where}: {command}\n{first}"
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{example.where}: {command}\nexit {proc.returncode}\n{rest}"
 
 
 def write_config(work: Path, platform: RunningPlatform) -> None:
@@ -436,6 +506,9 @@ def test_example_runs_as_printed(
         GITHUB_ENV=str(work / "github.env"),  # an example marked "in GitHub Actions"
         ENTITY=str(uuid.uuid4()),
     )
+    if _RUNS_UNTIL_STOPPED.match(command):
+        run_until_stopped(command, work, env, example)
+        return
     setup = SETUP.get(example.command, "")
     out = subprocess.run(
         ["bash", "-c", "set -eo pipefail\n" + setup + command],
