@@ -736,3 +736,26 @@ def test_doctor_on_a_kv_v1_mount_is_exit_3(bao_dev: BaoServer, tmp_path: Path) -
     finally:
         admin.sys.disable_secrets_engine(v1)
         admin.sys.disable_secrets_engine(other)
+
+
+def test_ingest_of_a_bundle_sealed_without_a_partner_name(
+    bao_dev: BaoServer, tmp_path: Path
+) -> None:
+    """--partner is optional: Vault refuses an empty metadata value, so none is written."""
+    pub = make_identities(tmp_path, "partner", "platform")
+    args = seal_args(tmp_path, new_client_id(), pub["platform"]["recipient"], out="h.kcb")
+    i = args.index("--partner")
+    del args[i : i + 2]
+    sealed = run(*args, cwd=tmp_path, env={"KEYCOURIER_LEDGER": str(tmp_path / "sender.db")})
+    assert sealed.returncode == 0, sealed.stderr
+    vpath = f"partners/anon-{secrets.token_hex(4)}/quickbooks"
+    out = run(
+        "ingest", "h.kcb", "--identity", "platform.kcid",
+        "--trust", pub["partner"]["signing_fingerprint"], "--vault-path", vpath,
+        cwd=tmp_path, env=vault_env(bao_dev),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    client = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    meta = client.secrets.kv.v2.read_secret_metadata(path=vpath, mount_point="secret")["data"]
+    assert "partner" not in meta["custom_metadata"]
+    assert meta["custom_metadata"]["sealed_by"] == pub["partner"]["signing_fingerprint"]
