@@ -27,6 +27,9 @@ Placeholders are substituted from the prepared identities (``SUBSTITUTIONS``):
 ``KEYCOURIER_PASSPHRASE=...``       the passphrase of the prepared identities
 =================================  ==============================================
 
+Beyond the exit code, files an example writes must exist afterwards, and a trailing
+``# prints WORD`` comment must hold: WORD is on its stdout.
+
 ``creds.age`` is encrypted to ``key.txt``, or with ``pass.txt`` for an example that
 decrypts it with ``--passphrase-file``.
 
@@ -526,3 +529,5 @@ def test_example_runs_as_printed(
     )
     for name in outputs(command):
         assert (work / name).exists(), f"{example.where}: {name} was not written"
+    for printed in re.findall(r"#\s*prints (\S+)", command):  # "... # prints xero"
+        assert printed in out.stdout, f"{example.where}: {command}\n{out.stdout}"
