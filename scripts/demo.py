@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import string
 import subprocess
 import sys
@@ -28,8 +29,10 @@ def say(text: str) -> None:
     print("\n" + textwrap.fill(text, 100), flush=True)
 
 
-def show_cmd(args: Sequence[str]) -> None:
-    print("  $ keycourier " + " ".join(args), flush=True)
+def show_cmd(side: str, args: Sequence[str]) -> None:
+    """Print the command as it can be pasted into a shell (shell-quoted), after a prompt
+    naming the side; run it in the demo's directory with that side's HOME."""
+    print(f"  [{side}]$ " + shlex.join(["keycourier", *args]), flush=True)
 
 
 class Side:
@@ -71,7 +74,7 @@ class Side:
     def kc(
         self, *args: str, expect: int = 0, stdin: bytes | None = None, quiet: bool = False
     ) -> subprocess.CompletedProcess[bytes]:
-        print(f"  [{self.name}]$ keycourier " + " ".join(args), flush=True)
+        show_cmd(self.name, args)
         out = subprocess.run(
             [KC, *args],
             input=stdin,
@@ -115,6 +118,10 @@ def main() -> int:
             print(f"    OpenBao at {bao.addr} (pid {bao.pid})")
             # the documented setting: every write to the mount must use check-and-set
             bao.bao("write", "secret/config", "cas_required=true")
+            print(
+                f"    Commands run in {work} with HOME={work}/home-SIDE, VAULT_ADDR and "
+                "VAULT_TOKEN set, and the identities' passphrase in KEYCOURIER_PASSPHRASE."
+            )
             passphrase = "demo passphrase " + secrets.token_hex(4)
             partner = Side("partner", work, passphrase)
             platform = Side("platform", work, passphrase)

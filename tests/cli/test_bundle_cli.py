@@ -501,3 +501,79 @@ def test_a_seal_is_released_when_bookkeeping_after_its_event_fails(world: World)
     verified = run("audit", "verify", "--json", cwd=world.dir)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout)["unsigned_tail"] == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("kc1:0123456789abcdef", "has 16 hex characters after kc1:"),
+        ("0123456789abcdef0123456789abcdef", "lacks the kc1: prefix"),
+        ("age1" + "q" * 58, "is an age recipient"),
+        ("kc2:0123456789abcdef0123456789abcdef", "is not a signing fingerprint"),
+        ("ed25519:AAAA", "is not a 44-character base64 Ed25519 key"),
+    ],
+)
+def test_a_malformed_trust_is_a_usage_error_naming_the_form(
+    world: World, value: str, why: str
+) -> None:
+    assert world.seal().returncode == 0
+    args = world.open_args()
+    args[args.index("--trust") + 1] = value
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.decode()
+    assert f"--trust {value!r} {why}" in err
+    assert "expected kc1: followed by 32 hex characters" in err
+    assert "keycourier identity show" in err
+    assert not (world.dir / "creds.json").exists()
+
+
+def test_a_malformed_line_in_the_trust_file_is_a_usage_error(world: World) -> None:
+    assert world.seal().returncode == 0
+    (world.dir / "trusted.txt").write_text(f"# partners\n{world.partner_fpr}\nkc1:0123\n")
+    args = world.open_args()
+    i = args.index("--trust")
+    args[i : i + 2] = ["--trust-file", "trusted.txt"]
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 2, out.stderr
+    assert b"trusted.txt line 3: 'kc1:0123' has 4 hex characters" in out.stderr
+    assert not (world.dir / "creds.json").exists()
+
+
+def test_an_upper_case_fingerprint_is_the_same_pin(world: World) -> None:
+    assert world.seal().returncode == 0
+    args = world.open_args()
+    i = args.index("--trust") + 1
+    args[i] = "kc1:" + args[i][4:].upper()
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_well_formed_pin_of_another_signer_is_exit_4_naming_the_signer(world: World) -> None:
+    assert world.seal().returncode == 0
+    args = world.open_args()
+    args[args.index("--trust") + 1] = world.platform_fpr
+    out = run(*args, cwd=world.dir)
+    assert out.returncode == 4, out.stderr
+    err = out.stderr.decode()
+    assert err.startswith("keycourier: error: bundle verification failed")
+    assert f"the bundle names its signer as {world.partner_fpr}, which is not" in err
+    assert f"pinned senders ({world.platform_fpr})" in err
+    assert not (world.dir / "creds.json").exists()
+
+
+def test_identity_show_verify_says_what_it_verified(world: World) -> None:
+    out = run("identity", "show", "partner.kcid", "--verify", cwd=world.dir)
+    assert out.returncode == 0, out.stderr
+    assert (
+        b"verified: the passphrase opens the identity; its age key and signing key match the "
+        b"recipient, signing key and fingerprint in its header\n"
+    ) in out.stdout
+    plain = run("identity", "new", "-o", "open.kcid", "--unprotected", cwd=world.dir)
+    assert plain.returncode == 0, plain.stderr
+    out = run("identity", "show", "open.kcid", "--verify", cwd=world.dir)
+    assert out.returncode == 0, out.stderr
+    assert b"verified: no passphrase (unprotected); its age key and signing key match" in out.stdout
+    header_only = run("identity", "show", "partner.kcid", cwd=world.dir)
+    assert b"verified" not in header_only.stdout
+    assert b"header only" in header_only.stderr

@@ -65,3 +65,28 @@ def test_readme_names_no_command_that_does_not_exist() -> None:
     assert mentioned, "the README shows no command at all"
     unknown = sorted({m for m in mentioned if m not in known})
     assert unknown == []
+
+
+def test_every_variable_name_token_and_exec_set_is_documented() -> None:
+    """The defaults of env_name (profile and helper paths) and the _EXPIRES_AT companion."""
+    import dataclasses
+    import inspect
+
+    from keycourier.helper import formats
+    from keycourier.helper.profiles import Profile
+    from keycourier.helper.service import Obtained
+
+    defaults = {
+        f.default
+        for cls in (Profile, Obtained)
+        for f in dataclasses.fields(cls)
+        if f.name == "env_name"
+    }
+    defaults.add(inspect.signature(formats.render).parameters["env_name"].default)
+    suffixes = set(re.findall(r'f"\{(?:env_name|name)\}(_[A-Z_]+)"', inspect.getsource(formats)))
+    assert suffixes == {"_EXPIRES_AT"}
+    token_doc = (ROOT / "docs" / "token-helper.md").read_text()
+    for text in (README, token_doc):
+        for name in defaults:
+            assert f"`{name}`" in text
+        assert "`NAME_EXPIRES_AT`" in text

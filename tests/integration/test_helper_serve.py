@@ -26,6 +26,8 @@ from tests.support.platform_standin import RunningStandin, StandinState, start_s
 MONITE_ID = "2f0c9d3e-1b4a-4e8f-a6c5-7d9e0f1a2b3c"
 MONITE_SECRET = "serve-secret-5e6f7a8b9c0d1e2f3a4b"
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @dataclass
 class Helper:
@@ -348,6 +350,35 @@ def test_token_and_exec_go_through_the_helper(
     assert r.stdout == ""
     r = kc(env | {"KEYCOURIER_HELPER_KEY": key}, "token", "--profile", "other")
     assert r.returncode == 7  # out of scope: a policy refusal
+
+
+def test_exec_through_the_helper_without_a_local_profile_uses_the_documented_default(
+    helper: Helper, tmp_path: Path
+) -> None:
+    """No [profiles.ci] on the client's side: the token goes to PARTNER_TOKEN (documented as
+    the default of env_name), or to the variable --env-name names."""
+    key_file = tmp_path / "ci.key"
+    key_file.write_text(add_client(helper.env, "bare", "--profile", "ci") + "\n")
+    key_file.chmod(0o600)
+    empty = tmp_path / "client-config.toml"
+    empty.write_text("")
+    env = {k: v for k, v in helper.env.items() if not k.startswith("MONITE_")}
+    env.update(
+        KEYCOURIER_CONFIG=str(empty),
+        KEYCOURIER_HELPER_URL=helper.url,
+        KEYCOURIER_HELPER_KEY_FILE=str(key_file),
+    )
+    show = "import os; print(sorted(k for k in os.environ if k.endswith('TOKEN')))"
+    r = kc(env, "exec", "--profile", "ci", "--", sys.executable, "-c", show)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['PARTNER_TOKEN']\n"
+    r = kc(
+        env, "exec", "--profile", "ci", "--env-name", "CI_TOKEN", "--", sys.executable, "-c", show
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['CI_TOKEN']\n"
+    docs = (ROOT / "docs" / "token-helper.md").read_text() + (ROOT / "README.md").read_text()
+    assert "`PARTNER_TOKEN`" in docs
 
 
 def test_events_are_recorded_once_per_client_and_nothing_is_lost_on_shutdown(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from keycourier.cli.identity_cmd import load_identity_for_cli
 from keycourier.cli.main import settings_from
 from keycourier.cli.policy_cmd import facts_from_options, handover_options
 from keycourier.cli.record import record_event, write_release
-from keycourier.errors import PolicyError, UsageError
+from keycourier.errors import IntegrityError, PolicyError, UsageError
 
 if TYPE_CHECKING:
     from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest, ReceiverPolicyError
@@ -64,6 +65,56 @@ def identity_option(f: F) -> F:
     )(f)
 
 
+_TRUST_FP = re.compile(r"kc1:[0-9a-fA-F]{32}")
+_TRUST_KEY = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
+_TRUST_FORM = (
+    "expected kc1: followed by 32 hex characters (the signing fingerprint) or "
+    "ed25519: followed by the 44-character base64 signing key"
+)
+_TRUST_HINT = (
+    "'keycourier identity show IDENTITY' on the sender's side prints its signing fingerprint"
+)
+
+
+def parse_trusted_sender(value: str, where: str = "--trust") -> str:
+    """A pinned sender, checked for form at the edge: ``kc1:<32 hex>`` (lower-cased) or
+    ``ed25519:<base64 key>``. A malformed value is a usage error naming the expected form;
+    only a well-formed value that names another signer reaches the integrity check."""
+    text = value.strip()
+    if _TRUST_FP.fullmatch(text):
+        return text.lower()
+    if _TRUST_KEY.fullmatch(text):
+        return text
+    shown = text if len(text) <= 80 else text[:80] + "…"
+    if not shown.isprintable():
+        shown = shown.encode("ascii", "backslashreplace").decode("ascii")
+    if text.lower().startswith("age1"):
+        why = "is an age recipient (an encryption key), not a sender's signing key"
+    elif text.lower().startswith("kc1:"):
+        body = text[4:]
+        if re.fullmatch(r"[0-9a-fA-F]*", body):
+            why = f"has {len(body)} hex characters after kc1: (truncated or extended?)"
+        else:
+            why = "has characters after kc1: that are not hex"
+    elif re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        why = "lacks the kc1: prefix"
+    elif text.lower().startswith("ed25519:"):
+        why = "is not a 44-character base64 Ed25519 key after ed25519:"
+    else:
+        why = "is not a signing fingerprint or signing key"
+    raise UsageError(
+        f"{where} {shown!r} {why}: {_TRUST_FORM}",
+        hints=[_TRUST_HINT + " (kc1:0123456789abcdef0123456789abcdef, say)"],
+    )
+
+
+def _parse_trust_option(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--trust``, checked at the edge; keycourier's UsageError (exit 2) passes through click."""
+    return tuple(parse_trusted_sender(v) for v in values)
+
+
 def trust_option(f: F) -> F:
     f = click.option(
         "--trust-file",
@@ -73,18 +124,21 @@ def trust_option(f: F) -> F:
     return click.option(
         "--trust",
         multiple=True,
-        help="A trusted sender: 'ed25519:<key>' or its 'kc1:' fingerprint (repeatable).",
+        metavar="SENDER",
+        callback=_parse_trust_option,
+        help="A trusted sender: its 'kc1:' signing fingerprint (32 hex characters) or "
+        "'ed25519:<key>' (repeatable).",
     )(f)
 
 
 def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]:
-    values = [t.strip() for t in trust if t.strip()]
+    values = list(trust)
     if trust_file:
         with open(trust_file, encoding="ascii", errors="replace") as fh:
-            for line in fh.read(64 * 1024).splitlines():
+            for number, line in enumerate(fh.read(64 * 1024).splitlines(), start=1):
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    values.append(line)
+                    values.append(parse_trusted_sender(line, f"{trust_file} line {number}:"))
     if not values:
         raise UsageError(
             "no trusted sender given",
@@ -141,7 +195,7 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
     type=click.Path(dir_okay=False, exists=True),
     help="A file of age recipients.",
 )
-@click.option("--partner", help="Your organisation's name, shown in the manifest.")
+@click.option("--partner", help="Your organization's name, shown in the manifest.")
 @click.option(
     "-o",
     "--output",
@@ -176,7 +230,8 @@ def seal(
     \b
     Example:
       keycourier seal --platform quickbooks --client-id ABc...Z \\
-        --client-secret-file secret.txt --attested-by "Jane Doe, CTO" \\
+        --client-secret-file secret.txt --environment production \\
+        --attested-by "Jane Doe, CTO" \\
         --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
     """
     from keycourier import bundle
@@ -484,6 +539,8 @@ def open_for_cli(
     except bundle.ReceiverPolicyError as exc:  # not an expiry: that is not a policy verdict
         _record_open_rejection(settings, exc, actor=me, policy_digest=policy_obj.digest)
         raise
+    except IntegrityError as exc:
+        raise _with_signer_hint(exc, text, trusted) from None
     from keycourier.ledger.signed import sign_event
 
     # the check (not opened yet) and the `opened` event, one process at a time
@@ -511,6 +568,32 @@ def open_for_cli(
         outcome = recorder.record(event)
     report_outcome(event, outcome)
     return checked, event, outcome
+
+
+def _with_signer_hint(exc: IntegrityError, text: bytes, trusted: list[str]) -> IntegrityError:
+    """The one integrity error, plus a hint when the bundle names a signer not pinned.
+
+    The signer is public (``keycourier inspect`` shows it), so naming it tells
+    an attacker nothing; the message stays the one message for every case.
+    """
+    from keycourier import bundle
+
+    try:
+        manifest = bundle.inspect(text).manifest
+    except IntegrityError:
+        return exc
+    if manifest.sender_fingerprint in trusted or manifest.sender_key in trusted:
+        return exc
+    pinned = ", ".join(t for t in trusted if t.startswith("kc1:")) or ", ".join(trusted)
+    return IntegrityError(
+        exc.message,
+        hints=[
+            f"the bundle names its signer as {manifest.sender_fingerprint}, which is not "
+            f"among the pinned senders ({pinned}); compare it with the fingerprint the "
+            "sender gave you through a second channel",
+            *exc.hints,
+        ],
+    )
 
 
 def _record_open_rejection(

@@ -7,6 +7,7 @@ stdout (``--json`` for machines), diagnostics to stderr.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ import click
 
 from keycourier.cli.common import emit_json, info
 from keycourier.cli.main import settings_from
-from keycourier.errors import ConfigError, PolicyError, UsageError
+from keycourier.errors import ConfigError, PolicyError, UnavailableError, UsageError
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -38,6 +39,11 @@ class _Call:
     client: ConnectionClient
     scope_id: str
     profile: str
+
+    @property
+    def scope_option(self) -> str:
+        """``--entity`` (Monite) or ``--organization`` (Tesouro)."""
+        return f"--{self.client.endpoint.spec.scope_name}"
 
     @property
     def actor(self) -> str:
@@ -88,7 +94,8 @@ def _token_source(
         raw = read_secret_source(token_file, "partner token").strip()
         if not raw or b"\n" in raw:
             raise UsageError("the partner token file must hold exactly one token")
-        return StaticTokenSource(Secret(raw))
+        where = "standard input" if token_file == "-" else f"the file {token_file}"  # noqa: S105
+        return StaticTokenSource(Secret(raw), f"the partner token from {where} (--token-file)")
     from keycourier.helper.service import ProfileTokenSource
 
     return _Warned(ProfileTokenSource(settings, profile, deadline=deadline))
@@ -123,10 +130,10 @@ def _call(
     """``deadline`` (``time.monotonic()`` time) bounds the partner token fetch (``wait``)."""
     from keycourier.partner.connections import ConnectionClient, endpoint_for_profile, parse_uuid
 
-    scope_id = parse_uuid(entity, "entity ID")
     settings: Settings = settings_from(ctx)
     name = _pick_profile(settings, profile)
     endpoint = endpoint_for_profile(settings, name)
+    scope_id = parse_uuid(entity, f"{endpoint.spec.scope_name} ID")  # organization for Tesouro
     tokens = _token_source(settings, name, token_file, deadline)
     return _Call(settings, ConnectionClient(endpoint, tokens), scope_id, name)
 
@@ -195,6 +202,74 @@ def _confirmer(yes: bool) -> Callable[[Sequence[Connection]], bool]:
     return confirm
 
 
+# --------------------------------------------------------------------------- wait's helpers
+
+STATUS_INTERVAL = 30.0  # seconds between wait's status lines, at most
+STATUS_INTERVAL_ENV = "KEYCOURIER_WAIT_STATUS_INTERVAL"  # a shorter one, for tests
+
+
+def _status_interval(settings: Settings) -> float:
+    raw = settings.env.get(STATUS_INTERVAL_ENV)
+    if raw is None:
+        return STATUS_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.05 <= value <= STATUS_INTERVAL:
+        raise ConfigError(f"{STATUS_INTERVAL_ENV} must be a number of seconds, 0.05 to 30")
+    return value
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``1h02m``: whole seconds, rounded down."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+class _Heartbeat:
+    """A status line on stderr every ``interval`` seconds until the block ends."""
+
+    def __init__(self, interval: float, line: Callable[[], str]) -> None:
+        import threading
+
+        self._interval = interval
+        self._line = line
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wait-status", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            info(self._line())
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _connection_command(
+    ctx: click.Context, call: _Call, sub: str, cid: str, token_file: str | None, *extra: str
+) -> str:
+    """The exact ``keycourier connection SUB ID ...`` line for this call, shell-quoted."""
+    words = ["keycourier"]
+    config_path = (ctx.find_root().obj or {}).get("config_path")
+    if config_path:
+        words += ["--config", str(config_path)]
+    words += ["connection", sub, cid, "--profile", call.profile]
+    words += [call.scope_option, call.scope_id]
+    if token_file is not None:
+        words += ["--token-file", token_file]
+    return shlex.join([*words, *extra])
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -234,8 +309,8 @@ def connection() -> None:
     \b
     Example:
       keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
-      keycourier connection wait ID --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 \\
-          --timeout 30m
+      keycourier connection wait 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
+          --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 --timeout 30m
     """
 
 
@@ -299,9 +374,10 @@ def create(
         _show(conn)
     _say_recorded(result.recorded)
     if not as_json:
-        info("send the connection_url to the entity's user, then run:")
-        info(f"  keycourier connection wait {conn.id} --profile {call.profile} \\")
-        info(f"      --entity {call.scope_id}")
+        scope = call.client.endpoint.spec.scope_name
+        info(f"send the connection_url to the {scope}'s user, then run:")
+        info(f"  keycourier connection wait {conn.id} --profile {shlex.quote(call.profile)} \\")
+        info(f"      {call.scope_option} {call.scope_id}")
 
 
 @connection.command("list")
@@ -431,26 +507,51 @@ def wait(
     cid = _conn_id(connection_id)
     limit = parse_duration(timeout, "--timeout")
     first = parse_duration(poll_interval, "--poll-interval")
-    deadline = time.monotonic() + limit  # the token fetch counts against --timeout too
+    started = time.monotonic()
+    deadline = started + limit  # the token fetch counts against --timeout too
     call = _call(ctx, profile, entity, token_file, deadline)
-    last: list[str] = []
+    last: list[Connection] = []
+    shown: list[str] = []
 
     def progress(conn: Connection) -> None:
         status = conn.status.value if conn.status else "unknown"
-        if last != [status]:
-            last[:] = [status]
+        last[:] = [conn]
+        if shown != [status]:
+            shown[:] = [status]
             info(f"connection {conn.id}: {status}")
 
-    result = wait_for_connection(
-        call.client,
-        call.scope_id,
-        cid,
-        timeout=max(deadline - time.monotonic(), 0.0),
-        policy=WaitPolicy(first=first, maximum=max(30.0, first)),
-        recorder=call.recorder(),
-        actor=call.actor,
-        on_poll=progress,
-    )
+    def heartbeat() -> str:
+        state = (last[0].status.value if last[0].status else "unknown") if last else "no status yet"
+        now = time.monotonic()
+        return (
+            f"still waiting for connection {cid}: {state}, "
+            f"{_duration(now - started)} waited, {_duration(max(deadline - now, 0.0))} left"
+        )
+
+    resume = _connection_command(ctx, call, "wait", cid, token_file, "--timeout", timeout)
+    try:
+        with _Heartbeat(_status_interval(call.settings), heartbeat):
+            result = wait_for_connection(
+                call.client,
+                call.scope_id,
+                cid,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                policy=WaitPolicy(first=first, maximum=max(30.0, first)),
+                recorder=call.recorder(),
+                actor=call.actor,
+                on_poll=progress,
+            )
+    except UnavailableError as exc:  # a timeout or an outage: waiting again is the remedy
+        scope = call.client.endpoint.spec.scope_name
+        url = (
+            f"send the connection_url to the {scope}'s user again: {last[0].connection_url}"
+            if last
+            else "see the connection_url with: "
+            + _connection_command(ctx, call, "get", cid, token_file)
+        )
+        kept = [h for h in exc.hints if "connection wait" not in h and "connection_url" not in h]
+        exc.hints = (*kept, url, f"then resume waiting with: {resume}")
+        raise
     conn = result.connection
     if as_json:
         emit_json({"connection": conn.to_json(), "recorded": _recorded_json(result.recorded)})

@@ -132,11 +132,24 @@ def show(file: str, verify: bool, passphrase_file: str | None, as_json: bool) ->
     Example:
       keycourier identity show platform.kcid
     """
-    from keycourier.bundle import read_public
+    from keycourier.bundle import is_protected, read_public
     from keycourier.bundle.identity import MAX_IDENTITY_BYTES
 
+    verified = ""
     if verify:
+        with open(file, "rb") as fh:
+            protected = is_protected(fh.read(MAX_IDENTITY_BYTES + 1))
         pub = load_identity_for_cli(file, passphrase_file).public()
+        verified = (
+            "verified: "
+            + (
+                "the passphrase opens the identity; "
+                if protected
+                else "no passphrase (unprotected); "
+            )
+            + "its age key and signing key match the recipient, signing key and fingerprint "
+            "in its header"
+        )
     else:
         with open(file, "rb") as fh:
             pub = read_public(fh.read(MAX_IDENTITY_BYTES + 1))
@@ -149,12 +162,16 @@ def show(file: str, verify: bool, passphrase_file: str | None, as_json: bool) ->
     }
     if as_json:
         emit_json(data)
+        if verified:
+            click.echo(f"keycourier: {verified}", err=True)
         return
     click.echo(f"recipient:           {pub.recipient}")
     click.echo(f"signing key:         {pub.signing_key}")
     click.echo(f"signing fingerprint: {pub.signing_fingerprint}")
     click.echo(f"created:             {pub.created_at}")
-    if not verify:
+    if verified:
+        click.echo(verified)
+    else:
         click.echo("(header only; use --verify to check it against the keys)", err=True)
 
 

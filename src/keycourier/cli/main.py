@@ -101,7 +101,8 @@ EPILOG = """\b
 Exit codes: 0 ok, 1 unexpected, 2 usage, 3 config, 4 integrity,
 5 auth, 6 backend unavailable (retry), 7 policy rejection.
 Example: keycourier seal --platform quickbooks --client-id AB... \\
-           --client-secret-file secret.txt --identity me.kcid -r age1... -o handover.kcb
+           --client-secret-file secret.txt --environment production \\
+           --attested-by "Jane Doe, CTO" --identity me.kcid -r age1... -o handover.kcb
 """
 
 

@@ -154,7 +154,8 @@ def ingest(
                 "sealed_by": m.sender_fingerprint,
                 "sealed_at": sealed_at,
                 "platform": c.platform,
-                "partner": m.partner or "",
+                # Vault refuses an empty metadata value: a bundle without --partner has none
+                **({"partner": m.partner} if m.partner else {}),
             },
         )
     except Error as exc:
@@ -500,7 +501,7 @@ def audit_checkpoint(ctx: click.Context, output: str | None, ledger_path: str | 
 
     \b
     Example:
-      keycourier audit checkpoint -o /mnt/audit/ledger-$(date +%F).checkpoint
+      keycourier audit checkpoint -o ledger-2026-12-03.checkpoint
     """
     from keycourier.ledger.service import export_checkpoint, open_recorder
 

@@ -797,7 +797,8 @@ class ConnectionClient:
                 raise
             if resp.status == expect:
                 return resp
-            if (resp.status == 401 or _token_expired_400(resp)) and not refreshed:
+            static = isinstance(self._tokens, StaticTokenSource)  # no fresh token to get
+            if (resp.status == 401 or _token_expired_400(resp)) and not refreshed and not static:
                 self._tokens.invalidate()
                 refreshed = True
                 continue
@@ -843,6 +844,18 @@ class ConnectionClient:
         hints = [f"platform request ID: {request_id}"] if request_id else []
         detail = f": {said}" if said else ""
         scope = self.endpoint.spec.scope_name
+        if (status in {401, 403} or _token_expired_400(resp)) and isinstance(
+            self._tokens, StaticTokenSource
+        ):
+            return AuthError(
+                f"the platform refused {self._tokens.origin} ({status}){detail}",
+                hints=[
+                    *hints,
+                    "a given token cannot be refreshed here: put a valid one there, or leave "
+                    "out --token-file so that the token helper gets one for profile "
+                    f"{self.endpoint.profile}",
+                ],
+            )
         if status in {401, 403} or _token_expired_400(resp):
             extra = " even after a fresh token" if refreshed else ""
             return AuthError(
@@ -1180,10 +1193,13 @@ def _seen(last: Connection | None) -> str:
 
 
 class StaticTokenSource:
-    """A token that cannot be refreshed (a token file, a test). ``invalidate`` is a no-op."""
+    """A token that cannot be refreshed (a token file, a test). ``invalidate`` is a no-op;
+    a refused token is not retried. ``origin`` names it in errors ("the partner token
+    from the file tok.txt")."""
 
-    def __init__(self, token: Secret) -> None:
+    def __init__(self, token: Secret, origin: str = "the given partner token") -> None:
         self._token = token
+        self.origin = origin
 
     def get(self) -> Secret:
         return self._token
