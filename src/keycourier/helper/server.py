@@ -4,7 +4,8 @@ Routes:
 
 * ``GET /healthz``: no authentication; ``{"status": "ok"}``.
 * ``POST /v1/token`` with ``{"profile": "NAME"}``: the ``--format json`` shape.
-* ``GET /metrics``: Prometheus text format.
+* ``GET /metrics``: Prometheus text format; per-profile series only for the
+  caller's profiles.
 
 Every route but ``/healthz`` needs ``Authorization: Bearer <client key>``
 (from ``keycourier helper client add``), or, when ``[helper] vault_policy`` is
@@ -537,7 +538,13 @@ class HelperState:
 
     # -- metrics
 
-    def metrics_text(self) -> str:
+    def metrics_text(self, principal: Principal) -> str:
+        """The Prometheus page as ``principal`` may see it.
+
+        Series labelled with a profile appear only for the profiles the
+        principal may use; the helper-wide totals name no profile and are
+        shown to every client.
+        """
         s = self.cache.stats
         lines = [
             "# HELP keycourier_helper_requests_total Requests by route and status.",
@@ -580,6 +587,8 @@ class HelperState:
             "# TYPE keycourier_helper_token_age_seconds gauge",
         ]
         for name, age in sorted(self.cache.token_ages().items()):
+            if not principal.allows(name):
+                continue  # another client's profile: not even its name
             lines.append(f'keycourier_helper_token_age_seconds{{profile="{name}"}} {age:.3f}')
         if self.recorder is not None:
             lines += [
@@ -669,7 +678,7 @@ async def metrics(request: web.Request) -> web.Response:
     if isinstance(got, web.Response):
         return got
     state.requests[("metrics", 200)] += 1
-    return web.Response(text=state.metrics_text(), content_type="text/plain", charset="utf-8")
+    return web.Response(text=state.metrics_text(got), content_type="text/plain", charset="utf-8")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
