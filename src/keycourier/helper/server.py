@@ -31,6 +31,7 @@ import math
 import os
 import secrets
 import signal
+import socket as socketlib
 import ssl
 import stat
 import sys
@@ -47,6 +48,7 @@ from multidict import CIMultiDict
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError, UsageError
 from keycourier.helper.cache import TokenCache, fresh_until
 from keycourier.helper.clients import ClientStore
+from keycourier.helper.connections import ConnectionGuard, Limits
 from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
 
@@ -65,6 +67,7 @@ MAX_AUTH_HEADER: Final = 300  # "Bearer " + a client key is 63 characters
 STORE_CHECK_SECONDS: Final = 0.5  # how often the client store is stat()ed for changes
 MAX_CALLERS: Final = 10_000  # cached authenticated keys
 MAX_READY_BODIES: Final = 16  # per key: distinct request bodies with a ready reply
+DEFAULT_LIMITS: Final = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ class ServerConfig:
     vault_profiles: tuple[str, ...] = ("*",)
     vault_rate: float = 50.0
     vault_cache_seconds: float = VAULT_CACHE_SECONDS
+    limits: Limits = DEFAULT_LIMITS
 
 
 def _is_loopback(host: str) -> bool:
@@ -134,6 +138,7 @@ def server_config(
         "clients_file",
         "tls_cert",
         "tls_key",
+        *LIMIT_KEYS,
     }
     for key in table:
         if key not in allowed:
@@ -160,6 +165,7 @@ def server_config(
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise ConfigError(f"helper.{key} must be a number between {lo} and {hi}")
+    limits = _limits(table)
     if socket_path:
         if tls_cert or allow_remote:
             raise UsageError("--socket is local only: no --allow-remote or TLS")
@@ -174,6 +180,7 @@ def server_config(
             tuple(vprofiles),
             float(vrate),
             float(vcache),
+            limits,
         )
     host, port = parse_listen(listen or table.get("listen") or f"127.0.0.1:{DEFAULT_PORT}")
     if bool(tls_cert) != bool(tls_key):
@@ -198,7 +205,36 @@ def server_config(
         tuple(vprofiles),
         float(vrate),
         float(vcache),
+        limits,
     )
+
+
+# [helper] key -> (Limits field, lowest, highest, whole number)
+LIMIT_KEYS: Final[dict[str, tuple[str, float, float, bool]]] = {
+    "header_timeout": ("header_timeout", 0.1, 300.0, False),
+    "body_timeout": ("body_timeout", 0.1, 300.0, False),
+    "idle_timeout": ("idle_timeout", 0.1, 3600.0, False),
+    "max_connections": ("max_connections", 1, 1_000_000, True),
+    "max_connections_per_peer": ("max_per_peer", 1, 1_000_000, True),
+}
+
+
+def _limits(table: Mapping[str, Any]) -> Limits:
+    values: dict[str, float | int] = {}
+    for key, (name, lo, hi, whole) in LIMIT_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (whole and not isinstance(value, int))
+            or not lo <= value <= hi
+        ):
+            kind = "an integer" if whole else "a number"
+            raise ConfigError(f"helper.{key} must be {kind} between {lo:g} and {hi:g}")
+        values[name] = value if whole else float(value)
+    return Limits(**values)  # type: ignore[arg-type]
 
 
 class _Bucket:
@@ -296,6 +332,7 @@ class HelperState:
         self._buckets: dict[str, _Bucket] = {}
         self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
         self.started = time.monotonic()
+        self.guard: ConnectionGuard | None = None  # set while serving
 
     # -- upstream
 
@@ -432,7 +469,14 @@ class HelperState:
             data = content.read_nowait(limit + 1)
             body = data if len(data) <= limit else None
         else:
-            body = await _read_body(request, limit)
+            try:
+                async with asyncio.timeout(self.cfg.limits.body_timeout):
+                    body = await _read_body(request, limit)
+            except (TimeoutError, ConnectionError):
+                return _error(
+                    self, "token", 408, "the request body did not arrive in time",
+                    {"Connection": "close"},
+                )  # fmt: skip
         if body is None:
             return _error(self, "token", 413, f"request body over {limit} bytes")
         if found is not None:
@@ -590,6 +634,19 @@ class HelperState:
             if not principal.allows(name):
                 continue  # another client's profile: not even its name
             lines.append(f'keycourier_helper_token_age_seconds{{profile="{name}"}} {age:.3f}')
+        if self.guard is not None:
+            g = self.guard
+            lines += [
+                "# HELP keycourier_helper_connections_open Client connections open now.",
+                "# TYPE keycourier_helper_connections_open gauge",
+                f"keycourier_helper_connections_open {g.open}",
+                "# HELP keycourier_helper_connections_closed_total Connections the helper closed "
+                "early, by reason.",
+                "# TYPE keycourier_helper_connections_closed_total counter",
+                f'keycourier_helper_connections_closed_total{{reason="refused"}} {g.refused}',
+                f'keycourier_helper_connections_closed_total{{reason="evicted"}} {g.evicted}',
+                f'keycourier_helper_connections_closed_total{{reason="timeout"}} {g.timed_out}',
+            ]
         if self.recorder is not None:
             lines += [
                 "# HELP keycourier_helper_events_pending Provenance events queued for the ledger.",
@@ -823,43 +880,81 @@ def _prepare_socket(path: Path) -> None:
     raise UsageError(f"another helper is already listening on {path}")
 
 
+def _unix_socket(path: Path) -> socketlib.socket:
+    """A Unix stream socket bound at ``path``, mode 0600 from the start."""
+    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+async def _tcp_sockets(host: str, port: int) -> list[socketlib.socket]:
+    """Sockets bound to every address of ``host`` (as ``loop.create_server`` would)."""
+    loop = asyncio.get_running_loop()
+    sockets: list[socketlib.socket] = []
+    try:
+        infos = await loop.getaddrinfo(
+            host, port, type=socketlib.SOCK_STREAM, flags=socketlib.AI_PASSIVE
+        )
+        seen = set()
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socketlib.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+            if family == socketlib.AF_INET6:
+                sock.setsockopt(socketlib.IPPROTO_IPV6, socketlib.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets
+
+
 async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
     cfg = state.cfg
     app = make_app(state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    limits = cfg.limits
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=limits.idle_timeout,  # answered and silent this long: closed
+        lingering_time=limits.body_timeout,  # an unread body is drained this long at most
+    )
     await runner.setup()
+    assert runner.server is not None  # noqa: S101 - set by setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    guard: ConnectionGuard | None = None
     try:
+        tls = None
         if cfg.socket_path is not None:
             _prepare_socket(cfg.socket_path)
-            old = os.umask(0o177)
-            try:
-                site: web.BaseSite = web.UnixSite(runner, str(cfg.socket_path))
-                await site.start()
-            finally:
-                os.umask(old)
-            os.chmod(cfg.socket_path, 0o600)
+            sockets = [_unix_socket(cfg.socket_path)]
             where = f"unix:{cfg.socket_path}"
         else:
             assert cfg.host is not None  # noqa: S101 - set for TCP by server_config
-            site = web.TCPSite(
-                runner, cfg.host, cfg.port, ssl_context=_tls_context(cfg), reuse_address=True
-            )
-            try:
-                await site.start()
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}"
-                ) from None
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
+            tls = _tls_context(cfg)
+            sockets = await _tcp_sockets(cfg.host, cfg.port)
             port = sockets[0].getsockname()[1] if sockets else cfg.port
             scheme = "https" if cfg.tls_cert else "http"
             host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
             where = f"{scheme}://{host}:{port}"
+        guard = state.guard = ConnectionGuard(limits, runner.server, ssl=tls, report=_warn)
+        guard.serve(sockets)
         gc.collect()
         gc.freeze()  # start-up objects never need collecting: cheaper GC passes per request
         announce(where)
@@ -867,10 +962,16 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if guard is not None:
+            await guard.stop()  # no new connections; runner.cleanup() ends the open ones
         await runner.cleanup()
         if cfg.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 cfg.socket_path.unlink()
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"keycourier: warning: {message}\n")
 
 
 def run(
