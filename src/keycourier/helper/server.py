@@ -12,11 +12,13 @@ Every route but ``/healthz`` needs ``Authorization: Bearer <client key>``
 set, ``X-Vault-Token: <token>`` carrying that policy (checked with
 ``auth/token/lookup-self``, cached briefly). Replies: 401 missing or wrong
 credentials; 429 over the client's rate (with ``Retry-After``); 413 body over
-``max_body``; 400 malformed body; 404 unknown profile; 403 profile outside the
-client's scope; 502 the platform refused the profile's credentials (or the
-profile is misconfigured); 503 the platform is unavailable and there is no
-valid cached token (with ``Retry-After`` when known). Tokens live in memory
-only.
+``max_body``; 408 body not received within ``body_timeout``; 400 malformed
+body; 404 unknown profile; 403 profile outside the client's scope; 502 the
+platform refused the profile's credentials (or the profile is misconfigured);
+503 the platform is unavailable and there is no valid cached token (with
+``Retry-After`` when known). Tokens live in memory only. Connections are
+accepted and bounded by ``keycourier.helper.connections`` (read deadlines, a
+connection cap, eviction of the slowest request).
 """
 
 from __future__ import annotations
