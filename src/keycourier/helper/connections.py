@@ -242,6 +242,10 @@ class ConnectionGuard:
         self._heads[conn] = self._loop.time()
         return True
 
+    def arriving(self) -> int:
+        """Connections whose current request is still arriving."""
+        return len(self._heads) + len(self._bodies)
+
     def forget(self, conn: _Conn) -> None:
         if not conn.counted:
             return
