@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from keycourier.helper.connections import ConnectionGuard, Limits, _Conn
+from keycourier.helper.connections import ConnectionGuard, Limits, _body_length, _Conn
 
 
 class Inner(asyncio.Protocol):
@@ -175,3 +175,15 @@ def test_deadlines_close_late_requests() -> None:
         assert head.inner is not None
 
     asyncio.run(main())
+
+
+def test_body_length_in_any_spelling() -> None:
+    line = b"POST /v1/token HTTP/1.1\r\nHost: x"
+    assert _body_length(line) == 0
+    assert _body_length(line + b"\r\nContent-Length: 19") == 19
+    assert _body_length(line + b"\r\ncontent-length : 5 \r\nX: y") == 5
+    assert _body_length(line + b"\r\nCONTENT-LENGTH:7") == 7
+    assert _body_length(line + b"\r\nTransfer-Encoding: chunked") == -1
+    assert _body_length(line + b"\r\ntransfer-encoding: chunked\r\nX: y") == -1
+    for malformed in (b"\r\nContent-Length: 5x", b"\r\nContent-Lengthy: 5", b"\r\nContent-Length:"):
+        assert _body_length(line + malformed) == 0  # aiohttp refuses it and closes
