@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable
 
-from keycourier.helper.connections import ConnectionGuard, Limits, _body_length, _Conn
+from keycourier.helper.connections import (
+    ConnectionGuard,
+    Limits,
+    _body_length,
+    _Conn,
+    _peer_of,
+)
 
 
 class Inner(asyncio.Protocol):
@@ -187,3 +195,15 @@ def test_body_length_in_any_spelling() -> None:
     assert _body_length(line + b"\r\ntransfer-encoding: chunked\r\nX: y") == -1
     for malformed in (b"\r\nContent-Length: 5x", b"\r\nContent-Lengthy: 5", b"\r\nContent-Length:"):
         assert _body_length(line + malformed) == 0  # aiohttp refuses it and closes
+
+
+def test_peers_are_unix_uids_and_non_loopback_addresses() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert _peer_of(a, "") == f"uid:{os.geteuid()}"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        assert _peer_of(tcp, ("127.0.0.1", 5000)) is None  # loopback: all alike
+        assert _peer_of(tcp, ("192.0.2.7", 5000)) == "ip:192.0.2.7"
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp6:
+        assert _peer_of(tcp6, ("::1", 5000, 0, 0)) is None
+        assert _peer_of(tcp6, ("2001:db8::1", 5000, 0, 0)) == "ip:2001:db8::1"
