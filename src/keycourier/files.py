@@ -192,3 +192,35 @@ def _write_named_temp(target: Path, directory: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def make_private_dirs(path: str | os.PathLike[str]) -> None:
+    """Create the directory ``path``, and each missing parent, with mode 0700.
+
+    Every directory this creates is 0700 whatever the umask (a umask of 022
+    would otherwise leave 0755, listable by every local user). A directory
+    that already exists is left exactly as it is: its owner chose its mode.
+    """
+    target = os.path.abspath(os.fspath(path))
+    missing: list[str] = []
+    current = target
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue  # made meanwhile by someone else: theirs, left alone
+        # the umask may have taken bits away (never added any): set 0700 on the very
+        # directory just made, without following a symlink swapped in since
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)

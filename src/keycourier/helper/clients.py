@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from keycourier.errors import ConfigError, UsageError
-from keycourier.files import write_private
+from keycourier.files import make_private_dirs, write_private
 from keycourier.redact import Secret
 
 KEY_PREFIX: Final = "kck_"
@@ -174,7 +174,7 @@ class ClientStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Client]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.path.parent)
         lock = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)

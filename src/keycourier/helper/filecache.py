@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
-from keycourier.files import write_private
+from keycourier.files import make_private_dirs, write_private
 from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
@@ -105,7 +105,7 @@ class FileCache:
         self._clock = clock
 
     def _ensure_dir(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.directory)
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
 

@@ -4,18 +4,21 @@ Routes:
 
 * ``GET /healthz``: no authentication; ``{"status": "ok"}``.
 * ``POST /v1/token`` with ``{"profile": "NAME"}``: the ``--format json`` shape.
-* ``GET /metrics``: Prometheus text format.
+* ``GET /metrics``: Prometheus text format; per-profile series only for the
+  caller's profiles.
 
 Every route but ``/healthz`` needs ``Authorization: Bearer <client key>``
 (from ``keycourier helper client add``), or, when ``[helper] vault_policy`` is
 set, ``X-Vault-Token: <token>`` carrying that policy (checked with
 ``auth/token/lookup-self``, cached briefly). Replies: 401 missing or wrong
 credentials; 429 over the client's rate (with ``Retry-After``); 413 body over
-``max_body``; 400 malformed body; 404 unknown profile; 403 profile outside the
-client's scope; 502 the platform refused the profile's credentials (or the
-profile is misconfigured); 503 the platform is unavailable and there is no
-valid cached token (with ``Retry-After`` when known). Tokens live in memory
-only.
+``max_body``; 408 body not received within ``body_timeout``; 400 malformed
+body; 404 unknown profile; 403 profile outside the client's scope; 502 the
+platform refused the profile's credentials (or the profile is misconfigured);
+503 the platform is unavailable and there is no valid cached token (with
+``Retry-After`` when known). Tokens live in memory only. Connections are
+accepted and bounded by ``keycourier.helper.connections`` (read deadlines, a
+connection cap, eviction of the slowest request).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import math
 import os
 import secrets
 import signal
+import socket as socketlib
 import ssl
 import stat
 import sys
@@ -46,6 +50,7 @@ from multidict import CIMultiDict
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError, UsageError
 from keycourier.helper.cache import TokenCache, fresh_until
 from keycourier.helper.clients import ClientStore
+from keycourier.helper.connections import ConnectionGuard, Limits
 from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
 
@@ -64,6 +69,7 @@ MAX_AUTH_HEADER: Final = 300  # "Bearer " + a client key is 63 characters
 STORE_CHECK_SECONDS: Final = 0.5  # how often the client store is stat()ed for changes
 MAX_CALLERS: Final = 10_000  # cached authenticated keys
 MAX_READY_BODIES: Final = 16  # per key: distinct request bodies with a ready reply
+DEFAULT_LIMITS: Final = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class ServerConfig:
     vault_profiles: tuple[str, ...] = ("*",)
     vault_rate: float = 50.0
     vault_cache_seconds: float = VAULT_CACHE_SECONDS
+    limits: Limits = DEFAULT_LIMITS
 
 
 def _is_loopback(host: str) -> bool:
@@ -133,6 +140,7 @@ def server_config(
         "clients_file",
         "tls_cert",
         "tls_key",
+        *LIMIT_KEYS,
     }
     for key in table:
         if key not in allowed:
@@ -159,6 +167,7 @@ def server_config(
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise ConfigError(f"helper.{key} must be a number between {lo} and {hi}")
+    limits = _limits(table)
     if socket_path:
         if tls_cert or allow_remote:
             raise UsageError("--socket is local only: no --allow-remote or TLS")
@@ -173,6 +182,7 @@ def server_config(
             tuple(vprofiles),
             float(vrate),
             float(vcache),
+            limits,
         )
     host, port = parse_listen(listen or table.get("listen") or f"127.0.0.1:{DEFAULT_PORT}")
     if bool(tls_cert) != bool(tls_key):
@@ -197,7 +207,36 @@ def server_config(
         tuple(vprofiles),
         float(vrate),
         float(vcache),
+        limits,
     )
+
+
+# [helper] key -> (Limits field, lowest, highest, whole number)
+LIMIT_KEYS: Final[dict[str, tuple[str, float, float, bool]]] = {
+    "header_timeout": ("header_timeout", 0.1, 300.0, False),
+    "body_timeout": ("body_timeout", 0.1, 300.0, False),
+    "idle_timeout": ("idle_timeout", 0.1, 3600.0, False),
+    "max_connections": ("max_connections", 1, 1_000_000, True),
+    "max_connections_per_peer": ("max_per_peer", 1, 1_000_000, True),
+}
+
+
+def _limits(table: Mapping[str, Any]) -> Limits:
+    values: dict[str, float | int] = {}
+    for key, (name, lo, hi, whole) in LIMIT_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (whole and not isinstance(value, int))
+            or not lo <= value <= hi
+        ):
+            kind = "an integer" if whole else "a number"
+            raise ConfigError(f"helper.{key} must be {kind} between {lo:g} and {hi:g}")
+        values[name] = value if whole else float(value)
+    return Limits(**values)  # type: ignore[arg-type]
 
 
 class _Bucket:
@@ -295,6 +334,7 @@ class HelperState:
         self._buckets: dict[str, _Bucket] = {}
         self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
         self.started = time.monotonic()
+        self.guard: ConnectionGuard | None = None  # set while serving
 
     # -- upstream
 
@@ -431,7 +471,14 @@ class HelperState:
             data = content.read_nowait(limit + 1)
             body = data if len(data) <= limit else None
         else:
-            body = await _read_body(request, limit)
+            try:
+                async with asyncio.timeout(self.cfg.limits.body_timeout):
+                    body = await _read_body(request, limit)
+            except (TimeoutError, ConnectionError):
+                return _error(
+                    self, "token", 408, "the request body did not arrive in time",
+                    {"Connection": "close"},
+                )  # fmt: skip
         if body is None:
             return _error(self, "token", 413, f"request body over {limit} bytes")
         if found is not None:
@@ -537,7 +584,13 @@ class HelperState:
 
     # -- metrics
 
-    def metrics_text(self) -> str:
+    def metrics_text(self, principal: Principal) -> str:
+        """The Prometheus page as ``principal`` may see it.
+
+        Series labelled with a profile appear only for the profiles the
+        principal may use; the helper-wide totals name no profile and are
+        shown to every client.
+        """
         s = self.cache.stats
         lines = [
             "# HELP keycourier_helper_requests_total Requests by route and status.",
@@ -580,7 +633,22 @@ class HelperState:
             "# TYPE keycourier_helper_token_age_seconds gauge",
         ]
         for name, age in sorted(self.cache.token_ages().items()):
+            if not principal.allows(name):
+                continue  # another client's profile: not even its name
             lines.append(f'keycourier_helper_token_age_seconds{{profile="{name}"}} {age:.3f}')
+        if self.guard is not None:
+            g = self.guard
+            lines += [
+                "# HELP keycourier_helper_connections_open Client connections open now.",
+                "# TYPE keycourier_helper_connections_open gauge",
+                f"keycourier_helper_connections_open {g.open}",
+                "# HELP keycourier_helper_connections_closed_total Connections the helper closed "
+                "early, by reason.",
+                "# TYPE keycourier_helper_connections_closed_total counter",
+                f'keycourier_helper_connections_closed_total{{reason="refused"}} {g.refused}',
+                f'keycourier_helper_connections_closed_total{{reason="evicted"}} {g.evicted}',
+                f'keycourier_helper_connections_closed_total{{reason="timeout"}} {g.timed_out}',
+            ]
         if self.recorder is not None:
             lines += [
                 "# HELP keycourier_helper_events_pending Provenance events queued for the ledger.",
@@ -669,7 +737,7 @@ async def metrics(request: web.Request) -> web.Response:
     if isinstance(got, web.Response):
         return got
     state.requests[("metrics", 200)] += 1
-    return web.Response(text=state.metrics_text(), content_type="text/plain", charset="utf-8")
+    return web.Response(text=state.metrics_text(got), content_type="text/plain", charset="utf-8")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -814,43 +882,81 @@ def _prepare_socket(path: Path) -> None:
     raise UsageError(f"another helper is already listening on {path}")
 
 
+def _unix_socket(path: Path) -> socketlib.socket:
+    """A Unix stream socket bound at ``path``, mode 0600 from the start."""
+    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+async def _tcp_sockets(host: str, port: int) -> list[socketlib.socket]:
+    """Sockets bound to every address of ``host`` (as ``loop.create_server`` would)."""
+    loop = asyncio.get_running_loop()
+    sockets: list[socketlib.socket] = []
+    try:
+        infos = await loop.getaddrinfo(
+            host, port, type=socketlib.SOCK_STREAM, flags=socketlib.AI_PASSIVE
+        )
+        seen = set()
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socketlib.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+            if family == socketlib.AF_INET6:
+                sock.setsockopt(socketlib.IPPROTO_IPV6, socketlib.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sockets
+
+
 async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
     cfg = state.cfg
     app = make_app(state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    limits = cfg.limits
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=limits.idle_timeout,  # answered and silent this long: closed
+        lingering_time=limits.body_timeout,  # an unread body is drained this long at most
+    )
     await runner.setup()
+    assert runner.server is not None  # noqa: S101 - set by setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    guard: ConnectionGuard | None = None
     try:
+        tls = None
         if cfg.socket_path is not None:
             _prepare_socket(cfg.socket_path)
-            old = os.umask(0o177)
-            try:
-                site: web.BaseSite = web.UnixSite(runner, str(cfg.socket_path))
-                await site.start()
-            finally:
-                os.umask(old)
-            os.chmod(cfg.socket_path, 0o600)
+            sockets = [_unix_socket(cfg.socket_path)]
             where = f"unix:{cfg.socket_path}"
         else:
             assert cfg.host is not None  # noqa: S101 - set for TCP by server_config
-            site = web.TCPSite(
-                runner, cfg.host, cfg.port, ssl_context=_tls_context(cfg), reuse_address=True
-            )
-            try:
-                await site.start()
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}"
-                ) from None
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
+            tls = _tls_context(cfg)
+            sockets = await _tcp_sockets(cfg.host, cfg.port)
             port = sockets[0].getsockname()[1] if sockets else cfg.port
             scheme = "https" if cfg.tls_cert else "http"
             host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
             where = f"{scheme}://{host}:{port}"
+        guard = state.guard = ConnectionGuard(limits, runner.server, ssl=tls, report=_warn)
+        guard.serve(sockets)
         gc.collect()
         gc.freeze()  # start-up objects never need collecting: cheaper GC passes per request
         announce(where)
@@ -858,10 +964,16 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if guard is not None:
+            await guard.stop()  # no new connections; runner.cleanup() ends the open ones
         await runner.cleanup()
         if cfg.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 cfg.socket_path.unlink()
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"keycourier: warning: {message}\n")
 
 
 def run(

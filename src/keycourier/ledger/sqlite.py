@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from keycourier.errors import ConfigError, IntegrityError, UnavailableError
+from keycourier.files import make_private_dirs
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
 
@@ -115,7 +116,7 @@ class SqliteLedger:
         fresh = not path.exists()
         if fresh:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(path.parent)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot create the ledger directory {path.parent}: {exc.strerror}"

@@ -72,3 +72,34 @@ def test_helper_table_errors_name_the_key(tmp_path: Path, table: str, named: str
     with pytest.raises(ConfigError, match=named):
         server_config(_settings(tmp_path, table), listen=None, socket_path=None, allow_remote=False,
                       tls_cert=None, tls_key=None)  # fmt: skip
+
+
+def test_connection_limits_defaults_and_bounds(tmp_path: Path) -> None:
+    args = {"listen": None, "allow_remote": False, "tls_cert": None, "tls_key": None}
+    default = server_config(_settings(tmp_path), socket_path=None, **args)  # type: ignore[arg-type]
+    assert (default.limits.header_timeout, default.limits.body_timeout) == (5.0, 10.0)
+    assert (default.limits.idle_timeout, default.limits.max_connections) == (15.0, 1024)
+    assert default.limits.max_per_peer == 256
+    cfg = server_config(
+        _settings(
+            tmp_path,
+            "header_timeout = 2\nbody_timeout = 3.5\nidle_timeout = 30\n"
+            "max_connections = 100\nmax_connections_per_peer = 10",
+        ),
+        socket_path=str(tmp_path / "s.sock"),
+        **args,  # type: ignore[arg-type]
+    )
+    assert cfg.limits.header_timeout == 2.0
+    assert cfg.limits.body_timeout == 3.5
+    assert (cfg.limits.idle_timeout, cfg.limits.max_connections) == (30.0, 100)
+    assert cfg.limits.max_per_peer == 10
+    for bad in (
+        "header_timeout = 0",
+        "body_timeout = 301",
+        'idle_timeout = "5"',
+        "max_connections = 1.5",
+        "max_connections = 0",
+        "max_connections_per_peer = true",
+    ):
+        with pytest.raises(ConfigError, match="helper"):
+            server_config(_settings(tmp_path, bad), socket_path=None, **args)  # type: ignore[arg-type]
