@@ -35,10 +35,10 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -50,10 +50,12 @@ from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
 
 if TYPE_CHECKING:
+    import socket as socketlib
+
     import aiohttp
 
     from keycourier.config import Settings
-    from keycourier.helper.recording import BatchRecorder
+    from keycourier.helper.recording import EventSink
 
 DEFAULT_PORT: Final = 8377
 DEFAULT_MAX_BODY: Final = 1024
@@ -222,6 +224,14 @@ class _Bucket:
         return (1 - tokens) / self.rate
 
 
+class RateBucket(Protocol):
+    """What a caller's rate limit needs: ``_Bucket``, or a bucket shared by worker processes."""
+
+    rate: float
+
+    def take(self, now: float) -> float | None: ...
+
+
 class _Reply:
     """The rendered ``POST /v1/token`` reply for one profile's current token.
 
@@ -249,7 +259,7 @@ class _Caller:
 
     __slots__ = ("bucket", "principal", "ready")
 
-    def __init__(self, principal: Principal, bucket: _Bucket) -> None:
+    def __init__(self, principal: Principal, bucket: RateBucket) -> None:
         self.principal = principal
         self.bucket = bucket
         self.ready: dict[bytes, _Reply] = {}
@@ -265,7 +275,7 @@ class HelperState:
         store: ClientStore,
         cfg: ServerConfig,
         *,
-        recorder: BatchRecorder | None = None,
+        recorder: EventSink | None = None,
         fetcher: Callable[[Profile], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -292,7 +302,10 @@ class HelperState:
         self._store_generation = -2
         self._store_check_at = 0.0
         self._replies: dict[str, _Reply] = {}  # profile -> reply for its current token
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, RateBucket] = {}
+        # Hooks for ``serve --workers N`` (keycourier.helper.workers); None in one process.
+        self.bucket_factory: Callable[[Principal, float], RateBucket] | None = None
+        self.metrics_merge: Callable[[], Awaitable[str]] | None = None
         self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
         self.started = time.monotonic()
 
@@ -350,10 +363,14 @@ class HelperState:
 
     # -- rate limit
 
-    def _bucket(self, principal: Principal, now: float) -> _Bucket:
+    def _bucket(self, principal: Principal, now: float) -> RateBucket:
         bucket = self._buckets.get(principal.key)
         if bucket is None or bucket.rate != principal.rate:
-            bucket = self._buckets[principal.key] = _Bucket(principal.rate, now)
+            bucket = self._buckets[principal.key] = (
+                _Bucket(principal.rate, now)
+                if self.bucket_factory is None
+                else self.bucket_factory(principal, now)
+            )
         return bucket
 
     def take(self, principal: Principal) -> float | None:
@@ -669,6 +686,10 @@ async def metrics(request: web.Request) -> web.Response:
     if isinstance(got, web.Response):
         return got
     state.requests[("metrics", 200)] += 1
+    if state.metrics_merge is not None:  # several worker processes: their sum
+        return web.Response(
+            text=await state.metrics_merge(), content_type="text/plain", charset="utf-8"
+        )
     return web.Response(text=state.metrics_text(), content_type="text/plain", charset="utf-8")
 
 
@@ -814,7 +835,12 @@ def _prepare_socket(path: Path) -> None:
     raise UsageError(f"another helper is already listening on {path}")
 
 
-async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
+async def _serve(
+    state: HelperState,
+    announce: Callable[[str], None],
+    sock: socketlib.socket | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; ``sock``: a listening socket bound by the worker supervisor."""
     cfg = state.cfg
     app = make_app(state)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -824,11 +850,15 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if cfg.socket_path is not None:
+        if sock is not None:  # bound (and, at exit, removed) by keycourier.helper.workers
+            site: web.BaseSite = web.SockSite(runner, sock, ssl_context=_tls_context(cfg))
+            await site.start()
+            where = site.name
+        elif cfg.socket_path is not None:
             _prepare_socket(cfg.socket_path)
             old = os.umask(0o177)
             try:
-                site: web.BaseSite = web.UnixSite(runner, str(cfg.socket_path))
+                site = web.UnixSite(runner, str(cfg.socket_path))
                 await site.start()
             finally:
                 os.umask(old)
@@ -859,7 +889,7 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
-        if cfg.socket_path is not None:
+        if cfg.socket_path is not None and sock is None:
             with contextlib.suppress(FileNotFoundError):
                 cfg.socket_path.unlink()
 
