@@ -150,19 +150,22 @@ def _fmt(value: float) -> str:
 
 
 def merge_metrics(
-    pages: Sequence[str],
+    pages: Sequence[tuple[int, str]],
     own: Mapping[str, Sequence[tuple[str, float]]],
     *,
-    workers: int,
     restarts: int,
 ) -> str:
-    """Sum the samples of the workers' pages; the families in ``own`` are replaced.
+    """Sum the samples of the workers' ``(slot, page)``; the families in ``own`` are replaced.
 
     ``keycourier_helper_handouts_repeat_total`` is every hand-out the workers
-    counted less the first hand-outs the supervisor recorded.
+    counted less the first hand-outs the supervisor recorded;
+    ``keycourier_helper_worker_requests_total{worker="SLOT"}`` is each
+    worker's own request count, to show how the connections are spread.
     """
     families: dict[str, tuple[list[str], dict[str, float]]] = {}
-    for page in pages:
+    per_worker: list[str] = []
+    for slot, page in pages:
+        served = 0.0
         for line in page.splitlines():
             if line.startswith("#"):
                 parts = line.split(" ", 3)
@@ -178,8 +181,14 @@ def merge_metrics(
                 number = float(value)
             except ValueError:
                 continue
-            samples = families.setdefault(sample.split("{", 1)[0], ([], {}))[1]
+            name = sample.split("{", 1)[0]
+            samples = families.setdefault(name, ([], {}))[1]
             samples[sample] = samples.get(sample, 0.0) + number
+            if name == "keycourier_helper_requests_total":
+                served += number
+        per_worker.append(
+            f'keycourier_helper_worker_requests_total{{worker="{slot}"}} {_fmt(served)}'
+        )
     first_name = "keycourier_helper_handouts_first_total"
     repeat_name = "keycourier_helper_handouts_repeat_total"
     handed = sum(families.get(first_name, ([], {}))[1].values()) + sum(
@@ -197,10 +206,13 @@ def merge_metrics(
         "sample is their sum, except upstream calls and errors, first hand-outs, token ages "
         "and events, which are the supervisor's own.",
         "# TYPE keycourier_helper_workers gauge",
-        f"keycourier_helper_workers {workers}",
+        f"keycourier_helper_workers {len(pages)}",
         "# HELP keycourier_helper_worker_restarts_total Workers restarted after they died.",
         "# TYPE keycourier_helper_worker_restarts_total counter",
         f"keycourier_helper_worker_restarts_total {restarts}",
+        "# HELP keycourier_helper_worker_requests_total Requests by worker (slot number).",
+        "# TYPE keycourier_helper_worker_requests_total counter",
+        *per_worker,
     ]
     for meta, samples in families.values():
         lines += meta
@@ -566,7 +578,11 @@ class Supervisor:
         pages = await asyncio.gather(
             *(s.request({"op": "snap"}) for s in live), return_exceptions=True
         )
-        texts = [str(p["text"]) for p in pages if isinstance(p, dict) and "text" in p]
+        texts = [
+            (s.index, str(p["text"]))
+            for s, p in zip(live, pages, strict=True)
+            if isinstance(p, dict) and "text" in p
+        ]
         stats = self.cache.stats
         own: dict[str, list[tuple[str, float]]] = {
             "keycourier_helper_upstream_calls_total": [
@@ -589,7 +605,7 @@ class Supervisor:
                 ("keycourier_helper_events_failed_total", self.recorder.failed)
             ],
         }
-        text = merge_metrics(texts, own, workers=len(texts), restarts=self.restarts)
+        text = merge_metrics(texts, own, restarts=self.restarts)
         if slot.writer is not None:
             _send(slot.writer, {"id": msg.get("id"), "text": text})
 
