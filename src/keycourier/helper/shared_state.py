@@ -15,6 +15,12 @@ may be taken over by another key; every take checks that its slot still
 holds its own key. If no slot is free within ``MAX_PROBES`` of a key's place
 (more than a few thousand keys active at once), that key falls back to a
 bucket in the worker's own memory.
+
+A fast client (over 100 requests per second) does not pay the lock on every
+request: a worker takes up to ``LEASE_SECONDS`` worth of its rate (at most a
+quarter of its burst) from the table at once and spends it within that time;
+what is left then is dropped. So the client never gets more than its rate and
+burst over all workers together, and at worst gets that lease less per worker.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Final
 SLOT: Final = struct.Struct("=16sddd")  # key digest, rate, tokens, last take (monotonic)
 SLOTS: Final = 4096
 MAX_PROBES: Final = 64
+LEASE_SECONDS: Final = 0.01
 TABLE_BYTES: Final = SLOT.size * SLOTS
 _EMPTY: Final = bytes(16)
 
@@ -81,13 +88,16 @@ class SharedBuckets:
             SLOT.pack_into(m, free * SLOT.size, digest, rate, _burst(rate), now)
         return free
 
-    def take(self, digest: bytes, rate: float, now: float, hint: int) -> tuple[int, float | None]:
-        """(slot, None) if allowed, else (slot, seconds to wait); slot -1: table full."""
+    def take(
+        self, digest: bytes, rate: float, now: float, hint: int, want: int = 1
+    ) -> tuple[int, int, float | None]:
+        """(slot, tokens taken, None) if allowed (up to ``want``), else (slot, 0, seconds
+        to wait); slot -1: the table is full."""
         fcntl.lockf(self.fd, fcntl.LOCK_EX)
         try:
             idx = self._slot(digest, rate, now, hint)
             if idx < 0:
-                return -1, None
+                return -1, 0, None
             off = idx * SLOT.size
             _, s_rate, tokens, last = SLOT.unpack_from(self._map, off)
             burst = _burst(rate)
@@ -96,10 +106,11 @@ class SharedBuckets:
                 tokens, last = burst, now
             tokens = min(burst, tokens + (now - last) * rate)
             if tokens >= 1:
-                SLOT.pack_into(self._map, off, digest, rate, tokens - 1, now)
-                return idx, None
+                taken = min(want, int(tokens))
+                SLOT.pack_into(self._map, off, digest, rate, tokens - taken, now)
+                return idx, taken, None
             SLOT.pack_into(self._map, off, digest, rate, tokens, now)
-            return idx, (1 - tokens) / rate
+            return idx, 0, (1 - tokens) / rate
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
@@ -107,7 +118,16 @@ class SharedBuckets:
 class SharedBucket:
     """One key's bucket in the shared table: ``rate`` and ``take(now)`` like the server's own."""
 
-    __slots__ = ("_digest", "_fallback", "_hint", "_table", "rate")
+    __slots__ = (
+        "_batch",
+        "_digest",
+        "_fallback",
+        "_hint",
+        "_lease",
+        "_lease_until",
+        "_table",
+        "rate",
+    )
 
     def __init__(self, table: SharedBuckets, digest: bytes, rate: float) -> None:
         self._table = table
@@ -115,12 +135,20 @@ class SharedBucket:
         self._hint = -1
         self._fallback: tuple[float, float] | None = None  # (tokens, last) when the table is full
         self.rate = rate
+        self._batch = max(1, min(int(rate * LEASE_SECONDS), int(_burst(rate) / 4)))
+        self._lease = 0  # tokens taken from the table and not yet spent
+        self._lease_until = 0.0
 
     def take(self, now: float) -> float | None:
         """None if allowed; otherwise the seconds to wait."""
-        idx, wait = self._table.take(self._digest, self.rate, now, self._hint)
+        if self._lease and now < self._lease_until:
+            self._lease -= 1
+            return None
+        idx, taken, wait = self._table.take(self._digest, self.rate, now, self._hint, self._batch)
         if idx >= 0:
             self._hint = idx
+            self._lease = max(0, taken - 1)
+            self._lease_until = now + LEASE_SECONDS
             return wait
         burst = _burst(self.rate)  # table full: this worker's own bucket for this key
         tokens, last = self._fallback or (burst, now)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from keycourier.errors import UsageError
-from keycourier.helper.shared_state import SLOTS, SharedBuckets
+from keycourier.helper.shared_state import LEASE_SECONDS, SLOTS, SharedBuckets
 from keycourier.helper.workers import merge_metrics, parse_workers
 
 
@@ -124,3 +124,20 @@ def test_merge_metrics_sums_workers_and_keeps_the_supervisors_own() -> None:
     assert "keycourier_helper_handouts_first_total 1" in lines
     assert "keycourier_helper_handouts_repeat_total 7" in lines  # (1+4) + (1+2) - 1
     assert lines.count("# TYPE keycourier_helper_requests_total counter") == 1
+
+
+def test_a_fast_clients_lease_never_lets_more_than_its_burst_through() -> None:
+    table = SharedBuckets.create()
+    try:
+        holders = [table.bucket("fa570000", 1000.0) for _ in range(3)]  # burst 2000, lease 10
+        admitted = 0
+        for i in range(3000):
+            if holders[i % 3].take(7.0) is None:
+                admitted += 1
+        assert 2000 - 3 * 10 <= admitted <= 2000
+        # after its lease time a holder asks the table again, which refilled at the rate
+        later = 7.0 + LEASE_SECONDS + 0.005  # 15 ms: 15 tokens, each take leases up to 10
+        assert sum(1 for _ in range(100) if holders[0].take(later) is None) <= 15 + 10
+        assert holders[1].take(9.0) is None
+    finally:
+        table.close()
