@@ -319,3 +319,27 @@ def test_unix_socket_with_workers(tmp_path: Path, standin: RunningStandin) -> No
         err, code = h.stop()
     assert code == 0, err
     assert not sock.exists()
+
+
+def test_tls_with_workers(tmp_path: Path, standin: RunningStandin) -> None:
+    from tests.integration.test_helper_serve import _self_signed
+
+    env = base_env(tmp_path, standin)
+    cert, key_pem = _self_signed(tmp_path)
+    h = start_workers(env, tmp_path, 2, "--listen", f"127.0.0.1:{free_port()}",
+                      "--tls-cert", str(cert), "--tls-key", str(key_pem))  # fmt: skip
+    try:
+        assert h.url.startswith("https://127.0.0.1:")
+        key = add_client(env, "tls", "--profile", "ci")
+        client_env = env | {
+            "KEYCOURIER_HELPER_URL": h.url,
+            "KEYCOURIER_HELPER_KEY": key,
+            "KEYCOURIER_HELPER_CACERT": str(cert),
+        }
+        for _ in range(3):
+            r = kc(client_env, "token", "--profile", "ci")
+            assert r.returncode == 0, r.stderr
+            assert standin.state.is_valid(r.stdout.strip())
+    finally:
+        err, code = h.stop()
+    assert code == 0, err

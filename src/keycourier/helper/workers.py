@@ -254,21 +254,24 @@ class _SupervisorLink:
         if self.writer.is_closing():
             raise UnavailableError("the helper's supervisor is gone")
         self._next_id += 1
+        ident = self._next_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[self._next_id] = fut
+        self._waiting[ident] = fut
         try:
-            _send(self.writer, {**msg, "id": self._next_id})
+            _send(self.writer, {**msg, "id": ident})
             return await fut
         finally:
-            self._waiting.pop(self._next_id, None)
+            self._waiting.pop(ident, None)
 
     async def read_loop(self) -> None:
         try:
             while line := await self.reader.readline():
                 msg = json.loads(line)
+                if not isinstance(msg, dict):
+                    raise ValueError("not a JSON object")
                 op = msg.get("op")
                 if op is None:
-                    fut = self._waiting.get(msg.get("id"))
+                    fut = self._waiting.get(msg.get("id", 0))
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
                 elif op == "snap" and self.state is not None:
@@ -443,13 +446,14 @@ class _Slot:
         if self.writer is None or self.writer.is_closing():
             raise UnavailableError("worker gone")
         self.next_id += 1
+        ident = self.next_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiting[self.next_id] = fut
+        self.waiting[ident] = fut
         try:
-            _send(self.writer, {**msg, "id": self.next_id})
+            _send(self.writer, {**msg, "id": ident})
             return await asyncio.wait_for(fut, SNAPSHOT_SECONDS)
         finally:
-            self.waiting.pop(self.next_id, None)
+            self.waiting.pop(ident, None)
 
 
 def _describe_exit(code: int) -> str:
@@ -620,6 +624,8 @@ class Supervisor:
         try:
             while line := await reader.readline():
                 msg = json.loads(line)
+                if not isinstance(msg, dict):
+                    raise ValueError("not a JSON object")
                 op = msg.get("op")
                 if op == "token":
                     self._spawn_task(self._answer_token(slot, msg))
@@ -631,7 +637,7 @@ class Supervisor:
                     slot.ready = True
                     slot.first_ready.set()
                 elif op is None:
-                    fut = slot.waiting.get(msg.get("id"))
+                    fut = slot.waiting.get(msg.get("id", 0))
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
         except (ValueError, ConnectionError) as exc:
@@ -688,7 +694,7 @@ class Supervisor:
                 slot.signal(signal.SIGTERM)
             code = await proc.wait()
             if slot.reading is not None:
-                await slot.reading
+                await asyncio.gather(slot.reading, return_exceptions=True)
             if self.stopping.is_set():
                 return
             if not slot.first_ready.is_set():  # never came up: the same would happen again
@@ -713,6 +719,13 @@ class Supervisor:
         for slot in self.slots:
             slot.signal(sig)
 
+    def _reload(self) -> None:
+        """SIGHUP: to the workers that are up (one still starting reads the store anyway,
+        and SIGHUP before its handler is in place would end it)."""
+        for slot in self.slots:
+            if slot.ready:
+                slot.signal(signal.SIGHUP)
+
     async def main(self) -> None:
         import aiohttp
 
@@ -720,7 +733,7 @@ class Supervisor:
         self.session = aiohttp.ClientSession()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         runs = [loop.create_task(self._run_slot(slot)) for slot in self.slots]
         try:
             all_up = loop.create_task(self._all_up())
