@@ -343,3 +343,28 @@ def test_tls_with_workers(tmp_path: Path, standin: RunningStandin) -> None:
     finally:
         err, code = h.stop()
     assert code == 0, err
+
+
+def test_workers_do_not_get_the_platform_credentials(
+    tmp_path: Path, standin: RunningStandin
+) -> None:
+    env = base_env(tmp_path, standin) | {"VAULT_TOKEN": "hvs.not-for-workers-0000"}
+    h = start_workers(env, tmp_path, 2)
+    try:
+        key = add_client(env, "ci", "--profile", "ci")
+        assert call(h.url, "/v1/token", key=key, body=CI)[0] == 200
+        workers = workers_of(h.proc.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            names = {
+                item.split(b"=", 1)[0].decode()
+                for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if item
+            }
+            assert "MONITE_CLIENT_ID" not in names
+            assert "MONITE_CLIENT_SECRET" not in names
+            assert "VAULT_TOKEN" not in names
+            assert "KEYCOURIER_CONFIG" in names  # the rest of the environment is inherited
+    finally:
+        err, code = h.stop()
+    assert code == 0, err

@@ -8,6 +8,9 @@ The process started as ``keycourier serve`` becomes the supervisor. It:
 * is the only process that calls the platform: a worker that needs a token
   asks it over a private socket pair, and the supervisor's ``TokenCache``
   makes one upstream call per refresh however many workers ask (single flight);
+  so the workers, which parse what clients send, are started without the
+  credential variables (the profiles' client ID and secret variables,
+  ``VAULT_TOKEN`` and the others ``exec`` removes too);
 * is the only ledger writer: it records ``token_issued`` once per upstream
   call, and ``token_handed_out`` once per client and token, whichever workers
   handed it out (they send it their hand-outs);
@@ -497,6 +500,10 @@ class Supervisor:
         self._handed: dict[tuple[str, str], float] = {}
         self._expiry: dict[str, float] = {}  # token fingerprint -> expires_at
         self._tasks: set[asyncio.Task[None]] = set()
+        # Workers never call the platform or Vault with our credentials: they do not get them.
+        from keycourier.helper.execrun import child_environment, credential_env_names
+
+        self.worker_env = child_environment(settings.env, {}, credential_env_names(settings))
 
     # -- tokens and events
 
@@ -662,6 +669,7 @@ class Supervisor:
                 *(str(fd) for fd in fds),
                 pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
+                env=self.worker_env,
             )
         except OSError:
             ours.close()
