@@ -295,7 +295,10 @@ def main() -> int:
             procs.append(helper)
             helper_url = f"http://127.0.0.1:{helper_port}/v1/token"
             body = post(helper_url, b'{"profile": "bench"}', auth)  # warms the cache
-            single, single_port = start_helper(kc, env, 1)
+            # its own ledger: two helpers need not share one SQLite writer
+            single, single_port = start_helper(
+                kc, env | {"KEYCOURIER_LEDGER": str(tmp / "ledger-single.db")}, 1
+            )
             procs.append(single)
             single_url = f"http://127.0.0.1:{single_port}/v1/token"
             post(single_url, b'{"profile": "bench"}', auth)

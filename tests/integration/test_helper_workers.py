@@ -368,3 +368,21 @@ def test_workers_do_not_get_the_platform_credentials(
     finally:
         err, code = h.stop()
     assert code == 0, err
+
+
+def test_workers_run_on_uvloop_when_it_is_installed(
+    tmp_path: Path, standin: RunningStandin
+) -> None:
+    uvloop = pytest.importorskip("uvloop")  # in the test extra: installed wherever tests run
+    env = base_env(tmp_path, standin)
+    h = start_workers(env, tmp_path, 2)
+    try:
+        key = add_client(env, "ci", "--profile", "ci")
+        assert call(h.url, "/v1/token", key=key, body=CI)[0] == 200
+        library = Path(uvloop.__file__).parent
+        for pid in workers_of(h.proc.pid):
+            assert str(library) in Path(f"/proc/{pid}/maps").read_text()
+        assert str(library) not in Path(f"/proc/{h.proc.pid}/maps").read_text()
+    finally:
+        err, code = h.stop()
+    assert code == 0, err

@@ -20,6 +20,8 @@ The process started as ``keycourier serve`` becomes the supervisor. It:
 * restarts a worker that dies, after a back-off (0.25 s, doubling to 10 s; back
   to 0.25 s once a worker has run for 30 s);
 * forwards SIGHUP (every worker re-reads the client store at once);
+* lets the workers run on uvloop's event loop when it is installed
+  (``pip install 'keycourier[uvloop]'``): less CPU per request;
 * on SIGTERM or SIGINT, has every worker stop accepting, finish the requests in
   flight and send its last hand-outs, then delivers every queued event to the
   ledger and exits 0.
@@ -403,6 +405,15 @@ async def _worker(chan: socket.socket, listener: socket.socket, table: SharedBuc
             await writer.wait_closed()
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``keycourier[uvloop]``), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def worker_main(argv: Sequence[str]) -> int:
     """A worker process: ``argv`` holds its socket pair, the listener and the rate table fds."""
     try:
@@ -415,7 +426,8 @@ def worker_main(argv: Sequence[str]) -> int:
     table = SharedBuckets.attach(table_fd)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler is in place
     try:
-        asyncio.run(_worker(chan, listener, table))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_worker(chan, listener, table))
     except Error as exc:
         sys.stderr.write(f"keycourier: error: helper worker {os.getpid()}: {exc.message}\n")
         return int(exc.exit_code)
