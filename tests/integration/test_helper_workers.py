@@ -386,3 +386,32 @@ def test_workers_run_on_uvloop_when_it_is_installed(
     finally:
         err, code = h.stop()
     assert code == 0, err
+
+
+def test_outage_serves_the_cached_token_from_every_worker_then_503(
+    tmp_path: Path, standin: RunningStandin
+) -> None:
+    standin.state.monite_lifetime = 6  # refresh at 50% (3 s); never served in its last second
+    env = base_env(tmp_path, standin, lifetime_profile="max_retries = 0\nrefresh_at = 0.5")
+    h = start_workers(env, tmp_path, 2)
+    try:
+        key = add_client(env, "ci", "--profile", "ci", "--rate", "100000")
+        results = fresh_connections(h.url, key, 20)
+        started = time.monotonic()
+        assert {s for s, _ in results} == {200}
+        first = results[0][1]
+        standin.state.inject(503, count=1000)
+        time.sleep(max(0.0, started + 3.3 - time.monotonic()))  # past the refresh point
+        results = fresh_connections(h.url, key, 20)
+        assert [s for s, _ in results] == [200] * 20
+        assert {tok for _, tok in results} == {first}
+        time.sleep(max(0.0, started + 5.3 - time.monotonic()))  # inside the last second
+        results = fresh_connections(h.url, key, 20)
+        assert [s for s, _ in results] == [503] * 20
+        text = call(h.url, "/metrics", key=key)[2].decode()
+        assert metric(text, "keycourier_helper_upstream_errors_total") == 1
+        assert metric(text, "keycourier_helper_upstream_calls_total") == 2
+        assert sum(1 for v in per_worker(text).values() if v > 0) == 2
+    finally:
+        err, code = h.stop()
+    assert code == 0, err
