@@ -21,6 +21,8 @@ request: a worker takes up to ``LEASE_SECONDS`` worth of its rate (at most a
 quarter of its burst) from the table at once and spends it within that time;
 what is left then is dropped. So the client never gets more than its rate and
 burst over all workers together, and at worst gets that lease less per worker.
+A client told to wait is refused without the lock until the wait is over:
+workers only take tokens, so none can appear sooner.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class SharedBucket:
         "_hint",
         "_lease",
         "_lease_until",
+        "_refused_until",
         "_table",
         "rate",
     )
@@ -138,17 +141,24 @@ class SharedBucket:
         self._batch = max(1, min(int(rate * LEASE_SECONDS), int(_burst(rate) / 4)))
         self._lease = 0  # tokens taken from the table and not yet spent
         self._lease_until = 0.0
+        # The table said "wait": no other worker can add tokens (they only take), so until
+        # then this worker refuses without the lock. Exact, and cheap under a flood.
+        self._refused_until = 0.0
 
     def take(self, now: float) -> float | None:
         """None if allowed; otherwise the seconds to wait."""
         if self._lease and now < self._lease_until:
             self._lease -= 1
             return None
+        if now < self._refused_until:
+            return self._refused_until - now
         idx, taken, wait = self._table.take(self._digest, self.rate, now, self._hint, self._batch)
         if idx >= 0:
             self._hint = idx
             self._lease = max(0, taken - 1)
             self._lease_until = now + LEASE_SECONDS
+            if wait is not None:
+                self._refused_until = now + wait
             return wait
         burst = _burst(self.rate)  # table full: this worker's own bucket for this key
         tokens, last = self._fallback or (burst, now)

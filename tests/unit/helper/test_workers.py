@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -139,5 +140,42 @@ def test_a_fast_clients_lease_never_lets_more_than_its_burst_through() -> None:
         later = 7.0 + LEASE_SECONDS + 0.005  # 15 ms: 15 tokens, each take leases up to 10
         assert sum(1 for _ in range(100) if holders[0].take(later) is None) <= 15 + 10
         assert holders[1].take(9.0) is None
+    finally:
+        table.close()
+
+
+def test_a_refused_holder_does_not_ask_the_table_again_before_its_wait() -> None:
+    table = SharedBuckets.create()
+    try:
+        a = table.bucket("5low0000", 1.0)
+        assert a.take(50.0) is None
+        assert a.take(50.0) is None
+        wait = a.take(50.0)
+        assert wait is not None
+        # another process holds the table's lock: a take that needed the table would wait
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, sys, time; fd = int(sys.argv[1]); fcntl.lockf(fd, fcntl.LOCK_EX);"
+                " print('locked', flush=True); time.sleep(3)",
+                str(table.fd),
+            ],
+            pass_fds=(table.fd,),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "locked"
+            started = time.monotonic()
+            again = a.take(50.5)
+            assert time.monotonic() - started < 1.0
+            assert again is not None
+            assert abs(again - (wait - 0.5)) < 1e-9
+        finally:
+            holder.kill()
+            holder.wait()
+        assert a.take(50.0 + wait) is None  # then the table decides again
     finally:
         table.close()
