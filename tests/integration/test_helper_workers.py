@@ -415,3 +415,22 @@ def test_outage_serves_the_cached_token_from_every_worker_then_503(
     finally:
         err, code = h.stop()
     assert code == 0, err
+
+
+def test_auto_starts_one_worker_per_cpu(tmp_path: Path, standin: RunningStandin) -> None:
+    env = base_env(tmp_path, standin)
+    h = start_helper(env, tmp_path, "--listen", f"127.0.0.1:{free_port()}", "--workers", "auto")
+    try:
+        cpus = min(64, len(os.sched_getaffinity(0)))
+        key = add_client(env, "ci", "--profile", "ci")
+        assert call(h.url, "/v1/token", key=key, body=CI)[0] == 200
+        text = call(h.url, "/metrics", key=key)[2].decode()
+        if cpus == 1:  # one process, no supervisor
+            assert workers_of(h.proc.pid) == set()
+            assert "keycourier_helper_workers" not in text
+        else:
+            assert len(workers_of(h.proc.pid)) == cpus
+            assert metric(text, "keycourier_helper_workers") == cpus
+    finally:
+        err, code = h.stop()
+    assert code == 0, err
