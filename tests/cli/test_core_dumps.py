@@ -75,6 +75,23 @@ def test_serve_has_no_core_limit_and_exec_passes_it_on(
     assert core_limit(r.stdout)[0] == "0"  # the command inherits the soft limit
 
 
+def test_serve_workers_are_not_dumpable(tmp_path: Path, standin: RunningStandin) -> None:
+    """Workers are exec'd by the supervisor, which resets the dumpable flag: they forbid it
+    again before they touch a token."""
+    env = base_env(tmp_path, standin)
+    helper = start_helper(env, tmp_path, "--listen", "127.0.0.1:0", "--workers", "2")
+    try:
+        pid = helper.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(children) == 2
+        for child in children:
+            assert core_limit(Path(f"/proc/{child}/limits").read_text())[0] == "0"
+            assert not environ_readable(int(child))
+        assert not environ_readable(pid)
+    finally:
+        helper.stop()
+
+
 PR_CAPBSET_DROP = 24
 
 

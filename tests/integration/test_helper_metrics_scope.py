@@ -21,10 +21,14 @@ from tests.support.platform_standin import StandinState, start_standin
 AGE = "keycourier_helper_token_age_seconds"
 
 
-@pytest.fixture
-def helper(tmp_path: Path) -> Iterator[Helper]:
+@pytest.fixture(params=["one process", "two workers"])
+def helper(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Helper]:
+    """One helper process, or a supervisor whose /metrics page sums two workers."""
     with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as standin:
-        h = start_helper(base_env(tmp_path, standin), tmp_path)
+        args = (
+            ("--listen", "127.0.0.1:0", "--workers", "2") if request.param != "one process" else ()
+        )
+        h = start_helper(base_env(tmp_path, standin), tmp_path, *args)
         try:
             yield h
         finally:

@@ -212,6 +212,13 @@ def exec_(
 @click.option(
     "--tls-key", type=click.Path(dir_okay=False), default=None, help="TLS private key (PEM)."
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    help="Worker processes on the one socket, under a supervisor (auto: one per CPU).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -220,6 +227,7 @@ def serve(
     allow_remote: bool,
     tls_cert: str | None,
     tls_key: str | None,
+    workers: str,
 ) -> None:
     """Run the authenticated token helper (POST /v1/token, GET /healthz, GET /metrics).
 
@@ -227,15 +235,23 @@ def serve(
     stay in memory; token_issued and token_handed_out go to the ledger. Stops
     cleanly on SIGINT/SIGTERM after delivering every queued event.
 
+    With --workers N (N > 1) a supervisor runs N worker processes on the same
+    socket: one upstream call per refresh, rates and hand-out records for all
+    of them together; it restarts a worker that dies, and SIGHUP makes every
+    worker re-read the client keys.
+
     \b
     Example:
       keycourier serve --listen 127.0.0.1:8377
+      keycourier serve --listen 127.0.0.1:8377 --workers auto
       KEYCOURIER_HELPER_URL=http://127.0.0.1:8377 KEYCOURIER_HELPER_KEY_FILE=ci.key \\
         keycourier token --profile ci
     """
     from keycourier.cli.common import info
     from keycourier.helper.server import run, server_config
+    from keycourier.helper.workers import parse_workers, run_supervised
 
+    count = parse_workers(workers)
     settings = settings_from(ctx)
     cfg = server_config(
         settings,
@@ -245,7 +261,14 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    summary = run(settings, cfg, announce=lambda where: info(f"token helper listening on {where}"))
+
+    def announce(where: str) -> None:
+        info(f"token helper listening on {where}")
+
+    if count == 1:
+        summary = run(settings, cfg, announce=announce)
+    else:
+        summary = run_supervised(settings, cfg, workers=count, announce=announce)
     info(
         f"stopped: {summary['recorded']} events recorded, {summary['failed']} failed, "
         f"{summary['upstream_calls']} upstream calls"

@@ -44,7 +44,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -362,10 +362,10 @@ class _Conn(asyncio.Protocol):
         self.body_left = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - stream servers only
-        self.transport = transport
+        # a stream transport (uvloop's transports do not subclass asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         if not self.counted:  # closed by the guard during the TLS handshake
-            transport.abort()
+            self.transport.abort()
             return
         self.inner = self._make_inner()
         self.inner.connection_made(transport)

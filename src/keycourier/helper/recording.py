@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from keycourier.errors import Error
 
@@ -59,6 +59,17 @@ def open_recorder(settings: Settings) -> Recorder:
     from keycourier.ledger import service
 
     return service.open_recorder(settings)
+
+
+class EventSink(Protocol):
+    """Where the helper puts its events: a ``BatchRecorder``, or a worker's link to its
+    supervisor (``keycourier.helper.workers``), which records them once for all workers."""
+
+    failed: int
+
+    def submit(self, event: Event) -> None: ...
+
+    def pending(self) -> int: ...
 
 
 _STOP = object()

@@ -31,6 +31,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import socket as socketlib
@@ -39,10 +40,10 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -55,10 +56,12 @@ from keycourier.helper.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
 
 if TYPE_CHECKING:
+    import socket as socketlib
+
     import aiohttp
 
     from keycourier.config import Settings
-    from keycourier.helper.recording import BatchRecorder
+    from keycourier.helper.recording import EventSink
 
 DEFAULT_PORT: Final = 8377
 DEFAULT_MAX_BODY: Final = 1024
@@ -261,6 +264,14 @@ class _Bucket:
         return (1 - tokens) / self.rate
 
 
+class RateBucket(Protocol):
+    """What a caller's rate limit needs: ``_Bucket``, or a bucket shared by worker processes."""
+
+    rate: float
+
+    def take(self, now: float) -> float | None: ...
+
+
 class _Reply:
     """The rendered ``POST /v1/token`` reply for one profile's current token.
 
@@ -288,7 +299,7 @@ class _Caller:
 
     __slots__ = ("bucket", "principal", "ready")
 
-    def __init__(self, principal: Principal, bucket: _Bucket) -> None:
+    def __init__(self, principal: Principal, bucket: RateBucket) -> None:
         self.principal = principal
         self.bucket = bucket
         self.ready: dict[bytes, _Reply] = {}
@@ -304,7 +315,7 @@ class HelperState:
         store: ClientStore,
         cfg: ServerConfig,
         *,
-        recorder: BatchRecorder | None = None,
+        recorder: EventSink | None = None,
         fetcher: Callable[[Profile], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -331,7 +342,10 @@ class HelperState:
         self._store_generation = -2
         self._store_check_at = 0.0
         self._replies: dict[str, _Reply] = {}  # profile -> reply for its current token
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, RateBucket] = {}
+        # Hooks for ``serve --workers N`` (keycourier.helper.workers); None in one process.
+        self.bucket_factory: Callable[[Principal, float], RateBucket] | None = None
+        self.metrics_merge: Callable[[], Awaitable[str]] | None = None
         self._vault_cache: dict[str, tuple[float, Principal | None]] = {}
         self.started = time.monotonic()
         self.guard: ConnectionGuard | None = None  # set while serving
@@ -390,10 +404,14 @@ class HelperState:
 
     # -- rate limit
 
-    def _bucket(self, principal: Principal, now: float) -> _Bucket:
+    def _bucket(self, principal: Principal, now: float) -> RateBucket:
         bucket = self._buckets.get(principal.key)
         if bucket is None or bucket.rate != principal.rate:
-            bucket = self._buckets[principal.key] = _Bucket(principal.rate, now)
+            bucket = self._buckets[principal.key] = (
+                _Bucket(principal.rate, now)
+                if self.bucket_factory is None
+                else self.bucket_factory(principal, now)
+            )
         return bucket
 
     def take(self, principal: Principal) -> float | None:
@@ -661,6 +679,21 @@ class HelperState:
         return "\n".join(lines) + "\n"
 
 
+_PROFILE_LABEL = re.compile(r'profile="([^"]*)"')
+EVERY_PROFILE = Principal("every-profile", "every-profile", ("*",), 0.0)
+
+
+def scope_metrics(text: str, principal: Principal) -> str:
+    """``text`` (a metrics page of every profile) without the samples of profiles that
+    ``principal`` may not use: as ``metrics_text(principal)`` would have drawn it."""
+    kept = []
+    for line in text.splitlines():
+        found = None if line.startswith("#") else _PROFILE_LABEL.search(line)
+        if found is None or principal.allows(found.group(1)):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 class LookupThrottledError(UnavailableError):
     """Too many uncached Vault-token checks right now."""
 
@@ -737,6 +770,9 @@ async def metrics(request: web.Request) -> web.Response:
     if isinstance(got, web.Response):
         return got
     state.requests[("metrics", 200)] += 1
+    if state.metrics_merge is not None:  # several worker processes: their sum
+        text = scope_metrics(await state.metrics_merge(), got)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
     return web.Response(text=state.metrics_text(got), content_type="text/plain", charset="utf-8")
 
 
@@ -923,7 +959,21 @@ async def _tcp_sockets(host: str, port: int) -> list[socketlib.socket]:
     return sockets
 
 
-async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
+def _where(cfg: ServerConfig, sock: socketlib.socket) -> str:
+    """How a socket bound by the worker supervisor is announced."""
+    if sock.family == socketlib.AF_UNIX:
+        return f"unix:{cfg.socket_path}"
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if cfg.tls_cert else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+async def _serve(
+    state: HelperState,
+    announce: Callable[[str], None],
+    sock: socketlib.socket | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; ``sock``: a listening socket bound by the worker supervisor."""
     cfg = state.cfg
     app = make_app(state)
     limits = cfg.limits
@@ -943,7 +993,11 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
     guard: ConnectionGuard | None = None
     try:
         tls = None
-        if cfg.socket_path is not None:
+        if sock is not None:  # bound (and, at exit, removed) by keycourier.helper.workers
+            tls = _tls_context(cfg)
+            sockets = [sock]
+            where = _where(cfg, sock)
+        elif cfg.socket_path is not None:
             _prepare_socket(cfg.socket_path)
             sockets = [_unix_socket(cfg.socket_path)]
             where = f"unix:{cfg.socket_path}"
@@ -967,7 +1021,7 @@ async def _serve(state: HelperState, announce: Callable[[str], None]) -> None:
         if guard is not None:
             await guard.stop()  # no new connections; runner.cleanup() ends the open ones
         await runner.cleanup()
-        if cfg.socket_path is not None:
+        if cfg.socket_path is not None and sock is None:
             with contextlib.suppress(FileNotFoundError):
                 cfg.socket_path.unlink()
 
