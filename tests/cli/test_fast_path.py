@@ -1,7 +1,8 @@
 """The console script's click-free fast path (keycourier.cli.entry) against click itself.
 
-Whatever command line the fast path takes, click must parse to exactly the same
-values; everything else must be left to click. Checked on generated command
+Whatever command line the fast path takes (``age encrypt``/``decrypt``, ``token``,
+``exec``, ``--version``), click must parse to exactly the same values or print the
+same text; everything else must be left to click. Checked on generated command
 lines over a vocabulary of the options, values and traps (help, ``--``,
 ``--opt=value``, bundled flags, directories, unreadable files, repeats).
 """
@@ -15,12 +16,22 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keycourier import age
-from keycourier.cli import age_cmd
-from keycourier.cli.entry import DECRYPT_OPTIONS, ENCRYPT_OPTIONS, parse
+from keycourier.cli import age_cmd, helper_cmd
+from keycourier.cli.entry import (
+    DECRYPT_OPTIONS,
+    ENCRYPT_OPTIONS,
+    EXEC_OPTIONS,
+    TOKEN_FORMATS,
+    TOKEN_OPTIONS,
+    parse,
+    parse_helper,
+)
+from keycourier.cli.main import cli
 
 R1 = age.X25519Identity.generate().recipient().to_string()
 R2 = age.X25519Identity.generate().recipient().to_string()
@@ -227,3 +238,132 @@ def test_a_closed_standard_stream_is_a_usage_error(tmp_path: Path, closed: str) 
         assert out.returncode == 2, (runner, out.stderr)
         assert f"standard {closed.removeprefix('std')}put is closed".encode() in out.stderr
         assert b"Traceback" not in out.stderr
+
+
+# -- token and exec -------------------------------------------------------------------------
+
+HELPER_TRAPS = [
+    "--",
+    "-h",
+    "--help",
+    "",
+    "-x",
+    "--profile=ci",
+    "-pci",
+    "--format=json",
+    "--debug",
+    "--config",
+    "yaml",
+    "-",
+    "--no-such-option",
+]
+
+
+def _helper_pieces(sub: str) -> st.SearchStrategy[list[str]]:
+    """One option with a value, a flag, a command word, or (now and then) a trap."""
+    table = TOKEN_OPTIONS if sub == "token" else EXEC_OPTIONS
+    values = {
+        "profile": st.sampled_from(["ci", "prod", "-p", ""]),
+        "fmt": st.sampled_from([*TOKEN_FORMATS, "yaml", "-", "JSON"]),
+        "env_name": st.sampled_from(["MONITE_TOKEN", "X", "--no-cache"]),
+        "keep_env": st.sampled_from(["VAULT_TOKEN", "HOME", "-p"]),
+    }
+    option = st.sampled_from(sorted(table)).flatmap(
+        lambda opt: (
+            st.just([opt])
+            if table[opt][1] == "flag"
+            else values[table[opt][0]].map(lambda v: [opt, v])
+        )
+    )
+    word = st.sampled_from(["true", "sh", "-c", "echo", "--no-mask", "-p", "--"]).map(lambda w: [w])
+    trap = st.sampled_from(HELPER_TRAPS).map(lambda t: [t])
+    return st.one_of(option, option, option, word, trap)
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=st.data())
+def test_what_the_helper_fast_path_takes_click_parses_the_same(data: st.DataObject) -> None:
+    sub = data.draw(st.sampled_from(["token", "exec"]))
+    pieces = data.draw(st.lists(_helper_pieces(sub), max_size=7))
+    rest = [arg for piece in pieces for arg in piece]
+    fast = parse_helper([sub, *rest])
+    if fast is None:
+        return
+    command = helper_cmd.token if sub == "token" else helper_cmd.exec_
+    assert _click_params(command, rest) == fast.params(), rest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token", "--profile", "ci"],
+        ["token", "-p", "ci", "--format", "json", "--env-name", "MONITE_TOKEN", "--no-cache"],
+        ["token", "--format", "credential-process", "-p", "ci"],
+        ["exec", "-p", "ci", "--", "true"],
+        ["exec", "--profile", "ci", "--env-name", "T", "--keep-env", "A", "--keep-env", "B",
+         "--no-mask", "--no-cache", "--", "sh", "-c", "exit 3"],
+        ["exec", "-p", "ci", "./deploy.sh", "--stage", "prod"],
+        ["exec", "-p", "ci", "--", "cmd", "--", "-p", "x"],
+    ],
+)  # fmt: skip
+def test_the_plain_token_and_exec_forms_take_the_fast_path(argv: list[str]) -> None:
+    fast = parse_helper(argv)
+    assert fast is not None
+    command = helper_cmd.token if argv[0] == "token" else helper_cmd.exec_
+    assert _click_params(command, argv[1:]) == fast.params()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token"],  # no profile: click's usage error
+        ["token", "-p", "ci", "--format", "yaml"],
+        ["token", "-p", "ci", "-p", "prod"],
+        ["token", "-p", "ci", "extra"],
+        ["token", "-p", "ci", "--help"],
+        ["token", "--profile=ci"],
+        ["token", "-p"],
+        ["token", "-p", ""],
+        ["exec", "-p", "ci"],  # no COMMAND
+        ["exec", "-p", "ci", "--"],
+        ["exec", "true"],  # no profile
+        ["exec", "-p", "ci", "-x", "true"],
+        ["exec", "--help"],
+        ["--debug", "token", "-p", "ci"],
+        ["--config", "c.toml", "token", "-p", "ci"],
+        ["serve"],
+    ],
+)
+def test_other_token_and_exec_lines_are_left_to_click(argv: list[str]) -> None:
+    assert parse_helper(argv) is None
+
+
+def test_the_helper_option_tables_match_the_click_commands() -> None:
+    for table, command in ((TOKEN_OPTIONS, helper_cmd.token), (EXEC_OPTIONS, helper_cmd.exec_)):
+        options = [param for param in command.params if isinstance(param, click.Option)]
+        by_spelling = {opt: param for param in options for opt in param.opts}
+        assert set(table) == set(by_spelling)  # every option of the command is known
+        for spelling, (dest, kind) in table.items():
+            param = by_spelling[spelling]
+            assert param.name == dest
+            assert isinstance(param, click.Option)
+            assert param.multiple == (kind == "multi")
+            assert param.is_flag == (kind == "flag")
+    fmt = next(p for p in helper_cmd.token.params if p.name == "fmt")
+    assert isinstance(fmt.type, click.Choice)
+    assert tuple(fmt.type.choices) == TOKEN_FORMATS
+
+
+def test_version_prints_what_click_prints() -> None:
+    fast = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keycourier", "--version"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert fast.returncode == 0, fast.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in fast.stderr.decode().splitlines()]
+    assert "click" not in imported
+    clicked = CliRunner().invoke(cli, ["--version"])
+    assert clicked.exit_code == 0
+    assert fast.stdout.decode() == clicked.output
