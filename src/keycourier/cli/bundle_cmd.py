@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from keycourier.cli.common import (
     emit_json,
+    identity_option,
     info,
+    trust_option,
     warn,
     write_output,
 )
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from keycourier.ledger.interface import Event, Recorder, RecordOutcome
 
 DEFAULT_LIFETIME_DAYS = 7
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_bundle(source: str) -> bytes:
@@ -47,34 +47,6 @@ def read_bundle(source: str) -> bytes:
             return fh.read(MAX_BUNDLE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read bundle {source}: {exc.strerror}") from None
-
-
-def identity_option(f: F) -> F:
-    f = click.option(
-        "--passphrase-file",
-        type=click.Path(dir_okay=False, allow_dash=True),
-        help="Passphrase of the identity file (else KEYCOURIER_PASSPHRASE or a prompt).",
-    )(f)
-    return click.option(
-        "--identity",
-        "identity_path",
-        required=True,
-        type=click.Path(dir_okay=False, exists=True),
-        help="Your keycourier identity file.",
-    )(f)
-
-
-def trust_option(f: F) -> F:
-    f = click.option(
-        "--trust-file",
-        type=click.Path(dir_okay=False, exists=True),
-        help="File of trusted sender keys or fingerprints, one per line.",
-    )(f)
-    return click.option(
-        "--trust",
-        multiple=True,
-        help="A trusted sender: 'ed25519:<key>' or its 'kc1:' fingerprint (repeatable).",
-    )(f)
 
 
 def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -21,6 +21,7 @@ from keycourier.redact import Secret
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
 PASSPHRASE_ENV = "KEYCOURIER_PASSPHRASE"  # noqa: S105 - a variable name
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:
@@ -111,3 +112,33 @@ def info(text: str) -> None:
 
 def warn(text: str) -> None:
     click.echo(f"keycourier: warning: {text}", err=True)
+
+
+# Options shared by bundle_cmd (open) and provenance_cmd (ingest); here so that
+# provenance_cmd (audit, sync) does not import bundle_cmd and the policy with it.
+def identity_option(f: F) -> F:
+    f = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Passphrase of the identity file (else KEYCOURIER_PASSPHRASE or a prompt).",
+    )(f)
+    return click.option(
+        "--identity",
+        "identity_path",
+        required=True,
+        type=click.Path(dir_okay=False, exists=True),
+        help="Your keycourier identity file.",
+    )(f)
+
+
+def trust_option(f: F) -> F:
+    f = click.option(
+        "--trust-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="File of trusted sender keys or fingerprints, one per line.",
+    )(f)
+    return click.option(
+        "--trust",
+        multiple=True,
+        help="A trusted sender: 'ed25519:<key>' or its 'kc1:' fingerprint (repeatable).",
+    )(f)

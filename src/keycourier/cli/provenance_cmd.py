@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import getpass
-import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from keycourier.cli.bundle_cmd import identity_option, trust_option
-from keycourier.cli.common import emit_json, info, warn
+from keycourier.cli.common import emit_json, identity_option, info, trust_option, warn
 from keycourier.cli.main import settings_from
 from keycourier.errors import (
     AuthError,
@@ -37,6 +35,8 @@ def ledger_option(f: Any) -> Any:  # noqa: ANN401 - click decorator
 
 
 def _default_actor() -> str:
+    import socket  # only for revoke and ingest: audit and sync start without it
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

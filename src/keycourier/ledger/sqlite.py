@@ -32,10 +32,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from keycourier.errors import ConfigError, IntegrityError, UnavailableError
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 SCHEMA_VERSION = 1
 CHECKPOINT_EVERY = 1000
@@ -94,8 +98,6 @@ class SqliteLedger:
     """One ledger file. Not thread-safe: use it from one thread."""
 
     def __init__(self, path: Path) -> None:
-        import sqlite_utils
-
         self.path = path
         fresh = not path.exists()
         if fresh:
@@ -112,10 +114,14 @@ class SqliteLedger:
         if fresh:
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
-        self.db = sqlite_utils.Database(self.conn)
+        self._db: sqlite_utils.Database | None = None
         try:
+            # What sqlite_utils.Database sets up, with stdlib sqlite3 only: opening an
+            # existing ledger (audit verify, a record) never imports sqlite_utils.
+            self.conn.execute("PRAGMA recursive_triggers = on")
             self.conn.execute("PRAGMA busy_timeout = 10000")
-            self.db.enable_wal()
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.conn.execute("PRAGMA journal_mode = wal")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -127,10 +133,22 @@ class SqliteLedger:
         self._signing_key: bytes | None = None
         self.appended_since_checkpoint = 0
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, imported on first use (creating a ledger)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
     # -- schema ---------------------------------------------------------------------
 
     def _schema_version(self) -> int:
-        if "meta" not in self.db.table_names():
+        meta = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if meta is None:
             return 0
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         try:
