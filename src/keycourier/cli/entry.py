@@ -240,10 +240,12 @@ def parse_helper(argv: list[str]) -> HelperCommand | None:
 
 
 def _run_helper(cmd: HelperCommand) -> None:
-    """Run a fast-path ``token`` or ``exec`` and exit as ``main()`` would."""
+    """Run a fast-path ``token`` or ``exec`` and exit as ``main()`` would, without
+    interpreter teardown: by then the command has closed the ledger (when it minted
+    a token), the child has exited and its output pumps are joined."""
     from keycourier import config
     from keycourier.cli import helper_ops
-    from keycourier.cli.outcome import exit_code_for
+    from keycourier.cli.outcome import exit_code_for, quick_exit
 
     try:
         settings = config.load()
@@ -264,7 +266,7 @@ def _run_helper(cmd: HelperCommand) -> None:
             )
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - rendered as main() does
         code = exit_code_for(exc, debug=False)
-    sys.exit(code)
+    quick_exit(code)
 
 
 def run() -> None:
