@@ -18,7 +18,9 @@ keycourier, each in its own 0700 temp dir world (no Vault configured for it):
 * ``exec --profile bench -- true``: the same cached token, masking on;
 * ``inspect handover.kcb``: a bundle sealed by ``bundle.seal``;
 * ``audit verify``: a ledger of 100 events;
-* ``--version``.
+* ``--version``;
+* report only: ``token --profile vaulted``, whose credentials are read from the
+  same dev server on every run (one KV GET; the cache entry is keyed by them).
 
 Targets: token and exec <= 0.5 x, inspect, audit verify and --version
 <= 0.7 x. ``policy show`` and ``python -c pass`` are reported for scale.
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from bench_common import write_section  # noqa: E402
-from tests.support.openbao import bao_binary, start_dev_server  # noqa: E402
+from tests.support.openbao import BaoServer, bao_binary, start_dev_server  # noqa: E402
 
 from keycourier import bundle, config  # noqa: E402
 from keycourier.bundle import Credentials, PolicyStamp  # noqa: E402
@@ -59,6 +61,7 @@ PY = str(ROOT / ".venv" / "bin" / "python")
 KC = str(ROOT / ".venv" / "bin" / "keycourier")
 ROUNDS = int(os.environ.get("KC_BENCH_ROUNDS", "40"))
 LEDGER_EVENTS = 100
+VAULTED = "token (Vault-held credentials)"
 
 # name -> (argv after `keycourier`, target ratio or None for report only)
 COMMANDS: dict[str, tuple[list[str], float | None]] = {
@@ -71,16 +74,29 @@ COMMANDS: dict[str, tuple[list[str], float | None]] = {
 }
 
 
-def make_world(work: Path) -> dict[str, str]:
-    """Config, cached token, bundle and ledger; returns the commands' environment."""
+PROFILE_HEAD = (
+    'dialect = "monite"\n'
+    'base_url = "https://api.sandbox.monite.com/v1"\n'
+    'environment = "sandbox"\n'
+    'version = "2024-05-25"\n'
+)
+
+
+def make_world(work: Path, server: BaoServer) -> dict[str, str]:
+    """Config, cached tokens, bundle and ledger; returns the commands' environment."""
+    server.bao(
+        "kv", "put", "-mount=secret", "bench/creds",
+        "client_id=0c6f0a52-3f7e-4a53-9d55-0d8c2b1e9a77", "client_secret=-",
+        input_text="bench-vault-secret-1a2b3c4d5e6f",
+    )  # fmt: skip
     (work / "config.toml").write_text(
         "[profiles.bench]\n"
-        'dialect = "monite"\n'
-        'base_url = "https://api.sandbox.monite.com/v1"\n'
-        'environment = "sandbox"\n'
-        'version = "2024-05-25"\n'
-        'client_id_env = "MONITE_CLIENT_ID"\n'
-        'client_secret_env = "MONITE_CLIENT_SECRET"\n'
+        + PROFILE_HEAD
+        + 'client_id_env = "MONITE_CLIENT_ID"\n'
+        + 'client_secret_env = "MONITE_CLIENT_SECRET"\n'
+        + "\n[profiles.vaulted]\n"
+        + PROFILE_HEAD
+        + 'vault_path = "bench/creds"\n'
     )
     runtime = work / "run"
     runtime.mkdir(mode=0o700)
@@ -97,11 +113,13 @@ def make_world(work: Path) -> dict[str, str]:
         MONITE_CLIENT_ID="0c6f0a52-3f7e-4a53-9d55-0d8c2b1e9a77",
         MONITE_CLIENT_SECRET="bench-secret-9a8b7c6d5e4f3a2b1c0d",  # noqa: S106 - a made-up value
     )
-    settings = config.load(env=env)
-    profile = get_profile(settings, "bench")
-    creds = load_credentials(profile, settings)
+    vault_env = {**env, "VAULT_ADDR": server.addr, "VAULT_TOKEN": server.token}
     token = Token(Secret("bench-token-" + "x" * 40), "Bearer", 3600, time.time())
-    FileCache(cache_dir(env)).write(profile, creds, token)
+    for name, where in (("bench", env), ("vaulted", vault_env)):
+        settings = config.load(env=where)
+        profile = get_profile(settings, name)
+        FileCache(cache_dir(where)).write(profile, load_credentials(profile, settings), token)
+    settings = config.load(env=env)
 
     sealed = bundle.seal(
         Credentials("quickbooks", "AB" + "c" * 48, Secret("d" * 40)),
@@ -163,9 +181,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kc-bench-startup-"))
     server = None
     try:
-        kc_env = make_world(work)
         server = start_dev_server(work / "bao")
         server.bao("kv", "put", "-mount=secret", "bench/small", "value=s3cr3t-bench-value")
+        kc_env = make_world(work, server)
         bao_env = {k: v for k, v in server.env().items() if k != "PYTHONDONTWRITEBYTECODE"}
         report, ok = bench(work, kc_env, bao_env)
     finally:
@@ -185,6 +203,12 @@ def bench(work: Path, kc_env: dict[str, str], bao_env: dict[str, str]) -> tuple[
     }
     for name, (args, _target) in COMMANDS.items():
         runs[name] = ([KC, *args], kc_env)
+    vault_kc_env = {
+        **kc_env,
+        "VAULT_ADDR": bao_env["VAULT_ADDR"],
+        "VAULT_TOKEN": bao_env["VAULT_TOKEN"],
+    }
+    runs[VAULTED] = ([KC, "token", "--profile", "vaulted"], vault_kc_env)
     load_before = os.getloadavg()
     for argv, env in runs.values():  # warm the page cache once
         run_timed(argv, env, work)
@@ -223,6 +247,12 @@ def bench(work: Path, kc_env: dict[str, str], bao_env: dict[str, str]) -> tuple[
             f"| `keycourier {' '.join(COMMANDS[name][0])}` | {ms(med)} | {ms(base)} | "
             f"{ratio:.2f} x | {target_text} | {result} | {ms(statistics.median(cpu[name]))} |"
         )
+    vaulted = statistics.median(wall[VAULTED])
+    lines.append(
+        f"| `keycourier token --profile vaulted` (credentials read from the same Vault, "
+        f"token cached) | {ms(vaulted)} | {ms(base)} | {vaulted / base:.2f} x | report only | - | "
+        f"{ms(statistics.median(cpu[VAULTED]))} |"
+    )
     py = statistics.median(wall["python -c pass"])
     lines.append(
         f"| reference: `python -c pass` (bare interpreter) | {ms(py)} | {ms(base)} | "
@@ -259,6 +289,8 @@ def bench(work: Path, kc_env: dict[str, str], bao_env: dict[str, str]) -> tuple[
             f"            .venv/bin/keycourier audit verify              ({LEDGER_EVENTS} events)",
             "            .venv/bin/keycourier --version",
             "            .venv/bin/keycourier policy show",
+            "            .venv/bin/keycourier token --profile vaulted    "
+            "(VAULT_ADDR/VAULT_TOKEN: the bench server)",
             "```",
             "",
             "Bytecode for src/keycourier is precompiled first (`python -m compileall`), as a pip "

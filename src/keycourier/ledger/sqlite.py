@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -176,6 +175,8 @@ class SqliteLedger:
             raise
 
     def _create_v1(self) -> None:
+        import secrets  # with random and base64: only when a ledger is created
+
         from nacl.signing import SigningKey
 
         db = self.db
