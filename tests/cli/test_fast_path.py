@@ -367,3 +367,19 @@ def test_version_prints_what_click_prints() -> None:
     clicked = CliRunner().invoke(cli, ["--version"])
     assert clicked.exit_code == 0
     assert fast.stdout.decode() == clicked.output
+
+
+def test_version_with_stdout_closed_exits_0_as_click_does() -> None:
+    for runner in (
+        ["-m", "keycourier"],  # the fast path
+        ["-c", "import sys; from keycourier.cli.main import run; "
+               "sys.argv = ['keycourier', *sys.argv[1:]]; run()"],  # click's
+    ):  # fmt: skip
+        out = subprocess.run(
+            ["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, *runner, "--version"],
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, (runner, out.stderr)
+        assert out.stderr == b""

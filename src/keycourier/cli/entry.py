@@ -276,8 +276,9 @@ def run() -> None:
     completing = "_KEYCOURIER_COMPLETE" in os.environ
     argv = sys.argv[1:]
     if not completing and argv == ["--version"]:
-        sys.stdout.write(f"keycourier, version {__version__}\n")  # click's version_option text
-        sys.stdout.flush()
+        if sys.stdout is not None:  # a closed stdout: nothing to say, as click.echo
+            sys.stdout.write(f"keycourier, version {__version__}\n")  # click's version_option
+            sys.stdout.flush()
         return
     helper = None if completing else parse_helper(argv)
     if helper is not None:
