@@ -1,7 +1,7 @@
 """The console script's click-free fast path (keycourier.cli.entry) against click itself.
 
 Whatever command line the fast path takes (``age encrypt``/``decrypt``, ``token``,
-``exec``, ``--version``), click must parse to exactly the same values or print the
+``exec``, ``audit verify``, ``--version``), click must parse to exactly the same values or print the
 same text; everything else must be left to click. Checked on generated command
 lines over a vocabulary of the options, values and traps (help, ``--``,
 ``--opt=value``, bundled flags, directories, unreadable files, repeats).
@@ -21,14 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keycourier import age
-from keycourier.cli import age_cmd, helper_cmd
+from keycourier.cli import age_cmd, helper_cmd, provenance_cmd
 from keycourier.cli.entry import (
+    AUDIT_VERIFY_OPTIONS,
     DECRYPT_OPTIONS,
     ENCRYPT_OPTIONS,
     EXEC_OPTIONS,
     TOKEN_FORMATS,
     TOKEN_OPTIONS,
     parse,
+    parse_audit_verify,
     parse_helper,
 )
 from keycourier.cli.main import cli
@@ -383,3 +385,77 @@ def test_version_with_stdout_closed_exits_0_as_click_does() -> None:
         )
         assert out.returncode == 0, (runner, out.stderr)
         assert out.stderr == b""
+
+
+# -- audit verify ---------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_what_the_audit_fast_path_takes_click_parses_the_same(
+    files: Path, data: st.DataObject
+) -> None:
+    paths = [str(files / n) for n in ("in.txt", "adir", "missing.db")]
+    piece = st.one_of(
+        st.sampled_from(["--json", "--vault"]).map(lambda f: [f]),
+        st.sampled_from([*paths, "-", "", "--json"]).map(lambda v: ["--ledger", v]),
+        st.sampled_from(["--", "-h", "--help", "--ledger", "x", "--json=1", "--debug"]).map(
+            lambda t: [t]
+        ),
+    )
+    rest = [arg for p in data.draw(st.lists(piece, max_size=5)) for arg in p]
+    fast = parse_audit_verify(["audit", "verify", *rest])
+    if fast is None:
+        return
+    assert _click_params(provenance_cmd.audit_verify, rest) == fast.params(), rest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "verify"],
+        ["audit", "verify", "--json", "--vault"],
+        ["audit", "verify", "--ledger", "ledger.db", "--json"],
+    ],
+)
+def test_the_plain_audit_verify_forms_take_the_fast_path(argv: list[str]) -> None:
+    fast = parse_audit_verify(argv)
+    assert fast is not None
+    assert _click_params(provenance_cmd.audit_verify, argv[2:]) == fast.params()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "verify", "--ledger", "adir"],  # click: is a directory
+        ["audit", "verify", "--ledger", "a.db", "--ledger", "b.db"],
+        ["audit", "verify", "--ledger"],
+        ["audit", "verify", "--ledger=x.db"],
+        ["audit", "verify", "extra"],
+        ["audit", "verify", "--help"],
+        ["audit", "show", "x"],
+        ["audit"],
+        ["--debug", "audit", "verify"],
+    ],
+)
+def test_other_audit_lines_are_left_to_click(
+    files: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files)
+    assert parse_audit_verify(argv) is None
+
+
+def test_the_audit_option_table_matches_the_click_command() -> None:
+    options = [p for p in provenance_cmd.audit_verify.params if isinstance(p, click.Option)]
+    by_spelling = {opt: param for param in options for opt in param.opts}
+    assert set(AUDIT_VERIFY_OPTIONS) == set(by_spelling)
+    assert len(options) == len(provenance_cmd.audit_verify.params)  # no argument either
+    for spelling, (dest, kind) in AUDIT_VERIFY_OPTIONS.items():
+        param = by_spelling[spelling]
+        assert param.name == dest
+        assert not param.multiple
+        assert param.is_flag == (kind == "flag")

@@ -3,7 +3,7 @@
 Importing click and building the command tree costs about 15 to 19 ms, a third
 of the start-up of ``keycourier age decrypt`` and most of a cached
 ``keycourier token``. Command lines of the plainest shape skip it and call
-``age_ops`` or ``helper_ops`` directly, the same functions the click commands
+``age_ops``, ``helper_ops`` or ``provenance_ops`` directly, the same functions the click commands
 call:
 
     --version
@@ -12,6 +12,7 @@ call:
     token (-p PROFILE | --format FORMAT | --env-name NAME | --no-cache)...
     exec (-p PROFILE | --env-name NAME | --keep-env NAME | --no-mask | --no-cache)...
          [--] COMMAND...
+    audit verify (--json | --vault | --ledger FILE)...
 
 (long spellings too), with at least one recipient or identity for age and a
 profile for token and exec. Anything else goes to the full click CLI
@@ -69,6 +70,11 @@ EXEC_OPTIONS: Final[dict[str, tuple[str, _HelperKind]]] = {
     "--keep-env": ("keep_env", "multi"),
     "--no-mask": ("no_mask", "flag"),
     "--no-cache": ("no_cache", "flag"),
+}
+AUDIT_VERIFY_OPTIONS: Final[dict[str, tuple[str, _HelperKind]]] = {
+    "--json": ("as_json", "flag"),
+    "--vault": ("with_vault", "flag"),
+    "--ledger": ("ledger_path", "single"),
 }
 # the values of token --format (helper.formats.Format; the test checks click's Choice)
 TOKEN_FORMATS: Final = ("raw", "json", "env", "github", "credential-process")
@@ -239,6 +245,66 @@ def parse_helper(argv: list[str]) -> HelperCommand | None:
     return cmd
 
 
+class AuditVerifyCommand:
+    """A parsed fast-path ``audit verify`` command line (see ``FastCommand``)."""
+
+    __slots__ = ("as_json", "ledger_path", "with_vault")
+
+    def __init__(self) -> None:
+        self.with_vault = False
+        self.as_json = False
+        self.ledger_path: str | None = None
+
+    def params(self) -> dict[str, object]:
+        """The values under the click command's parameter names, as click would give them."""
+        return {
+            "with_vault": self.with_vault,
+            "as_json": self.as_json,
+            "ledger_path": self.ledger_path,
+        }
+
+
+def parse_audit_verify(argv: list[str]) -> AuditVerifyCommand | None:
+    """The fast-path reading of an ``audit verify`` ``argv``, or None to let click handle it."""
+    if argv[:2] != ["audit", "verify"]:
+        return None
+    cmd = AuditVerifyCommand()
+    i = 2
+    while i < len(argv):
+        spec = AUDIT_VERIFY_OPTIONS.get(argv[i])
+        if spec is None:
+            return None  # an argument, another option, help, --opt=value: click's
+        dest, kind = spec
+        if kind == "flag":
+            setattr(cmd, dest, True)
+            i += 1
+            continue
+        if i + 1 >= len(argv) or cmd.ledger_path is not None:
+            return None  # a missing value or a repeated --ledger
+        value = argv[i + 1]
+        if not value or value.startswith("-") or not _path_click_accepts(value):
+            return None
+        cmd.ledger_path = value
+        i += 2
+    return cmd
+
+
+def _run_audit_verify(cmd: AuditVerifyCommand) -> None:
+    """Run a fast-path ``audit verify`` and exit as ``main()`` would, without interpreter
+    teardown: the ledger is closed when ``verify_ledger`` returns."""
+    from keycourier import config
+    from keycourier.cli import provenance_ops
+    from keycourier.cli.outcome import exit_code_for, quick_exit
+
+    try:
+        settings = config.load(ledger_path=cmd.ledger_path)
+        provenance_ops.verify_ledger(settings, with_vault=cmd.with_vault, as_json=cmd.as_json)
+        code = 0
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - rendered as main() does
+        code = exit_code_for(exc, debug=False)
+    quick_exit(code)
+
+
 def _run_helper(cmd: HelperCommand) -> None:
     """Run a fast-path ``token`` or ``exec`` and exit as ``main()`` would, without
     interpreter teardown: by then the command has closed the ledger (when it minted
@@ -283,6 +349,10 @@ def run() -> None:
     helper = None if completing else parse_helper(argv)
     if helper is not None:
         _run_helper(helper)
+        return
+    audit = None if completing else parse_audit_verify(argv)
+    if audit is not None:
+        _run_audit_verify(audit)
         return
     cmd = None if completing else parse(argv)
     if cmd is None:
