@@ -318,10 +318,11 @@ def bench(work: Path, kc_env: dict[str, str], bao_env: dict[str, str]) -> tuple[
             "```",
             "",
             "Bytecode for src/keycourier is precompiled first (`python -m compileall`), as a pip "
-            "install does. `token` and `exec` (plain forms) and `--version` are served by the "
-            "console script's click-free fast path (`keycourier.cli.entry`); `inspect`, "
-            "`audit verify` and `policy show` go through click, which imports only the one "
-            "command module they need.",
+            "install does. `token`, `exec`, `audit verify` (plain forms) and `--version` are "
+            "served by the console script's click-free fast path (`keycourier.cli.entry`); "
+            "`inspect` and `policy show` go through click, which imports only the one command "
+            "module they need. `inspect` also loads cryptography (through `keycourier.bundle`, "
+            "which imports the age engine) although it decrypts nothing.",
         ]
     )
     return body, ok
