@@ -261,33 +261,52 @@ HELPER_TRAPS = [
 ]
 
 
-def _helper_pieces(sub: str) -> st.SearchStrategy[list[str]]:
-    """One option with a value, a flag, a command word, or (now and then) a trap."""
+GOOD_VALUES = {
+    "profile": ["ci", "prod"],
+    "fmt": list(TOKEN_FORMATS),
+    "env_name": ["MONITE_TOKEN", "X"],
+    "keep_env": ["VAULT_TOKEN", "HOME"],
+}
+BAD_VALUES = ["", "-", "-p", "--no-cache", "yaml", "JSON"]
+WORDS = ["true", "sh", "-c", "echo", "--no-mask", "-p", "--", "--help", "x"]
+
+
+def _draw_helper_line(data: st.DataObject, sub: str) -> list[str]:
+    """Each option at most once (twice for --keep-env) with a good value, in any order;
+    in about half the lines one trap (help, --opt=value, a bad value, a repeat...)
+    somewhere; then, for exec, [--] COMMAND."""
     table = TOKEN_OPTIONS if sub == "token" else EXEC_OPTIONS
-    values = {
-        "profile": st.sampled_from(["ci", "prod", "-p", ""]),
-        "fmt": st.sampled_from([*TOKEN_FORMATS, "yaml", "-", "JSON"]),
-        "env_name": st.sampled_from(["MONITE_TOKEN", "X", "--no-cache"]),
-        "keep_env": st.sampled_from(["VAULT_TOKEN", "HOME", "-p"]),
-    }
-    option = st.sampled_from(sorted(table)).flatmap(
-        lambda opt: (
-            st.just([opt])
-            if table[opt][1] == "flag"
-            else values[table[opt][0]].map(lambda v: [opt, v])
+    spellings: dict[str, list[str]] = {}
+    for spelling, (dest, _kind) in table.items():
+        spellings.setdefault(dest, []).append(spelling)
+    pieces: list[list[str]] = []
+    for dest, names in spellings.items():
+        kind = table[names[0]][1]
+        for _ in range(data.draw(st.integers(0, 2 if kind == "multi" else 1))):
+            opt = data.draw(st.sampled_from(names))
+            value = [] if kind == "flag" else [data.draw(st.sampled_from(GOOD_VALUES[dest]))]
+            pieces.append([opt, *value])
+    pieces = list(data.draw(st.permutations(pieces)))
+    if data.draw(st.booleans()):
+        trap = data.draw(
+            st.one_of(
+                st.sampled_from(HELPER_TRAPS).map(lambda t: [t]),
+                st.tuples(st.sampled_from(sorted(table)), st.sampled_from(BAD_VALUES)).map(list),
+            )
         )
-    )
-    word = st.sampled_from(["true", "sh", "-c", "echo", "--no-mask", "-p", "--"]).map(lambda w: [w])
-    trap = st.sampled_from(HELPER_TRAPS).map(lambda t: [t])
-    return st.one_of(option, option, option, word, trap)
+        pieces.insert(data.draw(st.integers(0, len(pieces))), trap)
+    args = [arg for piece in pieces for arg in piece]
+    words = data.draw(st.lists(st.sampled_from(WORDS), max_size=4))
+    if sub == "exec":
+        return args + data.draw(st.sampled_from([[], ["--"]])) + words
+    return args + (words if data.draw(st.integers(0, 3)) == 0 else [])
 
 
 @settings(max_examples=600, deadline=None)
 @given(data=st.data())
 def test_what_the_helper_fast_path_takes_click_parses_the_same(data: st.DataObject) -> None:
     sub = data.draw(st.sampled_from(["token", "exec"]))
-    pieces = data.draw(st.lists(_helper_pieces(sub), max_size=7))
-    rest = [arg for piece in pieces for arg in piece]
+    rest = _draw_helper_line(data, sub)
     fast = parse_helper([sub, *rest])
     if fast is None:
         return
