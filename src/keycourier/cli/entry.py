@@ -3,8 +3,8 @@
 Importing click and building the command tree costs about 15 to 19 ms, a third
 of the start-up of ``keycourier age decrypt`` and most of a cached
 ``keycourier token``. Command lines of the plainest shape skip it and call
-``age_ops``, ``helper_ops`` or ``provenance_ops`` directly, the same functions the click commands
-call:
+``age_ops``, ``helper_ops`` or ``provenance_ops`` directly, the same functions
+the click commands call:
 
     --version
     age encrypt (-r RECIPIENT | -R FILE | -a | -o OUT)... [INPUT]
