@@ -41,6 +41,10 @@ MAX_CREDENTIAL_FILE_BYTES = 64 * 1024
 _SAFE_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@=+")
 
 
+class NotFoundError(ConfigError):
+    """HTTP 404: nothing at the path (a ConfigError, so callers that do not ask see one)."""
+
+
 class CasMismatchError(IntegrityError):
     """A KV v2 check-and-set write was refused: the record moved on meanwhile."""
 
@@ -143,7 +147,7 @@ def _status_error(status: int, where: str, errors: str = "") -> Error:
         )
         return UnavailableError(f"Vault is unavailable for {where} ({why}, HTTP {status})")
     if status == 404:
-        return ConfigError(f"Vault has nothing at {where} (HTTP 404)")
+        return NotFoundError(f"Vault has nothing at {where} (HTTP 404)")
     if status == 412:
         return UnavailableError(f"Vault is not yet consistent for {where} (HTTP 412)")
     return ConfigError(f"Vault rejected {where} (HTTP {status}){detail}")
@@ -220,6 +224,18 @@ def _vault_settings(settings: Settings | VaultSettings) -> tuple[VaultSettings, 
     return settings, os.environ
 
 
+def _token_from(vs: VaultSettings, environ: Mapping[str, str]) -> Secret:
+    """The Vault token for ``auth = "token"``: [vault] token_file, else the token variable."""
+    if vs.token_file is not None:
+        return _read_credential_file(vs.token_file, "token")
+    if environ.get(vs.token_env):
+        return Secret(environ[vs.token_env].strip())
+    raise AuthError(
+        "no Vault token",
+        hints=[f"set {vs.token_env}, or [vault] token_file, or use approle/jwt auth"],
+    )
+
+
 def connect(
     settings: Settings | VaultSettings, *, env: Mapping[str, str] | None = None
 ) -> hvac.Client:
@@ -239,16 +255,7 @@ def connect(
     client = hvac.Client(url=vs.addr, namespace=vs.namespace, timeout=vs.timeout, verify=verify)
     try:
         if vs.auth == "token":
-            if vs.token_file is not None:
-                token = _read_credential_file(vs.token_file, "token")
-            elif environ.get(vs.token_env):
-                token = Secret(environ[vs.token_env].strip())
-            else:
-                raise AuthError(
-                    "no Vault token",
-                    hints=[f"set {vs.token_env}, or [vault] token_file, or use approle/jwt auth"],
-                )
-            client.token = token.reveal()
+            client.token = _token_from(vs, environ).reveal()
         elif vs.auth == "approle":
             if not vs.role_id or vs.secret_id_file is None:
                 raise ConfigError("AppRole auth needs [vault] role_id and secret_id_file")
@@ -302,6 +309,37 @@ def kv_read(client: hvac.Client, mount: str, path: str) -> Mapping[str, Any] | N
     """The latest data of a KV v2 secret, or None when there is none (or it was deleted)."""
     found = kv_read_version(client, mount, path)
     return None if found is None else found.data
+
+
+def kv_read_direct(
+    settings: Settings | VaultSettings,
+    mount: str,
+    path: str,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Mapping[str, Any] | None:
+    """``kv_read`` with token auth over one ``http.client`` GET (``FastKV``), without hvac.
+
+    For commands that read one secret and exit, such as a cached ``keycourier
+    token`` whose credentials are in Vault: importing hvac and requests would be
+    most of their start-up. Same checks, errors and result as ``connect`` +
+    ``kv_read``; other auth methods (a log-in first) use those.
+    """
+    vs, default_env = _vault_settings(settings)
+    environ = default_env if env is None else env
+    if not vs.addr:
+        raise ConfigError(
+            "no Vault configured", hints=["set VAULT_ADDR or [vault] addr in the config"]
+        )
+    check_path(path)
+    _check_addr(vs.addr)
+    if vs.cacert is not None and not vs.cacert.is_file():
+        raise ConfigError(f"VAULT_CACERT {vs.cacert} is not a readable file")
+    kv = FastKV(vs, _token_from(vs, environ))
+    try:
+        return kv.read(mount, path)
+    finally:
+        kv.close()
 
 
 def kv_read_version(
@@ -559,6 +597,18 @@ class FastKV:
         if 300 <= resp.status < 400:
             raise UnavailableError(f"Vault redirected {where} twice (leader election in progress?)")
         return _decode(resp.status, raw, where)
+
+    def read(self, mount: str, path: str) -> Mapping[str, Any] | None:
+        """The latest data of a KV v2 secret; None when there is none or it was deleted."""
+        where = f"a read of {mount}/{path}"
+        try:
+            with self._lock:
+                resp = self.request("GET", f"/v1/{mount}/data/{path}", None, where)
+        except NotFoundError:  # no secret, or its latest version deleted or destroyed
+            return None
+        body = resp.get("data") if isinstance(resp, dict) else None
+        data = body.get("data") if isinstance(body, dict) else None
+        return data if isinstance(data, dict) else None
 
     def write(self, mount: str, path: str, data: Mapping[str, Any], *, cas: int | None) -> int:
         body: dict[str, Any] = {"data": dict(data)}

@@ -1,7 +1,8 @@
 """The console script's click-free fast path (keycourier.cli.entry) against click itself.
 
-Whatever command line the fast path takes, click must parse to exactly the same
-values; everything else must be left to click. Checked on generated command
+Whatever command line the fast path takes (``age encrypt``/``decrypt``, ``token``,
+``exec``, ``audit verify``, ``--version``), click must parse to exactly the same values or print the
+same text; everything else must be left to click. Checked on generated command
 lines over a vocabulary of the options, values and traps (help, ``--``,
 ``--opt=value``, bundled flags, directories, unreadable files, repeats).
 """
@@ -15,12 +16,24 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keycourier import age
-from keycourier.cli import age_cmd
-from keycourier.cli.entry import DECRYPT_OPTIONS, ENCRYPT_OPTIONS, parse
+from keycourier.cli import age_cmd, helper_cmd, provenance_cmd
+from keycourier.cli.entry import (
+    AUDIT_VERIFY_OPTIONS,
+    DECRYPT_OPTIONS,
+    ENCRYPT_OPTIONS,
+    EXEC_OPTIONS,
+    TOKEN_FORMATS,
+    TOKEN_OPTIONS,
+    parse,
+    parse_audit_verify,
+    parse_helper,
+)
+from keycourier.cli.main import cli
 
 R1 = age.X25519Identity.generate().recipient().to_string()
 R2 = age.X25519Identity.generate().recipient().to_string()
@@ -227,3 +240,243 @@ def test_a_closed_standard_stream_is_a_usage_error(tmp_path: Path, closed: str) 
         assert out.returncode == 2, (runner, out.stderr)
         assert f"standard {closed.removeprefix('std')}put is closed".encode() in out.stderr
         assert b"Traceback" not in out.stderr
+
+
+# -- token and exec -------------------------------------------------------------------------
+
+HELPER_TRAPS = [
+    "--",
+    "-h",
+    "--help",
+    "",
+    "-x",
+    "--profile=ci",
+    "-pci",
+    "--format=json",
+    "--debug",
+    "--config",
+    "yaml",
+    "-",
+    "--no-such-option",
+]
+
+
+GOOD_VALUES = {
+    "profile": ["ci", "prod"],
+    "fmt": list(TOKEN_FORMATS),
+    "env_name": ["MONITE_TOKEN", "X"],
+    "keep_env": ["VAULT_TOKEN", "HOME"],
+    "timeout": ["30s", "2m"],
+}
+BAD_VALUES = ["", "-", "-p", "--no-cache", "yaml", "JSON"]
+WORDS = ["true", "sh", "-c", "echo", "--no-mask", "-p", "--", "--help", "x"]
+
+
+def _draw_helper_line(data: st.DataObject, sub: str) -> list[str]:
+    """Each option at most once (twice for --keep-env) with a good value, in any order;
+    in about half the lines one trap (help, --opt=value, a bad value, a repeat...)
+    somewhere; then, for exec, [--] COMMAND."""
+    table = TOKEN_OPTIONS if sub == "token" else EXEC_OPTIONS
+    spellings: dict[str, list[str]] = {}
+    for spelling, (dest, _kind) in table.items():
+        spellings.setdefault(dest, []).append(spelling)
+    pieces: list[list[str]] = []
+    for dest, names in spellings.items():
+        kind = table[names[0]][1]
+        for _ in range(data.draw(st.integers(0, 2 if kind == "multi" else 1))):
+            opt = data.draw(st.sampled_from(names))
+            value = [] if kind == "flag" else [data.draw(st.sampled_from(GOOD_VALUES[dest]))]
+            pieces.append([opt, *value])
+    pieces = list(data.draw(st.permutations(pieces)))
+    if data.draw(st.booleans()):
+        trap = data.draw(
+            st.one_of(
+                st.sampled_from(HELPER_TRAPS).map(lambda t: [t]),
+                st.tuples(st.sampled_from(sorted(table)), st.sampled_from(BAD_VALUES)).map(list),
+            )
+        )
+        pieces.insert(data.draw(st.integers(0, len(pieces))), trap)
+    args = [arg for piece in pieces for arg in piece]
+    words = data.draw(st.lists(st.sampled_from(WORDS), max_size=4))
+    if sub == "exec":
+        return args + data.draw(st.sampled_from([[], ["--"]])) + words
+    return args + (words if data.draw(st.integers(0, 3)) == 0 else [])
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=st.data())
+def test_what_the_helper_fast_path_takes_click_parses_the_same(data: st.DataObject) -> None:
+    sub = data.draw(st.sampled_from(["token", "exec"]))
+    rest = _draw_helper_line(data, sub)
+    fast = parse_helper([sub, *rest])
+    if fast is None:
+        return
+    command = helper_cmd.token if sub == "token" else helper_cmd.exec_
+    assert _click_params(command, rest) == fast.params(), rest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token", "--profile", "ci"],
+        ["token", "-p", "ci", "--format", "json", "--env-name", "MONITE_TOKEN", "--no-cache"],
+        ["token", "--format", "credential-process", "-p", "ci"],
+        ["exec", "-p", "ci", "--", "true"],
+        ["exec", "--profile", "ci", "--env-name", "T", "--keep-env", "A", "--keep-env", "B",
+         "--no-mask", "--no-cache", "--", "sh", "-c", "exit 3"],
+        ["exec", "-p", "ci", "./deploy.sh", "--stage", "prod"],
+        ["exec", "-p", "ci", "--", "cmd", "--", "-p", "x"],
+    ],
+)  # fmt: skip
+def test_the_plain_token_and_exec_forms_take_the_fast_path(argv: list[str]) -> None:
+    fast = parse_helper(argv)
+    assert fast is not None
+    command = helper_cmd.token if argv[0] == "token" else helper_cmd.exec_
+    assert _click_params(command, argv[1:]) == fast.params()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token"],  # no profile: click's usage error
+        ["token", "-p", "ci", "--format", "yaml"],
+        ["token", "-p", "ci", "-p", "prod"],
+        ["token", "-p", "ci", "extra"],
+        ["token", "-p", "ci", "--help"],
+        ["token", "--profile=ci"],
+        ["token", "-p"],
+        ["token", "-p", ""],
+        ["exec", "-p", "ci"],  # no COMMAND
+        ["exec", "-p", "ci", "--"],
+        ["exec", "true"],  # no profile
+        ["exec", "-p", "ci", "-x", "true"],
+        ["exec", "--help"],
+        ["--debug", "token", "-p", "ci"],
+        ["--config", "c.toml", "token", "-p", "ci"],
+        ["serve"],
+    ],
+)
+def test_other_token_and_exec_lines_are_left_to_click(argv: list[str]) -> None:
+    assert parse_helper(argv) is None
+
+
+def test_the_helper_option_tables_match_the_click_commands() -> None:
+    for table, command in ((TOKEN_OPTIONS, helper_cmd.token), (EXEC_OPTIONS, helper_cmd.exec_)):
+        options = [param for param in command.params if isinstance(param, click.Option)]
+        by_spelling = {opt: param for param in options for opt in param.opts}
+        assert set(table) == set(by_spelling)  # every option of the command is known
+        for spelling, (dest, kind) in table.items():
+            param = by_spelling[spelling]
+            assert param.name == dest
+            assert isinstance(param, click.Option)
+            assert param.multiple == (kind == "multi")
+            assert param.is_flag == (kind == "flag")
+    fmt = next(p for p in helper_cmd.token.params if p.name == "fmt")
+    assert isinstance(fmt.type, click.Choice)
+    assert tuple(fmt.type.choices) == TOKEN_FORMATS
+
+
+def test_version_prints_what_click_prints() -> None:
+    fast = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keycourier", "--version"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert fast.returncode == 0, fast.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in fast.stderr.decode().splitlines()]
+    assert "click" not in imported
+    clicked = CliRunner().invoke(cli, ["--version"])
+    assert clicked.exit_code == 0
+    assert fast.stdout.decode() == clicked.output
+
+
+def test_version_with_stdout_closed_exits_0_as_click_does() -> None:
+    for runner in (
+        ["-m", "keycourier"],  # the fast path
+        ["-c", "import sys; from keycourier.cli.main import run; "
+               "sys.argv = ['keycourier', *sys.argv[1:]]; run()"],  # click's
+    ):  # fmt: skip
+        out = subprocess.run(
+            ["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, *runner, "--version"],
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, (runner, out.stderr)
+        assert out.stderr == b""
+
+
+# -- audit verify ---------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_what_the_audit_fast_path_takes_click_parses_the_same(
+    files: Path, data: st.DataObject
+) -> None:
+    paths = [str(files / n) for n in ("in.txt", "adir", "missing.db")]
+    piece = st.one_of(
+        st.sampled_from(["--json", "--vault"]).map(lambda f: [f]),
+        st.sampled_from([*paths, "-", "", "--json"]).map(lambda v: ["--ledger", v]),
+        st.sampled_from([*paths, "-", ""]).map(lambda v: ["--since", v]),
+        st.sampled_from(["--", "-h", "--help", "--ledger", "x", "--json=1", "--debug"]).map(
+            lambda t: [t]
+        ),
+    )
+    rest = [arg for p in data.draw(st.lists(piece, max_size=5)) for arg in p]
+    fast = parse_audit_verify(["audit", "verify", *rest])
+    if fast is None:
+        return
+    assert _click_params(provenance_cmd.audit_verify, rest) == fast.params(), rest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "verify"],
+        ["audit", "verify", "--json", "--vault"],
+        ["audit", "verify", "--ledger", "ledger.db", "--json"],
+    ],
+)
+def test_the_plain_audit_verify_forms_take_the_fast_path(argv: list[str]) -> None:
+    fast = parse_audit_verify(argv)
+    assert fast is not None
+    assert _click_params(provenance_cmd.audit_verify, argv[2:]) == fast.params()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "verify", "--ledger", "adir"],  # click: is a directory
+        ["audit", "verify", "--ledger", "a.db", "--ledger", "b.db"],
+        ["audit", "verify", "--ledger"],
+        ["audit", "verify", "--ledger=x.db"],
+        ["audit", "verify", "extra"],
+        ["audit", "verify", "--help"],
+        ["audit", "show", "x"],
+        ["audit"],
+        ["--debug", "audit", "verify"],
+    ],
+)
+def test_other_audit_lines_are_left_to_click(
+    files: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files)
+    assert parse_audit_verify(argv) is None
+
+
+def test_the_audit_option_table_matches_the_click_command() -> None:
+    options = [p for p in provenance_cmd.audit_verify.params if isinstance(p, click.Option)]
+    by_spelling = {opt: param for param in options for opt in param.opts}
+    assert set(AUDIT_VERIFY_OPTIONS) == set(by_spelling)
+    assert len(options) == len(provenance_cmd.audit_verify.params)  # no argument either
+    for spelling, (dest, kind) in AUDIT_VERIFY_OPTIONS.items():
+        param = by_spelling[spelling]
+        assert param.name == dest
+        assert not param.multiple
+        assert param.is_flag == (kind == "flag")

@@ -755,7 +755,7 @@ def test_ingest_of_a_bundle_sealed_without_a_partner_name(
     del args[i : i + 2]
     sealed = run(*args, cwd=tmp_path, env={"KEYCOURIER_LEDGER": str(tmp_path / "sender.db")})
     assert sealed.returncode == 0, sealed.stderr
-    vpath = f"partners/anon-{secrets.token_hex(4)}/quickbooks"
+    vpath = f"handed-over/anon-{secrets.token_hex(4)}/quickbooks"
     out = run(
         "ingest", "h.kcb", "--identity", "platform.kcid",
         "--trust", pub["partner"]["signing_fingerprint"], "--vault-path", vpath,

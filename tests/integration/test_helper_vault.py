@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +125,34 @@ def test_helper_accepts_vault_tokens_with_the_configured_policy(
     finally:
         err, code = h.stop()
     assert code == 0, err
+
+
+def test_a_cached_token_reads_vault_without_hvac_or_requests(
+    tmp_path: Path, bao_dev: BaoServer, standin: RunningStandin
+) -> None:
+    """With token auth the credentials are read with one http.client GET: a cached token
+    needs neither hvac nor requests (most of the command's start-up), nor aiohttp."""
+    env = _setup(tmp_path, bao_dev, standin, CLIENT_SECRET)
+    env["XDG_RUNTIME_DIR"] = ""
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    first = kc(env, "token", "--profile", "vaulted")  # mints and caches
+    assert first.returncode == 0, first.stderr
+    calls = standin.state.token_calls
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keycourier", "token", "--profile", "vaulted"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == first.stdout  # the cached token
+    assert standin.state.token_calls == calls
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "keycourier" in imported
+    assert sorted(imported & {"hvac", "requests", "aiohttp", "asyncio", "click"}) == []

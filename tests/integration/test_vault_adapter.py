@@ -195,3 +195,31 @@ def test_namespace_reaches_both_transports(bao_dev: BaoServer, tmp_path: Path) -
     folder = f"keycourier/handovers/{bid}/events"
     assert len(vault.kv_list(inner, "secret", folder)) == 1
     assert vault.kv_list(admin, "secret", folder) == []
+
+
+def test_direct_read_answers_like_connect_and_kv_read(bao_dev: BaoServer, tmp_path: Path) -> None:
+    """kv_read_direct (one http.client GET) gives kv_read's result and errors, without hvac."""
+    settings = load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token)
+    client = vault.connect(settings)
+    path = "keycourier-adapter/" + uuid.uuid4().hex
+    assert vault.kv_read_direct(settings, "secret", path) is None  # never written
+    vault.kv_write(client, "secret", path, {"client_id": "a", "client_secret": "b"}, cas=0)
+    assert vault.kv_read_direct(settings, "secret", path) == {
+        "client_id": "a",
+        "client_secret": "b",
+    }
+    assert vault.kv_read_direct(settings, "secret", path) == vault.kv_read(client, "secret", path)
+    client.secrets.kv.v2.delete_latest_version_of_secret(path=path, mount_point="secret")
+    assert vault.kv_read(client, "secret", path) is None
+    assert vault.kv_read_direct(settings, "secret", path) is None  # deleted: as kv_read
+    wrong = load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN="kc-wrong-direct-token")
+    with pytest.raises(AuthError) as err:
+        vault.kv_read_direct(wrong, "secret", path)
+    assert "kc-wrong-direct-token" not in str(err.value)
+    with pytest.raises(AuthError, match="no Vault token"):
+        vault.kv_read_direct(load(tmp_path, VAULT_ADDR=bao_dev.addr), "secret", path)
+    down = load(tmp_path, VAULT_ADDR=f"http://127.0.0.1:{free_port()}", VAULT_TOKEN="t")
+    with pytest.raises(UnavailableError):
+        vault.kv_read_direct(down, "secret", path)
+    with pytest.raises(ConfigError):
+        vault.kv_read_direct(settings, "secret", "../escape")

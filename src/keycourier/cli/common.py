@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -21,6 +22,7 @@ from keycourier.redact import Secret
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
 PASSPHRASE_ENV = "KEYCOURIER_PASSPHRASE"  # noqa: S105 - a variable name
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:
@@ -111,3 +113,86 @@ def info(text: str) -> None:
 
 def warn(text: str) -> None:
     click.echo(f"keycourier: warning: {text}", err=True)
+
+
+# Options shared by bundle_cmd (open) and provenance_cmd (ingest); here so that
+# provenance_cmd (audit, sync) does not import bundle_cmd and the policy with it.
+def identity_option(f: F) -> F:
+    f = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Passphrase of the identity file (else KEYCOURIER_PASSPHRASE or a prompt).",
+    )(f)
+    return click.option(
+        "--identity",
+        "identity_path",
+        required=True,
+        type=click.Path(dir_okay=False, exists=True),
+        help="Your keycourier identity file.",
+    )(f)
+
+
+_TRUST_FP = re.compile(r"kc1:[0-9a-fA-F]{32}")
+_TRUST_KEY = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
+_TRUST_FORM = (
+    "expected kc1: followed by 32 hex characters (the signing fingerprint) or "
+    "ed25519: followed by the 44-character base64 signing key"
+)
+_TRUST_HINT = (
+    "'keycourier identity show IDENTITY' on the sender's side prints its signing fingerprint"
+)
+
+
+def parse_trusted_sender(value: str, where: str = "--trust") -> str:
+    """A pinned sender, checked for form at the edge: ``kc1:<32 hex>`` (lower-cased) or
+    ``ed25519:<base64 key>``. A malformed value is a usage error naming the expected form;
+    only a well-formed value that names another signer reaches the integrity check."""
+    text = value.strip()
+    if _TRUST_FP.fullmatch(text):
+        return text.lower()
+    if _TRUST_KEY.fullmatch(text):
+        return text
+    shown = text if len(text) <= 80 else text[:80] + "…"
+    if not shown.isprintable():
+        shown = shown.encode("ascii", "backslashreplace").decode("ascii")
+    if text.lower().startswith("age1"):
+        why = "is an age recipient (an encryption key), not a sender's signing key"
+    elif text.lower().startswith("kc1:"):
+        body = text[4:]
+        if re.fullmatch(r"[0-9a-fA-F]*", body):
+            why = f"has {len(body)} hex characters after kc1: (truncated or extended?)"
+        else:
+            why = "has characters after kc1: that are not hex"
+    elif re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        why = "lacks the kc1: prefix"
+    elif text.lower().startswith("ed25519:"):
+        why = "is not a 44-character base64 Ed25519 key after ed25519:"
+    else:
+        why = "is not a signing fingerprint or signing key"
+    raise UsageError(
+        f"{where} {shown!r} {why}: {_TRUST_FORM}",
+        hints=[_TRUST_HINT + " (kc1:0123456789abcdef0123456789abcdef, say)"],
+    )
+
+
+def _parse_trust_option(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--trust``, checked at the edge; keycourier's UsageError (exit 2) passes through click."""
+    return tuple(parse_trusted_sender(v) for v in values)
+
+
+def trust_option(f: F) -> F:
+    f = click.option(
+        "--trust-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="File of trusted sender keys or fingerprints, one per line.",
+    )(f)
+    return click.option(
+        "--trust",
+        multiple=True,
+        metavar="SENDER",
+        callback=_parse_trust_option,
+        help="A trusted sender: its 'kc1:' signing fingerprint (32 hex characters) or "
+        "'ed25519:<key>' (repeatable).",
+    )(f)

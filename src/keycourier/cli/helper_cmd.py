@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 
 import click
 
+from keycourier.cli.helper_ops import exec_with_token, print_token
 from keycourier.cli.main import settings_from
-
-TOKEN_TIMEOUT = 30.0  # seconds: `token --timeout` when not given
 
 
 @click.command()
@@ -65,40 +62,7 @@ def token(
       keycourier token --profile ci --format github     # in GitHub Actions
       keycourier token --profile ci --format credential-process
     """
-    from keycourier.cli.common import info, warn
-    from keycourier.helper.formats import Format, check_env_name, render, write_github_env
-    from keycourier.helper.service import obtain_token
-
-    limit = TOKEN_TIMEOUT
-    if timeout is not None:  # the parser lives with `connection wait`: import it only then
-        from keycourier.partner.connections import parse_duration
-
-        limit = parse_duration(timeout, "--timeout")
-    deadline = time.monotonic() + limit
-    settings = settings_from(ctx)
-    if env_name is not None:
-        check_env_name(env_name)
-
-    def waiting() -> None:
-        info(f"waiting for another process refreshing the token for profile {profile} ...")
-
-    got = obtain_token(
-        settings,
-        profile,
-        use_cache=not no_cache,
-        deadline=deadline,
-        on_lock_wait=waiting,
-        lock_timeout_fails=True,
-    )
-    if got.warning:
-        warn(got.warning)
-    name = env_name or got.env_name
-    out = Format(fmt)
-    now = time.time()
-    if out is Format.GITHUB:
-        write_github_env(got.token, name, settings.env)
-    sys.stdout.write(render(got.token, out, now=now, env_name=name))
-    sys.stdout.flush()
+    print_token(settings_from(ctx), profile, fmt, env_name, no_cache=no_cache, timeout=timeout)
 
 
 @click.command(
@@ -150,49 +114,15 @@ def exec_(
       keycourier exec --profile ci --env-name MONITE_TOKEN -- ./deploy.sh --stage prod
       keycourier exec --profile ci --keep-env VAULT_TOKEN -- ./needs-vault-too.sh
     """
-    from keycourier.cli.common import warn
-    from keycourier.helper.execrun import (
-        NotRunnableError,
-        credential_env_names,
-        run_with_secrets,
+    code = exec_with_token(
+        settings_from(ctx),
+        profile,
+        env_name,
+        no_mask=no_mask,
+        no_cache=no_cache,
+        keep_env=keep_env,
+        command=command,
     )
-    from keycourier.helper.formats import check_env_name
-    from keycourier.helper.service import obtain_token
-    from keycourier.redact import Secret
-
-    settings = settings_from(ctx)
-    if env_name is not None:
-        check_env_name(env_name)
-    for kept in keep_env:
-        check_env_name(kept)
-    got = obtain_token(settings, profile, use_cache=not no_cache)
-    if got.warning:
-        warn(got.warning)
-    name = env_name or got.env_name
-    credential_names = credential_env_names(settings)
-    remove = credential_names - set(keep_env)
-    conceal: list[Secret] = []
-    if got.credentials is not None:
-        conceal.append(got.credentials.client_secret)
-    for kept in keep_env:  # a credential passed on deliberately is still masked
-        value = os.environ.get(kept, "")
-        if kept in credential_names and not kept.endswith("_FILE") and len(value) >= 8:
-            conceal.append(Secret(value))
-    if got.origin == "helper":  # in case --keep-env passes it on: hide the client key too
-        from keycourier.helper.client import read_key
-
-        conceal.append(read_key(settings.env))
-    try:
-        code = run_with_secrets(
-            command,
-            {name: got.token.access_token},
-            conceal=conceal,
-            mask=not no_mask,
-            remove_env=remove,
-        )
-    except NotRunnableError as exc:
-        sys.stderr.write(f"keycourier: error: {exc.message}\n")
-        sys.exit(exc.status)
     sys.exit(code)
 
 

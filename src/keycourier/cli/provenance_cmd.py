@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import getpass
-import socket
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
-from keycourier.cli.bundle_cmd import identity_option, trust_option
-from keycourier.cli.common import emit_json, info, warn
+from keycourier.cli.common import emit_json, identity_option, info, trust_option, warn
 from keycourier.cli.main import settings_from
+from keycourier.cli.provenance_ops import verify_ledger
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -38,6 +36,8 @@ def ledger_option(f: Any) -> Any:  # noqa: ANN401 - click decorator
 
 
 def _default_actor() -> str:
+    import socket  # only for revoke and ingest: audit and sync start without it
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -414,75 +414,12 @@ def audit_verify(
       keycourier audit verify --vault --json
       keycourier audit verify --since ledger-checkpoint.txt
     """
-    from keycourier.ledger.service import open_recorder, printable
-
-    settings = settings_from(ctx, ledger_path=ledger_path)
-    if not settings.ledger_path.exists():
-        raise ConfigError(f"no ledger at {settings.ledger_path}")
-    with open_recorder(settings) as recorder:
-        report = recorder.verify(vault=with_vault, since=None if since is None else Path(since))
-        ledger_id = recorder.ledger.ledger_id
-    c = report.chain
-    first = report.first_break
-    if as_json:
-        emit_json(
-            {
-                "ok": report.ok,
-                "ledger_id": ledger_id,
-                "events": c.events,
-                "checkpoints": c.checkpoints,
-                "head_seq": c.head_seq,
-                "head_hash": c.head_hash,
-                "public_key": c.public_key,
-                "unsigned_tail": c.unsigned_tail,
-                "checkpoint_interval": c.interval,
-                "since_checked": since is not None,
-                "pending": report.pending,
-                "vault_checked": report.vault_checked,
-                "vault_records_checked": report.vault_records_checked,
-                "foreign_records": report.foreign_records,
-                "first_break": None if first is None else {"seq": first[0], "reason": first[1]},
-                "vault_breaks": [{"seq": b.seq, "reason": b.reason} for b in report.vault_breaks],
-                "since_breaks": [{"seq": q, "reason": r} for q, r in report.since_breaks],
-                "notes": list(report.notes),
-            }
-        )
-    else:
-        click.echo(f"ledger:       {settings.ledger_path} (ID {ledger_id})")
-        click.echo(f"public key:   ed25519:{c.public_key}")
-        click.echo(f"events:       {c.events} (head #{c.head_seq} {c.head_hash[:16]}...)")
-        within = "within" if c.unsigned_tail <= c.interval else "MORE than"
-        click.echo(
-            f"checkpoints:  {c.checkpoints} ({c.unsigned_tail} event(s) after the last one, "
-            f"{within} the checkpoint interval of {c.interval})"
-        )
-        click.echo(f"pending:      {report.pending} event(s) not yet in Vault")
-        if report.vault_checked:
-            click.echo(
-                f"vault:        {report.vault_records_checked} record version(s) cross-checked, "
-                f"{report.foreign_records} from other ledgers"
-            )
-        if since is not None:
-            click.echo(
-                f"exported:     {printable(since)}: "
-                + ("still held" if not report.since_breaks else "CONTRADICTED")
-            )
-        for note in report.notes:
-            warn(printable(note))
-        for _, reason in report.since_breaks:
-            warn(printable(reason))
-        for b in report.vault_breaks[:10]:
-            warn(f"Vault: event #{b.seq}: {printable(b.reason)}")
-        if len(report.vault_breaks) > 10:
-            warn(f"... and {len(report.vault_breaks) - 10} more Vault break(s) (see --json)")
-        click.echo(
-            "result:       OK" if first is None else f"result:       BROKEN at event #{first[0]}"
-        )
-    if first is not None:
-        raise IntegrityError(
-            f"the ledger is broken at event #{first[0]}: {printable(first[1])}",
-            hints=["keep a copy of the ledger file and the Vault records for investigation"],
-        )
+    verify_ledger(
+        settings_from(ctx, ledger_path=ledger_path),
+        with_vault=with_vault,
+        as_json=as_json,
+        since=since,
+    )
 
 
 @audit.command("checkpoint")

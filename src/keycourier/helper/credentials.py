@@ -63,8 +63,10 @@ def _from_vault(
 def _kv_read(settings: Settings, mount: str, path: str, where: str) -> Mapping[str, Any]:
     from keycourier import vault
 
-    client = vault.connect(settings)
-    data = vault.kv_read(client, mount, path)
+    if settings.vault.auth == "token":  # one GET, without importing hvac and requests
+        data = vault.kv_read_direct(settings, mount, path)
+    else:
+        data = vault.kv_read(vault.connect(settings), mount, path)
     if data is None:
         raise ConfigError(f"{where}: no such secret")
     return data

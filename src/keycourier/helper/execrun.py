@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Final
 
@@ -113,6 +111,11 @@ def run_with_secrets(
 ) -> int:
     """Run ``argv`` with ``inject`` added to its environment and ``remove_env`` taken out;
     return its exit status."""
+    # Only when a command is run: ``keycourier token`` reaches this module through
+    # cli.helper_ops, and subprocess with threading is a large part of its start-up.
+    import subprocess
+    import threading
+
     if not argv:
         raise UsageError("no command given", hints=["keycourier exec --profile P -- CMD ARGS..."])
     values = [s.reveal() for s in (*inject.values(), *conceal) if s]

@@ -18,7 +18,6 @@ import enum
 import json
 import os
 import re
-import secrets
 import shlex
 from collections.abc import Mapping
 
@@ -70,6 +69,8 @@ def render(token: Token, fmt: Format, *, now: float, env_name: str = "PARTNER_TO
 
 def github_env_block(name: str, value: str) -> str:
     """``NAME<<DELIM\\nvalue\\nDELIM\\n`` with a delimiter that cannot occur in ``value``."""
+    import secrets  # only for the github format (it brings random with it)
+
     check_env_name(name)
     while True:
         delim = f"ghadelimiter_{secrets.token_hex(16)}"

@@ -10,7 +10,6 @@ the cached token is served.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import time
@@ -153,6 +152,8 @@ def _mint(
     clock: Callable[[], float],
     deadline: float | None = None,
 ) -> Token:
+    import asyncio  # only when minting: a cached token is served without it
+
     from keycourier.partner.tokens import fetch_token
 
     if deadline is None:

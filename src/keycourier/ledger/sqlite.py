@@ -27,17 +27,20 @@ import contextlib
 import hashlib
 import os
 import re
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from keycourier.errors import ConfigError, IntegrityError, UnavailableError
 from keycourier.files import make_private_dirs
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 SCHEMA_VERSION = 1
 CHECKPOINT_EVERY = 1000
@@ -110,8 +113,6 @@ class SqliteLedger:
     """One ledger file. Not thread-safe: use it from one thread."""
 
     def __init__(self, path: Path) -> None:
-        import sqlite_utils
-
         self.path = path
         fresh = not path.exists()
         if fresh:
@@ -128,10 +129,14 @@ class SqliteLedger:
         if fresh:
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
-        self.db = sqlite_utils.Database(self.conn)
+        self._db: sqlite_utils.Database | None = None
         try:
+            # What sqlite_utils.Database sets up, with stdlib sqlite3 only: opening an
+            # existing ledger (audit verify, a record) never imports sqlite_utils.
+            self.conn.execute("PRAGMA recursive_triggers = on")
             self.conn.execute("PRAGMA busy_timeout = 10000")
-            self.db.enable_wal()
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.conn.execute("PRAGMA journal_mode = wal")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -147,6 +152,15 @@ class SqliteLedger:
         self._signing_key: bytes | None = None
         self.appended_since_checkpoint = 0
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, imported on first use (creating a ledger)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
     # -- schema ---------------------------------------------------------------------
 
     def _damaged(self, why: str) -> IntegrityError:
@@ -158,6 +172,11 @@ class SqliteLedger:
             ],
         )
 
+    def _table_names(self) -> set[str]:
+        """The database's tables, read with the stdlib (sqlite_utils stays unloaded)."""
+        rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {str(name) for (name,) in rows}
+
     def _schema_version(self) -> int:
         """0 for a brand-new (empty) database, else the version ``meta`` records.
 
@@ -165,7 +184,7 @@ class SqliteLedger:
         ``meta.schema_version`` is damaged (exit 4), never a new ledger: creating the
         tables again would fail, and a new key would hide what happened.
         """
-        tables = set(self.db.table_names())
+        tables = self._table_names()
         if not tables:
             return 0
         if not tables & _LEDGER_TABLES:
@@ -240,7 +259,7 @@ class SqliteLedger:
 
     def _check_meta(self) -> dict[str, str]:
         """The fixed ``meta`` entries, each present and well-formed, and the chain's tables."""
-        missing = sorted(_LEDGER_TABLES - set(self.db.table_names()))
+        missing = sorted(_LEDGER_TABLES - self._table_names())
         if missing:
             raise self._damaged(f"its {missing[0]} table is missing")
         meta = {str(k): str(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
@@ -253,6 +272,8 @@ class SqliteLedger:
         return meta
 
     def _create_v1(self) -> None:
+        import secrets  # with random and base64: only when a ledger is created
+
         from nacl.signing import SigningKey
 
         db = self.db

@@ -18,15 +18,14 @@ of times; 401 is an ``AuthError`` that names the profile and the credential
 source. Upstream text is shown only after it is cut, stripped of control
 characters and scrubbed of the client ID and secret.
 
-aiohttp is imported inside ``fetch_token`` only.
+aiohttp (with asyncio and random, for the default ``sleep`` and ``rand``) is imported
+inside ``fetch_token`` only, so that reading a cached ``Token`` never pays for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -277,12 +276,23 @@ async def fetch_token(
     *,
     session: aiohttp.ClientSession | None = None,
     retry: RetryPolicy | None = None,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.time,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] | None = None,
 ) -> Token:
-    """One token from the platform, with the retries described in the module docstring."""
+    """One token from the platform, with the retries described in the module docstring.
+
+    ``sleep`` waits between retries (default ``asyncio.sleep``), ``rand`` draws the
+    jitter (default ``random.random``)."""
+    import asyncio
+    import random
+
     import aiohttp
+
+    if sleep is None:
+        sleep = asyncio.sleep
+    if rand is None:
+        rand = random.random
 
     policy = retry or RetryPolicy(max_retries=profile.max_retries)
     headers, body = build_request(profile, creds)
