@@ -327,7 +327,7 @@ def test_no_command_leaks_the_sentinel(
         "--identity",
         "platform.kcid",
         "--trust",
-        "kc1:" + "0" * 64,
+        "kc1:" + "0" * 32,  # well formed, but not the sender
         "-o",
         "nope.json",
         expect=4,
