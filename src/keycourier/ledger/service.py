@@ -128,6 +128,8 @@ class LedgerRecorder:
         self._pinned = False
         self._recorded = False
         self._policy_digest: str | None = None
+        self._policy_canonical: str | None = None
+        self._policy_kept = False
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
 
@@ -152,10 +154,22 @@ class LedgerRecorder:
             from keycourier.policy import load_policy
 
             try:
-                self._policy_digest = load_policy(self.settings.policy_path).digest
+                policy = load_policy(self.settings.policy_path)
             except ConfigError:
                 self._policy_digest = ""
+            else:
+                self._policy_digest = policy.digest
+                self._policy_canonical = policy.canonical
         return self._policy_digest or None
+
+    def _remember_policy(self, digest: str | None) -> None:
+        """Keep the text of the policy in force in the ledger once per recorder, for
+        evidence packs (an event names it by digest)."""
+        if digest is None or self._policy_kept or self.policy_digest() != digest:
+            return
+        self._policy_kept = True
+        if self._policy_canonical is not None:
+            self.ledger.remember_policy(digest, self._policy_canonical)
 
     def record(self, event: Event) -> RecordOutcome:
         """Append locally (always, first), then deliver to Vault when configured.
@@ -171,6 +185,7 @@ class LedgerRecorder:
 
             event = replace(event, policy_digest=digest)
         ledger_id = self.ledger.ledger_id
+        self._remember_policy(event.policy_digest)
         if self.mirror is None:
             stored = self.ledger.append(event, VaultStatus.DISABLED, None)
             return RecordOutcome(stored.seq, VaultStatus.DISABLED, "no Vault configured")
