@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from keycourier.audit import pack, report
+from keycourier.audit import pack
 from keycourier.errors import UsageError
 from keycourier.ledger.interface import StoredEvent
 from keycourier.ledger.service import EventProof, LedgerRecorder, prove_events
@@ -127,47 +127,6 @@ def build_pack(
 
 def verify_pack(path: Path, *, key: str | None) -> pack.PackReport:
     return pack.verify(path, key=key)
-
-
-def report_html(
-    recorder: LedgerRecorder,
-    *,
-    vault: bool,
-    since: datetime | None,
-    partner: str | None,
-    now: datetime,
-) -> tuple[str, report.Verification]:
-    """The HTML report of the ledger, after verifying it (and Vault with ``vault``)."""
-    audited = recorder.verify(vault=vault)
-    chain = audited.chain
-    first = audited.first_break
-    details = [
-        f"{chain.events} events, {chain.checkpoints} signed checkpoints, "
-        f"{chain.unsigned_tail} event(s) after the last one",
-        f"verifier key {recorder.ledger.verifier().vkey()}",
-    ]
-    if audited.vault_checked:
-        details.append(
-            f"Vault: {audited.vault_records_checked} record version(s) cross-checked, "
-            f"{audited.foreign_records} from other ledgers"
-        )
-    details.extend(audited.notes)
-    if first is None:
-        summary = "the hash chain, the Merkle tree and every signed checkpoint verify" + (
-            ", and Vault agrees" if audited.vault_checked else " (Vault not checked)"
-        )
-    else:
-        summary = f"the ledger is broken at event #{first[0]}: {first[1]}"
-    verification = report.Verification(first is None, summary, tuple(details))
-    model = report.build(
-        recorder.ledger.iter_all(),
-        verification,
-        ledger=f"{recorder.ledger.path} ({recorder.ledger.origin})",
-        now=now,
-        since=since,
-        partner=partner,
-    )
-    return report.render(model), verification
 
 
 def proofs_json(proofs: Sequence[EventProof]) -> str:

@@ -769,7 +769,7 @@ def audit_report(
     Example:
       keycourier audit report -o report.html
     """
-    from keycourier.audit.evidence import report_html
+    from keycourier.audit.report import report_html
     from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
