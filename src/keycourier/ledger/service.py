@@ -293,16 +293,17 @@ class LedgerRecorder:
             return 0
         self._ensure_pinned()
         for seq, head_hash, signed_at, signature in todo:
-            self.mirror.witness_checkpoint(
-                {
-                    "ledger": self.ledger.ledger_id,
-                    "seq": seq,
-                    "head_hash": head_hash,
-                    "signed_at": signed_at,
-                    "signature": signature,
-                    "public_key": self.ledger.public_key,
-                }
-            )
+            record: dict[str, Any] = {
+                "ledger": self.ledger.ledger_id,
+                "seq": seq,
+                "head_hash": head_hash,
+                "signed_at": signed_at,
+                "signature": signature,
+                "public_key": self.ledger.public_key,
+            }
+            if (signed_tree := self.ledger.note_at(seq)) is not None:
+                record["note"] = signed_tree  # the C2SP checkpoint of the same events
+            self.mirror.witness_checkpoint(record)
             self.ledger.set_meta_value(self._witness_key(), str(seq))
         return len(todo)
 
