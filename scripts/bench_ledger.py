@@ -11,8 +11,16 @@ every target passes, 1 otherwise.
 2. ``sync`` of 5,000 pending events (1,000 bundles x 5 events, per-bundle
    order and cas kept) vs the sequential raw hvac rate for the same writes.
    Target >= 1.5 x.
-3. ``audit verify`` of 1,000,000 events vs a bare ``SELECT body`` +
-   SHA-256 loop over the same rows. Target >= 0.6 x.
+3. ``audit verify`` of 1,000,000 events (hash chain, Merkle tree and every
+   signed head) vs a bare ``SELECT body`` + SHA-256 loop over the same rows.
+   Target >= 0.6 x.
+4. Appending one event (with its Merkle tree hashes) vs the same append
+   without the tree (the hash chain only, as before the tree). Target <= 1.1 x.
+5. ``keycourier audit prove --seq N --json`` on the 1,000,000-event ledger vs
+   ``keycourier audit key`` on it (start-up and opening the ledger, no proof).
+   Target: under 50 ms more.
+6. ``audit verify-pack`` of a 100,000-event evidence pack vs a bare loop that
+   reads the pack's events and hashes each leaf. Target >= 0.6 x.
 """
 
 from __future__ import annotations
@@ -39,10 +47,12 @@ from tests.support.openbao import BaoServer, free_port, start_dev_server  # noqa
 from keycourier import config  # noqa: E402
 from keycourier.config import Settings  # noqa: E402
 from keycourier.ledger import chain  # noqa: E402
-from keycourier.ledger.interface import Event, EventType  # noqa: E402
+from keycourier.ledger.interface import Event, EventType, VaultStatus  # noqa: E402
 from keycourier.ledger.service import open_recorder  # noqa: E402
 from keycourier.ledger.sqlite import CHECKPOINT_EVERY, SqliteLedger  # noqa: E402
 from keycourier.ledger.vault import custom_metadata_for, record_for  # noqa: E402
+from keycourier.tlog import checkpoint as tlog_checkpoint  # noqa: E402
+from keycourier.tlog import merkle, note  # noqa: E402
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 DATA = {"platform": "quickbooks", "partner": "Acme Corp", "client_id_masked": "AB************wxyz"}
@@ -256,16 +266,21 @@ def bench_sync(
 
 
 def build_big_ledger(path: Path, count: int) -> None:
+    """A ledger of ``count`` events as ``append`` would leave it (chain, checkpoints every
+    CHECKPOINT_EVERY events, the Merkle tree and its signed heads), built in bulk."""
     from nacl.signing import SigningKey
 
     led = SqliteLedger(path)  # schema, key, meta
-    key = SigningKey(led._key())
+    seed = led._key()
+    key = SigningKey(seed)
     ledger_id = led.ledger_id
+    origin = led.origin
     conn = led.conn
     conn.execute("BEGIN")
     prev = chain.GENESIS
     batch: list[tuple[int, str, str, str]] = []
     cps: list[tuple[int, str, str, str]] = []
+    leaves: list[bytes] = []
     for seq in range(1, count + 1):
         kind = EventType.SEALED if seq % 3 == 1 else EventType.OPENED
         body = chain.event_body(
@@ -273,6 +288,7 @@ def build_big_ledger(path: Path, count: int) -> None:
         )
         digest = chain.link_hash(prev, body)
         batch.append((seq, body, prev, digest))
+        leaves.append(merkle.leaf_hash(body.encode()))
         prev = digest
         if seq % CHECKPOINT_EVERY == 0 or seq == count:
             signed_at = chain.format_time(T0)
@@ -285,6 +301,19 @@ def build_big_ledger(path: Path, count: int) -> None:
             batch.clear()
     conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", batch)
     conn.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)", cps)
+    levels = merkle.levels_of(leaves)
+    conn.executemany(
+        "INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)",
+        ((lv, ix, h) for lv, row in enumerate(levels) for ix, h in enumerate(row)),
+    )
+    signer = note.Signer(origin, seed)
+    notes = []
+    for seq, *_ in cps:
+        root = merkle.root_hash(seq, lambda lv, ix: levels[lv][ix])
+        notes.append(
+            (seq, note.sign(tlog_checkpoint.Checkpoint(origin, seq, root).text(), [signer]))
+        )
+    conn.executemany("INSERT INTO notes (size, note) VALUES (?, ?)", notes)
     conn.execute("COMMIT")
     led.close()
 
@@ -336,6 +365,160 @@ def bench_verify(tmp: Path, count: int, rounds: int) -> tuple[list[str], bool]:
     return [line], good
 
 
+def bench_append(tmp: Path, n: int, rounds: int) -> tuple[list[str], bool]:
+    """One append (local ledger, no Vault) with and without the Merkle tree, interleaved."""
+    settings_with = config.load(ledger_path=tmp / "append-tree.db", env={"HOME": str(tmp)})
+
+    def ours() -> float:
+        with open_recorder(settings_with) as rec:
+            t = time.perf_counter()
+            for i in range(n):
+                rec.ledger.append(event(EventType.SEALED, f"b{i}", i), VaultStatus.DISABLED, None)
+            return (time.perf_counter() - t) / n
+
+    chain_only = tmp / "append-chain.db"
+    SqliteLedger(chain_only).close()
+
+    def baseline() -> float:
+        """The append as it was before the tree: head, body, link, two rows, one transaction."""
+        led = SqliteLedger(chain_only)
+        conn = led.conn
+        t = time.perf_counter()
+        for i in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            seq, prev = led.head()
+            seq += 1
+            body = chain.event_body(
+                event(EventType.SEALED, f"b{i}", i), seq=seq, ledger_id=led.ledger_id
+            )
+            digest = chain.link_hash(prev, body)
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (seq, body, prev, digest))
+            conn.execute(
+                "INSERT INTO delivery (seq, status, path, version, detail)"
+                " VALUES (?, 'disabled', NULL, NULL, '')",
+                (seq,),
+            )
+            conn.execute("SELECT max(seq) FROM checkpoints").fetchone()
+            conn.execute("COMMIT")
+        took = (time.perf_counter() - t) / n
+        led.close()
+        return took
+
+    runs: dict[str, list[float]] = {"ours": [], "base": []}
+    for _ in range(rounds):
+        runs["base"].append(baseline())
+        runs["ours"].append(ours())
+    o, b = statistics.median(runs["ours"]), statistics.median(runs["base"])
+    r = o / b
+    good = r <= 1.1
+    return [
+        ratio_line(
+            f"append one event with its Merkle tree hashes, {n} per round, median of {rounds}",
+            f"{o * 1e6:.0f} us",
+            f"{b * 1e6:.0f} us (the same append, hash chain only)",
+            r,
+            "<= 1.1 x",
+            good,
+        )
+    ], good
+
+
+def _cli_seconds(args: list[str], env: dict[str, str]) -> float:
+    import subprocess
+
+    t = time.perf_counter()
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "keycourier"), *args],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    took = time.perf_counter() - t
+    if out.returncode != 0:
+        raise SystemExit(f"{args} failed: {out.stderr.decode(errors='replace')}")
+    return took
+
+
+def bench_prove(tmp: Path, count: int, rounds: int) -> tuple[list[str], bool]:
+    """Whole-command ``audit prove`` on the big ledger beyond ``audit key`` on it."""
+    import os
+
+    env = {**os.environ, "KEYCOURIER_LEDGER": str(tmp / "big.db"), "HOME": str(tmp)}
+    env.pop("VAULT_ADDR", None)
+    seq = str(count // 2 + 1)
+    runs: dict[str, list[float]] = {"ours": [], "base": []}
+    _cli_seconds(["audit", "key"], env)  # warm the page cache
+    for _ in range(rounds):
+        runs["base"].append(_cli_seconds(["audit", "key"], env))
+        runs["ours"].append(_cli_seconds(["audit", "prove", "--seq", seq, "--json"], env))
+    o, b = statistics.median(runs["ours"]), statistics.median(runs["base"])
+    extra = (o - b) * 1000
+    good = extra < 50
+    return [
+        ratio_line(
+            f"audit prove --seq {seq} --json on {count:,} events, median of {rounds}",
+            f"{o * 1000:.0f} ms",
+            f"{b * 1000:.0f} ms (audit key: start-up and the ledger opened)",
+            o / b,
+            "< 50 ms more",
+            good,
+        ).replace(f"| {o / b:.2f} x |", f"| +{extra:.0f} ms |")
+    ], good
+
+
+def bench_verify_pack(tmp: Path, count: int, rounds: int) -> tuple[list[str], bool]:
+    import zipfile
+
+    from keycourier.audit import pack
+    from keycourier.audit.evidence import build_pack
+
+    path = tmp / "pack-ledger.db"
+    build_big_ledger(path, count)
+    settings_p = config.load(ledger_path=path, env={"HOME": str(tmp)})
+    with open_recorder(settings_p) as rec:
+        data, _ = build_pack(rec, now=T0)
+        vkey = rec.ledger.verifier().vkey()
+    packed = tmp / "evidence.zip"
+    packed.write_bytes(data)
+
+    def ours() -> float:
+        t = time.perf_counter()
+        pack.verify(packed, key=vkey)
+        return time.perf_counter() - t
+
+    def baseline() -> float:
+        sha256 = hashlib.sha256
+        t = time.perf_counter()
+        with zipfile.ZipFile(packed) as zf:
+            lines = zf.read("events.txt").split(b"\n")[:-1]
+        for line in lines:
+            sha256(b"\x00" + line).digest()
+        return time.perf_counter() - t
+
+    runs: dict[str, list[float]] = {"ours": [], "base": []}
+    for _ in range(rounds):
+        runs["base"].append(baseline())
+        runs["ours"].append(ours())
+    o, b = statistics.median(runs["ours"]), statistics.median(runs["base"])
+    r = b / o
+    good = r >= 0.6
+    return [
+        ratio_line(
+            f"audit verify-pack of {count:,} events, median of {rounds}",
+            f"{o:.2f} s",
+            f"{b:.2f} s (read events.txt + a leaf hash per event)",
+            r,
+            ">= 0.6 x",
+            good,
+        )
+    ], good
+
+
+class _SkipVaultError(Exception):
+    """--only-merkle: the Vault rows are not run."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -347,6 +530,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--verify-events", type=int, default=1_000_000)
     parser.add_argument("--verify-rounds", type=int, default=3)
+    parser.add_argument("--append-n", type=int, default=300)
+    parser.add_argument("--pack-events", type=int, default=100_000)
+    parser.add_argument(
+        "--only-merkle",
+        action="store_true",
+        help="Skip the Vault record/sync rows (no OpenBao): verify, prove, append, verify-pack.",
+    )
     parser.add_argument("--no-write", action="store_true", help="Do not rewrite BENCHMARKS.md.")
     args = parser.parse_args()
 
@@ -354,8 +544,10 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="kc-bench-ledger-") as d:
         tmp = Path(d)
-        server = start_dev_server(tmp / "bao")
+        server = None if args.only_merkle else start_dev_server(tmp / "bao")
         try:
+            if server is None:
+                raise _SkipVaultError
             got, good = bench_record(tmp, server, args.record_n, args.record_rounds)
             lines += got
             ok &= good
@@ -364,16 +556,27 @@ def main() -> int:
             lines += got
             ok &= good
             print("\n".join(got), file=sys.stderr)
+        except _SkipVaultError:
+            pass
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
         got, good = bench_verify(tmp, args.verify_events, args.verify_rounds)
         lines += got
         ok &= good
         print("\n".join(got), file=sys.stderr)
+        for got, good in (
+            bench_prove(tmp, args.verify_events, args.verify_rounds),
+            bench_append(tmp, args.append_n, args.verify_rounds),
+            bench_verify_pack(tmp, args.pack_events, args.verify_rounds),
+        ):
+            lines += got
+            ok &= good
+            print("\n".join(got), file=sys.stderr)
 
     table = "\n".join([TABLE_HEAD, *lines])
     body = f"{table}\n\nOverall: {'PASS' if ok else 'FAIL'}.\n\n{NOTES}"
-    if not args.no_write:
+    if not args.no_write and not args.only_merkle:
         write_section(
             "ledger",
             "keycourier ledger: record, sync, audit verify (scripts/bench_ledger.py)",

@@ -130,6 +130,7 @@ def main() -> int:
                 side.env["VAULT_TOKEN"] = bao.token  # the dev root token: demo only
             run_handover(work, partner, platform)
             run_token_and_connection(work, partner, bao.addr, bao.token, servers)
+            run_auditor(platform)
         finally:
             for server in reversed(servers):
                 server.stop()  # type: ignore[attr-defined]
@@ -241,7 +242,11 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         "6. A tampered copy and an untrusted sender are refused with the same integrity error "
         "(exit 4); nothing is released."
     )
-    (work / "tampered.kcb").write_text(text.replace('"partner":"Acme Ltd"', '"partner":"Evil Ltd"'))
+    lines = text.split("\n")
+    at = lines.index("-----BEGIN AGE ENCRYPTED FILE-----") + 2  # a line of the ciphertext
+    flipped = "B" if lines[at][10] != "B" else "C"
+    lines[at] = lines[at][:10] + flipped + lines[at][11:]
+    (work / "tampered.kcb").write_text("\n".join(lines))  # one character of the payload
     trust = ["--trust", partner_pub["signing_fingerprint"]]
     platform.kc(
         "open", "tampered.kcb", "--identity", "platform.kcid", *trust, "-o", "creds.json", expect=4
@@ -405,6 +410,25 @@ def run_token_and_connection(
         "30s",
     )
     partner.kc("audit", "verify", "--vault")
+
+
+def run_auditor(platform: Side) -> None:
+    say(
+        "16. An auditor's evidence: the platform exports its latest signed checkpoint (a C2SP "
+        "signed note over the ledger's RFC 6962 Merkle tree) and its verifier key, proves one "
+        "event, and packs every event for an auditor who has nothing but that key."
+    )
+    platform.kc("audit", "checkpoint", "-o", "platform.checkpoint")
+    vkey = platform.kc("audit", "key").stdout.decode().strip()
+    platform.kc("audit", "prove", "--seq", "1")
+    platform.kc("audit", "pack", "-o", "evidence.zip")
+    say("17. The auditor verifies the pack offline with the pinned key, and reads the report.")
+    platform.kc("audit", "verify-pack", "evidence.zip", "--key", vkey)
+    platform.kc("audit", "report", "-o", "report.html")
+    page = (platform.work / "report.html").read_text()
+    if "Verified" not in page:
+        raise SystemExit("demo: step failed: the report does not say the ledger verified")
+    platform.kc("audit", "verify", "--since", "platform.checkpoint")
 
 
 if __name__ == "__main__":

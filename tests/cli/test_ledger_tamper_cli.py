@@ -22,12 +22,18 @@ from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import open_recorder
 from keycourier.ledger.sqlite import CHECKPOINT_EVERY, KEY_HEADER, SqliteLedger, key_path_for
+from keycourier.tlog import checkpoint as tlog_checkpoint
+from keycourier.tlog import merkle, note
 
 TRIGGERS = (
     "events_no_update",
     "events_no_delete",
     "checkpoints_no_update",
     "checkpoints_no_delete",
+    "tree_no_update",
+    "tree_no_delete",
+    "notes_no_update",
+    "notes_no_delete",
 )
 
 
@@ -76,6 +82,39 @@ def tamper(tmp: Path) -> sqlite3.Connection:
     return conn
 
 
+def _file_seed(conn: sqlite3.Connection) -> bytes:
+    ledger = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+    return bytes.fromhex(key_path_for(ledger).read_text().split()[1])
+
+
+def retree(conn: sqlite3.Connection, seed: bytes | None = None) -> None:
+    """Rebuild the Merkle tree over the events as they are now and sign its head (with the
+    key file's key, or ``seed``), dropping every earlier signed tree head: what an attacker
+    holding the key file does after changing events."""
+    seed = _file_seed(conn) if seed is None else seed
+    conn.execute("DELETE FROM tree")
+    conn.execute("DELETE FROM notes")
+    bodies = [b for (b,) in conn.execute("SELECT CAST(body AS BLOB) FROM events ORDER BY seq")]
+    nodes: dict[tuple[int, int], bytes] = {}
+    for i, body in enumerate(bodies):
+        for lv, ix, h in merkle.stored_after_append(
+            i, merkle.leaf_hash(body), lambda a, b: nodes[(a, b)]
+        ):
+            nodes[(lv, ix)] = h
+    conn.executemany(
+        "INSERT INTO tree VALUES (?, ?, ?)", [(a, b, h) for (a, b), h in nodes.items()]
+    )
+    if bodies:
+        ledger_id = conn.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0]
+        origin = f"keycourier/ledger/{ledger_id}"
+        root = merkle.root_hash(len(bodies), lambda a, b: nodes[(a, b)])
+        text = note.sign(
+            tlog_checkpoint.Checkpoint(origin, len(bodies), root).text(),
+            [note.Signer(origin, seed)],
+        )
+        conn.execute("INSERT INTO notes VALUES (?, ?)", (len(bodies), text))
+
+
 def rechain(conn: sqlite3.Connection, start: int) -> None:
     """Recompute prev_hash/hash from event ``start`` on, as a careful attacker would."""
     prev = chain.GENESIS
@@ -88,6 +127,7 @@ def rechain(conn: sqlite3.Connection, start: int) -> None:
         digest = chain.link_hash(prev, body)
         conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq))
         prev = digest
+    retree(conn)
 
 
 def edit_body(conn: sqlite3.Connection, seq: int, old: str, new: str) -> None:
@@ -100,6 +140,7 @@ def cut(conn: sqlite3.Connection, after: int) -> None:
     """Remove every event after ``after`` with its delivery row and checkpoints."""
     for table in ("events", "delivery", "checkpoints"):
         conn.execute(f"DELETE FROM {table} WHERE seq > ?", (after,))  # noqa: S608 - fixed names
+    retree(conn)
 
 
 def new_key(tmp: Path, conn: sqlite3.Connection, *, write_key_file: bool) -> None:
@@ -115,6 +156,7 @@ def new_key(tmp: Path, conn: sqlite3.Connection, *, write_key_file: bool) -> Non
     signed_at = chain.format_time(datetime.now(UTC))
     sig = key.sign(chain.checkpoint_message(ledger_id, seq, head, signed_at)).signature.hex()
     conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?)", (seq, head, signed_at, sig))
+    retree(conn, seed)
     key_file = key_path_for(tmp / "ledger.db")
     key_file.unlink()
     if write_key_file:
@@ -292,7 +334,7 @@ def test_short_rewrite_is_caught_by_an_exported_checkpoint(tmp_path: Path) -> No
     out = run("audit", "verify", "--since", str(saved), cwd=tmp_path)
     assert out.returncode == 4
     assert "BROKEN at event #3" in out.stdout
-    assert "event #3 is not the one checkpoint" in out.stderr
+    assert "the first 3 events are not the ones checkpoint" in out.stderr
     assert "the ledger was rewritten" in out.stderr
 
 
@@ -311,8 +353,9 @@ def test_replaced_key_file_and_meta_are_caught_by_an_exported_checkpoint(tmp_pat
     out = run("audit", "verify", "--since", str(saved), cwd=tmp_path)
     assert out.returncode == 4
     assert "BROKEN at event #0" in out.stdout
-    assert "checkpoint key differs: the ledger's key was replaced" in out.stderr
-    assert "event #2 is not the one checkpoint" in out.stderr
+    assert "checkpoint key differs" in out.stderr
+    assert "the ledger's key was replaced" in out.stderr
+    assert "the first 2 events are not the ones checkpoint" in out.stderr
 
 
 def test_key_file_alone_replaced_is_exit_4(tmp_path: Path) -> None:

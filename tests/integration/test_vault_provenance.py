@@ -28,6 +28,8 @@ from keycourier.ledger.interface import Event, EventType
 from keycourier.ledger.service import open_recorder
 from keycourier.ledger.sqlite import key_path_for
 from keycourier.ledger.vault import record_for
+from keycourier.tlog import checkpoint as tlog_checkpoint
+from keycourier.tlog import note as tlog_note
 from tests.support.openbao import BaoServer, start_dev_server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies" / "vault"
@@ -488,6 +490,11 @@ def test_checkpoints_are_witnessed_and_kept_pending_while_vault_is_down(
     assert got is not None
     assert got["ledger"] == ledger_id
     assert got["seq"] == 2
+    # an auditor fetches the signed tree head from Vault and opens it with the ledger's key
+    with open_recorder(settings) as rec:
+        verifier = rec.ledger.verifier()
+    tree_head = tlog_checkpoint.parse(tlog_note.open_note(got["note"], [verifier]).text)
+    assert tree_head.size == 2
     # Vault unreachable: the events and the checkpoint stay pending ...
     down = config.load(
         ledger_path=settings.ledger_path,

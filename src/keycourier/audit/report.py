@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 
 from keycourier.ledger.interface import EventType, StoredEvent
+from keycourier.ledger.service import LedgerRecorder
 
 MAX_TEXT = 200  # characters shown of any value from the ledger
 
@@ -374,3 +375,44 @@ def render(report: Report) -> str:
         .get_template("report.html.j2")
         .render(r=report, peak=peak, chart_height=chart_height)
     )
+
+
+def report_html(
+    recorder: LedgerRecorder,
+    *,
+    vault: bool,
+    since: datetime | None,
+    partner: str | None,
+    now: datetime,
+) -> tuple[str, Verification]:
+    """The HTML report of the ledger, after verifying it (and Vault with ``vault``)."""
+    audited = recorder.verify(vault=vault)
+    chain = audited.chain
+    first = audited.first_break
+    details = [
+        f"{chain.events} events, {chain.checkpoints} signed checkpoints, "
+        f"{chain.unsigned_tail} event(s) after the last one",
+        f"verifier key {recorder.ledger.verifier().vkey()}",
+    ]
+    if audited.vault_checked:
+        details.append(
+            f"Vault: {audited.vault_records_checked} record version(s) cross-checked, "
+            f"{audited.foreign_records} from other ledgers"
+        )
+    details.extend(audited.notes)
+    if first is None:
+        summary = "the hash chain, the Merkle tree and every signed checkpoint verify" + (
+            ", and Vault agrees" if audited.vault_checked else " (Vault not checked)"
+        )
+    else:
+        summary = f"the ledger is broken at event #{first[0]}: {first[1]}"
+    verification = Verification(first is None, summary, tuple(details))
+    model = build(
+        recorder.ledger.iter_all(),
+        verification,
+        ledger=f"{recorder.ledger.path} ({recorder.ledger.origin})",
+        now=now,
+        since=since,
+        partner=partner,
+    )
+    return render(model), verification

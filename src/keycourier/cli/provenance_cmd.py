@@ -5,7 +5,8 @@ from __future__ import annotations
 import getpass
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +22,9 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from keycourier.config import Settings
 
 MAX_REASON_CHARS = 500
 
@@ -590,6 +594,199 @@ def audit_export(
                     fh.writelines(lines)
             except OSError as exc:
                 raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+
+
+def _ledger_must_exist(settings: Settings) -> None:
+    if not settings.ledger_path.exists():
+        raise ConfigError(f"no ledger at {settings.ledger_path}")
+
+
+@audit.command("prove")
+@click.argument("bundle_id", required=False, metavar="[BUNDLE_ID]")
+@click.option("--seq", type=click.IntRange(min=1), default=None, help="Prove event N instead.")
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Prove against this exported checkpoint (default: the latest signed one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Rekor-shaped proofs on stdout.")
+@ledger_option
+@click.pass_context
+def audit_prove(
+    ctx: click.Context,
+    bundle_id: str | None,
+    seq: int | None,
+    checkpoint_file: str | None,
+    as_json: bool,
+    ledger_path: str | None,
+) -> None:
+    """Prove that a bundle's events (or event N) are in the ledger's signed Merkle tree.
+
+    Each proof is an RFC 6962 audit path against a signed checkpoint, checked
+    before it is printed. --json prints one object per event: logIndex,
+    treeSize, rootHash, hashes (leaf to root), checkpoint, body
+    (docs/audit.md).
+
+    \b
+    Example:
+      keycourier audit prove --seq 1 --json
+    """
+    from keycourier.audit.evidence import proofs_for, proofs_json
+    from keycourier.ledger.service import open_recorder, read_checkpoint
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    _ledger_must_exist(settings)
+    text = None if checkpoint_file is None else read_checkpoint(Path(checkpoint_file))
+    with open_recorder(settings) as recorder:
+        proofs = proofs_for(recorder, bundle_id=bundle_id, seq=seq, checkpoint=text)
+    if as_json:
+        sys.stdout.write(proofs_json(proofs))
+        return
+    for p in proofs:
+        click.echo(
+            f"event #{p.log_index + 1}: included in the tree of {p.tree_size} event(s) "
+            f"(root {p.root_hash.hex()[:16]}...), audit path of {len(p.hashes)} hash(es), verified"
+        )
+
+
+@audit.command("pack")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="The pack to write."
+)
+@click.option("--bundle", "bundles", multiple=True, help="Only this bundle's events (repeatable).")
+@click.option("--partner", default=None, help="Only the events of this partner's bundles.")
+@click.option(
+    "--since", default=None, help="Only events at or after this ISO date/time (UTC if no zone)."
+)
+@ledger_option
+@click.pass_context
+def audit_pack(
+    ctx: click.Context,
+    output: str,
+    bundles: tuple[str, ...],
+    partner: str | None,
+    since: str | None,
+    ledger_path: str | None,
+) -> None:
+    """Write an evidence pack: the chosen events, their proof and the signed checkpoint.
+
+    The pack (a zip file) verifies offline with 'audit verify-pack' and the
+    ledger's verifier key, without the ledger or Vault. It never holds a
+    secret. With no filter it holds every event.
+
+    \b
+    Example:
+      keycourier audit pack -o evidence.zip --since 2026-01-01
+    """
+    from keycourier.audit.evidence import build_pack
+    from keycourier.ledger.service import open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    _ledger_must_exist(settings)
+    start = _parse_since(since)
+    with open_recorder(settings) as recorder:
+        data, count = build_pack(
+            recorder, bundles=bundles, partner=partner, since=start, now=datetime.now(UTC)
+        )
+    try:
+        with open(output, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    info(f"evidence pack of {count} event(s) written to {output}")
+
+
+@audit.command("verify-pack")
+@click.argument("pack_file", type=click.Path(dir_okay=False, exists=True), metavar="FILE")
+@click.option(
+    "--key",
+    default=None,
+    help="The ledger's verifier key, pinned out of band (else the pack's own copy).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+@click.pass_context
+def audit_verify_pack(ctx: click.Context, pack_file: str, key: str | None, as_json: bool) -> None:
+    """Verify an evidence pack offline: exit 0, or 4 naming the first thing that fails.
+
+    \b
+    Example:
+      keycourier audit verify-pack evidence.zip --key "$(cat ledger.vkey)"
+    """
+    from keycourier.audit.evidence import verify_pack
+
+    result = verify_pack(Path(pack_file), key=key)
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "origin": result.origin,
+                "tree_size": result.tree_size,
+                "events": result.events,
+                "policies": result.policies,
+                "policies_missing": list(result.policies_missing),
+                "key_pinned": result.key_pinned,
+            }
+        )
+        return
+    click.echo(f"log:          {result.origin} (tree of {result.tree_size} events)")
+    click.echo(f"events:       {result.events} proved included")
+    click.echo(f"policies:     {result.policies} verified by digest")
+    for digest in result.policies_missing:
+        warn(f"policy {digest} is named by an event but its text was not kept by the ledger")
+    if not result.key_pinned:
+        warn("no --key given: the pack's own key copy was used; pin the ledger's key out of band")
+    click.echo("result:       OK")
+
+
+@audit.command("report")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="The HTML file."
+)
+@click.option(
+    "--since", default=None, help="Only events at or after this ISO date/time (UTC if no zone)."
+)
+@click.option("--partner", default=None, help="Only this partner's credentials.")
+@click.option("--vault", "with_vault", is_flag=True, help="Also cross-check Vault first.")
+@ledger_option
+@click.pass_context
+def audit_report(
+    ctx: click.Context,
+    output: str,
+    since: str | None,
+    partner: str | None,
+    with_vault: bool,
+    ledger_path: str | None,
+) -> None:
+    """Write a self-contained HTML report: verification, timelines, states, a chart.
+
+    It loads nothing from the network and runs no script; print it to PDF for
+    the file. The ledger is verified first and the result is stated at the
+    top (the report is written either way; exit 4 if it did not verify).
+
+    \b
+    Example:
+      keycourier audit report -o report.html
+    """
+    from keycourier.audit.report import report_html
+    from keycourier.ledger.service import open_recorder
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    _ledger_must_exist(settings)
+    start = _parse_since(since)
+    with open_recorder(settings) as recorder:
+        page, verification = report_html(
+            recorder, vault=with_vault, since=start, partner=partner, now=datetime.now(UTC)
+        )
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(page)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    info(f"report written to {output}")
+    if not verification.ok:
+        raise IntegrityError(verification.summary)
 
 
 # -- doctor ------------------------------------------------------------------------------

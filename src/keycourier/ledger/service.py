@@ -34,10 +34,12 @@ from keycourier.ledger.interface import (
     StoredEvent,
     VaultStatus,
 )
+from keycourier.tlog import checkpoint as tlog_checkpoint
+from keycourier.tlog import merkle
+from keycourier.tlog import note as tlog_note
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
-    from keycourier.ledger.note import SignedCheckpoint
     from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
     from keycourier.ledger.vault import VaultEvent, VaultMirror
     from keycourier.vault import KvVersion
@@ -126,6 +128,8 @@ class LedgerRecorder:
         self._pinned = False
         self._recorded = False
         self._policy_digest: str | None = None
+        self._policy_canonical: str | None = None
+        self._policy_kept = False
         if settings.vault.addr:
             from keycourier.ledger.vault import VaultMirror
 
@@ -150,10 +154,22 @@ class LedgerRecorder:
             from keycourier.policy import load_policy
 
             try:
-                self._policy_digest = load_policy(self.settings.policy_path).digest
+                policy = load_policy(self.settings.policy_path)
             except ConfigError:
                 self._policy_digest = ""
+            else:
+                self._policy_digest = policy.digest
+                self._policy_canonical = policy.canonical
         return self._policy_digest or None
+
+    def _remember_policy(self, digest: str | None) -> None:
+        """Keep the text of the policy in force in the ledger once per recorder, for
+        evidence packs (an event names it by digest)."""
+        if digest is None or self._policy_kept or self.policy_digest() != digest:
+            return
+        self._policy_kept = True
+        if self._policy_canonical is not None:
+            self.ledger.remember_policy(digest, self._policy_canonical)
 
     def record(self, event: Event) -> RecordOutcome:
         """Append locally (always, first), then deliver to Vault when configured.
@@ -169,6 +185,7 @@ class LedgerRecorder:
 
             event = replace(event, policy_digest=digest)
         ledger_id = self.ledger.ledger_id
+        self._remember_policy(event.policy_digest)
         if self.mirror is None:
             stored = self.ledger.append(event, VaultStatus.DISABLED, None)
             return RecordOutcome(stored.seq, VaultStatus.DISABLED, "no Vault configured")
@@ -276,16 +293,17 @@ class LedgerRecorder:
             return 0
         self._ensure_pinned()
         for seq, head_hash, signed_at, signature in todo:
-            self.mirror.witness_checkpoint(
-                {
-                    "ledger": self.ledger.ledger_id,
-                    "seq": seq,
-                    "head_hash": head_hash,
-                    "signed_at": signed_at,
-                    "signature": signature,
-                    "public_key": self.ledger.public_key,
-                }
-            )
+            record: dict[str, Any] = {
+                "ledger": self.ledger.ledger_id,
+                "seq": seq,
+                "head_hash": head_hash,
+                "signed_at": signed_at,
+                "signature": signature,
+                "public_key": self.ledger.public_key,
+            }
+            if (signed_tree := self.ledger.note_at(seq)) is not None:
+                record["note"] = signed_tree  # the C2SP checkpoint of the same events
+            self.mirror.witness_checkpoint(record)
             self.ledger.set_meta_value(self._witness_key(), str(seq))
         return len(todo)
 
@@ -757,49 +775,71 @@ def witness_name(settings: Settings) -> str:
 # -- exported checkpoints ------------------------------------------------------------------
 
 
-def read_checkpoint(path: Path) -> SignedCheckpoint:
-    """Read and parse an exported checkpoint file (exit 2 unreadable, 4 malformed)."""
-    from keycourier.ledger.note import MAX_NOTE_BYTES, parse_note
+MAX_CHECKPOINT_BYTES = 16 * 1024
 
+
+def read_checkpoint(path: Path) -> str:
+    """An exported checkpoint file's text (exit 2 unreadable, 4 not a checkpoint)."""
     try:
         with path.open("rb") as fh:
-            data = fh.read(MAX_NOTE_BYTES + 1)
+            data = fh.read(MAX_CHECKPOINT_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read the checkpoint {path}: {exc.strerror}") from None
-    return parse_note(data, str(path))
-
-
-def check_exported(
-    ledger: SqliteLedger, exported: SignedCheckpoint, where: str
-) -> tuple[tuple[int, str], ...]:
-    """(seq, reason) for each way the ledger contradicts a checkpoint exported from it:
-    another key or ledger (seq 0), fewer events (the first missing seq), another event at
-    the signed position (that seq)."""
-    from keycourier.ledger.note import check_signature
-
-    breaks: list[tuple[int, str]] = []
     try:
-        check_signature(exported, ledger.ledger_id, ledger.public_key, where)
-    except IntegrityError as exc:
-        breaks.append((0, exc.message))
-        if exported.ledger_id != ledger.ledger_id:
-            return tuple(breaks)  # its events say nothing about this ledger's
+        text = data.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError:
+        text = ""
+    if len(data) > MAX_CHECKPOINT_BYTES or "\n\n\u2014 " not in text:
+        raise IntegrityError(
+            f"{path} is not a keycourier checkpoint (a C2SP signed note; see docs/audit.md)"
+        )
+    return text
+
+
+def check_exported(ledger: SqliteLedger, text: str, where: str) -> tuple[tuple[int, str], ...]:
+    """(seq, reason) for each way the ledger contradicts a checkpoint exported from it:
+    another ledger or key (seq 0), fewer events (the first missing seq), other events
+    among those it signed (its size): an RFC 6962 consistency proof from its tree to
+    today's must verify."""
+    breaks: list[tuple[int, str]] = []
+    body = text.split("\n\n", 1)[0] + "\n"
+    try:
+        claimed = tlog_checkpoint.parse(body)
+    except tlog_checkpoint.CheckpointError as exc:
+        raise IntegrityError(f"{where} is not a keycourier checkpoint ({exc})") from None
+    if claimed.origin != ledger.origin:
+        return ((0, f"checkpoint {where} is not of this ledger (it is of {claimed.origin})"),)
+    try:
+        tlog_note.open_note(text, [ledger.verifier()])
+    except tlog_note.NoteError:
+        breaks.append(
+            (
+                0,
+                f"checkpoint key differs: {where} is not signed by this ledger's key: the "
+                "ledger's key was replaced (or the file was altered)",
+            )
+        )
     head = ledger.head()[0]
-    n = exported.events
-    row = ledger.event_row(n)
-    if head < n:
+    m = claimed.size
+    if head < m:
         breaks.append(
             (
                 head + 1,
-                f"checkpoint {where} signed {n} events but the ledger has {head}: it was "
+                f"checkpoint {where} signed {m} events but the ledger has {head}: it was "
                 "rolled back to an older copy or truncated",
             )
         )
-    elif row is None or row[2] != exported.head_hash:
+        return tuple(breaks)
+    try:
+        if m > 0:
+            proof = merkle.consistency_proof(m, head, ledger.node)
+            merkle.verify_consistency(m, head, claimed.root_hash, ledger.root_at(head), proof)
+    except (merkle.ProofError, IntegrityError):
         breaks.append(
             (
-                n,
-                f"event #{n} is not the one checkpoint {where} signed: the ledger was rewritten",
+                m,
+                f"the first {m} events are not the ones checkpoint {where} signed: the ledger "
+                "was rewritten",
             )
         )
     return tuple(breaks)
@@ -809,42 +849,117 @@ def check_exported(
 class ExportedCheckpoint:
     ledger_id: str
     events: int
-    text: str  # the note (note.py), ready to print or write
+    text: str  # the signed note, ready to print or write
 
 
-def export_checkpoint(recorder: LedgerRecorder) -> ExportedCheckpoint:
-    """The latest signed checkpoint as a note, after signing the head if it is unsigned.
-
-    The whole chain is verified first: a ledger that does not verify (including a
-    missing or replaced key) is exit 4 and nothing is signed.
-    """
-    from keycourier.ledger.note import format_note
-
+def _verified(recorder: LedgerRecorder) -> SqliteLedger:
+    """The recorder's ledger once it verifies (exit 4 otherwise: nothing is signed)."""
     ledger = recorder.ledger
     report = ledger.verify()
     if report.first_break is not None:
         raise IntegrityError(
-            f"the ledger is broken at event #{report.first_break.seq}: "
-            f"{report.first_break.reason}; no checkpoint is exported",
+            f"the ledger is broken at event #{report.first_break.seq}: {report.first_break.reason}",
             hints=["run 'keycourier audit verify' for the details"],
         )
+    return ledger
+
+
+def export_checkpoint(recorder: LedgerRecorder) -> ExportedCheckpoint:
+    """The latest signed tree head (a C2SP checkpoint), after signing the head if needed.
+
+    The whole ledger is verified first: one that does not verify (including a
+    missing or replaced key) is exit 4 and nothing is signed.
+    """
+    ledger = _verified(recorder)
     ledger.checkpoint()
     if recorder.mirror is not None:  # witness it now; kept pending for sync if Vault is down
         recorder._witness_quietly(alarms=False)
-    latest = ledger.latest_checkpoint()
+    latest = ledger.latest_note()
     if latest is None:
         raise UsageError(f"the ledger {ledger.path} has no events yet: nothing to checkpoint")
-    seq, head_hash = latest
-    text = format_note(ledger.ledger_id, seq, head_hash, ledger.public_key, ledger.sign_note)
-    return ExportedCheckpoint(ledger.ledger_id, seq, text)
+    size, text = latest
+    return ExportedCheckpoint(ledger.ledger_id, size, text)
 
 
 def ledger_verifier_key(recorder: LedgerRecorder) -> str:
-    """The ledger's verifier key line (note.py), once its key file is checked against it."""
-    from keycourier.ledger.note import verifier_key
-
+    """The ledger's verifier key line, once its key file is checked against it."""
     recorder.ledger.check_key()
-    return verifier_key(recorder.ledger.ledger_id, recorder.ledger.public_key)
+    return recorder.ledger.verifier().vkey()
+
+
+@dataclass(frozen=True, slots=True)
+class EventProof:
+    """One event's inclusion proof against a signed tree head (docs/audit.md 1.3)."""
+
+    log_index: int
+    tree_size: int
+    root_hash: bytes
+    hashes: tuple[bytes, ...]
+    checkpoint: str  # the signed note text
+    body: str  # the event's canonical body: leaf hash SHA-256(0x00 || body)
+    verifier_key: str
+
+    def to_json(self) -> dict[str, object]:
+        """The shape Rekor users know."""
+        return {
+            "logIndex": self.log_index,
+            "treeSize": self.tree_size,
+            "rootHash": self.root_hash.hex(),
+            "hashes": [h.hex() for h in self.hashes],
+            "checkpoint": self.checkpoint,
+            "body": self.body,
+        }
+
+
+def _checkpoint_for(ledger: SqliteLedger, text: str | None) -> tuple[int, bytes, str]:
+    """(size, root, note) of ``text`` (a checkpoint of this ledger, verified) or the latest."""
+    if text is None:
+        ledger.checkpoint()
+        latest = ledger.latest_note()
+        if latest is None:
+            raise UsageError(f"the ledger {ledger.path} has no events yet")
+        text = latest[1]
+    try:
+        opened = tlog_note.open_note(text, [ledger.verifier()])
+        cp = tlog_checkpoint.parse(opened.text)
+    except (tlog_note.NoteError, tlog_checkpoint.CheckpointError) as exc:
+        raise IntegrityError(
+            f"the checkpoint is not a signed tree head of this ledger ({exc})"
+        ) from None
+    if cp.origin != ledger.origin or cp.size > ledger.head()[0]:
+        raise IntegrityError("the checkpoint is not a signed tree head of this ledger")
+    return cp.size, cp.root_hash, text
+
+
+def prove_events(
+    recorder: LedgerRecorder, seqs: Sequence[int], *, checkpoint: str | None = None
+) -> list[EventProof]:
+    """Inclusion proofs of events ``seqs`` against ``checkpoint`` (the latest signed tree
+    head, signed first if needed, by default). Each proof is verified before it is
+    returned, so a damaged stored tree is an IntegrityError, never a bad proof."""
+    ledger = recorder.ledger
+    size, root, text = _checkpoint_for(ledger, checkpoint)
+    vkey = ledger.verifier().vkey()
+    out: list[EventProof] = []
+    for seq in seqs:
+        body = ledger.event_body(seq)
+        if body is None or seq > size:
+            raise UsageError(f"event #{seq} is not in the tree of size {size}")
+        hashes = merkle.inclusion_proof(seq - 1, size, ledger.node)
+        try:
+            merkle.verify_inclusion(seq - 1, size, merkle.leaf_hash(body.encode()), hashes, root)
+        except merkle.ProofError:
+            raise IntegrityError(
+                f"ledger {ledger.path} is damaged: its stored tree does not prove event #{seq}",
+                hints=["run 'keycourier audit verify'"],
+            ) from None
+        out.append(EventProof(seq - 1, size, root, tuple(hashes), text, body, vkey))
+    return out
+
+
+def prove_event(recorder: LedgerRecorder, seq: int) -> EventProof:
+    """Event ``seq``'s inclusion proof against the latest signed tree head."""
+    return prove_events(recorder, [seq])[0]
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:

@@ -38,16 +38,19 @@ from keycourier.errors import ConfigError, IntegrityError, UnavailableError
 from keycourier.files import make_private_dirs
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
+from keycourier.tlog import checkpoint as tlog_checkpoint
+from keycourier.tlog import merkle, note
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the Merkle tree (tree), signed tree heads (notes), policies
 CHECKPOINT_EVERY = 1000
 KEY_HEADER = "keycourier-ledger-key-v1"
 KEY_FILE_MAX = 4096
 
 _LEDGER_TABLES = frozenset({"meta", "events", "checkpoints", "delivery"})
+_V2_TABLES = frozenset({"tree", "notes", "policies"})
 _META_FORMAT = {
     "schema_version": r"[0-9]{1,6}",
     "ledger_id": r"[0-9a-f]{16}",
@@ -65,6 +68,29 @@ BEGIN SELECT RAISE(ABORT, 'keycourier ledger checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
 BEGIN SELECT RAISE(ABORT, 'keycourier ledger checkpoints are append-only'); END;
 """
+
+
+_V2_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tree (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notes (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (digest TEXT PRIMARY KEY, canonical TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS tree_no_update BEFORE UPDATE ON tree
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger tree hashes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS tree_no_delete BEFORE DELETE ON tree
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger tree hashes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS notes_no_update BEFORE UPDATE ON notes
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS notes_no_delete BEFORE DELETE ON notes
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS policies_no_update BEFORE UPDATE ON policies
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger policies are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS policies_no_delete BEFORE DELETE ON policies
+BEGIN SELECT RAISE(ABORT, 'keycourier ledger policies are append-only'); END;
+"""
+ORIGIN_PREFIX = "keycourier/ledger/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +243,13 @@ class SqliteLedger:
         self.conn.execute("BEGIN IMMEDIATE")
         created = False
         try:
-            if self._schema_version() == 0:
+            found = self._schema_version()
+            if found == 0:
                 self._create_v1()
+                self._create_v2()
                 created = True
+            elif found == 1:
+                self._create_v2()
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -257,9 +287,32 @@ class SqliteLedger:
             pending.unlink()
         return True
 
+    def _create_v2(self) -> None:
+        """The Merkle tree over the events (built from those already there), the signed
+        tree heads and the policies in force; inside the migration's transaction."""
+        for stmt in _V2_SCHEMA.strip().split(";\n"):
+            stmt = stmt.strip().removesuffix(";")
+            if stmt:
+                self.conn.execute(stmt + (";" if stmt.endswith("END") else ""))
+        hashes: dict[tuple[int, int], bytes] = {}
+        rows = self.conn.execute("SELECT CAST(body AS BLOB) FROM events ORDER BY seq")
+        for size, (body,) in enumerate(rows):
+            for level, idx, value in merkle.stored_after_append(
+                size, merkle.leaf_hash(body), lambda lv, ix: hashes[(lv, ix)]
+            ):
+                hashes[(level, idx)] = value
+        self.conn.executemany(
+            "INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)",
+            [(lv, ix, h) for (lv, ix), h in hashes.items()],
+        )
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
     def _check_meta(self) -> dict[str, str]:
         """The fixed ``meta`` entries, each present and well-formed, and the chain's tables."""
-        missing = sorted(_LEDGER_TABLES - self._table_names())
+        missing = sorted((_LEDGER_TABLES | _V2_TABLES) - self._table_names())
         if missing:
             raise self._damaged(f"its {missing[0]} table is missing")
         meta = {str(k): str(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
@@ -463,6 +516,10 @@ class SqliteLedger:
                 " VALUES (?, ?, ?, NULL, '')",
                 (seq, str(status), where),
             )
+            self.conn.executemany(
+                "INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)",
+                merkle.stored_after_append(seq - 1, merkle.leaf_hash(body.encode()), self.node),
+            )
             signed = self._checkpoint_due(seq) and self._try_sign(seq, digest)
         self.appended_since_checkpoint = 0 if signed else self.appended_since_checkpoint + 1
         stored = StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
@@ -518,7 +575,7 @@ class SqliteLedger:
             self.conn.execute("UPDATE delivery SET detail = ? WHERE seq = ?", (detail[:300], seq))
 
     def checkpoint(self) -> int | None:
-        """Sign the chain head unless it is already signed. Returns the signed seq.
+        """Sign the chain head and the tree head unless both are signed. Returns the seq.
 
         The head and the last checkpoint are read inside the write transaction that
         inserts the checkpoint: writers in other processes sign each head once.
@@ -526,8 +583,13 @@ class SqliteLedger:
         self.appended_since_checkpoint = 0
         with self._tx():
             seq, head_hash = self.head()
-            if seq == 0 or self._last_checkpoint() >= seq:
+            if seq == 0:
                 return None
+            if self._last_checkpoint() >= seq:
+                if self.note_at(seq) is not None:
+                    return None
+                self._sign_tree(seq)  # a ledger that predates the tree: its first tree head
+                return seq
             self._sign(seq, head_hash)
         return seq
 
@@ -557,32 +619,74 @@ class SqliteLedger:
             "INSERT INTO checkpoints (seq, head_hash, signed_at, signature) VALUES (?, ?, ?, ?)",
             (seq, head_hash, signed_at, signature),
         )
+        self._sign_tree(seq)
+
+    # -- the Merkle tree and its signed heads -----------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """The log's origin line and note key name: ``keycourier/ledger/<ledger id>``."""
+        return ORIGIN_PREFIX + self.ledger_id
+
+    def verifier(self) -> note.Verifier:
+        """The verifier of this ledger's signed tree heads (its key from ``meta``)."""
+        return note.Verifier(self.origin, bytes.fromhex(self.public_key))
+
+    def _sign_tree(self, size: int) -> None:
+        """Insert the signed note of the tree of ``size`` events; call inside ``_tx``."""
+        body = tlog_checkpoint.Checkpoint(self.origin, size, self.root_at(size)).text()
+        signed = note.sign(body, [note.Signer(self.origin, self._key())])
+        self.conn.execute("INSERT INTO notes (size, note) VALUES (?, ?)", (size, signed))
+
+    def node(self, level: int, idx: int) -> bytes:
+        """The stored hash of complete subtree ``(level, idx)``; IntegrityError when absent."""
+        row = self.conn.execute(
+            "SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, idx)
+        ).fetchone()
+        if row is None or not isinstance(row[0], bytes) or len(row[0]) != merkle.HASH_SIZE:
+            raise IntegrityError(
+                f"ledger {self.path} is damaged: its Merkle tree lacks node ({level}, {idx})"
+            )
+        return bytes(row[0])
+
+    def root_at(self, size: int) -> bytes:
+        return merkle.root_hash(size, self.node)
+
+    def note_at(self, size: int) -> str | None:
+        row = self.conn.execute("SELECT note FROM notes WHERE size = ?", (size,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def latest_note(self) -> tuple[int, str] | None:
+        """(size, signed note) of the newest signed tree head."""
+        row = self.conn.execute(
+            "SELECT size, note FROM notes ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def notes(self) -> list[tuple[int, str]]:
+        return [(int(a), str(b)) for a, b in self.conn.execute("SELECT size, note FROM notes")]
+
+    def event_body(self, seq: int) -> str | None:
+        row = self.conn.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def remember_policy(self, digest: str, canonical: str) -> None:
+        """Keep the canonical text of a policy in force (for evidence packs), once."""
+        with self._tx():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO policies (digest, canonical) VALUES (?, ?)",
+                (digest, canonical),
+            )
+
+    def policy_text(self, digest: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT canonical FROM policies WHERE digest = ?", (digest,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def check_key(self) -> None:
         """IntegrityError unless the key file beside the ledger is the ledger's own key."""
         self._key()
-
-    def latest_checkpoint(self) -> tuple[int, str] | None:
-        """(seq, head hash) of the newest stored checkpoint (its signature is not checked)."""
-        row = self.conn.execute(
-            "SELECT seq, head_hash FROM checkpoints ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
-
-    def sign_note(self, body: bytes) -> bytes:
-        """Sign an exported checkpoint's body (``note.py``) with the checkpoint key.
-
-        Only note bodies: they start with their origin line, never with the stored
-        checkpoints' ``keycourier-ledger-checkpoint-v1`` line, so one signature cannot
-        pass for the other.
-        """
-        from nacl.signing import SigningKey
-
-        from keycourier.ledger.note import ORIGIN_PREFIX
-
-        if not body.startswith(ORIGIN_PREFIX.encode()):
-            raise ValueError("not a checkpoint note body")
-        return bytes(SigningKey(self._key()).sign(body).signature)
 
     # -- reading --------------------------------------------------------------------
 
@@ -717,14 +821,17 @@ class SqliteLedger:
                 continue
             wanted[int(cp_seq)] = str(cp_hash)
 
-        fast = self._fast_walk(wanted)
+        leaves: list[bytes] = []
+        fast = self._fast_walk(wanted, leaves)
         if fast is not None:
             count, prev = fast
             chain_break: ChainBreak | None = None
         else:
-            chain_break, count, prev = self._walk(dict(wanted))
-        if chain_break is not None and (first is None or chain_break.seq < first.seq):
-            first = chain_break
+            leaves.clear()
+            chain_break, count, prev = self._walk(dict(wanted), leaves)
+        for found in (chain_break, self._check_tree(leaves)):
+            if found is not None and (first is None or found.seq < first.seq):
+                first = found
         last_cp = max(wanted, default=0)
         tail = max(0, count - last_cp)
         if tail > CHECKPOINT_EVERY and (first is None or last_cp + 1 < first.seq):
@@ -748,7 +855,50 @@ class SqliteLedger:
             interval=CHECKPOINT_EVERY,
         )
 
-    def _fast_walk(self, wanted: dict[int, str]) -> tuple[int, str] | None:
+    def _check_tree(self, leaves: list[bytes]) -> ChainBreak | None:
+        """The Merkle tree and its signed heads against the events' leaf hashes.
+
+        Every signed tree head must verify with the ledger's key and name the root of
+        its first ``size`` events (computed from the events, not read); the stored tree
+        must give the same root for all of them (a stored node that ``audit prove``
+        would read off the root's path is checked when it proves: it verifies what it
+        prints against a signed head first).
+        """
+        levels = merkle.levels_of(leaves)
+
+        def computed(level: int, idx: int) -> bytes:
+            return levels[level][idx]
+
+        first: ChainBreak | None = None
+        verifier = self.verifier()
+        for size, text in sorted(self.notes()):
+            where = max(1, min(size, len(leaves)))
+            try:
+                opened = note.open_note(text, [verifier])
+                cp = tlog_checkpoint.parse(opened.text)
+            except (note.NoteError, tlog_checkpoint.CheckpointError) as exc:
+                return ChainBreak(where, f"the signed tree head of size {size} is invalid ({exc})")
+            if cp.origin != self.origin or cp.size != size:
+                return ChainBreak(where, f"the signed tree head of size {size} is of another log")
+            if size > len(leaves):
+                return ChainBreak(
+                    len(leaves) + 1,
+                    f"a signed tree head covers {size} events but the ledger has {len(leaves)}",
+                )
+            if cp.root_hash != merkle.root_hash(size, computed):
+                return ChainBreak(
+                    where, f"the events differ from the signed tree head of size {size}"
+                )
+        if leaves:
+            try:
+                stored = self.root_at(len(leaves))
+            except IntegrityError as exc:
+                return ChainBreak(len(leaves), exc.message)
+            if stored != merkle.root_hash(len(leaves), computed):
+                first = ChainBreak(len(leaves), "the stored Merkle tree does not match the events")
+        return first
+
+    def _fast_walk(self, wanted: dict[int, str], leaves: list[bytes]) -> tuple[int, str] | None:
         """The common case, as lean as the bare loop: (events, head hash), or None on any doubt.
 
         Sequence numbers are checked without a scan (INTEGER PRIMARY KEY: unique, so
@@ -767,11 +917,13 @@ class SqliteLedger:
         cur = self.conn.execute("SELECT CAST(body AS BLOB), hash FROM events ORDER BY seq")
         cur.arraysize = 4096
         try:
+            add_leaf = leaves.append
             while rows := cur.fetchmany():
                 count += len(rows)
                 for body, digest in rows:
                     if sha256(prev + body).hexdigest() != digest:
                         return None
+                    add_leaf(sha256(b"\x00" + body).digest())
                     prev = digest.encode()
         except (TypeError, AttributeError):
             return None
@@ -788,7 +940,9 @@ class SqliteLedger:
             return None
         return count, prev.decode()
 
-    def _walk(self, wanted: dict[int, str]) -> tuple[ChainBreak | None, int, str]:
+    def _walk(
+        self, wanted: dict[int, str], leaves: list[bytes]
+    ) -> tuple[ChainBreak | None, int, str]:
         """Event by event: (first break, events verified, head hash)."""
         sha256 = hashlib.sha256
         prev = chain.GENESIS
@@ -810,6 +964,7 @@ class SqliteLedger:
             if sha256((prev + body).encode()).hexdigest() != digest:
                 chain_break = ChainBreak(seq, "hash does not match the event and the previous link")
                 break
+            leaves.append(sha256(b"\x00" + body.encode()).digest())
             if seq == next_mark:
                 if wanted.pop(seq) != digest:
                     chain_break = ChainBreak(seq, "event differs from the signed checkpoint")

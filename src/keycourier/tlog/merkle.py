@@ -227,6 +227,25 @@ def _check_indices(indices: Sequence[int], size: int) -> None:
         raise ProofError("batch proof indices must be sorted, distinct and inside the tree")
 
 
+def levels_of(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every complete subtree hash over ``leaves``: ``levels[L][i]`` is subtree ``(L, i)``.
+
+    Computed bottom-up (a level's odd last node has no complete parent), so reading
+    these levels gives the same roots and proofs as the stored tree of the same leaves.
+    """
+    sha256 = hashlib.sha256
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append(
+            [
+                sha256(b"\x01" + below[i] + below[i + 1]).digest()
+                for i in range(0, len(below) - 1, 2)
+            ]
+        )
+    return levels
+
+
 def batch_proof(
     indices: Sequence[int], size: int, read: HashReader
 ) -> list[tuple[int, int, bytes]]:

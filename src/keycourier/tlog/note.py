@@ -18,9 +18,6 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import nacl.exceptions
-import nacl.signing
-
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "
 MAX_NOTE_BYTES = 64 * 1024
@@ -59,6 +56,9 @@ class Verifier:
         return f"{self.name}+{self.key_id.hex()}+{blob}"
 
     def verify(self, text: bytes, signature: bytes) -> bool:
+        import nacl.exceptions  # PyNaCl at first use: importing this module stays cheap
+        import nacl.signing
+
         try:
             nacl.signing.VerifyKey(self.public_key).verify(text, signature)
         except (nacl.exceptions.BadSignatureError, ValueError):
@@ -103,10 +103,14 @@ class Signer:
 
     @property
     def verifier(self) -> Verifier:
+        import nacl.signing
+
         public = bytes(nacl.signing.SigningKey(self.seed).verify_key)
         return Verifier(self.name, public)
 
     def signature_line(self, text: bytes) -> str:
+        import nacl.signing
+
         signature = nacl.signing.SigningKey(self.seed).sign(text).signature
         blob = base64.b64encode(self.verifier.key_id + signature).decode()
         return f"{SIG_PREFIX}{self.name} {blob}\n"
