@@ -576,12 +576,21 @@ def main() -> int:
 
     table = "\n".join([TABLE_HEAD, *lines])
     body = f"{table}\n\nOverall: {'PASS' if ok else 'FAIL'}.\n\n{NOTES}"
-    if not args.no_write and not args.only_merkle:
-        write_section(
-            "ledger",
-            "keycourier ledger: record, sync, audit verify (scripts/bench_ledger.py)",
-            body,
-        )
+    if not args.no_write:
+        if args.only_merkle:
+            write_section(
+                "ledger-merkle",
+                "keycourier ledger as a Merkle log: verify, prove, append, verify-pack "
+                "(scripts/bench_ledger.py --only-merkle)",
+                body,
+            )
+        else:
+            write_section(
+                "ledger",
+                "keycourier ledger: record, sync, audit verify, prove, append, verify-pack "
+                "(scripts/bench_ledger.py)",
+                body,
+            )
     print(f"overall: {'PASS' if ok else 'FAIL'}", file=sys.stderr)
     return 0 if ok else 1
 

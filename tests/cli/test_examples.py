@@ -196,6 +196,9 @@ _RUNS_UNTIL_STOPPED = re.compile(r"keycourier serve\b")
 # Shell run before an example, in its directory, for what the lines before it in the
 # docs did (exact text -> script).
 SETUP: dict[str, str] = {
+    'keycourier audit verify-pack evidence.zip --key "$(cat ledger.vkey)"': (
+        "keycourier audit pack -o evidence.zip\nkeycourier audit key > ledger.vkey\n"
+    ),
     "keycourier audit verify --since ledger-checkpoint.txt": (
         "keycourier audit checkpoint -o ledger-checkpoint.txt\n"
     ),

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from keycourier.cli.main import cli
+from tests.support.ledger_attacks import cut_tail
 from tests.support.openbao import BaoServer, free_port, start_dev_tls_server
 
 PASS = "test passphrase 123"
@@ -325,12 +326,7 @@ def test_audit_verify_vault_exit_4_on_a_removed_tail(bao_dev: BaoServer, tmp_pat
     ok = run("audit", "verify", "--vault", "--json", cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
     ledger_id = json.loads(ok.stdout)["ledger_id"]
-    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
-    conn.execute("DROP TRIGGER events_no_delete")
-    conn.execute("DROP TRIGGER checkpoints_no_delete")
-    for table in ("events", "delivery", "checkpoints"):
-        conn.execute(f"DELETE FROM {table} WHERE seq >= 2")  # noqa: S608 - fixed names
-    conn.close()
+    cut_tail(tmp_path / "ledger.db", 2)
     assert run("audit", "verify", cwd=tmp_path).returncode == 0  # locally a clean cut
     out = run("audit", "verify", "--vault", cwd=tmp_path, env=env)
     assert out.returncode == 4

@@ -3,23 +3,21 @@ revoke records of other ledgers, the pinned checkpoint key, and records from for
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import hvac
 import pytest
-from nacl.signing import SigningKey
 
 from keycourier import config, vault
 from keycourier.config import Settings
 from keycourier.errors import IntegrityError
-from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import bundle_state, denied_lookup, open_recorder, timeline
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
 from keycourier.ledger.vault import DENIED, LEDGERS, denied_events_dir
+from tests.support.ledger_attacks import cut_tail, resign_with
 from tests.support.openbao import BaoServer
 
 T0 = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
@@ -55,36 +53,13 @@ def root(server: BaoServer) -> hvac.Client:
 
 
 def truncate(db: Path, from_seq: int) -> None:
-    """What an attacker with the file does: drop the triggers, remove the tail and its traces."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    for trigger in ("events_no_delete", "checkpoints_no_delete"):
-        conn.execute(f"DROP TRIGGER {trigger}")
-    conn.execute("DELETE FROM events WHERE seq >= ?", (from_seq,))
-    conn.execute("DELETE FROM delivery WHERE seq >= ?", (from_seq,))
-    conn.execute("DELETE FROM checkpoints WHERE seq >= ?", (from_seq,))
-    conn.close()
+    """Remove every event from ``from_seq`` on, as an attacker with sqlite3 would."""
+    cut_tail(db, from_seq)
 
 
 def resign(db: Path, seed: bytes) -> str:
     """Replace the ledger's public key with another and re-sign its head (a rewritten ledger)."""
-    led = SqliteLedger(db)
-    seq, head = led.head()
-    ledger_id = led.ledger_id
-    led.close()
-    key = SigningKey(seed)
-    public = key.verify_key.encode().hex()
-    signed_at = chain.format_time(datetime.now(UTC))
-    signature = key.sign(chain.checkpoint_message(ledger_id, seq, head, signed_at)).signature.hex()
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("DROP TRIGGER checkpoints_no_delete")
-    conn.execute("DELETE FROM checkpoints")
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'public_key'", (public,))
-    conn.execute(
-        "INSERT INTO checkpoints (seq, head_hash, signed_at, signature) VALUES (?, ?, ?, ?)",
-        (seq, head, signed_at, signature),
-    )
-    conn.close()
-    return public
+    return resign_with(db, seed)
 
 
 # -- H1: a removed tail ------------------------------------------------------------------
