@@ -341,7 +341,11 @@ def inspect(bundle_file: str, as_json: bool) -> None:
 )
 @click.option("--reveal", is_flag=True, help="Allow printing the credentials to a terminal.")
 @click.option("--json", "as_json", is_flag=True, help="Output the credentials as JSON.")
-@click.option("--allow-reopen", is_flag=True, help="Open a bundle that was already opened.")
+@click.option(
+    "--allow-reopen",
+    is_flag=True,
+    help="Open a bundle that was already opened (recorded as a reopen, see audit show).",
+)
 @click.option(
     "--require-vault",
     is_flag=True,

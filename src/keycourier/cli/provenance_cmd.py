@@ -74,7 +74,11 @@ def _fail(code: ExitCode, message: str) -> None:
 @click.option(
     "--policy", type=click.Path(dir_okay=False, exists=True), help="Receiver's handover policy."
 )
-@click.option("--allow-reopen", is_flag=True, help="Ingest a bundle that was already opened.")
+@click.option(
+    "--allow-reopen",
+    is_flag=True,
+    help="Ingest a bundle that was already opened (recorded as a reopen, see audit show).",
+)
 @click.option(
     "--require-vault", is_flag=True, help="Fail (exit 6) unless the provenance events reach Vault."
 )
