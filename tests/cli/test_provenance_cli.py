@@ -349,12 +349,21 @@ def test_audit_show_prints_foreign_records_escaped(bao_dev: BaoServer, tmp_path:
     assert "\x1b" not in show.stdout
     assert "\x07" not in show.stdout
     assert "\u202e" not in show.stdout
-    lines = show.stdout.splitlines()
-    assert len(lines) == 2
-    assert "[ledger/recorded]" in lines[0]
-    assert "[vault/foreign]" in lines[1]
-    assert "kc1:x\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in lines[1]
-    assert "reason=\\x1b[31mred" in lines[1]
+    text = show.stdout
+    assert [line.split()[1] for line in text.splitlines()[2:] if not line.startswith(" ")] == [
+        "revoked",
+        "revoked",
+    ]
+    ours, theirs = text.split("revoked", 2)[1:]
+    assert "from: this ledger; also recorded in Vault" in ours
+    assert "from: from Vault: recorded by another ledger" in theirs
+    assert "kc1:x\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in theirs
+    assert "reason=\\x1b[31mred" in theirs
+    origins = [
+        r["origin"]
+        for r in json.loads(run("audit", "show", bid, "--json", cwd=tmp_path, env=env).stdout)
+    ]
+    assert origins == ["this-ledger", "vault-other-ledger"]
 
 
 def vault_bundle_events(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest, ReceiverPolicyError
     from keycourier.config import Settings
     from keycourier.ledger.interface import Event, Recorder, RecordOutcome
+    from keycourier.ledger.service import BundleState
 
 DEFAULT_LIFETIME_DAYS = 7
 
@@ -340,7 +341,11 @@ def inspect(bundle_file: str, as_json: bool) -> None:
 )
 @click.option("--reveal", is_flag=True, help="Allow printing the credentials to a terminal.")
 @click.option("--json", "as_json", is_flag=True, help="Output the credentials as JSON.")
-@click.option("--allow-reopen", is_flag=True, help="Open a bundle that was already opened.")
+@click.option(
+    "--allow-reopen",
+    is_flag=True,
+    help="Open a bundle that was already opened (recorded as a reopen, see audit show).",
+)
 @click.option(
     "--require-vault",
     is_flag=True,
@@ -464,7 +469,7 @@ def open_for_cli(
 
     # the check (not opened yet) and the `opened` event, one process at a time
     with decision_lock(settings), recording(settings, require_vault=require_vault) as recorder:
-        _check_state(
+        state = _check_state(
             recorder,
             checked.manifest.bundle_id,
             me,
@@ -480,7 +485,11 @@ def open_for_cli(
                 bundle_id=checked.manifest.bundle_id,
                 fingerprint=checked.manifest.fingerprint,
                 policy_digest=policy_obj.digest,
-                data={"sealed_by": checked.manifest.sender_fingerprint, "opened_by": me},
+                data={
+                    "sealed_by": checked.manifest.sender_fingerprint,
+                    "opened_by": me,
+                    **_reopen_data(state),
+                },
             ),
             ident,
         )
@@ -552,7 +561,7 @@ def _check_state(
     allow_reopen: bool,
     trusted: list[str],
     own_key: str,
-) -> None:
+) -> BundleState:
     from keycourier.ledger.service import bundle_state
 
     state = bundle_state(recorder, bundle_id, trusted=trusted, own_key=own_key)
@@ -574,6 +583,16 @@ def _check_state(
             f"bundle {bundle_id} was already opened",
             hints=["pass --allow-reopen if you really mean to open it again"],
         )
+    return state
+
+
+def _reopen_data(state: BundleState) -> dict[str, object]:
+    """What an `opened` event adds when the bundle was opened before (``--allow-reopen``):
+    ``reopen`` true and ``previous_opens``, the `opened` events that count (this ledger's,
+    not voided, and trusted ones from Vault). A first open adds nothing."""
+    if not state.opens:
+        return {}
+    return {"reopen": True, "previous_opens": state.opens}
 
 
 # -- bundle extract-age -------------------------------------------------------------

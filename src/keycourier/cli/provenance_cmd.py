@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from keycourier.config import Settings
 
 MAX_REASON_CHARS = 500
+MAX_SHOW_KEY_CHARS = 512
 
 
 def ledger_option(f: Any) -> Any:  # noqa: ANN401 - click decorator
@@ -77,7 +78,11 @@ def _fail(code: ExitCode, message: str) -> None:
 @click.option(
     "--policy", type=click.Path(dir_okay=False, exists=True), help="Receiver's handover policy."
 )
-@click.option("--allow-reopen", is_flag=True, help="Ingest a bundle that was already opened.")
+@click.option(
+    "--allow-reopen",
+    is_flag=True,
+    help="Ingest a bundle that was already opened (recorded as a reopen, see audit show).",
+)
 @click.option(
     "--require-vault", is_flag=True, help="Fail (exit 6) unless the provenance events reach Vault."
 )
@@ -496,54 +501,47 @@ def audit_key(ctx: click.Context, as_json: bool, ledger_path: str | None) -> Non
 
 
 @audit.command("show")
-@click.argument("key", metavar="BUNDLE_ID|FINGERPRINT")
+@click.argument("key", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable timeline on stdout.")
 @ledger_option
 @click.pass_context
 def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | None) -> None:
-    """Show the timeline of a bundle or a credential fingerprint (ledger, plus Vault when set).
+    """Show the timeline of a bundle, a credential fingerprint, a connection or an entity.
+
+    ID is a bundle ID, a credential fingerprint, a connection ID or an
+    entity/organization ID. Each event gets a line with its time, what
+    happened (an open made with --allow-reopen shows as 'reopened') and who
+    did it, then where the record comes from (this ledger, or Vault: another
+    ledger's record, or one missing from this ledger) and its details,
+    wrapped to the terminal (at most 100 columns). Bundles are also looked
+    up in Vault when one is configured. Exit 2 when nothing matches.
 
     \b
     Example:
       keycourier audit show 01J9Z8...
+      keycourier audit show 01J9Z8... --json
     """
-    from keycourier.ledger.chain import format_time
+    from keycourier.cli import timeline_view
     from keycourier.ledger.service import open_recorder, printable, timeline
 
+    if not key or len(key) > MAX_SHOW_KEY_CHARS:
+        raise UsageError(f"ID must be 1-{MAX_SHOW_KEY_CHARS} characters")
     settings = settings_from(ctx, ledger_path=ledger_path)
     with open_recorder(settings) as recorder:
         rows = timeline(recorder, key)
     if not rows:
-        raise UsageError(f"nothing recorded for {key}")
+        raise UsageError(
+            f"nothing recorded for {printable(key)}",
+            hints=[
+                "audit show takes a bundle ID, a credential fingerprint, a connection ID or an "
+                "entity/organization ID recorded in this ledger (bundles: or in Vault)"
+            ],
+        )
     if as_json:
-        emit_json(
-            [
-                {
-                    "source": src,
-                    "type": str(e.type),
-                    "at": format_time(e.at),
-                    "actor": e.actor,
-                    "bundle_id": e.bundle_id,
-                    "fingerprint": e.fingerprint,
-                    "data": dict(e.data),
-                    "vault_status": status,
-                }
-                for src, e, status in rows
-            ]
-        )
+        emit_json(timeline_view.json_rows(rows))
         return
-    for src, e, status in rows:
-        # Vault records may come from any ledger, forged ones included: print nothing raw.
-        extra = ", ".join(
-            f"{printable(str(k))}={printable(str(v))}"
-            for k, v in sorted(e.data.items())
-            if not isinstance(v, dict | list)
-        )
-        click.echo(
-            f"{format_time(e.at)}  {e.type:<22} {printable(e.actor):<28}"
-            f" bundle={printable(e.bundle_id or '-')}"
-            f"  [{src}/{status}]{'  ' + extra if extra else ''}"
-        )
+    for line in timeline_view.render(key, rows, timeline_view.terminal_width()):
+        click.echo(line)
 
 
 def _parse_since(value: str | None) -> datetime | None:

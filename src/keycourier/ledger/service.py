@@ -61,6 +61,7 @@ class BundleState:
     events: tuple[Event, ...] = ()
     # events found in Vault but not acted on (unsigned, or signed by an untrusted key)
     ignored: tuple[str, ...] = ()
+    opens: int = 0  # `opened` events that count (not voided; from Vault: trusted only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1100,6 +1101,7 @@ def bundle_state(
     revoked: str | None = None
     sealed_by: str | None = None
     ingested: list[str] = []
+    opens = sum(1 for e in live if e.type == EventType.OPENED)
     for e in (_printable_event(e) for e in live):
         if e.type == EventType.OPENED and e.actor not in opened:
             opened.append(e.actor)
@@ -1119,6 +1121,7 @@ def bundle_state(
         vault_detail=detail,
         events=tuple(events),
         ignored=tuple(ignored),
+        opens=opens,
     )
 
 
@@ -1328,8 +1331,9 @@ def export(
 
 
 def timeline(recorder: LedgerRecorder, key: str) -> list[tuple[str, Event, str]]:
-    """(source, event, vault_status) of a bundle ID or a fingerprint, oldest first."""
-    local = list(recorder.history(bundle_id=key)) or list(recorder.history(fingerprint=key))
+    """(source, event, vault_status) of a bundle ID, a credential fingerprint, a connection
+    ID or an entity/organization ID, oldest first. Bundles are also looked up in Vault."""
+    local = _local_matches(recorder, key)
     out: list[tuple[str, Event, str]] = [("ledger", s.event, str(s.vault_status)) for s in local]
     bundle_ids = {s.event.bundle_id for s in local if s.event.bundle_id} or (
         {key} if not local else set()
@@ -1343,3 +1347,20 @@ def timeline(recorder: LedgerRecorder, key: str) -> list[tuple[str, Event, str]]
             out.extend(("vault", _printable_event(e), origin) for origin, e in found)
     out.sort(key=lambda t: t[1].at)
     return out
+
+
+# the `data` fields of connection events a timeline may be looked up by
+TIMELINE_DATA_KEYS = ("connection_id", "entity_id")
+
+
+def _local_matches(recorder: LedgerRecorder, key: str) -> list[StoredEvent]:
+    """This ledger's events whose bundle ID, fingerprint, ``data.connection_id`` or
+    ``data.entity_id`` is ``key``, in ledger order (each event once)."""
+    found: dict[int, StoredEvent] = {}
+    for stored in (
+        *recorder.history(bundle_id=key),
+        *recorder.history(fingerprint=key),
+        *(s for name in TIMELINE_DATA_KEYS for s in recorder.ledger.history_by_data(name, key)),
+    ):
+        found.setdefault(stored.seq, stored)
+    return [found[seq] for seq in sorted(found)]

@@ -721,6 +721,17 @@ class SqliteLedger:
         rows = self.conn.execute(f"{self._SELECT}{where} ORDER BY e.seq", params).fetchall()
         return [self._stored(r) for r in rows]
 
+    def history_by_data(self, name: str, value: str) -> list[StoredEvent]:
+        """The events whose ``data.<name>`` is ``value`` (a full scan: audit look-ups of
+        connection and entity IDs only); ``name`` is an identifier, never user input."""
+        if re.fullmatch(r"[a-z_]{1,64}", name) is None:
+            raise ValueError(f"not a data field name: {name!r}")
+        rows = self.conn.execute(
+            f"{self._SELECT} WHERE json_extract(e.body, '$.data.{name}') = ? ORDER BY e.seq",
+            (value,),
+        ).fetchall()
+        return [self._stored(r) for r in rows]
+
     def iter_all(self) -> Iterator[StoredEvent]:
         for row in self.conn.execute(f"{self._SELECT} ORDER BY e.seq"):
             yield self._stored(row)
