@@ -1,6 +1,6 @@
 """Benchmark `keycourier age`: start-up, streaming decrypt, and Debian's age for scale.
 
-Targets (issue 2), each against a baseline measured in the same run:
+Targets, each against a baseline measured in the same run:
 1. whole-process `keycourier age encrypt -r age1... -o out in200` (200-byte file):
    median <= 1.25 x `python -c "import click, <the cryptography modules it needs>"`.
 2. streaming decrypt of a 256 MiB file: child peak RSS < 64 MiB, and throughput

@@ -1,6 +1,6 @@
 """Benchmark: in-process seal + sign of a one-recipient bundle vs the bare primitive chain.
 
-Target (issue 2): seal rate >= 0.6 x the rate of X25519 + HKDF-SHA256 +
+Target: seal rate >= 0.6 x the rate of X25519 + HKDF-SHA256 +
 ChaCha20-Poly1305 + Ed25519 sign, measured in the same run, interleaved.
 Writes the `bench:bundle` section of BENCHMARKS.md. Exits 0 whatever the verdict (it
 is in the report, as for bench_age.py); a crash is a non-zero exit.

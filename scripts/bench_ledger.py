@@ -1,4 +1,4 @@
-"""Ledger benchmark (issue 4): record, sync and audit verify against same-run baselines.
+"""Ledger benchmark: record, sync and audit verify against same-run baselines.
 
 Starts its own OpenBao dev server on a free loopback port (stopped by PID at
 the end) and writes the bench:ledger section of BENCHMARKS.md. Exit 0 when

@@ -393,7 +393,7 @@ def test_wait_status_interval_is_checked(world: Env) -> None:
 
 
 def test_wait_honours_retry_after_within_its_timeout(world: Env) -> None:
-    """Issue 6: wait sleeps out a 429's Retry-After, but never past --timeout."""
+    """wait sleeps out a 429's Retry-After, but never past --timeout."""
     state = world.platform.connections
     created = world.monite("create", "--json")
     assert created.code == 0, created.err
@@ -436,7 +436,7 @@ def test_wait_honours_retry_after_within_its_timeout(world: Env) -> None:
 def test_wait_ends_by_its_timeout_while_the_platform_fails(
     world: Env, delay: float, problem: str
 ) -> None:
-    """Issue 6: 503 retries and a stalled request inside wait end by --timeout (exit 6)."""
+    """503 retries and a stalled request inside wait end by --timeout (exit 6)."""
     state = world.platform.connections
     created = world.monite("create", "--json")  # also caches the partner token
     assert created.code == 0, created.err
@@ -463,7 +463,7 @@ def test_wait_ends_by_its_timeout_while_the_platform_fails(
 
 
 def test_wait_ends_by_its_timeout_while_the_token_is_slow(world: Env) -> None:
-    """Issue 6: with no cached token, a stalled token endpoint, or another process
+    """with no cached token, a stalled token endpoint, or another process
     holding the profile's refresh lock, cannot hold wait past --timeout."""
     import fcntl
 

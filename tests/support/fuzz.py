@@ -1,6 +1,6 @@
 """How many examples the property tests run.
 
-FUZZ_EXAMPLES: the parsers issue 7 names (bundle, age header and armor, policy
+FUZZ_EXAMPLES: the parsers that read outside input (bundle, age header and armor, policy
 file, config, the HTTP helper's request handling): 10,000 each in CI.
 EXTRA_EXAMPLES: other parsers' never-crash properties: 1,000 in CI.
 """

@@ -233,7 +233,7 @@ def _in_subprocess(code: str, **kwargs: object) -> None:
 
 def test_a_closed_stdout_is_not_mistaken_for_the_target(tmp_path: Path) -> None:
     """With fd 1 (or 2) closed, opening the target reuses that number: it must not count as
-    'our own stdout' and be written in place through a symlink (review finding)."""
+    'our own stdout' and be written in place through a symlink."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"AAAAAAAAAAAA-old")
     victim.chmod(0o644)

@@ -252,7 +252,7 @@ def test_x25519_recipients_wrap_for_their_identity_either_way(
 
 def test_wrapping_while_another_thread_imports_pynacl_never_fails() -> None:
     """sys.modules holds nacl.bindings before its import has finished: a wrap on another
-    thread at that moment must use OpenSSL, not a half-initialised module (review finding).
+    thread at that moment must use OpenSSL, not a half-initialised module.
     The race is re-run 40 times in a fresh interpreter (PyNaCl's modules dropped each time)."""
     import subprocess
     import sys

@@ -204,7 +204,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def test_an_interrupted_close_still_waits_for_the_read_in_progress() -> None:
     """Ctrl-C while close() waits for the thread: the thread is still stopped before the
-    interrupt goes on (review finding: it kept reading the caller's file)."""
+    interrupt goes on (it once kept reading the caller's file)."""
     import signal
     import time
 

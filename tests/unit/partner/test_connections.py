@@ -774,7 +774,7 @@ def test_wait_times_out() -> None:
     ["120", "Thu, 01 Jan 2026 00:02:00 GMT"],
 )
 def test_wait_sleeps_out_a_long_retry_after(retry_after: str) -> None:
-    """Issue 6: a 429 with Retry-After over the client's 60 s cap is waited out by wait."""
+    """a 429 with Retry-After over the client's 60 s cap is waited out by wait."""
     limited = reply(429, {"error": {"message": "Too Many Requests"}}, {"retry-after": retry_after})
     done = reply(200, conn_doc(status="connected", platform="xero"))
     c, transport, _, client_sleeps = client([limited, done])
@@ -830,7 +830,7 @@ def test_wait_429_without_retry_after_keeps_the_backoff() -> None:
 def test_wait_client_retries_stop_at_the_deadline(
     failure: HttpResponse | Error, problem: str
 ) -> None:
-    """Issue 6: the client's 503/network retries under wait never sleep past --timeout."""
+    """the client's 503/network retries under wait never sleep past --timeout."""
     pending = reply(200, conn_doc())
     clock = FakeClock()
     c, transport, _, _ = client([pending, failure, failure, failure], sleep=clock.sleep)

@@ -1,4 +1,4 @@
-"""Security-review findings against a real OpenBao dev server: a removed ledger tail, deny and
+"""Tampering that Vault catches, against a real OpenBao dev server: a removed ledger tail, deny and
 revoke records of other ledgers, the pinned checkpoint key, and records from forged ledgers."""
 
 from __future__ import annotations
