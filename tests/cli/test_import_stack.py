@@ -139,6 +139,8 @@ def test_exec_imports_no_network_database_click_or_crypto(
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "ran"
     assert sorted(names & set(TOKEN_PATH_FREE)) == []
+    # the child is started with os.posix_spawn and its output pumped by the main thread
+    assert sorted(names & {"subprocess", "threading"}) == []
 
 
 def test_inspect_imports_no_network_or_database_stack(world: tuple[Path, dict[str, str]]) -> None:
