@@ -370,6 +370,38 @@ def test_exec_starts_the_child_as_popen_would(env: dict[str, str], tmp_path: Pat
         os.close(write_end)
 
 
+def test_exec_searches_the_path_as_popen_does(env: dict[str, str], tmp_path: Path) -> None:
+    """Missing entries are skipped; a file that is there but not executable is passed over
+    for a later one that is, and reported (126) when none is."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first, second):
+        d.mkdir()
+    (first / "kc-tool").write_text("#!/bin/sh\necho wrong\n")  # not executable
+    (second / "kc-tool").write_text("#!/bin/sh\necho right\n")
+    (second / "kc-tool").chmod(0o755)
+    missing = tmp_path / "missing"
+    path = os.pathsep.join(str(d) for d in (missing, first, missing / "x", second))
+    r = subprocess.run(
+        [sys.executable, "-m", "keycourier", "exec", "--profile", "ci", "--", "kc-tool"],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (r.returncode, r.stdout) == (0, "right\n"), r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "keycourier", "exec", "--profile", "ci", "--", "kc-tool"],
+        env={**env, "PATH": os.pathsep.join(str(d) for d in (missing, first))},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 126, r.stderr
+    assert "command not executable: kc-tool" in r.stderr
+
+
 def test_exec_forwards_signals(env: dict[str, str], tmp_path: Path) -> None:
     import signal
 

@@ -137,6 +137,13 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], redirect: list[tuple[int
     last: OSError | None = None
     for path in _executable(argv[0], env):
         try:
+            os.stat(path)  # a failed spawn costs a clone of this process: skip the absent
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+            continue
+        except OSError:
+            pass  # the spawn reports it
+        try:
             return os.posix_spawn(
                 path,
                 list(argv),
