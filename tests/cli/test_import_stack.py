@@ -153,9 +153,10 @@ def test_inspect_imports_no_network_or_database_stack(world: tuple[Path, dict[st
     assert sorted(names & {"importlib.resources", "_strptime"}) == []
     # nothing is decrypted, so no age engine (cryptography): the payload's age header is
     # read for its structure only and the signature checked with libsodium (PyNaCl); the
-    # plain form is click-free, and sealing's handover policy is not needed
+    # plain form is click-free, sealing's handover policy is not needed, and bundle IDs are
+    # checked without the uuid module (which imports platform)
     assert "nacl" in names
-    unneeded = {"cryptography", "keycourier.age._format", "click", "keycourier.policy"}
+    unneeded = {"cryptography", "keycourier.age._format", "click", "keycourier.policy", "uuid"}
     assert sorted(names & unneeded) == []
 
 
