@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keycourier import age
-from keycourier.cli import age_cmd, helper_cmd, provenance_cmd
+from keycourier.cli import age_cmd, bundle_cmd, helper_cmd, provenance_cmd
 from keycourier.cli.entry import (
     AUDIT_VERIFY_OPTIONS,
     DECRYPT_OPTIONS,
@@ -32,6 +32,7 @@ from keycourier.cli.entry import (
     parse,
     parse_audit_verify,
     parse_helper,
+    parse_inspect,
 )
 from keycourier.cli.main import cli
 
@@ -480,3 +481,132 @@ def test_the_audit_option_table_matches_the_click_command() -> None:
         assert param.name == dest
         assert not param.multiple
         assert param.is_flag == (kind == "flag")
+
+
+# -- inspect -------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_what_the_inspect_fast_path_takes_click_parses_the_same(
+    files: Path, data: st.DataObject
+) -> None:
+    paths = [str(files / n) for n in ("in.txt", "adir", "missing.kcb")]
+    piece = st.sampled_from(
+        [*paths, "-", "", "--json", "--", "-h", "--help", "--json=1", "--debug", "-x"]
+    )
+    rest = data.draw(st.lists(piece, max_size=4))
+    fast = parse_inspect(["inspect", *rest])
+    if fast is None:
+        return
+    assert _click_params(bundle_cmd.inspect, rest) == fast.params(), rest
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect", "handover.kcb"],
+        ["inspect", "--json", "handover.kcb"],
+        ["inspect", "handover.kcb", "--json"],
+        ["inspect", "-"],
+    ],
+)
+def test_the_plain_inspect_forms_take_the_fast_path(argv: list[str]) -> None:
+    fast = parse_inspect(argv)
+    assert fast is not None
+    assert _click_params(bundle_cmd.inspect, argv[1:]) == fast.params()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect"],  # click: missing BUNDLE
+        ["inspect", "--json"],
+        ["inspect", "a.kcb", "b.kcb"],
+        ["inspect", "adir"],  # click: is a directory
+        ["inspect", ""],
+        ["inspect", "--", "a.kcb"],
+        ["inspect", "--json=1", "a.kcb"],
+        ["inspect", "--help"],
+        ["inspect", "-x", "a.kcb"],
+        ["--debug", "inspect", "a.kcb"],
+        ["seal", "a.kcb"],
+    ],
+)
+def test_other_inspect_lines_are_left_to_click(
+    files: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files)
+    assert parse_inspect(argv) is None
+
+
+def test_the_inspect_parameters_are_what_the_fast_path_knows() -> None:
+    params = {p.name: p for p in bundle_cmd.inspect.params}
+    assert set(params) == {"bundle_file", "as_json"}
+    assert isinstance(params["bundle_file"], click.Argument)
+    assert params["as_json"].opts == ["--json"]
+    assert params["as_json"].is_flag  # type: ignore[attr-defined]
+
+
+def _sealed_bundle(base: Path, *, tamper: bool) -> Path:
+    from datetime import timedelta
+
+    from keycourier import bundle
+    from keycourier.bundle import text as bundle_text
+    from keycourier.redact import Secret
+
+    sealed = bundle.seal(
+        bundle.Credentials("quickbooks", "AB" + "c" * 48, Secret("d" * 40)),
+        sender=bundle.KeycourierIdentity.generate(),
+        recipients=[bundle.KeycourierIdentity.generate().public().recipient],
+        policy=bundle.PolicyStamp("sha256:" + "0" * 64, "pass"),
+        lifetime=timedelta(days=1),
+        environment="production",
+        partner="Fast Path Ltd",
+    )
+    text = sealed.text
+    if tamper:  # a signature that does not verify: exit 4
+        parsed = bundle.parse(text)
+        text = bundle_text.write(parsed.manifest_bytes, bytes(64), parsed.payload)
+    path = base / ("tampered.kcb" if tamper else "handover.kcb")
+    path.write_bytes(text)
+    return path
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_inspect_prints_and_exits_as_click_does(
+    tmp_path: Path, tamper: bool, as_json: bool
+) -> None:
+    path = _sealed_bundle(tmp_path, tamper=tamper)
+    args = ["inspect", *(["--json"] if as_json else []), str(path)]
+    fast = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keycourier", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    imported = [line.rsplit("|", 1)[-1].strip() for line in fast.stderr.splitlines()]
+    assert "keycourier.cli.bundle_ops" in imported
+    assert "click" not in imported
+    fast_err = "".join(
+        line + "\n" for line in fast.stderr.splitlines() if not line.startswith("import time:")
+    )
+    clicked = subprocess.run(
+        [sys.executable, "-c", "from keycourier.cli.main import run; run()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (fast.returncode, fast.stdout, fast_err) == (
+        clicked.returncode,
+        clicked.stdout,
+        clicked.stderr,
+    )
+    assert fast.returncode == (4 if tamper else 0)

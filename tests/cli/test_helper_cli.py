@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -327,6 +328,78 @@ def test_exec_env_name_and_missing_command(env: dict[str, str], tmp_path: Path) 
     r = kc(env, "exec", "--profile", "ci", "--", str(tmp_path / "does-not-exist"))
     assert r.returncode == 127
     assert "command not found" in r.stderr
+
+
+def test_exec_starts_the_child_as_popen_would(env: dict[str, str], tmp_path: Path) -> None:
+    """A descriptor keycourier inherited is not passed on, SIGPIPE is back to its default,
+    COMMAND is looked up in the child's PATH, and a child with masking on and off sees
+    the same."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    probe = bindir / "kc-probe"
+    probe.write_text(  # a shell script: a Python child would ignore SIGPIPE itself
+        "#!/bin/sh\n"
+        "sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status\n"
+        '[ -e "/proc/$$/fd/$KC_FD" ] && echo open || echo closed\n'
+    )
+    probe.chmod(0o755)
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        for mask in ([], ["--no-mask"]):
+            r = subprocess.run(
+                [sys.executable, "-m", "keycourier", "exec", "--profile", "ci", *mask,
+                 "--", "kc-probe"],
+                env={
+                    **env,
+                    "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}",
+                    "KC_FD": str(write_end),
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                pass_fds=(write_end,),
+            )  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            ignored, fd_state = r.stdout.split()
+            assert not int(ignored, 16) & 1 << (signal.SIGPIPE - 1), (mask, ignored)
+            assert fd_state == "closed", mask
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_exec_searches_the_path_as_popen_does(env: dict[str, str], tmp_path: Path) -> None:
+    """Missing entries are skipped; a file that is there but not executable is passed over
+    for a later one that is, and reported (126) when none is."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first, second):
+        d.mkdir()
+    (first / "kc-tool").write_text("#!/bin/sh\necho wrong\n")  # not executable
+    (second / "kc-tool").write_text("#!/bin/sh\necho right\n")
+    (second / "kc-tool").chmod(0o755)
+    missing = tmp_path / "missing"
+    path = os.pathsep.join(str(d) for d in (missing, first, missing / "x", second))
+    r = subprocess.run(
+        [sys.executable, "-m", "keycourier", "exec", "--profile", "ci", "--", "kc-tool"],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (r.returncode, r.stdout) == (0, "right\n"), r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "keycourier", "exec", "--profile", "ci", "--", "kc-tool"],
+        env={**env, "PATH": os.pathsep.join(str(d) for d in (missing, first))},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 126, r.stderr
+    assert "command not executable: kc-tool" in r.stderr
 
 
 def test_exec_forwards_signals(env: dict[str, str], tmp_path: Path) -> None:

@@ -139,6 +139,8 @@ def test_exec_imports_no_network_database_click_or_crypto(
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "ran"
     assert sorted(names & set(TOKEN_PATH_FREE)) == []
+    # the child is started with os.posix_spawn and its output pumped by the main thread
+    assert sorted(names & {"subprocess", "threading"}) == []
 
 
 def test_inspect_imports_no_network_or_database_stack(world: tuple[Path, dict[str, str]]) -> None:
@@ -149,6 +151,22 @@ def test_inspect_imports_no_network_or_database_stack(world: tuple[Path, dict[st
     # the packaged policy file is not read, so neither is its loader; manifest times are
     # read without strptime (its first use imports _strptime and sets up the locale)
     assert sorted(names & {"importlib.resources", "_strptime"}) == []
+    # nothing is decrypted, so no age engine (cryptography): the payload's age header is
+    # read for its structure only and the signature checked with libsodium (PyNaCl); the
+    # plain form is click-free, sealing's handover policy is not needed, and bundle IDs are
+    # checked without the uuid module (which imports platform)
+    assert "nacl" in names
+    unneeded = {"cryptography", "keycourier.age._format", "click", "keycourier.policy", "uuid"}
+    assert sorted(names & unneeded) == []
+
+
+def test_inspect_json_imports_no_crypto_engine_or_click(
+    world: tuple[Path, dict[str, str]],
+) -> None:
+    out, names = imports_of(world, "inspect", "--json", "handover.kcb")
+    assert out.returncode == 0, out.stderr
+    assert '"signature_valid": true' in out.stdout
+    assert sorted(names & {"cryptography", "click", "keycourier.policy"}) == []
 
 
 def test_audit_verify_reads_the_ledger_with_stdlib_sqlite3(

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keycourier.age import _x25519
 from keycourier.age._encoding import b64decode, b64encode, bech32_decode, bech32_encode
-from keycourier.age._format import FILE_KEY_SIZE, Stanza, hkdf
+from keycourier.age._format import FILE_KEY_SIZE, hkdf
+from keycourier.age._header import HYBRID_TYPE, X25519_TYPE, Stanza
 from keycourier.age.errors import AgeUsageError, HeaderError, InvalidKeyError
 
 if TYPE_CHECKING:
@@ -31,11 +32,9 @@ if TYPE_CHECKING:
 
     from keycourier.redact import Secret
 
-X25519_TYPE: Final = "X25519"
 X25519_LABEL: Final = b"age-encryption.org/v1/X25519"
 SCRYPT_TYPE: Final = "scrypt"
 SCRYPT_LABEL: Final = b"age-encryption.org/v1/scrypt"
-HYBRID_TYPE: Final = "mlkem768x25519"
 HYBRID_LABEL: Final = b"age-encryption.org/mlkem768x25519"
 HYBRID_ENC_SIZE: Final = 1088 + 32
 HYBRID_PUBLIC_SIZE: Final = 1184 + 32

@@ -1,82 +1,48 @@
-"""Sealing, parsing, inspecting and opening bundles (docs/bundle-format.md)."""
+"""Sealing and opening bundles (docs/bundle-format.md); parsing and inspecting, which
+need no key and no age engine, are in ``keycourier.bundle.parsing``."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii as _q
-from typing import Any
 
 from keycourier import age
 from keycourier.bundle import text as _text
 from keycourier.bundle.canonical import canonical_json, parse_canonical
-from keycourier.bundle.identity import KeycourierIdentity, signing_fingerprint
+from keycourier.bundle.identity import KeycourierIdentity
 from keycourier.bundle.model import (
-    FORMAT,
-    FORMAT_V1,
     PAYLOAD_FORMAT,
     Attestation,
     Credentials,
     Manifest,
     PolicyStamp,
-    StructureError,
     format_time,
     integrity_error,
-    manifest_from_dict,
     manifest_parts,
     payload_member,
 )
+from keycourier.bundle.parsing import CLOCK_SKEW as CLOCK_SKEW
+from keycourier.bundle.parsing import MAX_BUNDLE_BYTES as MAX_BUNDLE_BYTES
+from keycourier.bundle.parsing import MAX_MANIFEST_BYTES as MAX_MANIFEST_BYTES
+from keycourier.bundle.parsing import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from keycourier.bundle.parsing import SIGNATURE_CONTEXT as SIGNATURE_CONTEXT
+from keycourier.bundle.parsing import Inspection as Inspection
+from keycourier.bundle.parsing import ParsedBundle as ParsedBundle
+from keycourier.bundle.parsing import extract_age as extract_age
+from keycourier.bundle.parsing import in_future, payload_ok, verify_signature
+from keycourier.bundle.parsing import inspect as inspect
+from keycourier.bundle.parsing import parse as parse
 from keycourier.errors import PolicyError, UsageError
 from keycourier.policy import credential_fingerprint
 from keycourier.redact import Secret, mask
 
-MAX_BUNDLE_BYTES = _text.MAX_BUNDLE_BYTES
-MAX_MANIFEST_BYTES = _text.MAX_MANIFEST_BYTES
-MAX_PAYLOAD_BYTES = _text.MAX_PAYLOAD_BYTES
-SIGNATURE_CONTEXT = b"keycourier-bundle/v2 manifest\n"
-SIGNATURE_CONTEXTS = {FORMAT_V1: b"keycourier-bundle/v1 manifest\n", FORMAT: SIGNATURE_CONTEXT}
-CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a created_at may be
 _NO_TIME = timedelta(0)
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedBundle:
-    """A bundle whose structure is sound (docs/bundle-format.md section 6, step 1)."""
-
-    manifest: Manifest
-    manifest_bytes: bytes
-    signature: bytes
-    payload: bytes  # the binary age file
-
-    @property
-    def payload_armored(self) -> bytes:
-        """The age file in the age spec's armor (64 columns), whatever transport did."""
-        return _armor(self.payload)
-
-
-@dataclass(frozen=True, slots=True)
-class Inspection:
-    manifest: Manifest
-    signature_valid: bool
-    payload_digest_valid: bool
-    expired: bool
-    created_in_future: bool = False  # more than CLOCK_SKEW after the inspecting clock
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "manifest": self.manifest.to_dict(),
-            "signature_valid": self.signature_valid,
-            "payload_digest_valid": self.payload_digest_valid,
-            "expired": self.expired,
-            "created_in_future": self.created_in_future,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,120 +168,6 @@ def _binding_digest(manifest: Manifest) -> str:
     return hashlib.sha256(canonical_json(d)).hexdigest()
 
 
-def _armor(binary: bytes) -> bytes:
-    return (
-        f"{_text.BEGIN_A}\n".encode("ascii")
-        + _text.wrap64(binary)
-        + f"{_text.END_A}\n".encode("ascii")
-    )
-
-
-# -- parsing --------------------------------------------------------------------
-
-
-def parse(text: bytes) -> ParsedBundle:
-    """Step 1 of docs/bundle-format.md section 6: everything that needs no key.
-
-    Raises a StructureError (exit 4) that says what is wrong, and where.
-    """
-    blocks = _text.read(text)
-    obj = parse_canonical(
-        blocks.manifest,
-        limit=MAX_MANIFEST_BYTES,
-        error=StructureError(
-            "the bundle's manifest is not readable: it is not canonical JSON",
-            line=blocks.manifest_line,
-        ),
-    )
-    manifest = manifest_from_dict(obj)
-    if manifest.format != blocks.version:
-        raise StructureError(
-            f"the bundle's manifest is not readable: its format '{manifest.format}' "
-            f"differs from the bundle's first line '{blocks.version}'",
-            line=blocks.manifest_line,
-        )
-    _check_stanzas(manifest, blocks.payload)
-    return ParsedBundle(manifest, blocks.manifest, blocks.signature, blocks.payload)
-
-
-def _stanza_type(recipient: str) -> str:
-    """The stanza type age writes for a recipient of the manifest (age1pq1... or age1...)."""
-    from keycourier.age.recipients import HYBRID_TYPE, X25519_TYPE
-
-    return HYBRID_TYPE if recipient.startswith("age1pq1") else X25519_TYPE
-
-
-def _check_stanzas(manifest: Manifest, binary: bytes) -> None:
-    """The age header's stanzas correspond to the signed recipients (section 2)."""
-    from keycourier.age._format import Reader, read_header
-
-    try:
-        header = read_header(Reader(io.BytesIO(binary)))
-    except age.AgeError as exc:
-        raise StructureError(f"the bundle's payload is not an age file: {exc}") from None
-    have = [s.type for s in header.stanzas]
-    want = [_stanza_type(r) for r in manifest.recipients]
-    if have != want:
-        raise StructureError(
-            "the age payload's recipients do not match the manifest: the payload has "
-            f"{len(have)} recipient stanza(s) ({', '.join(have)}), the manifest lists "
-            f"{len(want)} ({', '.join(want)})",
-            hints=(
-                "the payload may be readable by a recipient the manifest does not show: "
-                "do not use this bundle, and ask the sender for a fresh one",
-            ),
-        )
-
-
-def _verify_signature(parsed: ParsedBundle) -> bool:
-    from nacl.exceptions import BadSignatureError
-    from nacl.signing import VerifyKey
-
-    key = base64.b64decode(parsed.manifest.sender_key.split(":", 1)[1])
-    if signing_fingerprint(key) != parsed.manifest.sender_fingerprint:
-        return False
-    context = SIGNATURE_CONTEXTS[parsed.manifest.format]
-    try:
-        VerifyKey(key).verify(context + parsed.manifest_bytes, parsed.signature)
-    except (BadSignatureError, ValueError):
-        return False
-    return True
-
-
-def _payload_ok(parsed: ParsedBundle) -> bool:
-    binary = parsed.payload
-    return (
-        len(binary) == parsed.manifest.payload_size
-        and len(binary) <= MAX_PAYLOAD_BYTES
-        and hashlib.sha256(binary).hexdigest() == parsed.manifest.payload_sha256
-    )
-
-
-def _in_future(manifest: Manifest, now: datetime) -> bool:
-    return manifest.created_at > now + CLOCK_SKEW
-
-
-def inspect(text: bytes, *, now: datetime | None = None) -> Inspection:
-    """Read the public manifest and check what can be checked without keys."""
-    parsed = parse(text)
-    current = now or datetime.now(UTC)
-    return Inspection(
-        manifest=parsed.manifest,
-        signature_valid=_verify_signature(parsed),
-        payload_digest_valid=_payload_ok(parsed),
-        expired=parsed.manifest.expires_at <= current,
-        created_in_future=_in_future(parsed.manifest, current),
-    )
-
-
-def extract_age(text: bytes) -> bytes:
-    """The armored age payload, after the checks that need no key (signature not pinned)."""
-    parsed = parse(text)
-    if not _payload_ok(parsed):
-        raise StructureError("the payload digest does not match the manifest")
-    return parsed.payload_armored
-
-
 # -- opening --------------------------------------------------------------------
 
 
@@ -344,10 +196,10 @@ def open_verified(
     """
     parsed = parse(text)
     m = parsed.manifest
-    if not _trusted(m, trusted) or not _verify_signature(parsed):
+    if not _trusted(m, trusted) or not verify_signature(parsed):
         raise integrity_error()
     binary = parsed.payload
-    if not _payload_ok(parsed):
+    if not payload_ok(parsed):
         raise integrity_error()
     try:
         plaintext = age.decrypt([identity.age_identity], binary)
@@ -369,7 +221,7 @@ def open_verified(
     ):
         raise integrity_error()
     current = now or datetime.now(UTC)
-    if _in_future(m, current):
+    if in_future(m, current):
         raise PolicyError(
             f"bundle {m.bundle_id} was created at {format_time(m.created_at)}, in the future "
             f"(more than {CLOCK_SKEW.seconds // 60} minutes after this machine's "

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keycourier.cli.bundle_ops import read_bundle as read_bundle
+from keycourier.cli.bundle_ops import show_inspection
 from keycourier.cli.common import (
     emit_json,
     identity_option,
@@ -32,23 +34,6 @@ if TYPE_CHECKING:
     from keycourier.ledger.service import BundleState
 
 DEFAULT_LIFETIME_DAYS = 7
-
-
-def read_bundle(source: str) -> bytes:
-    """Read at most the size limit (+1 byte, so that the parser sees an oversized bundle).
-
-    An oversized bundle is a step-1 failure of docs/bundle-format.md section 6,
-    so it gets the one integrity error (exit 4) from the parser, not a usage error.
-    """
-    from keycourier.bundle.core import MAX_BUNDLE_BYTES
-
-    if source == "-":
-        return sys.stdin.buffer.read(MAX_BUNDLE_BYTES + 1)
-    try:
-        with open(source, "rb") as fh:
-            return fh.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read bundle {source}: {exc.strerror}") from None
 
 
 def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]:
@@ -260,68 +245,7 @@ def inspect(bundle_file: str, as_json: bool) -> None:
     Example:
       keycourier inspect handover.kcb
     """
-    from keycourier import bundle
-    from keycourier.errors import IntegrityError
-
-    result = bundle.inspect(read_bundle(bundle_file))
-    if as_json:
-        emit_json(result.to_dict())
-    else:
-        m = result.manifest
-        rows = [
-            ("bundle", m.bundle_id),
-            ("platform", m.platform),
-            ("environment", m.environment),
-            ("partner", m.partner or "-"),
-            ("client id", m.client_id_masked),
-            ("fingerprint", m.fingerprint),
-            (
-                "created",
-                m.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-                + (" (IN THE FUTURE)" if result.created_in_future else ""),
-            ),
-            (
-                "expires",
-                m.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-                + (" (EXPIRED)" if result.expired else ""),
-            ),
-            (
-                "attested by",
-                f"{m.attestation.by}: {m.attestation.statement}" if m.attestation else "-",
-            ),
-            ("sender", f"{m.sender_fingerprint} ({m.sender_key})"),
-            ("signature", "valid" if result.signature_valid else "INVALID"),
-            ("payload", "digest matches" if result.payload_digest_valid else "DIGEST MISMATCH"),
-            (
-                "policy",
-                f"{m.policy.verdict} ({m.policy.digest[:19]}…)"
-                + (f" warnings: {', '.join(m.policy.warnings)}" if m.policy.warnings else ""),
-            ),
-        ]
-        rows += [("recipient", r if len(r) < 80 else r[:40] + "…") for r in m.recipients]
-        for k, v in rows:
-            click.echo(f"{k + ':':<13} {v}")
-        click.echo(
-            "(the signature proves who sealed it only if you trust that sender key)", err=True
-        )
-    if result.created_in_future:
-        warn(
-            f"the bundle was created at {result.manifest.to_dict()['created_at']}, in the "
-            "future: open and ingest refuse it until then (check the sender's clock)"
-        )
-    failed = [
-        what
-        for what, ok in (
-            ("the bundle's signature does not verify", result.signature_valid),
-            ("the payload digest does not match the manifest", result.payload_digest_valid),
-        )
-        if not ok
-    ]
-    if failed:
-        raise IntegrityError(
-            "; ".join(failed),
-            hints=["the bundle was altered after it was sealed: ask the sender for a fresh one"],
-        )
+    show_inspection(bundle_file, as_json=as_json)
 
 
 # -- open ----------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Importing click and building the command tree costs about 15 to 19 ms, a third
 of the start-up of ``keycourier age decrypt`` and most of a cached
 ``keycourier token``. Command lines of the plainest shape skip it and call
-``age_ops``, ``helper_ops`` or ``provenance_ops`` directly, the same functions
-the click commands call:
+``age_ops``, ``helper_ops``, ``provenance_ops`` or ``bundle_ops`` directly, the
+same functions the click commands call:
 
     --version
     age encrypt (-r RECIPIENT | -R FILE | -a | -o OUT)... [INPUT]
@@ -13,10 +13,11 @@ the click commands call:
     exec (-p PROFILE | --env-name NAME | --keep-env NAME | --no-mask | --no-cache)...
          [--] COMMAND...
     audit verify (--json | --vault | --ledger FILE)...
+    inspect [--json] BUNDLE [--json]
 
-(long spellings too), with at least one recipient or identity for age and a
-profile for token and exec. Anything else goes to the full click CLI
-unchanged: global options, help, passphrases (and so prompts) and work
+(long spellings too), with at least one recipient or identity for age, a
+profile for token and exec and one BUNDLE for inspect. Anything else goes to
+the full click CLI unchanged: global options, help, passphrases (and so prompts) and work
 factors, ``--opt=value``, bundled short flags, ``--`` (except before exec's
 COMMAND), a repeated single-valued option, a second INPUT, an empty value or
 one starting with ``-`` (other than ``-`` for stdin/stdout where click allows
@@ -295,6 +296,51 @@ def parse_audit_verify(argv: list[str]) -> AuditVerifyCommand | None:
     return cmd
 
 
+class InspectCommand:
+    """A parsed fast-path ``inspect`` command line (see ``FastCommand``)."""
+
+    __slots__ = ("as_json", "bundle_file")
+
+    def __init__(self) -> None:
+        self.as_json = False
+        self.bundle_file: str | None = None
+
+    def params(self) -> dict[str, object]:
+        """The values under the click command's parameter names, as click would give them."""
+        return {"bundle_file": self.bundle_file, "as_json": self.as_json}
+
+
+def parse_inspect(argv: list[str]) -> InspectCommand | None:
+    """The fast-path reading of an ``inspect`` ``argv``, or None to let click handle it."""
+    if not argv or argv[0] != "inspect":
+        return None
+    cmd = InspectCommand()
+    for arg in argv[1:]:
+        if arg == "--json":
+            cmd.as_json = True
+        elif not arg or (arg.startswith("-") and arg != "-"):
+            return None  # another option, --, help, --opt=value, an empty path
+        elif cmd.bundle_file is not None or not _path_click_accepts(arg):
+            return None  # a second BUNDLE, or a path click refuses
+        else:
+            cmd.bundle_file = arg
+    return cmd if cmd.bundle_file is not None else None
+
+
+def _run_inspect(cmd: InspectCommand) -> None:
+    """Run a fast-path ``inspect`` and exit as ``main()`` would, without interpreter
+    teardown (nothing is left open)."""
+    from keycourier.cli import bundle_ops
+    from keycourier.cli.outcome import exit_code_for, quick_exit
+
+    try:
+        bundle_ops.show_inspection(cmd.bundle_file or "-", as_json=cmd.as_json)
+        code = 0
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - rendered as main() does
+        code = exit_code_for(exc, debug=False)
+    quick_exit(code)
+
+
 def _run_audit_verify(cmd: AuditVerifyCommand) -> None:
     """Run a fast-path ``audit verify`` and exit as ``main()`` would, without interpreter
     teardown: the ledger is closed when ``verify_ledger`` returns."""
@@ -368,6 +414,10 @@ def run() -> None:
     audit = None if completing else parse_audit_verify(argv)
     if audit is not None:
         _run_audit_verify(audit)
+        return
+    inspection = None if completing else parse_inspect(argv)
+    if inspection is not None:
+        _run_inspect(inspection)
         return
     cmd = None if completing else parse(argv)
     if cmd is None:

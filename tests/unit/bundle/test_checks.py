@@ -14,8 +14,9 @@ import pytest
 from keycourier import age, bundle
 from keycourier.bundle import Credentials, KeycourierIdentity, Manifest
 from keycourier.bundle.canonical import canonical_json
-from keycourier.bundle.core import _armor, _plaintext
+from keycourier.bundle.core import _plaintext
 from keycourier.bundle.model import manifest_parts
+from keycourier.bundle.parsing import _armor
 from keycourier.errors import IntegrityError, PolicyError
 from tests.unit.bundle.conftest import NOW, make_bundle
 
