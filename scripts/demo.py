@@ -109,34 +109,41 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="keycourier-demo-") as tmp:
         work = Path(tmp)
         say(
-            "0. Starting a local OpenBao dev server (in memory, 127.0.0.1, a free port) to stand "
-            "for the platform's Vault. It is stopped, by its PID, when the demo ends."
+            "0. The partner and the platform are two organisations: each gets its own OpenBao "
+            "dev server (in memory, 127.0.0.1, a free port), its own HOME with its own ledger "
+            "and identity, and they share nothing but the files they hand each other. Both "
+            "servers are stopped, by their PIDs, when the demo ends."
         )
-        bao = start_dev_server(work / "bao")
-        servers: list[object] = [bao]
+        servers: list[object] = []
         try:
-            print(f"    OpenBao at {bao.addr} (pid {bao.pid})")
-            # the documented setting: every write to the mount must use check-and-set
-            bao.bao("write", "secret/config", "cas_required=true")
+            partner_bao = start_dev_server(work / "bao-partner")
+            servers.append(partner_bao)
+            platform_bao = start_dev_server(work / "bao-platform")
+            servers.append(platform_bao)
+            print(f"    partner's OpenBao at {partner_bao.addr} (pid {partner_bao.pid})")
+            print(f"    platform's OpenBao at {platform_bao.addr} (pid {platform_bao.pid})")
+            for bao in (partner_bao, platform_bao):
+                # the documented setting: every write to the mount must use check-and-set
+                bao.bao("write", "secret/config", "cas_required=true")
             print(
-                f"    Commands run in {work} with HOME={work}/home-SIDE, VAULT_ADDR and "
-                "VAULT_TOKEN set, and the identities' passphrase in KEYCOURIER_PASSPHRASE."
+                f"    Commands run in {work} with HOME={work}/home-SIDE, each side's own "
+                "VAULT_ADDR and VAULT_TOKEN, and its identity's passphrase in "
+                "KEYCOURIER_PASSPHRASE."
             )
-            passphrase = "demo passphrase " + secrets.token_hex(4)
-            partner = Side("partner", work, passphrase)
-            platform = Side("platform", work, passphrase)
-            for side in (partner, platform):
+            partner = Side("partner", work, "partner passphrase " + secrets.token_hex(4))
+            platform = Side("platform", work, "platform passphrase " + secrets.token_hex(4))
+            for side, bao in ((partner, partner_bao), (platform, platform_bao)):
                 side.env["VAULT_ADDR"] = bao.addr
                 side.env["VAULT_TOKEN"] = bao.token  # the dev root token: demo only
             run_handover(work, partner, platform)
-            run_token_and_connection(work, partner, bao.addr, bao.token, servers)
+            run_token_and_connection(work, partner, partner_bao.addr, partner_bao.token, servers)
             run_auditor(platform)
         finally:
             for server in reversed(servers):
                 server.stop()  # type: ignore[attr-defined]
         say(
             "Done. Every step above ran for real on this machine: real age v1 encryption, "
-            "Ed25519 signatures, a real SQLite ledger per side, a real OpenBao, real HTTP on "
+            "Ed25519 signatures, a real SQLite ledger and a real OpenBao per side, real HTTP on "
             "127.0.0.1. Only the platform API (token and accounting-connection endpoints) was a "
             "local stand-in, because the real one is not reachable from here."
         )
