@@ -103,6 +103,17 @@ class KeycourierIdentity:
 
         return crypto_sign(message, self._signing_key()[1].reveal_bytes())[:64]
 
+    def derive_key(self, label: bytes) -> bytes:
+        """A 32-byte key for one use (``label``), derived from the signing seed:
+        HMAC-SHA256(seed, ``keycourier-derive/v1\n`` || label). Only this identity can
+        compute it, and one use's key says nothing about another's or about the seed."""
+        import hashlib
+        import hmac
+
+        return hmac.new(
+            self._seed.reveal_bytes(), b"keycourier-derive/v1\n" + label, hashlib.sha256
+        ).digest()
+
     def public(self) -> PublicIdentity:
         if self._public is None:
             pub = self.signing_public

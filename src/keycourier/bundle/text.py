@@ -15,7 +15,7 @@ import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from keycourier.bundle.model import FORMAT, FORMAT_V1, FORMATS, StructureError
 
@@ -45,6 +45,7 @@ _PRINTABLE: Final = re.compile(r"[\x21-\x7e]*")
 _B64_CHARS: Final = re.compile(r"[A-Za-z0-9+/=]+")
 _SIG_V1: Final = re.compile(r"[A-Za-z0-9+/]{86}==")
 _END_A_WORDS: Final = tuple(END_A.split(" "))
+T = TypeVar("T")
 _HINT_FRESH: Final = ("ask the sender for a fresh bundle, sent as an attachment if possible",)
 
 
@@ -79,10 +80,9 @@ def wrap64(data: bytes) -> bytes:
     return b"".join([binascii.b2a_base64(data[i : i + 48]) for i in range(0, len(data), 48)])
 
 
-def damaged(line: int, why: str) -> StructureError:
-    return StructureError(
-        f"the bundle is damaged at line {line}: {why}", line=line, hints=_HINT_FRESH
-    )
+def damaged(line: int, why: str, noun: str = "bundle") -> StructureError:
+    hints = _HINT_FRESH if noun == "bundle" else (f"ask the sender for the {noun} again",)
+    return StructureError(f"the {noun} is damaged at line {line}: {why}", line=line, hints=hints)
 
 
 # -- reading -----------------------------------------------------------------------
@@ -99,7 +99,7 @@ def read(text: bytes) -> Blocks:
     # latin-1 maps every byte to one character, so prose around the bundle may hold
     # anything; the bundle itself is checked to be printable ASCII word by word.
     lines = [line.rstrip(" \t") for line in _LINE_END.split(text.decode("latin-1"))]
-    start, prefix = _find_start(lines, 0)
+    start, prefix = _find_start(lines, 0, _START)
     if start is None:
         raise _not_a_bundle(text, lines)
     first = lines[start][len(prefix) :]
@@ -114,7 +114,7 @@ def read(text: bytes) -> Blocks:
         )
     body = _Body(lines, start, prefix)
     blocks = _read_v1(body) if version == FORMAT_V1 else _read_v2(body)
-    again, _ = _find_start(lines, body.end + 1)
+    again, _ = _find_start(lines, body.end + 1, _START)
     if again is not None:
         raise StructureError(
             f"the input holds more than one bundle (another one starts at line {again + 1})",
@@ -124,29 +124,92 @@ def read(text: bytes) -> Blocks:
     return blocks
 
 
-def _find_start(lines: list[str], begin: int) -> tuple[int | None, str]:
+@dataclass(frozen=True, slots=True)
+class DocumentKind:
+    """Another keycourier document in the bundle's text form (a receipt): its first word
+    starts with ``magic``, it ends at the line ``last``, and it is read with the same
+    transport normalisation (docs/bundle-format.md section 1.1)."""
+
+    noun: str  # "receipt": what error messages call it
+    magic: str  # "keycourier-receipt/"
+    formats: tuple[str, ...]  # the versions this reader knows
+    last: str  # the marker line that ends it
+    max_bytes: int
+
+
+def read_document(text: bytes, kind: DocumentKind, parse: Callable[[Cursor], T]) -> tuple[str, T]:
+    """Undo transport as :func:`read` does and hand the document's words, after its version
+    word, to ``parse`` (which must consume them all: ``cursor.finish()``); the version and
+    what ``parse`` returned. StructureError, naming the line, for anything else."""
+    if len(text) > kind.max_bytes:
+        raise StructureError(
+            f"the input is larger than a {kind.noun} can be ({kind.max_bytes // 1024} KiB)",
+            hints=("is this the right file?",),
+        )
+    if text.startswith(_BOM):
+        text = text[len(_BOM) :]
+    lines = [line.rstrip(" \t") for line in _LINE_END.split(text.decode("latin-1"))]
+    start_re = re.compile(r"([ \t>]*)" + re.escape(kind.magic))
+    start, prefix = _find_start(lines, 0, start_re)
+    if start is None:
+        if not text.strip():
+            raise StructureError(f"not a keycourier {kind.noun}: the input is empty")
+        what = describe(lines)
+        raise StructureError(
+            f"not a keycourier {kind.noun}" + (f": this is {what}" if what else ""),
+            hints=(() if what else (f"a {kind.noun} starts with the line '{kind.formats[-1]}'",)),
+        )
+    version = _WORD_SEP.split(lines[start][len(prefix) :], maxsplit=1)[0]
+    if version not in kind.formats:
+        shown = version[:48] if _PRINTABLE.fullmatch(version[:48]) else kind.magic + "?"
+        raise StructureError(
+            f"unsupported {kind.noun} format version '{shown}' "
+            f"(this keycourier reads {', '.join(kind.formats)})",
+            line=start + 1,
+            hints=("upgrade keycourier",),
+        )
+    body = _Body(lines, start, prefix, noun=kind.noun, last=kind.last)
+    cursor = Cursor(body.words(), body)
+    cursor.marker(version)
+    result = parse(cursor)
+    cursor.finish()
+    again, _ = _find_start(lines, body.end + 1, start_re)
+    if again is not None:
+        raise StructureError(
+            f"the input holds more than one {kind.noun} (another one starts at line {again + 1})",
+            line=again + 1,
+            hints=(f"send one {kind.noun} per file",),
+        )
+    return version, result
+
+
+def _find_start(lines: list[str], begin: int, start: re.Pattern[str]) -> tuple[int | None, str]:
     for i in range(begin, len(lines)):
-        m = _START.match(lines[i])
+        m = start.match(lines[i])
         if m:
             return i, m.group(1)
     return None, ""
 
 
 class _Body:
-    """The lines of one bundle without their shared prefix, read as lines or as words."""
+    """The lines of one document (a bundle, a receipt) without their shared prefix, read as
+    lines or as words up to its last marker line (``last``)."""
 
-    __slots__ = ("end", "lines", "next", "prefix", "start")
+    __slots__ = ("end", "last", "lines", "next", "noun", "prefix", "start")
 
-    def __init__(self, lines: list[str], start: int, prefix: str) -> None:
+    def __init__(
+        self, lines: list[str], start: int, prefix: str, *, noun: str = "bundle", last: str = END_A
+    ) -> None:
         self.lines, self.start, self.prefix = lines, start, prefix
+        self.noun, self.last = noun, last
         self.next = start  # the next input line (index) to read
-        self.end = start  # the bundle's last line (index), once known
+        self.end = start  # the document's last line (index), once known
 
     def line(self) -> tuple[str, int]:
         """The next line without its prefix, and its number (counted from 1)."""
         i = self.next
         if i >= len(self.lines):
-            raise damaged(len(self.lines), f"the bundle ends before '{END_A}'")
+            raise damaged(len(self.lines), f"the {self.noun} ends before '{self.last}'", self.noun)
         self.next += 1
         raw = self.lines[i]
         if i == self.start or raw.startswith(self.prefix):
@@ -154,35 +217,43 @@ class _Body:
         if not raw or raw == self.prefix.rstrip(" \t"):
             return "", i + 1  # an empty line, quoted or not (CR CR LF makes them too)
         raise damaged(
-            i + 1, f"the line does not start with {self.prefix!r} like the bundle's first line"
+            i + 1,
+            f"the line does not start with {self.prefix!r} like the {self.noun}'s first line",
+            self.noun,
         )
 
     def words(self) -> list[tuple[str, int]]:
-        """The remaining words up to and including the age END line; that line must end there."""
+        """The remaining words up to and including the last marker line (the age END line of
+        a bundle); that line must end there."""
         out: list[tuple[str, int]] = []
-        n = len(_END_A_WORDS)
+        last = tuple(self.last.split(" "))
+        n = len(last)
         while True:
             text, number = self.line()
             before = len(out)
             if not _LINE_CHARS.fullmatch(text):
-                raise damaged(number, "a character that is not printable ASCII")
+                raise damaged(number, "a character that is not printable ASCII", self.noun)
             for match in _WORD.finditer(text):
                 if len(out) == MAX_WORDS:
-                    raise damaged(number, f"more than {MAX_WORDS} words: this is not a bundle")
+                    raise damaged(
+                        number, f"more than {MAX_WORDS} words: this is not a {self.noun}", self.noun
+                    )
                 out.append((match.group(0), number))
-            if _END_A_WORDS[-1] not in text:
-                continue  # the age END line cannot end on this line
+            if last[-1] not in text:
+                continue  # the last marker line cannot end on this line
             for k in range(max(0, before - n + 1), len(out) - n + 1):
-                if tuple(w for w, _ in out[k : k + n]) == _END_A_WORDS:
+                if tuple(w for w, _ in out[k : k + n]) == last:
                     if k + n != len(out):
-                        raise damaged(number, f"text after '{END_A}' on the same line")
+                        raise damaged(
+                            number, f"text after '{self.last}' on the same line", self.noun
+                        )
                     self.end = number - 1
                     return out
 
 
 def _read_v2(body: _Body) -> Blocks:
     words = body.words()
-    cursor = _Cursor(words, body)
+    cursor = Cursor(words, body)
     cursor.marker(FORMAT)
     cursor.marker(BEGIN_M)
     manifest, manifest_line = cursor.base64("manifest", MAX_MANIFEST_BYTES)
@@ -219,7 +290,7 @@ def _read_v1(body: _Body) -> Blocks:
             what = "manifest" if len(got) == 2 else "signature"
             raise damaged(number, f"the {what} line is not one line of printable ASCII")
         got.append((text, number))
-    cursor = _Cursor(body.words(), body)
+    cursor = Cursor(body.words(), body)
     cursor.marker(BEGIN_A)
     payload, _ = cursor.base64("age", MAX_PAYLOAD_BYTES)
     cursor.marker(END_A)
@@ -233,7 +304,9 @@ def _read_v1(body: _Body) -> Blocks:
 _PRINTABLE_LINE: Final = re.compile(r"[\x20-\x7e]+")
 
 
-class _Cursor:
+class Cursor:
+    """The words of one document, consumed in order: markers and base64 blocks."""
+
     __slots__ = ("body", "pos", "words")
 
     def __init__(self, words: list[tuple[str, int]], body: _Body) -> None:
@@ -246,13 +319,16 @@ class _Cursor:
 
     def finish(self) -> None:
         if self.pos != len(self.words):
-            raise damaged(self._line_here(), f"unexpected text before '{END_A}'")
+            raise self._damaged(self._line_here(), f"unexpected text before '{self.body.last}'")
+
+    def _damaged(self, line: int, why: str) -> StructureError:
+        return damaged(line, why, self.body.noun)
 
     def marker(self, text: str) -> None:
         want = text.split(" ")
         got = [w for w, _ in self.words[self.pos : self.pos + len(want)]]
         if got != want:
-            raise damaged(self._line_here(), f"expected '{text}'")
+            raise self._damaged(self._line_here(), f"expected '{text}'")
         self.pos += len(want)
 
     def base64(self, name: str, limit: int) -> tuple[bytes, int]:
@@ -264,18 +340,19 @@ class _Cursor:
         while self.pos < len(self.words) and not self.words[self.pos][0].startswith("-----"):
             word, number = self.words[self.pos]
             if not _B64_CHARS.fullmatch(word):
-                raise damaged(number, f"a character that is not base64 in the {name} block")
+                raise self._damaged(number, f"a character that is not base64 in the {name} block")
             total += len(word)
             if total > encoded_limit:
                 raise StructureError(
-                    f"the bundle's {name} block is larger than its limit of {limit} bytes",
+                    f"the {self.body.noun}'s {name} block is larger than its limit of "
+                    f"{limit} bytes",
                     line=number,
-                    hints=_HINT_FRESH,
+                    hints=_HINT_FRESH if self.body.noun == "bundle" else (),
                 )
             self.pos += 1
         block = self.words[begin : self.pos]
         if not block:
-            raise damaged(first, f"the {name} block is empty")
+            raise self._damaged(first, f"the {name} block is empty")
         joined = "".join(w for w, _ in block)
         pad = joined.find("=")
         if 0 <= pad < len(joined) - 2 or (pad >= 0 and joined[pad:] not in ("=", "==")):
@@ -283,16 +360,18 @@ class _Cursor:
             for word, number in block:  # the line that holds the misplaced "="
                 offset += len(word)
                 if offset > pad:
-                    raise damaged(number, f"base64 padding inside the {name} block")
+                    raise self._damaged(number, f"base64 padding inside the {name} block")
         last = block[-1][1]
         if len(joined) % 4:
-            raise damaged(last, f"the {name} block's base64 is cut short or has extra characters")
+            raise self._damaged(
+                last, f"the {name} block's base64 is cut short or has extra characters"
+            )
         try:
             data = binascii.a2b_base64(joined, strict_mode=True)
         except binascii.Error:
-            raise damaged(last, f"invalid base64 in the {name} block") from None
+            raise self._damaged(last, f"invalid base64 in the {name} block") from None
         if binascii.b2a_base64(data, newline=False).decode("ascii") != joined:
-            raise damaged(last, f"non-canonical base64 at the end of the {name} block")
+            raise self._damaged(last, f"non-canonical base64 at the end of the {name} block")
         return data, first
 
 

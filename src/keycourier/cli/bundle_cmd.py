@@ -16,14 +16,22 @@ from keycourier.cli.common import (
     emit_json,
     identity_option,
     info,
-    parse_trusted_sender,
     trust_option,
     warn,
     write_output,
 )
+from keycourier.cli.common import (
+    trusted_senders as trusted_senders,
+)
 from keycourier.cli.identity_cmd import load_identity_for_cli
 from keycourier.cli.main import settings_from
 from keycourier.cli.policy_cmd import facts_from_options, handover_options
+from keycourier.cli.receipt_cmd import (
+    check_receipt_target,
+    receipt_option,
+    save_receipt,
+    write_receipt,
+)
 from keycourier.cli.record import record_event, write_release
 from keycourier.errors import IntegrityError, PolicyError, UsageError
 
@@ -34,22 +42,6 @@ if TYPE_CHECKING:
     from keycourier.ledger.service import BundleState
 
 DEFAULT_LIFETIME_DAYS = 7
-
-
-def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]:
-    values = list(trust)
-    if trust_file:
-        with open(trust_file, encoding="ascii", errors="replace") as fh:
-            for number, line in enumerate(fh.read(64 * 1024).splitlines(), start=1):
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    values.append(parse_trusted_sender(line, f"{trust_file} line {number}:"))
-    if not values:
-        raise UsageError(
-            "no trusted sender given",
-            hints=["pin the sender with --trust kc1:... (see 'keycourier identity show')"],
-        )
-    return values
 
 
 def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
@@ -275,6 +267,7 @@ def inspect(bundle_file: str, as_json: bool) -> None:
     is_flag=True,
     help="Fail (exit 6) and release nothing unless the event reaches Vault.",
 )
+@receipt_option
 @click.pass_context
 def open_bundle(
     ctx: click.Context,
@@ -290,6 +283,7 @@ def open_bundle(
     as_json: bool,
     allow_reopen: bool,
     require_vault: bool,
+    receipt_path: str | None,
 ) -> None:
     """Verify a bundle from a pinned sender, decrypt it and release the credentials.
 
@@ -297,7 +291,8 @@ def open_bundle(
     trusted sender, payload digest, decryption, inner manifest binding,
     expiry, the receiver's policy, and the ledger (not revoked, not opened
     before). Credentials go to -o (0600) or to stdout when it is not a
-    terminal (or with --reveal).
+    terminal (or with --reveal). With --receipt FILE, a signed receipt for
+    the sender is written there (docs/receipts.md).
 
     \b
     Example:
@@ -310,6 +305,7 @@ def open_bundle(
             hints=["use -o FILE, pipe the output, or pass --reveal"],
         )
     settings = settings_from(ctx, policy_path=policy)
+    check_receipt_target(receipt_path)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
     checked, event, outcome = open_for_cli(
@@ -352,6 +348,12 @@ def open_bundle(
         info(f"credentials of bundle {m.bundle_id} written to {output}")
     else:
         write_output(None, data.encode("utf-8"), private=True)
+    if receipt_path:
+        made = write_receipt(
+            settings, ident, bundle_text=text, manifest=m, event=event, seq=outcome.seq
+        )
+        if made is not None:
+            save_receipt(receipt_path, made)
 
 
 def open_for_cli(

@@ -106,6 +106,18 @@ def emit_json(obj: Mapping[str, Any] | list[Any]) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def default_actor() -> str:
+    """``user@host``: who acts when no identity says it (revoke, receipt verify)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 def info(text: str) -> None:
     """A diagnostic line on stderr."""
     click.echo(f"keycourier: {text}", err=True)
@@ -173,6 +185,22 @@ def parse_trusted_sender(value: str, where: str = "--trust") -> str:
         f"{where} {shown!r} {why}: {_TRUST_FORM}",
         hints=[_TRUST_HINT + " (kc1:0123456789abcdef0123456789abcdef, say)"],
     )
+
+
+def trusted_senders(trust: tuple[str, ...], trust_file: str | None) -> list[str]:
+    values = list(trust)
+    if trust_file:
+        with open(trust_file, encoding="ascii", errors="replace") as fh:
+            for number, line in enumerate(fh.read(64 * 1024).splitlines(), start=1):
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    values.append(parse_trusted_sender(line, f"{trust_file} line {number}:"))
+    if not values:
+        raise UsageError(
+            "no trusted sender given",
+            hints=["pin the sender with --trust kc1:... (see 'keycourier identity show')"],
+        )
+    return values
 
 
 def _parse_trust_option(

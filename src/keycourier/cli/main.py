@@ -45,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "ingest": ("keycourier.cli.provenance_cmd", "ingest", "Open a bundle and store it in Vault."),
     "revoke": ("keycourier.cli.provenance_cmd", "revoke", "Record that a bundle is revoked."),
+    "receipt": (
+        "keycourier.cli.receipt_cmd",
+        "receipt",
+        "Verify and inspect receivers' signed receipts.",
+    ),
     "sync": ("keycourier.cli.provenance_cmd", "sync", "Deliver pending ledger events to Vault."),
     "audit": ("keycourier.cli.provenance_cmd", "audit", "Verify, show and export the ledger."),
     "doctor": (

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from keycourier.cli.common import emit_json, identity_option, info, trust_option, warn
+from keycourier.cli.common import (
+    default_actor,
+    emit_json,
+    identity_option,
+    info,
+    trust_option,
+    warn,
+)
 from keycourier.cli.main import settings_from
 from keycourier.cli.provenance_ops import verify_ledger
+from keycourier.cli.receipt_cmd import (
+    check_receipt_target,
+    receipt_option,
+    save_receipt,
+    write_receipt,
+)
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -38,16 +50,6 @@ def ledger_option(f: Any) -> Any:  # noqa: ANN401 - click decorator
         default=None,
         help="Ledger file (env KEYCOURIER_LEDGER; default ~/.local/share/keycourier/ledger.db).",
     )(f)
-
-
-def _default_actor() -> str:
-    import socket  # only for revoke and ingest: audit and sync start without it
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 def _fail(code: ExitCode, message: str) -> None:
@@ -86,6 +88,12 @@ def _fail(code: ExitCode, message: str) -> None:
 @click.option(
     "--require-vault", is_flag=True, help="Fail (exit 6) unless the provenance events reach Vault."
 )
+@receipt_option
+@click.option(
+    "--receipt-shows-path",
+    is_flag=True,
+    help="Name the Vault path in clear in the receipt (default: a keyed digest of it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @ledger_option
 @click.pass_context
@@ -100,6 +108,8 @@ def ingest(
     policy: str | None,
     allow_reopen: bool,
     require_vault: bool,
+    receipt_path: str | None,
+    receipt_shows_path: bool,
     as_json: bool,
     ledger_path: str | None,
 ) -> None:
@@ -108,12 +118,15 @@ def ingest(
     Verifies and re-checks the bundle exactly like 'open' (and records
     'opened'), writes the credentials to --vault-path with custom_metadata
     (bundle ID, fingerprint, sealed by, sealed at), then records 'ingested'
-    with the KV version written. Nothing is printed but the summary.
+    with the KV version written. A signed receipt for the sender is stored
+    in the path's metadata and, with --receipt FILE, written there
+    (docs/receipts.md). Nothing is printed but the summary.
 
     \b
     Example:
       keycourier ingest handover.kcb --identity platform.kcid \\
-        --trust kc1:0123... --vault-path handed-over/acme/quickbooks
+        --trust kc1:0123... --vault-path handed-over/acme/quickbooks \\
+        --receipt receipt.kcr
     """
     from keycourier import vault
     from keycourier.cli.bundle_cmd import open_for_cli, read_bundle, trusted_senders
@@ -121,6 +134,7 @@ def ingest(
     from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
     from keycourier.ledger.signed import sign_event
+    from keycourier.receipt import IssuedVault
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
     if not settings.vault.addr:
@@ -128,6 +142,7 @@ def ingest(
             "ingest writes to Vault, but no Vault is configured", hints=["set VAULT_ADDR"]
         )
     vault.check_ingest_path(vault_path)
+    check_receipt_target(receipt_path)
     trusted = trusted_senders(trust, trust_file)
     client = vault.connect(settings)
     vault.ping(client)  # fail early (exit 5/6) before anything is opened or recorded
@@ -142,6 +157,15 @@ def ingest(
     m = checked.manifest
     c = checked.credentials
     sealed_at = str(m.to_dict().get("created_at", ""))
+    provenance = {
+        "bundle_id": m.bundle_id,
+        "fingerprint": m.fingerprint,
+        "sealed_by": m.sender_fingerprint,
+        "sealed_at": sealed_at,
+        "platform": c.platform,
+        # Vault refuses an empty metadata value: a bundle without --partner has none
+        **({"partner": m.partner} if m.partner else {}),
+    }
     try:
         version = _write_credentials(
             client,
@@ -153,20 +177,7 @@ def ingest(
                 "client_secret": c.client_secret.reveal(),
             },
         )
-        vault.kv_write_custom_metadata(
-            client,
-            mount,
-            vault_path,
-            {
-                "bundle_id": m.bundle_id,
-                "fingerprint": m.fingerprint,
-                "sealed_by": m.sender_fingerprint,
-                "sealed_at": sealed_at,
-                "platform": c.platform,
-                # Vault refuses an empty metadata value: a bundle without --partner has none
-                **({"partner": m.partner} if m.partner else {}),
-            },
-        )
+        vault.kv_write_custom_metadata(client, mount, vault_path, provenance)
     except Error as exc:
         exc.hints = (
             *exc.hints,
@@ -194,6 +205,19 @@ def ingest(
     with recording(settings, require_vault=require_vault) as recorder:
         outcome = recorder.record(event)
     report_outcome(event, outcome)
+    receipt_text = write_receipt(
+        settings,
+        ident,
+        bundle_text=text,
+        manifest=m,
+        event=event,
+        seq=outcome.seq,
+        vault=IssuedVault(f"{mount}/{vault_path}", version, show_path=receipt_shows_path),
+    )
+    if receipt_text is not None:
+        store_receipt(client, mount, vault_path, provenance, receipt_text)
+        if receipt_path:
+            save_receipt(receipt_path, receipt_text)
     summary = {
         "bundle_id": m.bundle_id,
         "fingerprint": m.fingerprint,
@@ -209,6 +233,37 @@ def ingest(
             f"credentials of bundle {m.bundle_id} stored at {mount}/{vault_path}"
             f" (version {version})"
         )
+
+
+def store_receipt(
+    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
+    mount: str,
+    path: str,
+    provenance: dict[str, str],
+    receipt_text: bytes,
+) -> None:
+    """The receipt next to the credentials, in the path's custom_metadata (docs/receipts.md
+    section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
+    value). A failure is a warning: the credentials are stored and the event recorded."""
+    from keycourier import receipt, vault
+
+    text = receipt_text.decode("ascii")
+    chunks = {f"receipt_{i // 500}": text[i : i + 500] for i in range(0, len(text), 500)}
+    receipt_id = receipt.parse(receipt_text).receipt.receipt_id
+    try:
+        vault.kv_write_custom_metadata(
+            client, mount, path, {**provenance, "receipt_id": receipt_id, **chunks}
+        )
+    except Error as exc:
+        warn(f"the receipt could not be stored in the metadata of {mount}/{path}: {exc.message}")
+
+
+def receipt_from_metadata(custom: dict[str, str]) -> bytes | None:
+    """The receipt stored by ``store_receipt``, joined from its chunks (None when absent)."""
+    parts: list[str] = []
+    while (part := custom.get(f"receipt_{len(parts)}")) is not None:
+        parts.append(part)
+    return "".join(parts).encode("ascii") if parts else None
 
 
 def _write_credentials(
@@ -296,7 +351,7 @@ def revoke(
     event = Event(
         type=EventType.REVOKED,
         at=datetime.now(UTC),
-        actor=actor or (ident.public().signing_fingerprint if ident else _default_actor()),
+        actor=actor or (ident.public().signing_fingerprint if ident else default_actor()),
         bundle_id=bundle_id,
         data={"reason": reason},
     )
@@ -542,6 +597,58 @@ def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | N
         return
     for line in timeline_view.render(key, rows, timeline_view.terminal_width()):
         click.echo(line)
+
+
+@audit.command("unconfirmed")
+@click.option(
+    "--older-than",
+    default="2d",
+    show_default=True,
+    help="Only bundles sealed at least this long ago (14d, 36h, 90m, 0m).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list on stdout.")
+@ledger_option
+@click.pass_context
+def audit_unconfirmed(
+    ctx: click.Context, older_than: str, as_json: bool, ledger_path: str | None
+) -> None:
+    """List the bundles you sealed that no verified receipt confirms yet.
+
+    For follow-up with the receiver: each row is a bundle sealed in this
+    ledger with no 'receipt_verified' event (see 'keycourier receipt
+    verify'); a revoked or expired bundle is listed as such. Exit 0 whether
+    or not something is listed.
+
+    \b
+    Example:
+      keycourier audit unconfirmed --older-than 2d
+      keycourier audit unconfirmed --older-than 0m --json
+    """
+    from keycourier.ledger.service import open_recorder, unconfirmed
+    from keycourier.policy.model import parse_duration
+
+    try:
+        age_limit = (
+            timedelta(0)
+            if older_than.strip() in {"0", "0m", "0s"}
+            else (parse_duration(older_than, what="--older-than"))
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    with open_recorder(settings) as recorder:
+        rows = unconfirmed(recorder.ledger.iter_all(), now=datetime.now(UTC), older_than=age_limit)
+    if as_json:
+        emit_json([row.to_json() for row in rows])
+        return
+    if not rows:
+        click.echo(f"every bundle sealed more than {older_than} ago has a verified receipt")
+        return
+    click.echo(f"{'SEALED':<20}  {'BUNDLE':<36}  {'STATE':<16}  PARTNER / PLATFORM")
+    for row in rows:
+        sealed = row.sealed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        who = " / ".join(x for x in (row.partner, row.platform) if x) or "-"
+        click.echo(f"{sealed:<20}  {row.bundle_id:<36}  {row.state:<16}  {who}")
 
 
 def _parse_since(value: str | None) -> datetime | None:

@@ -141,4 +141,23 @@ def render(key: str, rows: Sequence[tuple[str, Event, str]], width: int) -> list
         details += [f"{printable(str(k))}={_value(v)}" for k, v in sorted(e.data.items())]
         if details:
             lines.extend(_wrap(", ".join(details), width, INDENT + "details: ", INDENT * 2))
+    for closing in receipt_lines(events):
+        lines.extend(_wrap(closing, width, "", INDENT))
     return lines
+
+
+def receipt_lines(events: Sequence[Event]) -> list[str]:
+    """How the handover ended, from the sender's side: the latest verified receipt
+    (docs/receipts.md), the last line "Received and stored by <receiver> at <time>"."""
+    verified = [e for e in events if e.type == EventType.RECEIPT_VERIFIED]
+    if not verified:
+        return []
+    data = verified[-1].data
+    done = "stored" if data.get("action") == "ingested" else "opened"
+    version = data.get("kv_version")
+    extra = f" (Vault version {version})" if isinstance(version, int) else ""
+    return [
+        f"Receipt {printable(str(data.get('receipt_id')))}{extra} verified.",
+        f"Received and {done} by {printable(str(data.get('receiver')))} at "
+        f"{printable(str(data.get('received_at')))}",
+    ]

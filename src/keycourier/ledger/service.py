@@ -10,9 +10,9 @@ import contextlib
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -1123,6 +1123,84 @@ def bundle_state(
         ignored=tuple(ignored),
         opens=opens,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Unconfirmed:
+    """A bundle this ledger sealed that no verified receipt confirms (docs/receipts.md)."""
+
+    bundle_id: str
+    sealed_at: datetime
+    partner: str | None
+    platform: str | None
+    fingerprint: str | None
+    state: str  # "awaiting receipt", "revoked" or "expired"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "bundle_id": self.bundle_id,
+            "sealed_at": self.sealed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "partner": self.partner,
+            "platform": self.platform,
+            "fingerprint": self.fingerprint,
+            "state": self.state,
+        }
+
+
+def unconfirmed(
+    events: Iterable[StoredEvent], *, now: datetime, older_than: timedelta
+) -> list[Unconfirmed]:
+    """The bundles sealed here at least ``older_than`` ago with no `receipt_verified`,
+    oldest first; a revoked or expired one says so (it needs no receipt, but a follow-up)."""
+    local = list(events)
+    voided = _voided_local(local)
+    sealed: dict[str, StoredEvent] = {}
+    confirmed: set[str] = set()
+    revoked: set[str] = set()
+    for stored in local:
+        e = stored.event
+        if e.bundle_id is None:
+            continue
+        if e.type == EventType.SEALED and stored.seq not in voided:
+            sealed.setdefault(e.bundle_id, stored)
+        elif e.type == EventType.RECEIPT_VERIFIED:
+            confirmed.add(e.bundle_id)
+        elif e.type == EventType.REVOKED:
+            revoked.add(e.bundle_id)
+    out: list[Unconfirmed] = []
+    for bundle_id, stored in sealed.items():
+        e = stored.event
+        if bundle_id in confirmed or now - e.at < older_than:
+            continue
+        expires = _time_or_none(e.data.get("expires_at"))
+        if bundle_id in revoked:
+            state = "revoked"
+        elif expires is not None and expires <= now:
+            state = "expired"
+        else:
+            state = "awaiting receipt"
+        partner, platform = e.data.get("partner"), e.data.get("platform")
+        out.append(
+            Unconfirmed(
+                bundle_id=bundle_id,
+                sealed_at=e.at,
+                partner=printable(partner) if isinstance(partner, str) else None,
+                platform=printable(platform) if isinstance(platform, str) else None,
+                fingerprint=e.fingerprint,
+                state=state,
+            )
+        )
+    return sorted(out, key=lambda u: u.sealed_at)
+
+
+def _time_or_none(value: object) -> datetime | None:
+    """A manifest time (``YYYY-MM-DDTHH:MM:SSZ``) from event data, None if it is not one."""
+    if not isinstance(value, str) or len(value) != 20:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _voided_local(local: Sequence[StoredEvent]) -> set[int]:

@@ -1,0 +1,293 @@
+"""`keycourier receipt verify|inspect`, and the receipt that `open`/`ingest` write."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from keycourier.cli.common import (
+    default_actor,
+    emit_json,
+    info,
+    trust_option,
+    trusted_senders,
+    warn,
+)
+from keycourier.cli.main import settings_from
+from keycourier.errors import Error, UsageError
+
+if TYPE_CHECKING:
+    from keycourier.bundle.identity import KeycourierIdentity
+    from keycourier.bundle.model import Manifest
+    from keycourier.config import Settings
+    from keycourier.ledger.interface import Event
+    from keycourier.receipt import IssuedVault, Receipt
+
+MAX_RECEIPT_FILE = 64 * 1024
+
+
+def receipt_option(f: Any) -> Any:  # noqa: ANN401 - click decorator
+    return click.option(
+        "--receipt",
+        "receipt_path",
+        type=click.Path(dir_okay=False),
+        help="Write a signed receipt here for the sender (docs/receipts.md).",
+    )(f)
+
+
+def check_receipt_target(path: str | None) -> None:
+    """Refuse, before anything is opened, a receipt path that cannot be written."""
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--receipt: cannot write into {parent}: no such writable directory")
+
+
+def write_receipt(
+    settings: Settings,
+    identity: KeycourierIdentity,
+    *,
+    bundle_text: bytes,
+    manifest: Manifest,
+    event: Event,
+    seq: int,
+    vault: IssuedVault | None = None,
+) -> bytes | None:
+    """Issue the receipt of ``event`` (recorded as ``seq``); None, with a warning, when it
+    cannot be made: the release already happened, so that is not a failed command."""
+    from keycourier import receipt
+    from keycourier.bundle import parsing
+    from keycourier.ledger.service import open_recorder, prove_event
+
+    try:
+        with open_recorder(settings) as recorder:
+            proof = prove_event(recorder, seq)
+        return receipt.issue(
+            identity=identity,
+            manifest=manifest,
+            manifest_bytes=parsing.parse(bundle_text).manifest_bytes,
+            action=str(event.type),
+            at=event.at,
+            proof=proof,
+            vault=vault,
+        )
+    except Error as exc:
+        warn(
+            f"bundle {manifest.bundle_id} is released and on record, but no receipt could be "
+            f"made: {exc.message}"
+        )
+        return None
+
+
+def save_receipt(path: str, text: bytes) -> None:
+    from keycourier.files import write_private
+
+    try:
+        write_private(path, text)
+    except (Error, OSError) as exc:
+        detail = exc.message if isinstance(exc, Error) else str(exc)
+        warn(f"the receipt could not be written to {path}: {detail}")
+        return
+    info(f"receipt written to {path}: send it to the sender")
+
+
+def read_receipt(path: str) -> bytes:
+    from keycourier.cli.common import read_limited
+
+    if path == "-":
+        import sys
+
+        return read_limited(sys.stdin.buffer, MAX_RECEIPT_FILE, "the receipt")
+    try:
+        with open(path, "rb") as fh:
+            return read_limited(fh, MAX_RECEIPT_FILE, "the receipt")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+@click.group()
+def receipt() -> None:
+    """Signed receipts: the receiver's word that a bundle arrived (docs/receipts.md).
+
+    \b
+    Example:
+      keycourier receipt verify receipt.kcr --bundle handover.kcb --trust kc1:0123...
+    """
+
+
+@receipt.command("verify")
+@click.argument("receipt_file", metavar="RECEIPT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--bundle",
+    "bundle_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The bundle you sealed and sent.",
+)
+@trust_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(dir_okay=False),
+    help="Ledger file (env KEYCOURIER_LEDGER; default ~/.local/share/keycourier/ledger.db).",
+)
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    receipt_file: str,
+    bundle_file: str,
+    trust: tuple[str, ...],
+    trust_file: str | None,
+    as_json: bool,
+    ledger_path: str | None,
+) -> None:
+    """Check a receiver's receipt against the bundle you sent, and record it.
+
+    --trust pins the RECEIVER's signing fingerprint (ask for it through a
+    second channel: 'keycourier identity show' on their side). Exit 0 when
+    the receipt verifies (recorded as 'receipt_verified' once), 4 when
+    something does not verify (named), 7 when it is for another bundle or
+    signed by a key you did not pin.
+
+    \b
+    Example:
+      keycourier receipt verify receipt.kcr --bundle handover.kcb --trust kc1:0123...
+    """
+    from keycourier import receipt as _receipt
+    from keycourier.cli.bundle_ops import read_bundle
+
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    data = read_receipt(receipt_file)
+    verified = _receipt.verify(data, read_bundle(bundle_file), trusted_senders(trust, trust_file))
+    seq, fresh = _record_verified(settings, verified.receipt)
+    r = verified.receipt
+    if as_json:
+        emit_json({**_summary(r), "ledger_seq": seq, "newly_recorded": fresh})
+        return
+    what = "stored" if r.action == "ingested" else "opened"
+    info(f"receipt {r.receipt_id} verifies: bundle {r.bundle.bundle_id} was {what} by {r.receiver}")
+    info(f"at {r.at:%Y-%m-%d %H:%M:%S} UTC" + _vault_words(r))
+    info(f"recorded as event #{seq}" if fresh else f"already recorded as event #{seq}")
+
+
+def _record_verified(settings: Settings, r: Receipt) -> tuple[int, bool]:
+    """Record ``receipt_verified`` unless this receipt is already on record: (seq, new?)."""
+    from keycourier.cli.record import recording, report_outcome
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.service import decision_lock
+
+    with decision_lock(settings), recording(settings) as recorder:
+        for stored in recorder.history(bundle_id=r.bundle.bundle_id):
+            e = stored.event
+            if e.type == EventType.RECEIPT_VERIFIED and e.data.get("receipt_id") == r.receipt_id:
+                return stored.seq, False
+        event = Event(
+            type=EventType.RECEIPT_VERIFIED,
+            at=datetime.now(UTC),
+            actor=default_actor(),
+            bundle_id=r.bundle.bundle_id,
+            fingerprint=r.bundle.fingerprint,
+            data=_summary(r),
+        )
+        outcome = recorder.record(event)
+    report_outcome(event, outcome)
+    return outcome.seq, True
+
+
+def _summary(r: Receipt) -> dict[str, Any]:
+    from keycourier.bundle.model import format_time
+
+    v = r.vault
+    return {
+        "receipt_id": r.receipt_id,
+        "bundle_id": r.bundle.bundle_id,
+        "action": r.action,
+        "receiver": r.receiver,
+        "received_at": format_time(r.at),
+        "kv_version": v.kv_version if v else None,
+        "vault_path_hmac": v.path_hmac if v else None,
+        "vault_path": v.path if v else None,
+        "supersedes": (
+            {"bundle_id": v.supersedes.bundle_id, "kv_version": v.supersedes.kv_version}
+            if v and v.supersedes
+            else None
+        ),
+        "receiver_ledger": {
+            "log_index": r.ledger.log_index,
+            "tree_size": r.ledger.tree_size,
+            "verifier_key": r.ledger.verifier_key,
+        },
+    }
+
+
+def _vault_words(r: Receipt) -> str:
+    v = r.vault
+    if v is None:
+        return ""
+    where = v.path or "a Vault path it keeps private"
+    words = f", in {where}, version {v.kv_version}"
+    if v.supersedes:
+        words += f" (replacing version {v.supersedes.kv_version}, bundle {v.supersedes.bundle_id})"
+    return words
+
+
+@receipt.command("inspect")
+@click.argument("receipt_file", metavar="RECEIPT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_receipt(receipt_file: str, as_json: bool) -> None:
+    """Show what a receipt says, without any key or pin.
+
+    Checks the signature under the key the receipt names and its ledger
+    proof; who the receiver is, only 'receipt verify --trust' tells. Exit 4,
+    with what is wrong, when the input is not a receipt or is damaged.
+
+    \b
+    Example:
+      keycourier receipt inspect receipt.kcr
+    """
+    from keycourier import receipt as _receipt
+
+    seen = _receipt.inspect(read_receipt(receipt_file))
+    r = seen.receipt
+    if as_json:
+        emit_json(
+            {
+                "receipt": r.to_dict(),
+                "signature_valid": seen.signature_valid,
+                "ledger_proof_valid": seen.proof_error is None,
+                "ledger_proof_error": seen.proof_error,
+            }
+        )
+    else:
+        what = {"ingested": "ingested into Vault", "opened": "opened"}[r.action]
+        rows = [
+            ("receipt", r.receipt_id),
+            ("bundle", r.bundle.bundle_id),
+            ("what", f"{what} at {r.at:%Y-%m-%d %H:%M:%S} UTC{_vault_words(r)}"),
+            ("receiver", r.receiver),
+            ("sender", r.bundle.sender),
+            ("credential", r.bundle.fingerprint),
+            ("manifest", f"sha256:{r.bundle.manifest_sha256}"),
+            ("signature", "valid (under the key it names)" if seen.signature_valid else "INVALID"),
+            (
+                "ledger proof",
+                f"event {r.ledger.log_index} of {r.ledger.tree_size}, valid"
+                if seen.proof_error is None
+                else f"INVALID: {seen.proof_error}",
+            ),
+        ]
+        for name, value in rows:
+            click.echo(f"{name + ':':<14}{value}")
+    if not seen.signature_valid or seen.proof_error is not None:
+        from keycourier.errors import IntegrityError
+
+        raise IntegrityError(
+            "the receipt does not verify: "
+            + ("its signature is invalid" if not seen.signature_valid else str(seen.proof_error))
+        )
