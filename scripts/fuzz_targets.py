@@ -1,4 +1,5 @@
-"""atheris (libFuzzer) targets for the bundle and age parsers; run through scripts/fuzz.
+"""atheris (libFuzzer) targets for the bundle, receipt and age parsers; run through
+scripts/fuzz.
 
     .venv/bin/python scripts/fuzz_targets.py TARGET [libFuzzer flags] [CORPUS_DIR]
     .venv/bin/python scripts/fuzz_targets.py TARGET --seed-corpus DIR
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import atheris  # type: ignore[import-untyped]  # noqa: E402
 
 with atheris.instrument_imports(include=["keycourier"]):
-    from keycourier import age, bundle
+    from keycourier import age, bundle, receipt
     from keycourier.age._format import ArmorDecoder, Reader, read_header
     from keycourier.errors import Error, IntegrityError
 
@@ -39,9 +40,12 @@ from tests.fuzz.samples import (  # noqa: E402
     bundle_content,
     bundle_sample,
     normalise_armor,
+    receipt_sample,
 )
 
 BUNDLE = bundle_sample()
+RECEIPT = receipt_sample()
+RECEIPT_PARSED = receipt.parse(RECEIPT.text)
 AGE = {s.name: s for s in age_samples() if s.name != "x25519-two-chunks"}
 AGE_NAMES = sorted(AGE)
 
@@ -60,6 +64,23 @@ def bundle_target(data: bytes) -> None:
         raise AssertionError("a bundle with other signed content opened")
     if opened.credentials.client_secret.reveal() != BUNDLE.client_secret:
         raise AssertionError("the bundle opened to other credentials")
+
+
+def receipt_target(data: bytes) -> None:
+    """A receipt verifies only with the sample's signed body and signature (docs/receipts.md):
+    every other input is a keycourier error (exit 4 or 7)."""
+    for check in (receipt.parse, receipt.inspect):
+        with contextlib.suppress(Error):
+            check(data)
+    try:
+        verified = receipt.verify(data, RECEIPT.bundle, RECEIPT.trusted)
+    except Error:
+        return
+    parsed = receipt.parse(data)
+    if parsed.body != RECEIPT_PARSED.body or parsed.signature != RECEIPT_PARSED.signature:
+        raise AssertionError("a receipt with other signed content verified")
+    if verified.receipt != RECEIPT_PARSED.receipt:
+        raise AssertionError("a receipt verified to other facts")
 
 
 def age_target(data: bytes) -> None:
@@ -88,13 +109,20 @@ def age_target(data: bytes) -> None:
         raise AssertionError("a non-canonical age header was accepted")
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"bundle": bundle_target, "age": age_target}
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "bundle": bundle_target,
+    "receipt": receipt_target,
+    "age": age_target,
+}
 
 
 def seed(target: str, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if target == "bundle":
         (directory / "seed-bundle").write_bytes(BUNDLE.text)
+        return
+    if target == "receipt":
+        (directory / "seed-receipt").write_bytes(RECEIPT.text)
         return
     for i, name in enumerate(AGE_NAMES):
         (directory / f"seed-{name}").write_bytes(bytes([i]) + AGE[name].data)

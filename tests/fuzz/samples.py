@@ -109,3 +109,56 @@ def bundle_content(text: bytes) -> tuple[bytes, bytes, bytes]:
 def normalise_armor(data: bytes) -> bytes:
     """The armor tolerances of docs/age.md: CRLF line ends and outer whitespace."""
     return data.replace(b"\r\n", b"\n").strip(b" \t\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptSample:
+    text: bytes  # the receiver's receipt of the bundle sample's handover (ingested)
+    bundle: bytes
+    trusted: tuple[str, ...]  # the receiver's fingerprint, as the sender pins it
+
+
+@functools.cache
+def receipt_sample() -> ReceiptSample:
+    """The receipt of the bundle sample, ingested as the 4th event of a 6-event ledger
+    whose checkpoint is signed by a fixed note key."""
+    from keycourier.bundle import parsing
+    from keycourier.ledger.service import EventProof
+    from keycourier.receipt import IssuedVault, issue
+    from keycourier.tlog import checkpoint, merkle, note
+
+    sample = bundle_sample()
+    manifest_bytes = parsing.parse(sample.text).manifest_bytes
+    manifest = parsing.parse(sample.text).manifest
+    bodies = [f'{{"seq":{i},"type":"other"}}' for i in range(6)]
+    bodies[3] = (
+        f'{{"bundle_id":"{manifest.bundle_id}","seq":4,"type":"ingested",'
+        '"vault_path":"secret/handed-over/acme/qbo"}'
+    )
+    levels = merkle.levels_of([merkle.leaf_hash(b.encode()) for b in bodies])
+
+    def read(level: int, index: int) -> bytes:
+        return levels[level][index]
+
+    signer = note.Signer("ledger.example/fuzz", _key("ledger note key"))
+    root = merkle.root_hash(len(bodies), read)
+    signed = note.sign(checkpoint.Checkpoint(signer.name, len(bodies), root).text(), [signer])
+    proof = EventProof(
+        log_index=3,
+        tree_size=len(bodies),
+        root_hash=root,
+        hashes=tuple(merkle.inclusion_proof(3, len(bodies), read)),
+        checkpoint=signed,
+        body=bodies[3],
+        verifier_key=signer.verifier.vkey(),
+    )
+    text = issue(
+        identity=sample.receiver,
+        manifest=manifest,
+        manifest_bytes=manifest_bytes,
+        action="ingested",
+        at=NOW,
+        proof=proof,
+        vault=IssuedVault("secret/handed-over/acme/qbo", 1),
+    )
+    return ReceiptSample(text, sample.text, (sample.receiver.public().signing_fingerprint,))

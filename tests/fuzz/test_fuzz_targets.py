@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from keycourier import age, bundle
+from keycourier import age, bundle, receipt
 from tests.fuzz.samples import NOW, PLAINTEXT
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_targets.py"
@@ -82,12 +82,12 @@ def _variants(seeds: list[bytes], rng: random.Random) -> Iterator[bytes]:
         yield s[:1] + rng.randbytes(200)
 
 
-def test_the_targets_are_the_bundle_and_age_parsers(harness: types.ModuleType) -> None:
-    assert set(harness.TARGETS) == {"bundle", "age"}
+def test_the_targets_are_the_bundle_receipt_and_age_parsers(harness: types.ModuleType) -> None:
+    assert set(harness.TARGETS) == {"bundle", "receipt", "age"}
     assert callable(harness.main)
 
 
-@pytest.mark.parametrize("target", ["bundle", "age"])
+@pytest.mark.parametrize("target", ["bundle", "receipt", "age"])
 def test_target_runs_on_seeds_and_junk(
     harness: types.ModuleType, target: str, tmp_path: Path
 ) -> None:
@@ -101,6 +101,9 @@ def test_target_runs_on_seeds_and_junk(
                 s, identity=sample.receiver, trusted=sample.trusted, now=NOW
             )
             assert opened.credentials.client_secret.reveal() == sample.client_secret
+        elif target == "receipt":
+            verified = receipt.verify(s, harness.RECEIPT.bundle, harness.RECEIPT.trusted)
+            assert verified.receipt.action == "ingested"
         else:
             name = harness.AGE_NAMES[s[0] % len(harness.AGE_NAMES)]
             assert age.decrypt(harness.AGE[name].identities, s[1:]) == PLAINTEXT

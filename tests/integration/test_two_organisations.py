@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from keycourier.cli.provenance_cmd import receipt_from_metadata
 from tests.support.openbao import BaoServer, start_dev_server
 
 KC = str(Path(sys.executable).with_name("keycourier"))
@@ -150,10 +151,12 @@ def test_handover_between_two_organisations(orgs: tuple[Org, Org]) -> None:
     client_id, client_secret = _qbo_secret(partner.work, "qbo-secret.txt")
     bundle_id = _seal(partner, pub_platform["recipient"], client_id, "qbo-secret.txt", "h.kcb")
 
-    platform.kc(
+    ingested = platform.kc(
         "ingest", "h.kcb", "--identity", "platform.kcid",
         "--trust", pub_partner["signing_fingerprint"], "--vault-path", "handed-over/acme/qbo",
+        "--receipt", "h.kcr",
     )  # fmt: skip
+    assert "warning" not in ingested.stderr, ingested.stderr
 
     # the credentials are in the platform's Vault only
     stored = json.loads(
@@ -170,6 +173,27 @@ def test_handover_between_two_organisations(orgs: tuple[Org, Org]) -> None:
     platform_types = [e["type"] for e in platform.ledger_events() if e["bundle_id"] == bundle_id]
     assert partner_types == ["sealed"]
     assert platform_types == ["opened", "ingested"]
+
+    # the receipt closes the loop: the partner verifies it with nothing but files
+    receipt_text = (partner.work / "h.kcr").read_text()
+    assert "handed-over" not in receipt_text  # the path is a keyed digest by default
+    assert client_secret not in receipt_text
+    metadata = json.loads(
+        platform.bao.bao("kv", "metadata", "get", "-format=json", "secret/handed-over/acme/qbo")
+    )["data"]["custom_metadata"]
+    assert receipt_from_metadata(metadata) == receipt_text.encode()
+    verified = json.loads(
+        partner.kc(
+            "receipt", "verify", "h.kcr", "--bundle", "h.kcb",
+            "--trust", pub_platform["signing_fingerprint"], "--json",
+        ).stdout
+    )  # fmt: skip
+    assert verified["action"] == "ingested"
+    assert verified["kv_version"] == 1
+    partner_types = [e["type"] for e in partner.ledger_events() if e["bundle_id"] == bundle_id]
+    assert partner_types == ["sealed", "receipt_verified"]
+    story = partner.kc("audit", "show", bundle_id).stdout.strip().splitlines()
+    assert story[-1].startswith(f"Received and stored by {pub_platform['signing_fingerprint']}")
     partner.kc("audit", "verify", "--vault")
     platform.kc("audit", "verify", "--vault")
     # the secret never appears in either side's ledger, Vault records, or output

@@ -244,10 +244,12 @@ def store_receipt(
 ) -> None:
     """The receipt next to the credentials, in the path's custom_metadata (docs/receipts.md
     section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
-    value). A failure is a warning: the credentials are stored and the event recorded."""
+    value), its line ends written as ``|``. A failure is a warning: the credentials are stored and the event recorded."""
     from keycourier import receipt, vault
 
-    text = receipt_text.decode("ascii")
+    # Vault refuses a metadata value with a newline: lines are joined with "|", which
+    # a receipt (version line, markers, base64) never holds
+    text = receipt_text.decode("ascii").replace("\n", "|")
     chunks = {f"receipt_{i // 500}": text[i : i + 500] for i in range(0, len(text), 500)}
     receipt_id = receipt.parse(receipt_text).receipt.receipt_id
     try:
@@ -263,7 +265,7 @@ def receipt_from_metadata(custom: dict[str, str]) -> bytes | None:
     parts: list[str] = []
     while (part := custom.get(f"receipt_{len(parts)}")) is not None:
         parts.append(part)
-    return "".join(parts).encode("ascii") if parts else None
+    return "".join(parts).replace("|", "\n").encode("ascii") if parts else None
 
 
 def _write_credentials(
