@@ -11,7 +11,7 @@ Examples are found, not listed, so a new one is picked up by itself:
 
 Each example runs with ``bash -c`` in its own directory, a copy of a prepared one
 holding the files examples name (identities, ``secret.txt``, ``pass.txt``, a sealed
-``handover.kcb``, age keys ...), with ``keycourier`` on ``PATH``, a real OpenBao
+``handover.kcb`` and the platform's ``receipt.kcr`` of it, age keys ...), with ``keycourier`` on ``PATH``, a real OpenBao
 (a KV v2 mount of its own per example) and the example's own ledger. Files an example
 writes (``-o``, ``--output``, ``--key-file``, ``>``) are removed first, as on a
 first run. It must exit 0 unless ``EXPECTED`` says otherwise.
@@ -20,7 +20,8 @@ Placeholders are substituted from the prepared identities (``SUBSTITUTIONS``):
 
 =================================  ==============================================
 ``age1...``                        the receiver's (platform.kcid) age recipient
-``--trust kc1:...``, ``kc1:0123...`` the sender's (partner.kcid) signing fingerprint
+``--trust kc1:...``, ``kc1:0123...`` the sender's (partner.kcid) signing fingerprint; in
+                                   ``receipt verify``, the receiver's (platform.kcid)
 ``policy deny kc1:0123...``         the credential fingerprint of handover.kcb
 ``ABxxxx...``, ``AB...``, ``ABc...Z`` a well-formed production QuickBooks client ID
 ``01J9Z8...``                      the bundle ID of handover.kcb
@@ -297,6 +298,17 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
             *("-r", pub["platform"]["recipient"], "-o", "handover.kcb", "--json"),
         )
     )
+    # the platform's receipt of handover.kcb, made on the platform's own ledger
+    platform_env = {**env, "KEYCOURIER_LEDGER": str(d / "home" / "platform-ledger.db")}
+    made = kc(
+        *("open", "handover.kcb", "--identity", "platform.kcid"),
+        *("--trust", pub["partner"]["signing_fingerprint"], "-o", "opened.json"),
+        *("--receipt", "receipt.kcr"),
+        cwd=d,
+        env=platform_env,
+    )
+    assert made.returncode == 0, made.stderr
+    (d / "opened.json").unlink()
     ok("identity", "export-age", "platform.kcid", "-o", "platform.agekey")
     ok("age", "keygen", "-o", "key.txt")
     recipient = next(
@@ -333,6 +345,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     values = {
         "recipient": pub["platform"]["recipient"],
         "sender_fpr": pub["partner"]["signing_fingerprint"],
+        "receiver_fpr": pub["platform"]["signing_fingerprint"],
         "fingerprint": summary["fingerprint"],
         "bundle_id": summary["bundle_id"],
         "client_id": "AB" + "".join(secrets.choice(ALNUM) for _ in range(48)),
@@ -382,7 +395,8 @@ def substitute(command: str, values: dict[str, str]) -> str:
     """The documented placeholders (module docstring) replaced by real values."""
     out = command
     out = re.sub(r"(policy deny )kc1:0123\.\.\.", rf"\g<1>{values['fingerprint']}", out)
-    out = re.sub(r"kc1:(?:0123)?\.\.\.", values["sender_fpr"], out)
+    pinned = values["receiver_fpr"] if "receipt verify" in out else values["sender_fpr"]
+    out = re.sub(r"kc1:(?:0123)?\.\.\.", pinned, out)
     out = out.replace("age1...", values["recipient"])
     for placeholder in ("ABxxxx...", "ABc...Z", "AB..."):
         out = out.replace(placeholder, values["client_id"])
