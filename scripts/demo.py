@@ -309,11 +309,30 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
     )  # fmt: skip
     platform.kc(
         "ingest", "xero-handover.kcb", "--identity", "platform.kcid", *trust,
-        "--vault-path", "handed-over/acme/xero",
+        "--vault-path", "handed-over/acme/xero", "--receipt", "xero-receipt.kcr",
     )  # fmt: skip
 
     say(
-        "9. A second open, from another platform machine whose local ledger is empty, is "
+        "9. The platform sends back the signed receipt it wrote (it holds no secret, and names "
+        "the Vault path only as a keyed digest). The partner, who shares no Vault with the "
+        "platform, verifies it against the bundle it sent and the platform's pinned "
+        "fingerprint, and records it; its timeline now ends with the receipt."
+    )
+    partner.kc("receipt", "inspect", "xero-receipt.kcr")
+    partner.kc(
+        "receipt", "verify", "xero-receipt.kcr", "--bundle", "xero-handover.kcb",
+        "--trust", platform_pub["signing_fingerprint"],
+    )  # fmt: skip
+    xero_id_bundle = json.loads(
+        partner.kc("inspect", "xero-handover.kcb", "--json", quiet=True).stdout
+    )["manifest"]["bundle_id"]
+    story = partner.kc("audit", "show", xero_id_bundle).stdout.decode()
+    if "Received and stored by " + platform_pub["signing_fingerprint"] not in story:
+        raise SystemExit("demo: step failed: the partner's timeline does not show the receipt")
+    partner.kc("audit", "unconfirmed", "--older-than", "0m")
+
+    say(
+        "10. A second open, from another platform machine whose local ledger is empty, is "
         "refused: Vault shows the bundle was already opened (by the same identity, so there is "
         "no interception warning)."
     )
@@ -325,7 +344,7 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         raise SystemExit("demo: step failed: the second open was not refused as already opened")
 
     say(
-        "10. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
+        "11. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
         "its events with Vault; then the bundle's timeline."
     )
     partner.kc("audit", "verify", "--vault")
@@ -343,7 +362,7 @@ def run_token_and_connection(
     from tests.support.connections_standin import start_platform
 
     say(
-        "11. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
+        "12. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
         "platform API is not reachable from here, so a LOCAL STAND-IN that follows the "
         "documented Monite contract plays it on 127.0.0.1."
     )
@@ -369,7 +388,7 @@ def run_token_and_connection(
     )
 
     say(
-        "12. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
+        "13. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
         "refreshed at 80% of its lifetime). The token itself is elided here."
     )
     out = partner.kc("token", "--profile", "demo", "--format", "credential-process", quiet=True)
@@ -379,7 +398,7 @@ def run_token_and_connection(
         f"token=<{len(str(doc.get('SessionToken') or doc.get('AccessToken') or ''))} chars>"
     )
 
-    say("13. 'exec' injects the token into a child process and masks it in the child's output.")
+    say("14. 'exec' injects the token into a child process and masks it in the child's output.")
     partner.kc(
         "exec",
         "--profile",
@@ -394,13 +413,13 @@ def run_token_and_connection(
 
     entity = str(uuid.uuid4())
     say(
-        "14. The partner creates the entity's accounting connection and hands the "
+        "15. The partner creates the entity's accounting connection and hands the "
         "connection_url to the entity's user."
     )
     out = partner.kc("connection", "create", "--profile", "demo", "--entity", entity, "--json")
     conn = json.loads(out.stdout)["connection"]
     say(
-        "15. The entity's user authorizes (simulated: the demo opens the connection_url on the "
+        "16. The entity's user authorizes (simulated: the demo opens the connection_url on the "
         "stand-in), and the partner waits for 'connected'."
     )
     with urllib.request.urlopen(conn["connection_url"], timeout=10) as resp:  # noqa: S310
@@ -421,7 +440,7 @@ def run_token_and_connection(
 
 def run_auditor(platform: Side) -> None:
     say(
-        "16. An auditor's evidence: the platform exports its latest signed checkpoint (a C2SP "
+        "17. An auditor's evidence: the platform exports its latest signed checkpoint (a C2SP "
         "signed note over the ledger's RFC 6962 Merkle tree) and its verifier key, proves one "
         "event, and packs every event for an auditor who has nothing but that key."
     )
@@ -429,7 +448,7 @@ def run_auditor(platform: Side) -> None:
     vkey = platform.kc("audit", "key").stdout.decode().strip()
     platform.kc("audit", "prove", "--seq", "1")
     platform.kc("audit", "pack", "-o", "evidence.zip")
-    say("17. The auditor verifies the pack offline with the pinned key, and reads the report.")
+    say("18. The auditor verifies the pack offline with the pinned key, and reads the report.")
     platform.kc("audit", "verify-pack", "evidence.zip", "--key", vkey)
     platform.kc("audit", "report", "-o", "report.html")
     page = (platform.work / "report.html").read_text()

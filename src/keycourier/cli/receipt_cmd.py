@@ -173,7 +173,8 @@ def verify(
     what = "stored" if r.action == "ingested" else "opened"
     info(f"receipt {r.receipt_id} verifies: bundle {r.bundle.bundle_id} was {what} by {r.receiver}")
     info(f"at {r.at:%Y-%m-%d %H:%M:%S} UTC" + _vault_words(r))
-    info(f"recorded as event #{seq}" if fresh else f"already recorded as event #{seq}")
+    if not fresh:
+        info(f"already recorded as event #{seq}: nothing new recorded")
 
 
 def _record_verified(settings: Settings, r: Receipt) -> tuple[int, bool]:
@@ -277,7 +278,8 @@ def inspect_receipt(receipt_file: str, as_json: bool) -> None:
             ("signature", "valid (under the key it names)" if seen.signature_valid else "INVALID"),
             (
                 "ledger proof",
-                f"event {r.ledger.log_index} of {r.ledger.tree_size}, valid"
+                f"event #{r.ledger.log_index + 1} of {r.ledger.tree_size} in the receiver's "
+                "ledger, valid"
                 if seen.proof_error is None
                 else f"INVALID: {seen.proof_error}",
             ),
