@@ -11,7 +11,8 @@ Examples are found, not listed, so a new one is picked up by itself:
 
 Each example runs with ``bash -c`` in its own directory, a copy of a prepared one
 holding the files examples name (identities, ``secret.txt``, ``pass.txt``, a sealed
-``handover.kcb`` and the platform's ``receipt.kcr`` of it, age keys ...), with ``keycourier`` on ``PATH``, a real OpenBao
+``handover.kcb`` and the platform's ``receipt.kcr`` of it, age keys ...), with
+``keycourier`` on ``PATH``, a real OpenBao
 (a KV v2 mount of its own per example) and the example's own ledger. Files an example
 writes (``-o``, ``--output``, ``--key-file``, ``>``) are removed first, as on a
 first run. It must exit 0 unless ``EXPECTED`` says otherwise.

@@ -201,3 +201,148 @@ def test_handover_between_two_organisations(orgs: tuple[Org, Org]) -> None:
         shown = org.kc("audit", "show", bundle_id)
         assert client_secret not in shown.stdout + shown.stderr
         assert client_secret not in json.dumps(org.ledger_events())
+
+
+def _kv_get(org: Org, path: str, version: int) -> dict[str, str]:
+    out = org.bao.bao("kv", "get", "-format=json", f"-version={version}", f"secret/{path}")
+    data: dict[str, str] = json.loads(out)["data"]["data"]
+    return data
+
+
+def test_rotation_between_two_organisations(orgs: tuple[Org, Org]) -> None:
+    """The partner rotates the secret; the platform ingests the rotation as version 2 at the
+    same path, retires the old bundle, and says so in its receipt."""
+    partner, platform = orgs
+    pub_partner, pub_platform = _identities(partner, platform)
+    pin_partner = ["--trust", pub_partner["signing_fingerprint"]]
+    pin_platform = ["--trust", pub_platform["signing_fingerprint"]]
+    client_id, _ = _qbo_secret(partner.work, "old-secret.txt")
+    old_id = _seal(partner, pub_platform["recipient"], client_id, "old-secret.txt", "old.kcb")
+    path = "handed-over/rotation/qbo"  # the Vault servers serve the whole module
+    platform.kc(
+        "ingest", "old.kcb", "--identity", "platform.kcid", *pin_partner,
+        "--vault-path", path, "--receipt", "old.kcr",
+    )  # fmt: skip
+
+    _, new_secret = _qbo_secret(partner.work, "new-secret.txt")
+    rotated = partner.kc(
+        "rotate", "old.kcb", "--client-id", client_id, "--client-secret-file", "new-secret.txt",
+        "--attested-by", "Jane Doe, CTO of Acme", "--identity", "partner.kcid",
+        "--receipt", "old.kcr", *pin_platform, "-o", "new.kcb", "--json",
+    )  # fmt: skip
+    new_id = json.loads(rotated.stdout)["bundle_id"]
+    manifest = json.loads(partner.kc("inspect", "new.kcb", "--json").stdout)["manifest"]
+    assert manifest["supersedes"] == old_id
+    assert manifest["partner"] == "Acme Ltd"
+    assert manifest["platform"] == "quickbooks"
+
+    platform.kc(
+        "ingest", "new.kcb", "--identity", "platform.kcid", *pin_partner,
+        "--vault-path", path, "--receipt", "new.kcr",
+    )  # fmt: skip
+    assert _kv_get(platform, path, 2)["client_secret"] == new_secret
+    platform_events = platform.ledger_events()
+    retired = [e for e in platform_events if e["type"] == "superseded"]
+    assert [(e["bundle_id"], e["data"]["superseded_by"]) for e in retired] == [(old_id, new_id)]
+    assert retired[0]["data"]["replaced_kv_version"] == 1
+    assert retired[0]["data"]["kv_version"] == 2
+
+    # the receipt says which version replaced which; the old receipt is no receipt of this one
+    verified = json.loads(
+        partner.kc(
+            "receipt", "verify", "new.kcr", "--bundle", "new.kcb", *pin_platform, "--json"
+        ).stdout
+    )
+    assert verified["supersedes"] == {"bundle_id": old_id, "kv_version": 1}
+    assert verified["kv_version"] == 2
+    replay = partner.kc(
+        "receipt", "verify", "old.kcr", "--bundle", "new.kcb", *pin_platform, expect=7
+    )
+    assert "earlier handover" in replay.stderr
+
+    # the superseded bundle is refused, unless asked for
+    refused = platform.kc(
+        "open", "old.kcb", "--identity", "platform.kcid", *pin_partner, "-o", "c.json", expect=7
+    )
+    assert f"superseded by bundle {new_id}" in refused.stderr
+    platform.kc(
+        "open", "old.kcb", "--identity", "platform.kcid", *pin_partner, "-o", "c.json",
+        "--allow-superseded", "--allow-reopen",
+    )  # fmt: skip
+
+    # both sides tell the same story from their side
+    story = partner.kc("audit", "show", new_id).stdout
+    assert (
+        story.strip()
+        .splitlines()[-1]
+        .startswith(f"Received and stored by {pub_platform['signing_fingerprint']}")
+    )
+    assert "superseded" in platform.kc("audit", "show", old_id).stdout
+    due = json.loads(platform.kc("audit", "stale", "--older-than", "0m", "--json").stdout)
+    assert [(d["vault_path"], d["kv_version"], d["bundle_id"]) for d in due] == [
+        (f"secret/{path}", 2, new_id)
+    ]
+    assert json.loads(platform.kc("audit", "stale", "--json").stdout) == []
+    partner.kc("audit", "verify", "--vault")
+    platform.kc("audit", "verify", "--vault")
+
+
+def test_rotations_that_do_not_fit_are_refused(orgs: tuple[Org, Org]) -> None:
+    """Exit 7 for a rotation from another sender, to another path, for another partner, or
+    of a bundle never ingested; nothing is opened or written."""
+    partner, platform = orgs
+    pub_partner, pub_platform = _identities(partner, platform)
+    partner.kc("identity", "new", "-o", "mallory.kcid", "--work-factor", "12")
+    mallory = json.loads(partner.kc("identity", "show", "mallory.kcid", "--json").stdout)
+    # the platform also trusts another partner: a leaked bundle id is all an attacker needs
+    trust = [
+        "--trust",
+        pub_partner["signing_fingerprint"],
+        "--trust",
+        mallory["signing_fingerprint"],
+    ]
+    client_id, _ = _qbo_secret(partner.work, "s1.txt")
+    old_id = _seal(partner, pub_platform["recipient"], client_id, "s1.txt", "old.kcb")
+    path = "handed-over/refusals/qbo"
+    platform.kc("ingest", "old.kcb", "--identity", "platform.kcid", *trust, "--vault-path", path)
+
+    def seal_rotation(identity: str, out: str, *extra: str) -> None:
+        cid, _ = _qbo_secret(partner.work, f"{out}.secret")
+        partner.kc(
+            "seal", "--platform", "quickbooks", "--client-id", cid,
+            "--client-secret-file", f"{out}.secret", "--environment", "production",
+            "--attested-by", "Someone", "--identity", identity,
+            "-r", pub_platform["recipient"], "--supersedes", old_id, "-o", out, *extra,
+        )  # fmt: skip
+
+    seal_rotation("mallory.kcid", "forged.kcb", "--partner", "Acme Ltd")
+    seal_rotation("partner.kcid", "other-partner.kcb", "--partner", "Other Co")
+    seal_rotation("partner.kcid", "good.kcb", "--partner", "Acme Ltd")
+    cases = [
+        ("forged.kcb", path, "a rotation must come from the same sender"),
+        ("other-partner.kcb", path, "supersedes was for quickbooks / Acme Ltd"),
+        ("good.kcb", "handed-over/refusals/elsewhere", "must go to the same path"),
+    ]
+    for bundle, where, words in cases:
+        out = platform.kc(
+            "ingest", bundle, "--identity", "platform.kcid", *trust, "--vault-path", where,
+            expect=7,
+        )  # fmt: skip
+        assert words in out.stderr, (bundle, out.stderr)
+    never = _seal(partner, pub_platform["recipient"], client_id, "s1.txt", "never.kcb")
+    cid, _ = _qbo_secret(partner.work, "s2.txt")
+    partner.kc(
+        "seal", "--platform", "quickbooks", "--client-id", cid, "--client-secret-file", "s2.txt",
+        "--environment", "production", "--attested-by", "Someone", "--identity", "partner.kcid",
+        "--partner", "Acme Ltd", "-r", pub_platform["recipient"], "--supersedes", never,
+        "-o", "orphan.kcb",
+    )  # fmt: skip
+    out = platform.kc(
+        "ingest", "orphan.kcb", "--identity", "platform.kcid", *trust, "--vault-path", path,
+        expect=7,
+    )  # fmt: skip
+    assert "never ingested here" in out.stderr
+    types = [e["type"] for e in platform.ledger_events()]
+    assert types == ["opened", "ingested"]  # the refusals opened nothing
+    meta = json.loads(platform.bao.bao("kv", "metadata", "get", "-format=json", f"secret/{path}"))
+    assert meta["data"]["current_version"] == 1

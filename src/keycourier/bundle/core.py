@@ -72,6 +72,7 @@ def seal(
     attestation: Attestation | None = None,
     now: datetime | None = None,
     bundle_id: str | None = None,
+    supersedes: str | None = None,
 ) -> SealedBundle:
     """Encrypt ``credentials`` for ``recipients`` and sign the manifest.
 
@@ -82,6 +83,8 @@ def seal(
         raise UsageError("at least one recipient is required")
     if len(set(recipients)) != len(recipients):
         raise UsageError("a recipient is listed twice")
+    if supersedes is not None and supersedes == bundle_id:
+        raise UsageError("a bundle cannot supersede itself")
     if lifetime <= _NO_TIME:
         raise UsageError("the bundle lifetime must be positive")
     parsed = [_recipient(r) for r in recipients]
@@ -109,6 +112,7 @@ def seal(
         policy=policy,
         payload_sha256="0" * 64,  # set below, before the manifest leaves this function
         payload_size=0,
+        supersedes=supersedes,
     )
     # The payload must commit to the manifest and the manifest to the payload.
     # Break the cycle: the plaintext carries the binding digest (the manifest

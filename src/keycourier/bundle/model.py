@@ -98,9 +98,14 @@ class Manifest:
     payload_sha256: str
     payload_size: int
     format: str = FORMAT  # the version it was read as; sealing writes FORMAT
+    # the bundle this one replaces (a rotation, docs/rotation.md); absent from the
+    # manifest when None, so bundles without it keep their bytes
+    supersedes: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.supersedes is None else {"supersedes": self.supersedes}
         return {
+            **extra,
             "format": self.format,
             "bundle_id": self.bundle_id,
             "created_at": format_time(self.created_at),
@@ -153,7 +158,9 @@ def manifest_parts(m: Manifest) -> tuple[bytes, bytes]:
         f'{head},"platform":{_q(m.platform)},"policy":{{"digest":{_q(pol.digest)}'
         f',"verdict":{_q(pol.verdict)},"warnings":[{",".join(map(_q, pol.warnings))}]}}'
         f',"recipients":[{",".join(map(_q, m.recipients))}]'
-        f',"sender":{{"fingerprint":{_q(m.sender_fingerprint)},"signing_key":{_q(m.sender_key)}}}}}'
+        f',"sender":{{"fingerprint":{_q(m.sender_fingerprint)},"signing_key":{_q(m.sender_key)}}}'
+        + ("" if m.supersedes is None else f',"supersedes":{_q(m.supersedes)}')
+        + "}"
     ).encode("ascii")
     cut = len(head)  # ASCII: as many bytes as characters
     return text[:cut], text[cut:]
@@ -195,6 +202,7 @@ _RECIPIENT = re.compile(r"^age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}\Z")
 # a version 4 UUID as str(uuid.UUID(...)) writes it (RFC 4122 variant: 8, 9, a or b);
 # not through the uuid module, whose import brings platform with it
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_UUID4_FULL = re.compile(r"^" + _UUID4.pattern + r"\Z")
 
 
 def _bad(field: str) -> StructureError:
@@ -262,9 +270,13 @@ _MANIFEST_KEYS = {
 
 def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
     """Strictly parse a manifest object; a deviation is a StructureError naming the field."""
-    if set(obj) != _MANIFEST_KEYS:
-        missing = sorted(_MANIFEST_KEYS - set(obj))
-        unknown = len(set(obj) - _MANIFEST_KEYS)  # not shown: they are the input's strings
+    # version 2 may name the bundle it supersedes; version 1 never does
+    keys = _MANIFEST_KEYS | {"supersedes"} if "supersedes" in obj else _MANIFEST_KEYS
+    if obj.get("format") == FORMAT_V1:
+        keys = _MANIFEST_KEYS
+    if set(obj) != keys:
+        missing = sorted(keys - set(obj))
+        unknown = len(set(obj) - keys)  # not shown: they are the input's strings
         raise manifest_error(
             ", ".join(
                 ([f"missing field(s) {', '.join(missing)}"] if missing else [])
@@ -278,6 +290,8 @@ def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
         raise _bad("bundle_id")
     if not _UUID4.fullmatch(bundle_id):
         raise _bad("bundle_id")
+    if obj.get("supersedes") == bundle_id:
+        raise manifest_error("the bundle says it supersedes itself")
     created = _parse_time(obj["created_at"], "created_at")
     expires = _parse_time(obj["expires_at"], "expires_at")
     if expires <= created:
@@ -337,4 +351,9 @@ def manifest_from_dict(obj: dict[str, Any]) -> Manifest:
         payload_sha256=_match(_HEX64, payload["sha256"], "payload.sha256"),
         payload_size=size,
         format=obj["format"],
+        supersedes=(
+            None
+            if "supersedes" not in obj
+            else _match(_UUID4_FULL, obj["supersedes"], "supersedes")
+        ),
     )

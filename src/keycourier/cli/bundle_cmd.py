@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from keycourier.ledger.service import BundleState
 
 DEFAULT_LIFETIME_DAYS = 7
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
@@ -62,7 +64,8 @@ def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) ->
 
 def _summary(manifest: Manifest) -> dict[str, Any]:
     d = manifest.to_dict()
-    return {
+    extra = {} if manifest.supersedes is None else {"supersedes": manifest.supersedes}
+    return extra | {
         k: d[k]
         for k in (
             "bundle_id",
@@ -104,6 +107,12 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
     is_flag=True,
     help="Fail (exit 6) and release nothing unless the event reaches Vault.",
 )
+@click.option(
+    "--supersedes",
+    default=None,
+    metavar="BUNDLE_ID",
+    help="The bundle these credentials replace (a rotation, docs/rotation.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE).")
 @click.pass_context
 def seal(
@@ -116,6 +125,7 @@ def seal(
     partner: str | None,
     output: str | None,
     require_vault: bool,
+    supersedes: str | None,
     as_json: bool,
     **options: object,
 ) -> None:
@@ -139,6 +149,11 @@ def seal(
 
     if as_json and (output is None or output == "-"):
         raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
+    if supersedes is not None and not _UUID4.fullmatch(supersedes):
+        raise UsageError(
+            "--supersedes takes the bundle ID of the bundle being replaced (a UUID, as "
+            "'keycourier inspect' shows it)"
+        )
     policy_opt = options.pop("policy", None)
     settings = settings_from(ctx, policy_path=str(policy_opt) if policy_opt else None)
     probe = bool(options.pop("probe", False))
@@ -192,6 +207,7 @@ def seal(
             else None
         ),
         now=now,
+        supersedes=supersedes,
     )
     m = sealed.manifest
     # signed like every event that another machine may act on (docs/provenance.md)
@@ -217,6 +233,128 @@ def seal(
     else:
         info(f"sealed bundle {m.bundle_id} for {len(m.recipients)} recipient(s)")
         info(f"credential fingerprint {m.fingerprint}, expires {m.expires_at:%Y-%m-%d %H:%M} UTC")
+
+
+# -- rotate ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("old_bundle", metavar="OLD_BUNDLE", type=click.Path(dir_okay=False))
+@click.option("--client-id", required=True, help="The app's client ID (not secret).")
+@click.option(
+    "--client-secret-file",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="File holding the NEW client secret ('-' for stdin).",
+)
+@identity_option
+@click.option("-r", "--recipient", multiple=True, help="Recipients (default: the old bundle's).")
+@click.option(
+    "-R",
+    "--recipients-file",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="A file of age recipients (default: the old bundle's).",
+)
+@click.option("--environment", default=None, help="Declared environment (default: the old one).")
+@click.option("--attested-by", default=None, help="Who attests that these are production keys.")
+@click.option("--attestation", default=None, help="The attested statement.")
+@click.option("--expires-in", default=None, help="Bundle lifetime, e.g. 7d or 36h.")
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Policy file (default: the shipped policy; env KEYCOURIER_POLICY).",
+)
+@click.option(
+    "--receipt",
+    "receipt_path",
+    type=click.Path(dir_okay=False),
+    help="The receiver's receipt of OLD_BUNDLE: checked first (needs --trust).",
+)
+@trust_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Bundle file to write (default stdout).",
+)
+@click.option(
+    "--require-vault",
+    is_flag=True,
+    help="Fail (exit 6) and release nothing unless the event reaches Vault.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE).")
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    /,
+    old_bundle: str,
+    receipt_path: str | None,
+    trust: tuple[str, ...],
+    trust_file: str | None,
+    recipient: tuple[str, ...],
+    recipients_file: tuple[str, ...],
+    environment: str | None,
+    **options: object,
+) -> None:
+    """Seal new credentials that replace a bundle you sent (docs/rotation.md).
+
+    Reads the platform, partner, environment and recipients from OLD_BUNDLE's
+    public manifest (no key needed), and seals the new client secret with
+    --supersedes set to OLD_BUNDLE's ID, under the same policy checks as
+    'seal'. OLD_BUNDLE must be signed by the identity that rotates (exit 7
+    otherwise). With --receipt and --trust, the receiver's receipt of
+    OLD_BUNDLE is verified first, so you rotate what the receiver stored.
+
+    \b
+    Example:
+      keycourier rotate handover.kcb --client-id ABxxxx... \\
+        --client-secret-file new-secret.txt --attested-by "Jane Doe, CTO" \\
+        --identity partner.kcid -o rotation.kcb
+    """
+    from keycourier import receipt
+    from keycourier.bundle import parsing
+    from keycourier.bundle.identity import MAX_IDENTITY_BYTES, read_public
+
+    old_text = read_bundle(old_bundle)
+    old = parsing.parse(old_text)
+    if not parsing.verify_signature(old) or not parsing.payload_ok(old):
+        raise IntegrityError(f"{old_bundle} does not verify: run 'keycourier inspect {old_bundle}'")
+    # the identity's public header, read without its passphrase: 'seal' below loads the
+    # identity and refuses a file whose header does not match its keys
+    identity_path = str(options["identity_path"])
+    try:
+        with open(identity_path, "rb") as fh:
+            me = read_public(fh.read(MAX_IDENTITY_BYTES + 1)).signing_fingerprint
+    except OSError as exc:
+        raise UsageError(f"cannot read identity {identity_path}: {exc.strerror}") from None
+    m = old.manifest
+    if m.sender_fingerprint != me:
+        raise PolicyError(
+            f"{old_bundle} was sealed by {m.sender_fingerprint}, not by this identity "
+            f"({me}): only its sender rotates it"
+        )
+    if receipt_path:
+        from keycourier.cli.receipt_cmd import read_receipt
+
+        got = receipt.verify(
+            read_receipt(receipt_path), old_text, trusted_senders(trust, trust_file)
+        )
+        stored = got.receipt.vault
+        where = f" (Vault version {stored.kv_version})" if stored else ""
+        info(f"the receiver {got.receipt.receiver} holds bundle {m.bundle_id}{where}")
+    chosen = recipient if recipient or recipients_file else m.recipients
+    ctx.invoke(
+        seal,
+        platform=m.platform,
+        partner=m.partner,
+        environment=environment or m.environment,
+        recipient=tuple(chosen),
+        recipients_file=recipients_file,
+        supersedes=m.bundle_id,
+        **options,
+    )
 
 
 # -- inspect -------------------------------------------------------------------------
@@ -267,6 +405,11 @@ def inspect(bundle_file: str, as_json: bool) -> None:
     is_flag=True,
     help="Fail (exit 6) and release nothing unless the event reaches Vault.",
 )
+@click.option(
+    "--allow-superseded",
+    is_flag=True,
+    help="Open a bundle that a later one replaced (docs/rotation.md).",
+)
 @receipt_option
 @click.pass_context
 def open_bundle(
@@ -283,6 +426,7 @@ def open_bundle(
     as_json: bool,
     allow_reopen: bool,
     require_vault: bool,
+    allow_superseded: bool,
     receipt_path: str | None,
 ) -> None:
     """Verify a bundle from a pinned sender, decrypt it and release the credentials.
@@ -315,6 +459,7 @@ def open_bundle(
         trusted_senders(trust, trust_file),
         allow_reopen=allow_reopen,
         require_vault=require_vault,
+        allow_superseded=allow_superseded,
     )
     c = checked.credentials
     m = checked.manifest
@@ -364,6 +509,7 @@ def open_for_cli(
     *,
     allow_reopen: bool,
     require_vault: bool,
+    allow_superseded: bool = False,
 ) -> tuple[CheckedBundle, Event, RecordOutcome]:
     """Verify, re-check policy, check the ledger and record `opened` (shared by open/ingest);
     returns the opened bundle and the `opened` event as recorded."""
@@ -400,6 +546,7 @@ def open_for_cli(
             checked.manifest.bundle_id,
             me,
             allow_reopen=allow_reopen,
+            allow_superseded=allow_superseded,
             trusted=[*trusted, checked.manifest.sender_key],
             own_key=ident.public().signing_key,
         )
@@ -485,6 +632,7 @@ def _check_state(
     me: str,
     *,
     allow_reopen: bool,
+    allow_superseded: bool,
     trusted: list[str],
     own_key: str,
 ) -> BundleState:
@@ -497,6 +645,12 @@ def _check_state(
         raise PolicyError(
             f"bundle {bundle_id} was revoked: {state.revoked}",
             hints=["ask the sender for a new bundle"],
+        )
+    if state.superseded_by is not None and not allow_superseded:
+        raise PolicyError(
+            f"bundle {bundle_id} was superseded by bundle {state.superseded_by}: its "
+            "credentials were rotated",
+            hints=["use the newer bundle, or pass --allow-superseded if you really mean this one"],
         )
     others = [who for who in state.opened_by if who != me]
     if others:

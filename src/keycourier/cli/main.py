@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Create and show keycourier identities.",
     ),
     "seal": ("keycourier.cli.bundle_cmd", "seal", "Check credentials and seal them into a bundle."),
+    "rotate": (
+        "keycourier.cli.bundle_cmd",
+        "rotate",
+        "Seal new credentials that replace a bundle you sent.",
+    ),
     "inspect": ("keycourier.cli.bundle_cmd", "inspect", "Show a bundle's public manifest."),
     "open": ("keycourier.cli.bundle_cmd", "open_bundle", "Verify, decrypt and release a bundle."),
     "bundle": (

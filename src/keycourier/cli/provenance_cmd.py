@@ -36,7 +36,9 @@ from keycourier.errors import (
 )
 
 if TYPE_CHECKING:
+    from keycourier.bundle.identity import KeycourierIdentity
     from keycourier.config import Settings
+    from keycourier.ledger.service import Supersession
 
 MAX_REASON_CHARS = 500
 MAX_SHOW_KEY_CHARS = 512
@@ -88,6 +90,11 @@ def _fail(code: ExitCode, message: str) -> None:
 @click.option(
     "--require-vault", is_flag=True, help="Fail (exit 6) unless the provenance events reach Vault."
 )
+@click.option(
+    "--allow-superseded",
+    is_flag=True,
+    help="Ingest a bundle that a later one replaced (docs/rotation.md).",
+)
 @receipt_option
 @click.option(
     "--receipt-shows-path",
@@ -108,6 +115,7 @@ def ingest(
     policy: str | None,
     allow_reopen: bool,
     require_vault: bool,
+    allow_superseded: bool,
     receipt_path: str | None,
     receipt_shows_path: bool,
     as_json: bool,
@@ -134,7 +142,7 @@ def ingest(
     from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
     from keycourier.ledger.signed import sign_event
-    from keycourier.receipt import IssuedVault
+    from keycourier.receipt import IssuedVault, Replaced
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
     if not settings.vault.addr:
@@ -151,8 +159,16 @@ def ingest(
     vault.kv_read_metadata(client, mount, vault_path)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
+    # a rotation is checked against what was ingested here before anything is opened
+    rotation = _supersession(settings, text, ident, trusted, f"{mount}/{vault_path}")
     checked, _, _ = open_for_cli(
-        settings, text, ident, trusted, allow_reopen=allow_reopen, require_vault=require_vault
+        settings,
+        text,
+        ident,
+        trusted,
+        allow_reopen=allow_reopen,
+        require_vault=require_vault,
+        allow_superseded=allow_superseded,
     )
     m = checked.manifest
     c = checked.credentials
@@ -198,12 +214,39 @@ def ingest(
                 "platform": c.platform,
                 "partner": m.partner,
                 "sealed_by": m.sender_fingerprint,
+                **(
+                    {}
+                    if rotation is None
+                    else {
+                        "supersedes": {
+                            "bundle_id": rotation.bundle_id,
+                            "replaced_kv_version": rotation.replaced_kv_version,
+                        }
+                    }
+                ),
             },
         ),
         ident,
     )
     with recording(settings, require_vault=require_vault) as recorder:
         outcome = recorder.record(event)
+        if rotation is not None:
+            retired = sign_event(
+                Event(
+                    type=EventType.SUPERSEDED,
+                    at=event.at,
+                    actor=ident.public().signing_fingerprint,
+                    bundle_id=rotation.bundle_id,
+                    data={
+                        "superseded_by": m.bundle_id,
+                        "vault_path": rotation.vault_path,
+                        "replaced_kv_version": rotation.replaced_kv_version,
+                        "kv_version": version,
+                    },
+                ),
+                ident,
+            )
+            report_outcome(retired, recorder.record(retired))
     report_outcome(event, outcome)
     receipt_text = write_receipt(
         settings,
@@ -212,7 +255,16 @@ def ingest(
         manifest=m,
         event=event,
         seq=outcome.seq,
-        vault=IssuedVault(f"{mount}/{vault_path}", version, show_path=receipt_shows_path),
+        vault=IssuedVault(
+            f"{mount}/{vault_path}",
+            version,
+            show_path=receipt_shows_path,
+            supersedes=(
+                None
+                if rotation is None
+                else Replaced(rotation.bundle_id, rotation.replaced_kv_version)
+            ),
+        ),
     )
     if receipt_text is not None:
         store_receipt(client, mount, vault_path, provenance, receipt_text)
@@ -235,6 +287,39 @@ def ingest(
         )
 
 
+def _supersession(
+    settings: Settings,
+    text: bytes,
+    ident: KeycourierIdentity,
+    trusted: list[str],
+    vault_path: str,
+) -> Supersession | None:
+    """For a bundle that names one it supersedes: the rotation rules (docs/rotation.md),
+    checked on the manifest before anything is opened or recorded; None for other bundles.
+    The manifest's signature is verified by the open that follows."""
+    from keycourier import bundle
+    from keycourier.ledger.service import bundle_state, check_supersession, open_recorder
+
+    manifest = bundle.parse(text).manifest
+    if manifest.supersedes is None:
+        return None
+    with open_recorder(settings) as recorder:
+        state = bundle_state(
+            recorder,
+            manifest.supersedes,
+            trusted=[*trusted, manifest.sender_key],
+            own_key=ident.public().signing_key,
+        )
+    return check_supersession(
+        state,
+        new_bundle_id=manifest.bundle_id,
+        sender=manifest.sender_fingerprint,
+        platform=manifest.platform,
+        partner=manifest.partner,
+        vault_path=vault_path,
+    )
+
+
 def store_receipt(
     client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
     mount: str,
@@ -244,7 +329,8 @@ def store_receipt(
 ) -> None:
     """The receipt next to the credentials, in the path's custom_metadata (docs/receipts.md
     section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
-    value), its line ends written as ``|``. A failure is a warning: the credentials are stored and the event recorded."""
+    value), its line ends written as ``|``. A failure is a warning: the credentials are
+    stored and the event recorded."""
     from keycourier import receipt, vault
 
     # Vault refuses a metadata value with a newline: lines are joined with "|", which
@@ -627,16 +713,8 @@ def audit_unconfirmed(
       keycourier audit unconfirmed --older-than 0m --json
     """
     from keycourier.ledger.service import open_recorder, unconfirmed
-    from keycourier.policy.model import parse_duration
 
-    try:
-        age_limit = (
-            timedelta(0)
-            if older_than.strip() in {"0", "0m", "0s"}
-            else (parse_duration(older_than, what="--older-than"))
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    age_limit = _age_limit(older_than)
     settings = settings_from(ctx, ledger_path=ledger_path)
     with open_recorder(settings) as recorder:
         rows = unconfirmed(recorder.ledger.iter_all(), now=datetime.now(UTC), older_than=age_limit)
@@ -651,6 +729,66 @@ def audit_unconfirmed(
         sealed = row.sealed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         who = " / ".join(x for x in (row.partner, row.platform) if x) or "-"
         click.echo(f"{sealed:<20}  {row.bundle_id:<36}  {row.state:<16}  {who}")
+
+
+@audit.command("stale")
+@click.option(
+    "--older-than",
+    default="365d",
+    show_default=True,
+    help="Credentials whose current version is at least this old (365d, 90d, 36h, 0m).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list for a scheduler.")
+@ledger_option
+@click.pass_context
+def audit_stale(
+    ctx: click.Context, older_than: str, as_json: bool, ledger_path: str | None
+) -> None:
+    """List credentials due for rotation: the current version at each Vault path.
+
+    For every Vault path this ledger ingested to, the latest 'ingested'
+    event is the version in use; it is listed (by credential fingerprint and
+    path) when it is at least --older-than old. Exit 0 whether or not
+    something is listed. See docs/rotation.md for what to do next.
+
+    \b
+    Example:
+      keycourier audit stale --older-than 365d
+      keycourier audit stale --older-than 90d --json
+    """
+    from keycourier.ledger.service import open_recorder, stale
+
+    age_limit = _age_limit(older_than)
+    now = datetime.now(UTC)
+    settings = settings_from(ctx, ledger_path=ledger_path)
+    with open_recorder(settings) as recorder:
+        rows = stale(recorder.ledger.iter_all(), now=now, older_than=age_limit)
+    if as_json:
+        emit_json([row.to_json(now) for row in rows])
+        return
+    if not rows:
+        click.echo(f"no credentials in Vault are older than {older_than}")
+        return
+    click.echo(f"{'INGESTED':<20}  {'AGE':>5}  {'FINGERPRINT':<36}  VAULT PATH (VERSION)")
+    for row in rows:
+        when = row.ingested_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        age = f"{(now - row.ingested_at).days}d"
+        click.echo(
+            f"{when:<20}  {age:>5}  {row.fingerprint or '-':<36}  {row.vault_path}"
+            f" (v{row.kv_version})"
+        )
+
+
+def _age_limit(value: str) -> timedelta:
+    """--older-than: 14d, 36h, 90m, or 0 (everything)."""
+    from keycourier.policy.model import parse_duration
+
+    if value.strip() in {"0", "0d", "0h", "0m", "0s"}:
+        return timedelta(0)
+    try:
+        return parse_duration(value, what="--older-than")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_since(value: str | None) -> datetime | None:

@@ -28,6 +28,8 @@ class EventType(enum.StrEnum):
     CONNECTION_CREATED = "connection_created"
     CONNECTION_CONNECTED = "connection_connected"
     CONNECTION_DISCONNECTED = "connection_disconnected"
+    # a bundle replaced by a newer one at the same Vault path (docs/rotation.md)
+    SUPERSEDED = "superseded"
     # the sender checked the receiver's signed receipt of a bundle (docs/receipts.md)
     RECEIPT_VERIFIED = "receipt_verified"
 

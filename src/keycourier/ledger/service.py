@@ -22,6 +22,7 @@ from keycourier.errors import (
     ConfigError,
     Error,
     IntegrityError,
+    PolicyError,
     UnavailableError,
     UsageError,
 )
@@ -62,6 +63,7 @@ class BundleState:
     # events found in Vault but not acted on (unsigned, or signed by an untrusted key)
     ignored: tuple[str, ...] = ()
     opens: int = 0  # `opened` events that count (not voided; from Vault: trusted only)
+    superseded_by: str | None = None  # the bundle that replaced this one, when one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -1032,7 +1034,7 @@ def _vault_event_trusted(
         return False, "it is not signed"
     if event.type in {EventType.REVOKED, EventType.SEALED}:
         keys = list(senders)
-    elif event.type in {EventType.OPENED, EventType.INGESTED}:
+    elif event.type in {EventType.OPENED, EventType.INGESTED, EventType.SUPERSEDED}:
         keys = [*senders, *own]
     else:
         return False, "its type is not taken from Vault"
@@ -1101,6 +1103,7 @@ def bundle_state(
     revoked: str | None = None
     sealed_by: str | None = None
     ingested: list[str] = []
+    superseded_by: str | None = None
     opens = sum(1 for e in live if e.type == EventType.OPENED)
     for e in (_printable_event(e) for e in live):
         if e.type == EventType.OPENED and e.actor not in opened:
@@ -1111,6 +1114,8 @@ def bundle_state(
             sealed_by = e.actor
         elif e.type == EventType.INGESTED:
             ingested.append(str(e.data.get("vault_path", "")))
+        elif e.type == EventType.SUPERSEDED and superseded_by is None:
+            superseded_by = str(e.data.get("superseded_by") or "a later bundle")
     return BundleState(
         bundle_id=bundle_id,
         opened_by=tuple(opened),
@@ -1122,7 +1127,63 @@ def bundle_state(
         events=tuple(events),
         ignored=tuple(ignored),
         opens=opens,
+        superseded_by=superseded_by,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Supersession:
+    """What a rotation replaces: the earlier bundle, where it was stored and its version."""
+
+    bundle_id: str
+    vault_path: str  # "<mount>/<path>"
+    replaced_kv_version: int
+
+
+def check_supersession(
+    state: BundleState,
+    *,
+    new_bundle_id: str,
+    sender: str,
+    platform: str,
+    partner: str | None,
+    vault_path: str,
+) -> Supersession:
+    """The rules of docs/rotation.md for ingesting ``new_bundle_id``, which says it supersedes
+    ``state.bundle_id``: that bundle was ingested here, from the same sender (signing
+    fingerprint), for the same platform and partner, to ``vault_path``, and nothing replaced
+    it yet. PolicyError (exit 7) naming the rule otherwise: a superseding bundle is exactly
+    what someone holding one leaked bundle would try to slip in."""
+    old = state.bundle_id
+    ingests = [e for e in state.events if e.type == EventType.INGESTED]
+    if not ingests:
+        raise PolicyError(
+            f"bundle {new_bundle_id} says it supersedes {old}, which was never ingested here",
+            hints=["ingest the rotation where the earlier bundle was ingested"],
+        )
+    last = ingests[-1]
+    was_sender = str(last.data.get("sealed_by"))
+    if was_sender != sender:
+        raise PolicyError(
+            f"bundle {new_bundle_id} (sealed by {sender}) says it supersedes {old}, which "
+            f"{was_sender} sealed: a rotation must come from the same sender",
+            hints=["do not ingest it; ask the partner through a second channel"],
+        )
+    if str(last.data.get("platform")) != platform or last.data.get("partner") != partner:
+        raise PolicyError(
+            f"bundle {new_bundle_id} is for {platform} / {partner}, but {old} it says it "
+            f"supersedes was for {last.data.get('platform')} / {last.data.get('partner')}"
+        )
+    stored = str(last.data.get("vault_path"))
+    if stored != vault_path:
+        raise PolicyError(
+            f"bundle {old} was ingested to {stored}; its rotation must go to the same path, "
+            f"not {vault_path}"
+        )
+    if state.superseded_by is not None and state.superseded_by != new_bundle_id:
+        raise PolicyError(f"bundle {old} was already superseded by {state.superseded_by}")
+    version = last.data.get("kv_version")
+    return Supersession(old, stored, version if isinstance(version, int) else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1191,6 +1252,60 @@ def unconfirmed(
             )
         )
     return sorted(out, key=lambda u: u.sealed_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """Credentials whose current version at a Vault path is older than a rotation period."""
+
+    vault_path: str
+    fingerprint: str | None
+    bundle_id: str | None
+    kv_version: int | None
+    ingested_at: datetime
+    platform: str | None
+    partner: str | None
+
+    def to_json(self, now: datetime) -> dict[str, object]:
+        return {
+            "vault_path": self.vault_path,
+            "fingerprint": self.fingerprint,
+            "bundle_id": self.bundle_id,
+            "kv_version": self.kv_version,
+            "ingested_at": self.ingested_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "age_days": (now - self.ingested_at).days,
+            "platform": self.platform,
+            "partner": self.partner,
+        }
+
+
+def stale(events: Iterable[StoredEvent], *, now: datetime, older_than: timedelta) -> list[Stale]:
+    """Per Vault path, the latest `ingested` event of this ledger (the version in use), when
+    it is at least ``older_than`` old: credentials due for rotation, oldest first."""
+    current: dict[str, Event] = {}
+    for stored in events:
+        e = stored.event
+        path = e.data.get("vault_path")
+        if e.type == EventType.INGESTED and isinstance(path, str):
+            current[path] = e
+    out: list[Stale] = []
+    for path, e in current.items():
+        if now - e.at < older_than:
+            continue
+        version = e.data.get("kv_version")
+        platform, partner = e.data.get("platform"), e.data.get("partner")
+        out.append(
+            Stale(
+                vault_path=printable(path),
+                fingerprint=e.fingerprint,
+                bundle_id=e.bundle_id,
+                kv_version=version if isinstance(version, int) else None,
+                ingested_at=e.at,
+                platform=printable(platform) if isinstance(platform, str) else None,
+                partner=printable(partner) if isinstance(partner, str) else None,
+            )
+        )
+    return sorted(out, key=lambda x: x.ingested_at)
 
 
 def _time_or_none(value: object) -> datetime | None:

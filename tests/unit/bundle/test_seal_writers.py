@@ -58,6 +58,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
         policy=PolicyStamp(draw(TEXT), draw(TEXT), tuple(draw(st.lists(TEXT, max_size=3)))),
         payload_sha256=draw(TEXT),
         payload_size=draw(st.integers(min_value=0, max_value=2**40)),
+        supersedes=draw(st.none() | TEXT),
     )
 
 
