@@ -195,6 +195,15 @@ NOT_RUN["keycourier serve --socket /run/user/1000/keycourier.sock      # 0600 Un
 # Examples that run until stopped: started, seen listening, stopped with SIGTERM (exit 0).
 _RUNS_UNTIL_STOPPED = re.compile(r"keycourier serve\b")
 
+# docs/rotation.md: the first bundle ingested, then its rotation sealed (placeholders are
+# substituted in set-up scripts too; the one ledger plays both sides)
+_ROTATION = (
+    "keycourier ingest handover.kcb --identity platform.kcid --trust kc1:... "
+    "--vault-path handed-over/acme/quickbooks\n"
+    "keycourier rotate handover.kcb --client-id ABxxxx... --client-secret-file new-secret.txt "
+    "--attested-by 'Jane Doe, CTO' --identity partner.kcid -o rotation.kcb\n"
+)
+
 # Shell run before an example, in its directory, for what the lines before it in the
 # docs did (exact text -> script).
 SETUP: dict[str, str] = {
@@ -218,6 +227,12 @@ SETUP: dict[str, str] = {
     "--entity $ENTITY --timeout 30s --poll-interval 200ms   # prints xero": (
         "keycourier connection create --profile demo --entity $ENTITY --json > created.json\n"
         'curl -sf "$(jq -r .connection.connection_url created.json)" >/dev/null\n'
+    ),
+    "keycourier ingest rotation.kcb --identity platform.kcid --trust kc1:... "
+    "--vault-path handed-over/acme/quickbooks --receipt rotation-receipt.kcr": _ROTATION,
+    "keycourier receipt verify rotation-receipt.kcr --bundle rotation.kcb --trust kc1:...": (
+        _ROTATION + "keycourier ingest rotation.kcb --identity platform.kcid --trust kc1:... "
+        "--vault-path handed-over/acme/quickbooks --receipt rotation-receipt.kcr\n"
     ),
 }
 
@@ -291,6 +306,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     }
     client_id = "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
     (d / "secret.txt").write_text("".join(secrets.choice(ALNUM) for _ in range(40)) + "\n")
+    (d / "new-secret.txt").write_text("".join(secrets.choice(ALNUM) for _ in range(40)) + "\n")
     summary = json.loads(
         ok(
             *("seal", "--platform", "quickbooks", "--client-id", client_id),
@@ -533,7 +549,7 @@ def test_example_runs_as_printed(
     if _RUNS_UNTIL_STOPPED.match(command):
         run_until_stopped(command, work, env, example)
         return
-    setup = SETUP.get(example.command, "")
+    setup = substitute(SETUP.get(example.command, ""), prepared.values)
     out = subprocess.run(
         ["bash", "-c", "set -eo pipefail\n" + setup + command],
         cwd=work,
