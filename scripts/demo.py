@@ -332,7 +332,45 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
     partner.kc("audit", "unconfirmed", "--older-than", "0m")
 
     say(
-        "10. A second open, from another platform machine whose local ledger is empty, is "
+        "10. Rotation: the partner generates a new Xero client secret and seals it as the "
+        "replacement of the bundle the platform stored (platform, partner and recipients come "
+        "from the old manifest; the platform's receipt of it is checked first). The platform "
+        "ingests it to the same path as version 2 and marks the old bundle superseded; its "
+        "receipt says which version replaced which, and the partner verifies it. Only now "
+        "would the partner retire the old secret in the Xero developer portal."
+    )
+    new_secret_file = work / "xero-new-secret.txt"
+    new_secret_file.write_text(secrets.token_urlsafe(36) + "\n")
+    new_secret_file.chmod(0o600)
+    pin_platform = ["--trust", platform_pub["signing_fingerprint"]]
+    partner.kc(
+        "rotate", "xero-handover.kcb", "--client-id", xero_id,
+        "--client-secret-file", "xero-new-secret.txt", "--attested-by", "Jane Doe, CTO of Acme",
+        "--identity", "partner.kcid", "--receipt", "xero-receipt.kcr", *pin_platform,
+        "-o", "xero-rotation.kcb",
+    )  # fmt: skip
+    platform.kc(
+        "ingest", "xero-rotation.kcb", "--identity", "platform.kcid", *trust,
+        "--vault-path", "handed-over/acme/xero", "--receipt", "xero-rotation-receipt.kcr",
+    )  # fmt: skip
+    partner.kc(
+        "receipt", "verify", "xero-rotation-receipt.kcr", "--bundle", "xero-rotation.kcb",
+        *pin_platform,
+    )  # fmt: skip
+    platform.kc(
+        "open", "xero-handover.kcb", "--identity", "platform.kcid", *trust,
+        "-o", "old-xero.json", expect=7,
+    )  # fmt: skip
+    rotation_id = json.loads(
+        partner.kc("inspect", "xero-rotation.kcb", "--json", quiet=True).stdout
+    )["manifest"]["bundle_id"]
+    say("    The same rotation, as each side's ledger tells it:")
+    partner.kc("audit", "show", rotation_id)
+    platform.kc("audit", "show", xero_id_bundle)
+    platform.kc("audit", "stale", "--older-than", "0m")
+
+    say(
+        "11. A second open, from another platform machine whose local ledger is empty, is "
         "refused: Vault shows the bundle was already opened (by the same identity, so there is "
         "no interception warning)."
     )
@@ -344,7 +382,7 @@ def run_handover(work: Path, partner: Side, platform: Side) -> None:
         raise SystemExit("demo: step failed: the second open was not refused as already opened")
 
     say(
-        "11. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
+        "12. Audit: each side verifies its hash chain and signed checkpoints, and cross-checks "
         "its events with Vault; then the bundle's timeline."
     )
     partner.kc("audit", "verify", "--vault")
@@ -362,7 +400,7 @@ def run_token_and_connection(
     from tests.support.connections_standin import start_platform
 
     say(
-        "12. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
+        "13. The partner's own platform credentials (for POST /auth/token) live in Vault. The "
         "platform API is not reachable from here, so a LOCAL STAND-IN that follows the "
         "documented Monite contract plays it on 127.0.0.1."
     )
@@ -388,7 +426,7 @@ def run_token_and_connection(
     )
 
     say(
-        "13. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
+        "14. A partner access token for CI, in the AWS credential_process shape (cached 0600, "
         "refreshed at 80% of its lifetime). The token itself is elided here."
     )
     out = partner.kc("token", "--profile", "demo", "--format", "credential-process", quiet=True)
@@ -398,7 +436,7 @@ def run_token_and_connection(
         f"token=<{len(str(doc.get('SessionToken') or doc.get('AccessToken') or ''))} chars>"
     )
 
-    say("14. 'exec' injects the token into a child process and masks it in the child's output.")
+    say("15. 'exec' injects the token into a child process and masks it in the child's output.")
     partner.kc(
         "exec",
         "--profile",
@@ -413,13 +451,13 @@ def run_token_and_connection(
 
     entity = str(uuid.uuid4())
     say(
-        "15. The partner creates the entity's accounting connection and hands the "
+        "16. The partner creates the entity's accounting connection and hands the "
         "connection_url to the entity's user."
     )
     out = partner.kc("connection", "create", "--profile", "demo", "--entity", entity, "--json")
     conn = json.loads(out.stdout)["connection"]
     say(
-        "16. The entity's user authorizes (simulated: the demo opens the connection_url on the "
+        "17. The entity's user authorizes (simulated: the demo opens the connection_url on the "
         "stand-in), and the partner waits for 'connected'."
     )
     with urllib.request.urlopen(conn["connection_url"], timeout=10) as resp:  # noqa: S310
@@ -440,7 +478,7 @@ def run_token_and_connection(
 
 def run_auditor(platform: Side) -> None:
     say(
-        "17. An auditor's evidence: the platform exports its latest signed checkpoint (a C2SP "
+        "18. An auditor's evidence: the platform exports its latest signed checkpoint (a C2SP "
         "signed note over the ledger's RFC 6962 Merkle tree) and its verifier key, proves one "
         "event, and packs every event for an auditor who has nothing but that key."
     )
@@ -448,7 +486,7 @@ def run_auditor(platform: Side) -> None:
     vkey = platform.kc("audit", "key").stdout.decode().strip()
     platform.kc("audit", "prove", "--seq", "1")
     platform.kc("audit", "pack", "-o", "evidence.zip")
-    say("18. The auditor verifies the pack offline with the pinned key, and reads the report.")
+    say("19. The auditor verifies the pack offline with the pinned key, and reads the report.")
     platform.kc("audit", "verify-pack", "evidence.zip", "--key", vkey)
     platform.kc("audit", "report", "-o", "report.html")
     page = (platform.work / "report.html").read_text()

@@ -230,6 +230,7 @@ def ingest(
     )
     with recording(settings, require_vault=require_vault) as recorder:
         outcome = recorder.record(event)
+        report_outcome(event, outcome)
         if rotation is not None:
             retired = sign_event(
                 Event(
@@ -247,7 +248,6 @@ def ingest(
                 ident,
             )
             report_outcome(retired, recorder.record(retired))
-    report_outcome(event, outcome)
     receipt_text = write_receipt(
         settings,
         ident,
