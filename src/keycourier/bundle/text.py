@@ -383,7 +383,10 @@ class Cursor:
 FOREIGN_FORMATS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"# keycourier identity v\d+"), "a keycourier identity file"),
     (re.compile(r"keycourier-identity/v\d+"), "a keycourier identity file"),
-    (re.compile(r"keycourier-receipt/v\d+"), "a keycourier receipt"),
+    (
+        re.compile(r"keycourier-receipt/v\d+"),
+        "a keycourier receipt (use `keycourier receipt inspect` or `receipt verify`)",
+    ),
     (re.compile(r"keycourier-credentials/v\d+"), "keycourier credentials (an opened bundle)"),
     (
         re.compile(r"age-encryption\.org/v\d+|-----BEGIN AGE ENCRYPTED FILE-----"),

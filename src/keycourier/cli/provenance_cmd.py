@@ -312,6 +312,7 @@ def _supersession(
         )
     return check_supersession(
         state,
+        own_key=ident.public().signing_key,
         new_bundle_id=manifest.bundle_id,
         sender=manifest.sender_fingerprint,
         platform=manifest.platform,

@@ -1034,8 +1034,10 @@ def _vault_event_trusted(
         return False, "it is not signed"
     if event.type in {EventType.REVOKED, EventType.SEALED}:
         keys = list(senders)
-    elif event.type in {EventType.OPENED, EventType.INGESTED, EventType.SUPERSEDED}:
+    elif event.type in {EventType.OPENED, EventType.INGESTED}:
         keys = [*senders, *own]
+    elif event.type == EventType.SUPERSEDED:
+        keys = list(own)  # only the receiver retires what it stored
     else:
         return False, "its type is not taken from Vault"
     if key_trusted(signer, keys):
@@ -1143,6 +1145,7 @@ class Supersession:
 def check_supersession(
     state: BundleState,
     *,
+    own_key: str,
     new_bundle_id: str,
     sender: str,
     platform: str,
@@ -1153,9 +1156,16 @@ def check_supersession(
     ``state.bundle_id``: that bundle was ingested here, from the same sender (signing
     fingerprint), for the same platform and partner, to ``vault_path``, and nothing replaced
     it yet. PolicyError (exit 7) naming the rule otherwise: a superseding bundle is exactly
-    what someone holding one leaked bundle would try to slip in."""
+    what someone holding one leaked bundle would try to slip in.
+
+    Only `ingested` events signed by this receiver (``own_key``) count: one found in a
+    shared Vault and signed by a sender would let that sender claim any path."""
+    from keycourier.ledger.signed import signer_of
+
     old = state.bundle_id
-    ingests = [e for e in state.events if e.type == EventType.INGESTED]
+    ingests = [
+        e for e in state.events if e.type == EventType.INGESTED and signer_of(e) == own_key
+    ]
     if not ingests:
         raise PolicyError(
             f"bundle {new_bundle_id} says it supersedes {old}, which was never ingested here",
