@@ -15,6 +15,7 @@ import string
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ def verify(
     )
 
 
-def events(w: World, ledger: str) -> list[dict[str, object]]:
+def events(w: World, ledger: str) -> list[dict[str, Any]]:
     out = kc("audit", "export", "--format", "jsonl", cwd=w.dir, ledger=ledger)
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.decode().splitlines() if line]

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,7 @@ class Org:
             assert out.returncode == expect, (args, out.returncode, out.stderr)
         return out
 
-    def ledger_events(self) -> list[dict[str, object]]:
+    def ledger_events(self) -> list[dict[str, Any]]:
         out = self.kc("audit", "export", "--format", "jsonl").stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
