@@ -230,6 +230,10 @@ SETUP: dict[str, str] = {
     ),
     "keycourier ingest rotation.kcb --identity platform.kcid --trust kc1:... "
     "--vault-path handed-over/acme/quickbooks --receipt rotation-receipt.kcr": _ROTATION,
+    "keycourier receipt get --vault-path handed-over/acme/quickbooks -o receipt.kcr": (
+        "keycourier ingest handover.kcb --identity platform.kcid --trust kc1:... "
+        "--vault-path handed-over/acme/quickbooks\n"
+    ),
     "keycourier receipt verify rotation-receipt.kcr --bundle rotation.kcb --trust kc1:...": (
         _ROTATION + "keycourier ingest rotation.kcb --identity platform.kcid --trust kc1:... "
         "--vault-path handed-over/acme/quickbooks --receipt rotation-receipt.kcr\n"

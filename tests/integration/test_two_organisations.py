@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from keycourier.cli.provenance_cmd import receipt_from_metadata
+from keycourier.cli.receipt_cmd import receipt_from_metadata
 from tests.support.openbao import BaoServer, start_dev_server
 
 KC = str(Path(sys.executable).with_name("keycourier"))
@@ -183,6 +183,10 @@ def test_handover_between_two_organisations(orgs: tuple[Org, Org]) -> None:
         platform.bao.bao("kv", "metadata", "get", "-format=json", "secret/handed-over/acme/qbo")
     )["data"]["custom_metadata"]
     assert receipt_from_metadata(metadata) == receipt_text.encode()
+    platform.kc("receipt", "get", "--vault-path", "handed-over/acme/qbo", "-o", "again.kcr")
+    assert (platform.work / "again.kcr").read_text() == receipt_text
+    empty = platform.kc("receipt", "get", "--vault-path", "handed-over/acme/none", expect=2)
+    assert "holds no receipt" in empty.stderr
     verified = json.loads(
         partner.kc(
             "receipt", "verify", "h.kcr", "--bundle", "h.kcb",

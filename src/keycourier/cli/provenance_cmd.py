@@ -23,7 +23,11 @@ from keycourier.cli.receipt_cmd import (
     check_receipt_target,
     receipt_option,
     save_receipt,
+    store_receipt,
     write_receipt,
+)
+from keycourier.cli.receipt_cmd import (
+    receipt_from_metadata as receipt_from_metadata,
 )
 from keycourier.errors import (
     AuthError,
@@ -319,40 +323,6 @@ def _supersession(
         partner=manifest.partner,
         vault_path=vault_path,
     )
-
-
-def store_receipt(
-    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
-    mount: str,
-    path: str,
-    provenance: dict[str, str],
-    receipt_text: bytes,
-) -> None:
-    """The receipt next to the credentials, in the path's custom_metadata (docs/receipts.md
-    section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
-    value), its line ends written as ``|``. A failure is a warning: the credentials are
-    stored and the event recorded."""
-    from keycourier import receipt, vault
-
-    # Vault refuses a metadata value with a newline: lines are joined with "|", which
-    # a receipt (version line, markers, base64) never holds
-    text = receipt_text.decode("ascii").replace("\n", "|")
-    chunks = {f"receipt_{i // 500}": text[i : i + 500] for i in range(0, len(text), 500)}
-    receipt_id = receipt.parse(receipt_text).receipt.receipt_id
-    try:
-        vault.kv_write_custom_metadata(
-            client, mount, path, {**provenance, "receipt_id": receipt_id, **chunks}
-        )
-    except Error as exc:
-        warn(f"the receipt could not be stored in the metadata of {mount}/{path}: {exc.message}")
-
-
-def receipt_from_metadata(custom: dict[str, str]) -> bytes | None:
-    """The receipt stored by ``store_receipt``, joined from its chunks (None when absent)."""
-    parts: list[str] = []
-    while (part := custom.get(f"receipt_{len(parts)}")) is not None:
-        parts.append(part)
-    return "".join(parts).replace("|", "\n").encode("ascii") if parts else None
 
 
 def _write_credentials(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,40 @@ def save_receipt(path: str, text: bytes) -> None:
         warn(f"the receipt could not be written to {path}: {detail}")
         return
     info(f"receipt written to {path}: send it to the sender")
+
+
+def store_receipt(
+    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
+    mount: str,
+    path: str,
+    provenance: dict[str, str],
+    receipt_text: bytes,
+) -> None:
+    """The receipt next to the credentials, in the path's custom_metadata (docs/receipts.md
+    section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
+    value), its line ends written as ``|``. A failure is a warning: the credentials are
+    stored and the event recorded."""
+    from keycourier import receipt, vault
+
+    # Vault refuses a metadata value with a newline: lines are joined with "|", which
+    # a receipt (version line, markers, base64) never holds
+    text = receipt_text.decode("ascii").replace("\n", "|")
+    chunks = {f"receipt_{i // 500}": text[i : i + 500] for i in range(0, len(text), 500)}
+    receipt_id = receipt.parse(receipt_text).receipt.receipt_id
+    try:
+        vault.kv_write_custom_metadata(
+            client, mount, path, {**provenance, "receipt_id": receipt_id, **chunks}
+        )
+    except Error as exc:
+        warn(f"the receipt could not be stored in the metadata of {mount}/{path}: {exc.message}")
+
+
+def receipt_from_metadata(custom: Mapping[str, object]) -> bytes | None:
+    """The receipt stored by ``store_receipt``, joined from its chunks (None when absent)."""
+    parts: list[str] = []
+    while isinstance(part := custom.get(f"receipt_{len(parts)}"), str) and len(parts) < 64:
+        parts.append(part)
+    return "".join(parts).replace("|", "\n").encode("ascii") if parts else None
 
 
 def read_receipt(path: str) -> bytes:
@@ -293,3 +328,47 @@ def inspect_receipt(receipt_file: str, as_json: bool) -> None:
             "the receipt does not verify: "
             + ("its signature is invalid" if not seen.signature_valid else str(seen.proof_error))
         )
+
+
+@receipt.command("get")
+@click.option(
+    "--vault-path",
+    required=True,
+    help="The KV v2 path the bundle was ingested to (e.g. handed-over/acme/quickbooks).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the receipt here (0600)."
+)
+@click.pass_context
+def get_receipt(ctx: click.Context, vault_path: str, output: str | None) -> None:
+    """Fetch the receipt 'ingest' kept next to the credentials in Vault.
+
+    Reads the path's KV metadata (no secret is read), joins the receipt
+    stored there and checks its structure; send it to the sender, who
+    verifies it. Exit 2 when the path holds no receipt.
+
+    \b
+    Example:
+      keycourier receipt get --vault-path handed-over/acme/quickbooks -o receipt.kcr
+    """
+    from keycourier import receipt as _receipt
+    from keycourier import vault
+    from keycourier.cli.common import write_output
+    from keycourier.errors import ConfigError
+
+    settings = settings_from(ctx)
+    if not settings.vault.addr:
+        raise ConfigError("the receipt is kept in Vault, but no Vault is configured")
+    vault.check_ingest_path(vault_path)
+    client = vault.connect(settings)
+    meta = vault.kv_read_metadata(client, settings.vault.mount, vault_path)
+    text = receipt_from_metadata(meta.custom_metadata) if meta is not None else None
+    if text is None:
+        raise UsageError(
+            f"{settings.vault.mount}/{vault_path} holds no receipt",
+            hints=["receipts are kept by 'keycourier ingest' at the path it wrote"],
+        )
+    parsed = _receipt.parse(text)
+    write_output(output, text, private=True)
+    if output:
+        info(f"receipt {parsed.receipt.receipt_id} of bundle {parsed.receipt.bundle.bundle_id}")

@@ -1163,9 +1163,7 @@ def check_supersession(
     from keycourier.ledger.signed import signer_of
 
     old = state.bundle_id
-    ingests = [
-        e for e in state.events if e.type == EventType.INGESTED and signer_of(e) == own_key
-    ]
+    ingests = [e for e in state.events if e.type == EventType.INGESTED and signer_of(e) == own_key]
     if not ingests:
         raise PolicyError(
             f"bundle {new_bundle_id} says it supersedes {old}, which was never ingested here",
