@@ -61,7 +61,7 @@ class Settings:
     ledger_path: Path
     policy_path: Path | None
     vault: VaultSettings
-    # Tables owned by other packages, validated there (helper/profiles.py).
+    # Tables owned by other packages, validated there (partner/profiles.py).
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     helper: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)

@@ -73,8 +73,8 @@ def test_every_variable_name_token_and_exec_set_is_documented() -> None:
     import inspect
 
     from keycourier.helper import formats
-    from keycourier.helper.profiles import Profile
     from keycourier.helper.service import Obtained
+    from keycourier.partner.profiles import Profile
 
     defaults = {
         f.default

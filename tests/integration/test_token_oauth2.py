@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from keycourier.errors import AuthError
-from keycourier.helper.profiles import parse_profile
+from keycourier.partner.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token, fetch_token
 from keycourier.redact import Secret
 

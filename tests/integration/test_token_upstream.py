@@ -14,7 +14,7 @@ import pytest
 
 from keycourier.errors import AuthError, ConfigError, ExitCode, UnavailableError
 from keycourier.helper.cache import TokenCache
-from keycourier.helper.profiles import Profile, parse_profile
+from keycourier.partner.profiles import Profile, parse_profile
 from keycourier.partner.tokens import ClientCredentials, RetryPolicy, Token, fetch_token
 from keycourier.redact import Secret
 from tests.support.platform_standin import RunningStandin, StandinState, start_standin

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from keycourier.helper.filecache import FileCache
-from keycourier.helper.profiles import parse_profile
+from keycourier.partner.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 

@@ -50,3 +50,63 @@ def test_core_module_imports_no_outer_layer(path: Path) -> None:
 def test_the_walker_sees_imports() -> None:
     # Guard against a walker that silently finds nothing.
     assert "keycourier.errors" in _imports(SRC / "bundle" / "core.py")
+
+
+def _units() -> set[str]:
+    """keycourier's top-level packages and modules (``ledger``, ``config``, ...)."""
+    return {
+        p.name.removesuffix(".py")
+        for p in SRC.iterdir()
+        if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")
+    }
+
+
+def _unit_graph() -> dict[str, set[str]]:
+    """unit -> the other units it imports, counting every import: module level, inside a
+    function, under TYPE_CHECKING, and ``from keycourier import x`` as unit ``x``."""
+    units = _units()
+    graph: dict[str, set[str]] = {u: set() for u in units}
+    for path in SRC.rglob("*.py"):
+        me = path.relative_to(SRC).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "keycourier" and len(parts) > 1 and parts[1] in units - {me}:
+                    graph[me].add(parts[1])
+    return graph
+
+
+def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A path start -> ... -> start, if there is one."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_no_import_cycle_between_packages() -> None:
+    """The structure reads from the imports: no package or top-level module reaches itself
+    (partner profiles live in keycourier.partner; the helper serves them)."""
+    graph = _unit_graph()
+    cycles = [c for u in sorted(graph) if (c := _cycle_through(graph, u)) is not None]
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert _cycle_through({"a": {"b"}, "b": {"c"}, "c": {"a"}}, "a") == ["a", "b", "c", "a"]
+    assert _cycle_through({"a": {"b"}, "b": set()}, "a") is None
+    graph = _unit_graph()
+    assert "partner" in graph["helper"]  # the walker sees real imports
+    assert "receipt" in graph["cli"]  # and `from keycourier import receipt` in a function

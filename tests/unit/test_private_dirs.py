@@ -15,8 +15,8 @@ import pytest
 from keycourier.files import make_private_dirs
 from keycourier.helper.clients import ClientStore
 from keycourier.helper.filecache import FileCache, cache_dir
-from keycourier.helper.profiles import parse_profile
 from keycourier.ledger.sqlite import SqliteLedger
+from keycourier.partner.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 from tests.unit.helper.test_profiles import BASE

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from keycourier.errors import Error, UnavailableError
-from keycourier.helper.profiles import Profile
+from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError
 
 FAILURE_BACKOFF: Final = 5.0  # seconds between refresh attempts after a failure

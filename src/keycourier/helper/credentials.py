@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from keycourier.errors import ConfigError
-from keycourier.helper.profiles import EnvCredentials, Profile, VaultCredentials
+from keycourier.partner.profiles import EnvCredentials, Profile, VaultCredentials
 from keycourier.partner.tokens import ClientCredentials
 from keycourier.redact import Secret
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from keycourier.files import make_private_dirs, write_private
-from keycourier.helper.profiles import Profile
+from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 

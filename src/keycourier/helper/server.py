@@ -52,7 +52,7 @@ from keycourier.errors import AuthError, ConfigError, Error, UnavailableError, U
 from keycourier.helper.cache import TokenCache, fresh_until
 from keycourier.helper.clients import ClientStore
 from keycourier.helper.connections import ConnectionGuard, Limits
-from keycourier.helper.profiles import Profile
+from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
 
 if TYPE_CHECKING:
@@ -1034,8 +1034,8 @@ def run(
     settings: Settings, cfg: ServerConfig, *, announce: Callable[[str], None]
 ) -> dict[str, int]:
     """Serve until SIGINT/SIGTERM; drain the recorder; return a summary."""
-    from keycourier.helper.profiles import load_profiles
     from keycourier.helper.recording import BatchRecorder, open_recorder
+    from keycourier.partner.profiles import load_profiles
 
     profiles = load_profiles(settings.profiles, settings.config_path)
     if not profiles:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from keycourier.errors import Error, UnavailableError
-from keycourier.helper.profiles import Profile, get_profile
+from keycourier.partner.profiles import Profile, get_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 

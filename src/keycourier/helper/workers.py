@@ -58,7 +58,6 @@ from keycourier.errors import (
 from keycourier.helper.cache import TokenCache
 from keycourier.helper.clients import ClientStore, default_store_path
 from keycourier.helper.connections import Limits
-from keycourier.helper.profiles import Profile
 from keycourier.helper.server import (
     EVERY_PROFILE,
     HelperState,
@@ -69,6 +68,7 @@ from keycourier.helper.server import (
     _serve,
 )
 from keycourier.helper.shared_state import SharedBuckets
+from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError
 from keycourier.redact import Secret
 
@@ -364,7 +364,7 @@ def _config_doc(cfg: ServerConfig) -> dict[str, Any]:
 
 async def _worker(chan: socket.socket, listener: socket.socket, table: SharedBuckets) -> None:
     from keycourier import config
-    from keycourier.helper.profiles import load_profiles
+    from keycourier.partner.profiles import load_profiles
 
     reader, writer = await asyncio.open_unix_connection(sock=chan, limit=MAX_MESSAGE)
     init = json.loads(await reader.readline() or b"null")
@@ -798,8 +798,8 @@ def run_supervised(
     announce: Callable[[str], None],
 ) -> dict[str, int]:
     """``serve --workers N`` (N > 1): the same summary as ``server.run``."""
-    from keycourier.helper.profiles import load_profiles
     from keycourier.helper.recording import BatchRecorder, open_recorder
+    from keycourier.partner.profiles import load_profiles
 
     profiles = load_profiles(settings.profiles, settings.config_path)
     if not profiles:

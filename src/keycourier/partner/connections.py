@@ -1221,7 +1221,7 @@ def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
     (``https://api.sandbox.tesouro.com/v1/accounting-connections``). The
     version header is the profile's, so tokens and connections use the same.
     """
-    from keycourier.helper.profiles import get_profile
+    from keycourier.partner.profiles import get_profile
 
     profile = get_profile(settings, name)
     if profile.dialect.value not in {d.value for d in Dialect}:

@@ -41,7 +41,7 @@ from keycourier.redact import Secret, fingerprint
 if TYPE_CHECKING:
     import aiohttp
 
-    from keycourier.helper.profiles import Profile
+    from keycourier.partner.profiles import Profile
 
 MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 MAX_ACCESS_TOKEN_CHARS: Final = 16 * 1024
@@ -179,7 +179,7 @@ def parse_token_response(body: bytes, *, now: float) -> Token:
 
 def build_request(profile: Profile, creds: ClientCredentials) -> tuple[dict[str, str], bytes]:
     """Headers and body for one token request in the profile's dialect."""
-    from keycourier.helper.profiles import ClientAuth, Dialect
+    from keycourier.partner.profiles import ClientAuth, Dialect
 
     headers = {
         "accept": "application/json",
@@ -356,7 +356,7 @@ def _raise_for_status(
     profile: Profile, creds: ClientCredentials, status: int, detail: str, suffix: str
 ) -> None:
     """Raise the domain error for a non-retryable status; return for retryable ones."""
-    from keycourier.helper.profiles import Dialect
+    from keycourier.partner.profiles import Dialect
 
     if status in (401, 403) or (status == 400 and "invalid_client" in detail):
         raise UpstreamAuthError(

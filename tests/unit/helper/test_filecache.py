@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from keycourier.helper.filecache import KEY_FILE, FileCache
-from keycourier.helper.profiles import parse_profile
+from keycourier.partner.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
 from tests.unit.helper.test_profiles import BASE

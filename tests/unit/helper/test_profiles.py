@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from keycourier.errors import ConfigError, ExitCode
-from keycourier.helper.profiles import (
+from keycourier.partner.profiles import (
     ClientAuth,
     Dialect,
     EnvCredentials,
