@@ -19,7 +19,9 @@ Server CPU time per request (user + system, the process and its children) is
 reported for each. Every server runs on a free 127.0.0.1 port and is stopped by
 its PID. Writes the ``bench:helper`` section of BENCHMARKS.md.
 
-Usage: scripts/bench-helper [--duration 8] [--rounds 3] [--workers 2] [--no-write]
+Every server gets ``--warmup`` seconds of unmeasured load before the first round.
+
+Usage: scripts/bench-helper [--duration 8] [--rounds 3] [--workers 2] [--warmup 2] [--no-write]
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median used)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="seconds of unmeasured load per server first"
+    )
     parser.add_argument("--workers", type=int, default=2, help="serve --workers N")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = parser.parse_args()
@@ -375,6 +380,11 @@ def main() -> int:
             (tmp / "plain.lua").write_text(LUA.format(body=helper_body, auth=""))
             (tmp / "bao.lua").write_text(LUA.format(body=BAO_BODY, auth=""))
 
+            # one unmeasured pass first: the first seconds after a start (page faults,
+            # connection set-up, the workers' first hand-outs) are not the steady state
+            # any of the servers is compared in
+            for t in targets:
+                run_wrk(t.name, t.url, t.script, args.warmup, t.pid)
             rounds: list[dict[str, Result]] = []
             for _ in range(args.rounds):
                 got: dict[str, Result] = {}
@@ -440,9 +450,9 @@ def main() -> int:
     body_md = "\n".join(
         [
             f"Command: `scripts/bench-helper --duration {args.duration} --rounds {args.rounds} "
-            f"--workers {args.workers}` (wrk -t2 -c50 -d{args.duration}s --latency on loopback; "
-            f"{args.rounds} rounds, every server once per round, in turn; verdicts on medians over "
-            "rounds).",
+            f"--workers {args.workers} --warmup {args.warmup}` (wrk -t2 -c50 -d{args.duration}s --latency on loopback; "
+            f"{args.rounds} rounds, every server once per round, in turn, after {args.warmup} s of "
+            "unmeasured load on each; verdicts on medians over rounds).",
             "",
             f'- `{helper_name}` and `{SINGLE}`: `POST /v1/token` `{{"profile": "bench"}}` with '
             "a client key; cached token (upstream calls to the platform stand-in during the run: "

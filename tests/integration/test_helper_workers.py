@@ -434,3 +434,59 @@ def test_auto_starts_one_worker_per_cpu(tmp_path: Path, standin: RunningStandin)
     finally:
         err, code = h.stop()
     assert code == 0, err
+
+
+def _burst(url: str, key: str, n: int) -> list[int]:
+    """``n`` connections opened back to back before any request is sent (as a load tester
+    or a fleet of CI jobs starting together does), then one ``POST /v1/token`` on each:
+    the HTTP status codes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    body = json.dumps(CI).encode()
+    request = (
+        f"POST /v1/token HTTP/1.1\r\nHost: {where.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    conns = [socket.create_connection((where.hostname, where.port), timeout=10) for _ in range(n)]
+    statuses = []
+    try:
+        for c in conns:
+            c.sendall(request)
+        for c in conns:
+            head = b""
+            while b"\r\n" not in head:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            statuses.append(int(head.split(b" ", 2)[1]) if head else 0)
+    finally:
+        for c in conns:
+            c.close()
+    return statuses
+
+
+def test_a_burst_of_connections_is_spread_evenly_over_the_workers(
+    tmp_path: Path, standin: RunningStandin
+) -> None:
+    """Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new
+    connections: a burst opened back to back lands on both workers in fair shares (on
+    one shared listening socket, the first worker to wake took the whole burst)."""
+    env = base_env(tmp_path, standin)
+    h = start_workers(env, tmp_path, 2)
+    try:
+        key = add_client(env, "fleet", "--profile", "ci", "--rate", "100000")
+        assert fresh_connections(h.url, key, 4)[0][0] == 200  # the token is cached
+        before = per_worker(call(h.url, "/metrics", key=key)[2].decode())
+        assert _burst(h.url, key, 200) == [200] * 200
+        after = per_worker(call(h.url, "/metrics", key=key)[2].decode())
+        served = sorted(after[k] - before.get(k, 0) - 1 for k in after)  # less the /metrics
+        assert len(served) == 2
+        # a fair coin 200 times gives fewer than 60 heads with probability below 1e-8
+        assert served[0] >= 60, served
+    finally:
+        err, code = h.stop()
+    assert code == 0, err

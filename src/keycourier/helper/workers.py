@@ -121,7 +121,16 @@ def _send(writer: asyncio.StreamWriter, msg: Mapping[str, Any]) -> None:
 
 
 def bind(cfg: ServerConfig, workers: int) -> tuple[socket.socket, str]:
-    """The listening socket every worker inherits, and the address to announce."""
+    """The socket every worker inherits, and the address to announce.
+
+    A Unix socket is one listening socket that the workers share. For TCP on a system
+    with SO_REUSEPORT (Linux), the supervisor only binds the address (reserving the port,
+    without listening) and every worker listens on a socket of its own bound to it
+    (``worker_listener``): the kernel then spreads new connections evenly over the
+    workers. On one shared listening socket the first worker to wake takes every
+    pending connection, so a burst of connections (a CI fleet starting, a load test)
+    could leave one worker with all of them and the other idle.
+    """
     backlog = min(4096, BACKLOG_PER_WORKER * workers)
     if cfg.socket_path is not None:
         _prepare_socket(cfg.socket_path)
@@ -140,13 +149,50 @@ def bind(cfg: ServerConfig, workers: int) -> tuple[socket.socket, str]:
     assert cfg.host is not None  # noqa: S101 - set for TCP by server_config
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     try:
-        sock = socket.create_server((cfg.host, cfg.port), family=family, backlog=backlog)
+        if REUSEPORT:
+            sock = _reuseport_socket(family)
+            try:
+                sock.bind((cfg.host, cfg.port))
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_server((cfg.host, cfg.port), family=family, backlog=backlog)
     except OSError as exc:
         raise UsageError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
     scheme = "https" if cfg.tls_cert else "http"
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     return sock, f"{scheme}://{host}:{port}"
+
+
+REUSEPORT = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
+
+
+def _reuseport_socket(family: socket.AddressFamily) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def worker_listener(inherited: socket.socket) -> socket.socket:
+    """The socket a worker accepts on: the inherited one when it is listening (a Unix
+    socket, or TCP without SO_REUSEPORT), else a listening socket of the worker's own,
+    bound with SO_REUSEPORT to the address the supervisor bound (see ``bind``)."""
+    if inherited.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return inherited
+    own = _reuseport_socket(socket.AddressFamily(inherited.family))
+    try:
+        own.bind(inherited.getsockname())
+        own.listen(BACKLOG_PER_WORKER)
+    except OSError:
+        own.close()
+        raise
+    inherited.close()
+    return own
 
 
 # -- /metrics over several workers
@@ -427,7 +473,11 @@ def worker_main(argv: Sequence[str]) -> int:
         sys.stderr.write("keycourier: error: a helper worker is started by keycourier serve\n")
         return 2
     chan = socket.socket(fileno=chan_fd)
-    listener = socket.socket(fileno=listen_fd)
+    try:
+        listener = worker_listener(socket.socket(fileno=listen_fd))
+    except OSError as exc:
+        sys.stderr.write(f"keycourier: error: helper worker {os.getpid()} cannot listen: {exc}\n")
+        return 6
     table = SharedBuckets.attach(table_fd)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler is in place
     try:
