@@ -122,7 +122,10 @@ def _identity_file() -> bytes:
             lambda: KeycourierIdentity.generate(now=NOW).export_age().encode(),
             "this is an age identity (a secret key: keep it private)",
         ),
-        (lambda: b"keycourier-receipt/v1\n...\n", "this is a keycourier receipt"),
+        (
+            lambda: b"keycourier-receipt/v1\n...\n",
+            "this is a keycourier receipt (use `keycourier receipt inspect` or `receipt verify`)",
+        ),
         (lambda: b"keycourier-ticket/v3\n", "this is a keycourier ticket file"),
     ],
 )
