@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keycourier._record import field, record
 from keycourier.errors import ConfigError
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -35,7 +35,7 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
     return _xdg(env, "XDG_DATA_HOME", ".local/share") / "keycourier"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VaultSettings:
     """Where Vault/OpenBao is and how to log in. ``addr`` None: no Vault configured."""
 
@@ -55,7 +55,7 @@ class VaultSettings:
     transit_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settings:
     config_path: Path | None
     ledger_path: Path

@@ -69,18 +69,15 @@ def test_readme_names_no_command_that_does_not_exist() -> None:
 
 def test_every_variable_name_token_and_exec_set_is_documented() -> None:
     """The defaults of env_name (profile and helper paths) and the _EXPIRES_AT companion."""
-    import dataclasses
     import inspect
 
+    from keycourier._record import fields
     from keycourier.helper import formats
     from keycourier.helper.service import Obtained
     from keycourier.partner.profiles import Profile
 
     defaults = {
-        f.default
-        for cls in (Profile, Obtained)
-        for f in dataclasses.fields(cls)
-        if f.name == "env_name"
+        f.default for cls in (Profile, Obtained) for f in fields(cls) if f.name == "env_name"
     }
     defaults.add(inspect.signature(formats.render).parameters["env_name"].default)
     suffixes = set(re.findall(r'f"\{(?:env_name|name)\}(_[A-Z_]+)"', inspect.getsource(formats)))

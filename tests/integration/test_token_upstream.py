@@ -163,7 +163,7 @@ def test_non_uuid_client_id_is_a_422_config_error(standin: RunningStandin) -> No
 
 def test_missing_version_header_is_the_documented_400(standin: RunningStandin) -> None:
     profile = monite_profile(standin.url)
-    from dataclasses import replace
+    from keycourier._record import replace
 
     no_version = replace(profile, version=None, version_header=None)
     with pytest.raises(ConfigError) as info:

@@ -14,9 +14,9 @@ import contextlib
 import errno
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from keycourier._record import record
 from keycourier.errors import Error, UnavailableError
 from keycourier.partner.profiles import Profile, get_profile
 from keycourier.partner.tokens import ClientCredentials, Token
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from keycourier.config import Settings
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Obtained:
     profile_name: str
     token: Token

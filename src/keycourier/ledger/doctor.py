@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from keycourier._record import record
 from keycourier.errors import AuthError, Error, ExitCode, UnavailableError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Status(enum.StrEnum):
     SKIP = "skip"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Check:
     name: str
     status: Status
@@ -73,7 +73,7 @@ class Check:
     exit_code: ExitCode = ExitCode.OK
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DoctorReport:
     addr: str | None
     checks: tuple[Check, ...]

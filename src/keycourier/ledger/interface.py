@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from keycourier._record import field, record
 
 
 class EventType(enum.StrEnum):
@@ -43,7 +44,7 @@ class VaultStatus(enum.StrEnum):
     DISABLED = "disabled"  # no Vault configured: local ledger only
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """One provenance event, as the caller describes it (before sequencing)."""
 
@@ -56,7 +57,7 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)  # JSON-able, no secrets
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredEvent:
     """An event as the ledger holds it: sequenced and chained."""
 
@@ -67,7 +68,7 @@ class StoredEvent:
     vault_status: VaultStatus
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RecordOutcome:
     seq: int
     vault_status: VaultStatus

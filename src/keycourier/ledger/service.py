@@ -11,12 +11,12 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from keycourier._record import field, record
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 DEFAULT_SYNC_WORKERS = 8
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BundleState:
     """What the ledger and Vault know about one bundle."""
 
@@ -66,7 +66,7 @@ class BundleState:
     superseded_by: str | None = None  # the bundle that replaced this one, when one did
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncConflict:
     seq: int
     path: str
@@ -74,7 +74,7 @@ class SyncConflict:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncReport:
     attempted: int
     delivered: int
@@ -84,13 +84,13 @@ class SyncReport:
     unavailable: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VaultBreak:
     seq: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AuditReport:
     chain: ChainReport
     vault_checked: bool = False
@@ -184,7 +184,7 @@ class LedgerRecorder:
         from keycourier.ledger.vault import path_for, record_for
 
         if event.policy_digest is None and (digest := self.policy_digest()) is not None:
-            from dataclasses import replace
+            from keycourier._record import replace
 
             event = replace(event, policy_digest=digest)
         ledger_id = self.ledger.ledger_id
@@ -490,7 +490,7 @@ class LedgerRecorder:
     def verify(self, *, vault: bool = False, since: Path | None = None) -> AuditReport:
         """The chain, and with ``vault`` its Vault records, and with ``since`` an exported
         checkpoint (``audit checkpoint``) that the ledger must still contain."""
-        from dataclasses import replace
+        from keycourier._record import replace
 
         exported = None if since is None else read_checkpoint(since)
         self.flush()
@@ -848,7 +848,7 @@ def check_exported(ledger: SqliteLedger, text: str, where: str) -> tuple[tuple[i
     return tuple(breaks)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExportedCheckpoint:
     ledger_id: str
     events: int
@@ -890,7 +890,7 @@ def ledger_verifier_key(recorder: LedgerRecorder) -> str:
     return recorder.ledger.verifier().vkey()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventProof:
     """One event's inclusion proof against a signed tree head (docs/audit.md 1.3)."""
 
@@ -1000,7 +1000,7 @@ def decision_lock(settings: Settings) -> Iterator[None]:
 def abort_event(event: Event, seq: int, reason: str) -> Event:
     """The `release_aborted` event that voids release event #``seq`` (``event``) of this
     chain: the same actor, bundle and fingerprint, ``data.released`` false."""
-    from dataclasses import replace
+    from keycourier._record import replace
 
     return replace(
         event,
@@ -1133,7 +1133,7 @@ def bundle_state(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Supersession:
     """What a rotation replaces: the earlier bundle, where it was stored and its version."""
 
@@ -1194,7 +1194,7 @@ def check_supersession(
     return Supersession(old, stored, version if isinstance(version, int) else 0)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unconfirmed:
     """A bundle this ledger sealed that no verified receipt confirms (docs/receipts.md)."""
 
@@ -1262,7 +1262,7 @@ def unconfirmed(
     return sorted(out, key=lambda u: u.sealed_at)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stale:
     """Credentials whose current version at a Vault path is older than a rotation period."""
 
@@ -1379,7 +1379,7 @@ def _printable_value(value: Any) -> Any:  # noqa: ANN401 - any JSON value
 
 
 def _printable_event(e: Event) -> Event:
-    from dataclasses import replace
+    from keycourier._record import replace
 
     return replace(
         e,

@@ -20,9 +20,9 @@ import base64
 import binascii
 import hmac
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from keycourier._record import replace
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event
 

@@ -29,11 +29,11 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keycourier._record import record
 from keycourier.errors import ConfigError, IntegrityError, UnavailableError
 from keycourier.files import make_private_dirs
 from keycourier.ledger import chain
@@ -93,13 +93,13 @@ BEGIN SELECT RAISE(ABORT, 'keycourier ledger policies are append-only'); END;
 ORIGIN_PREFIX = "keycourier/ledger/"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChainBreak:
     seq: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChainReport:
     events: int
     checkpoints: int
@@ -115,7 +115,7 @@ class ChainReport:
         return self.first_break is None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Delivery:
     stored: StoredEvent
     path: str | None

@@ -36,9 +36,9 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from keycourier._record import record
 from keycourier.errors import AuthError, IntegrityError, UnavailableError, UsageError
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType
@@ -199,7 +199,7 @@ def custom_metadata_for(event: Event) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VaultEvent:
     """A well-formed event read from a Vault record version (not yet trusted)."""
 

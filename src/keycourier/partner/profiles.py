@@ -23,11 +23,11 @@ import enum
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from keycourier._record import record
 from keycourier.errors import ConfigError
 
 PROFILE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -76,7 +76,7 @@ DEFAULT_VERSION_HEADER: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EnvCredentials:
     """The client ID and secret are read from these environment variables."""
 
@@ -87,7 +87,7 @@ class EnvCredentials:
         return f"environment variables {self.client_id_env}/{self.client_secret_env}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VaultCredentials:
     """The client ID and secret are fields of a Vault KV v2 secret."""
 
@@ -104,7 +104,7 @@ class VaultCredentials:
 CredentialSource = EnvCredentials | VaultCredentials
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Profile:
     name: str
     dialect: Dialect

@@ -29,12 +29,12 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode
 
 from keycourier import __version__
+from keycourier._record import record
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError
 from keycourier.redact import Secret, fingerprint
 
@@ -50,7 +50,7 @@ MAX_RETRY_AFTER: Final = 60.0
 _TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientCredentials:
     client_id: str
     client_secret: Secret
@@ -60,7 +60,7 @@ class ClientCredentials:
         return f"ClientCredentials(client_id=****, source={self.source!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Token:
     """An access token and its lifetime, as the platform issued it."""
 
@@ -93,7 +93,7 @@ def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RetryPolicy:
     max_retries: int = 3  # 5xx, timeouts and network errors
     rate_limit_retries: int = 3  # 429s
@@ -229,7 +229,7 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, float((when - datetime.now(UTC)).total_seconds()))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Reply:
     status: int
     headers: Mapping[str, str]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
 
+from keycourier._record import record
 from keycourier.tlog.merkle import HASH_SIZE
 
 MAX_EXTENSIONS = 16
@@ -17,7 +17,7 @@ class CheckpointError(ValueError):
     """A checkpoint body that is not a valid tlog-checkpoint."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Checkpoint:
     origin: str
     size: int

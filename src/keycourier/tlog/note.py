@@ -16,7 +16,8 @@ import hashlib
 import hmac
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+from keycourier._record import field, record
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "
@@ -42,7 +43,7 @@ def key_id(name: str, public_key: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Verifier:
     name: str
     public_key: bytes = field(repr=False)
@@ -90,7 +91,7 @@ def parse_vkey(vkey: str) -> Verifier:
     return verifier
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Signer:
     name: str
     seed: bytes = field(repr=False)
@@ -128,7 +129,7 @@ def sign(text: str, signers: Iterable[Signer]) -> str:
     return text + "\n" + "".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpenedNote:
     text: str
     verified_by: tuple[str, ...]  # key names whose signatures verified
