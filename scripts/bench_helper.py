@@ -450,7 +450,8 @@ def main() -> int:
     body_md = "\n".join(
         [
             f"Command: `scripts/bench-helper --duration {args.duration} --rounds {args.rounds} "
-            f"--workers {args.workers} --warmup {args.warmup}` (wrk -t2 -c50 -d{args.duration}s --latency on loopback; "
+            f"--workers {args.workers} --warmup {args.warmup}` "
+            f"(wrk -t2 -c50 -d{args.duration}s --latency on loopback; "
             f"{args.rounds} rounds, every server once per round, in turn, after {args.warmup} s of "
             "unmeasured load on each; verdicts on medians over rounds).",
             "",
