@@ -141,7 +141,9 @@ def render(key: str, rows: Sequence[tuple[str, Event, str]], width: int) -> list
         details += [f"{printable(str(k))}={_value(v)}" for k, v in sorted(e.data.items())]
         if details:
             lines.extend(_wrap(", ".join(details), width, INDENT + "details: ", INDENT * 2))
-    for closing in receipt_lines(events):
+    # only this ledger's own receipt_verified events: a Vault record of another ledger is
+    # not signed, so it cannot say who received the bundle
+    for closing in receipt_lines([e for src, e, _ in rows if src == "ledger"]):
         lines.extend(_wrap(closing, width, "", INDENT))
     return lines
 
