@@ -147,8 +147,8 @@ def _flip_body_char(text: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-def _resigned(text: bytes, change: dict[str, object], key_from: Path | None = None) -> bytes:
-    """The receipt with its body changed and NOT re-signed (the old signature kept)."""
+def _changed_unsigned(text: bytes, change: dict[str, object]) -> bytes:
+    """The receipt with its body changed and its old signature kept (not re-signed)."""
     parsed = parse(text)
     body = json.loads(parsed.body)
     body.update(change)
@@ -164,7 +164,7 @@ def test_altered_receipts_are_exit_4_naming_what(world: World) -> None:
         "flipped.kcr": (_flip_body_char(good), b""),
         "truncated.kcr": (good[: len(good) // 2], b"damaged"),
         "unsigned-change.kcr": (
-            _resigned(good, {"at": "2099-01-01T00:00:00Z"}),
+            _changed_unsigned(good, {"at": "2099-01-01T00:00:00Z"}),
             b"signature does not verify",
         ),
         "empty.kcr": (b"", b"not a keycourier receipt"),

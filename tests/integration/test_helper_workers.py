@@ -479,8 +479,8 @@ def test_a_burst_of_connections_is_spread_evenly_over_the_workers(
     h = start_workers(env, tmp_path, 2)
     try:
         key = add_client(env, "fleet", "--profile", "ci", "--rate", "100000")
-        # every worker sees the new client within its store check (twice a second)
-        assert wait_for(lambda: [c for c, _ in fresh_connections(h.url, key, 4)] == [200] * 4)
+        # a client just added is known at once to whichever worker a connection reaches
+        assert [c for c, _ in fresh_connections(h.url, key, 8)] == [200] * 8
         before = per_worker(call(h.url, "/metrics", key=key)[2].decode())
         assert _burst(h.url, key, 200) == [200] * 200
         after = per_worker(call(h.url, "/metrics", key=key)[2].decode())

@@ -84,6 +84,30 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
 # -- seal ---------------------------------------------------------------------------
 
 
+def release_options(f: Any) -> Any:  # noqa: ANN401 - click decorator
+    """Where a sealed bundle goes: -o, --require-vault, --json (seal and rotate)."""
+    for option in reversed(
+        [
+            click.option(
+                "-o",
+                "--output",
+                type=click.Path(dir_okay=False, allow_dash=True),
+                help="Bundle file to write (default stdout).",
+            ),
+            click.option(
+                "--require-vault",
+                is_flag=True,
+                help="Fail (exit 6) and release nothing unless the event reaches Vault.",
+            ),
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE)."
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @click.command()
 @handover_options
 @identity_option
@@ -96,24 +120,13 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
     help="A file of age recipients.",
 )
 @click.option("--partner", help="Your organization's name, shown in the manifest.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    help="Bundle file to write (default stdout).",
-)
-@click.option(
-    "--require-vault",
-    is_flag=True,
-    help="Fail (exit 6) and release nothing unless the event reaches Vault.",
-)
+@release_options
 @click.option(
     "--supersedes",
     default=None,
     metavar="BUNDLE_ID",
     help="The bundle these credentials replace (a rotation, docs/rotation.md).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE).")
 @click.pass_context
 def seal(
     ctx: click.Context,
@@ -273,18 +286,7 @@ def seal(
     help="The receiver's receipt of OLD_BUNDLE: checked first (needs --trust).",
 )
 @trust_option
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    help="Bundle file to write (default stdout).",
-)
-@click.option(
-    "--require-vault",
-    is_flag=True,
-    help="Fail (exit 6) and release nothing unless the event reaches Vault.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (needs -o FILE).")
+@release_options
 @click.pass_context
 def rotate(
     ctx: click.Context,

@@ -26,9 +26,6 @@ from keycourier.cli.receipt_cmd import (
     store_receipt,
     write_receipt,
 )
-from keycourier.cli.receipt_cmd import (
-    receipt_from_metadata as receipt_from_metadata,
-)
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -683,6 +680,7 @@ def audit_unconfirmed(
       keycourier audit unconfirmed --older-than 2d
       keycourier audit unconfirmed --older-than 0m --json
     """
+    from keycourier.bundle.model import format_time
     from keycourier.ledger.service import open_recorder, unconfirmed
 
     age_limit = _age_limit(older_than)
@@ -697,7 +695,7 @@ def audit_unconfirmed(
         return
     click.echo(f"{'SEALED':<20}  {'BUNDLE':<36}  {'STATE':<16}  PARTNER / PLATFORM")
     for row in rows:
-        sealed = row.sealed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sealed = format_time(row.sealed_at)
         who = " / ".join(x for x in (row.partner, row.platform) if x) or "-"
         click.echo(f"{sealed:<20}  {row.bundle_id:<36}  {row.state:<16}  {who}")
 
@@ -727,6 +725,7 @@ def audit_stale(
       keycourier audit stale --older-than 365d
       keycourier audit stale --older-than 90d --json
     """
+    from keycourier.bundle.model import format_time
     from keycourier.ledger.service import open_recorder, stale
 
     age_limit = _age_limit(older_than)
@@ -742,7 +741,7 @@ def audit_stale(
         return
     click.echo(f"{'INGESTED':<20}  {'AGE':>5}  {'FINGERPRINT':<36}  VAULT PATH (VERSION)")
     for row in rows:
-        when = row.ingested_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = format_time(row.ingested_at)
         age = f"{(now - row.ingested_at).days}d"
         click.echo(
             f"{when:<20}  {age:>5}  {row.fingerprint or '-':<36}  {row.vault_path}"

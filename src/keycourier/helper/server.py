@@ -70,6 +70,9 @@ VAULT_LOOKUPS_PER_SECOND: Final = 20.0  # uncached lookup-self calls, whole help
 JSON_TYPE: Final = "application/json"
 MAX_AUTH_HEADER: Final = 300  # "Bearer " + a client key is 63 characters
 STORE_CHECK_SECONDS: Final = 0.5  # how often the client store is stat()ed for changes
+# An unknown key re-checks the store at once (a client just added is known to every
+# worker on its first request), but not more often than this under a flood of bad keys.
+MISS_CHECK_SECONDS: Final = 0.05
 MAX_CALLERS: Final = 10_000  # cached authenticated keys
 MAX_READY_BODIES: Final = 16  # per key: distinct request bodies with a ready reply
 DEFAULT_LIMITS: Final = Limits()
@@ -341,6 +344,7 @@ class HelperState:
         self._callers: dict[bytes, _Caller] = {}
         self._store_generation = -2
         self._store_check_at = 0.0
+        self._miss_check_at = 0.0
         self._replies: dict[str, _Reply] = {}  # profile -> reply for its current token
         self._buckets: dict[str, RateBucket] = {}
         # Hooks for ``serve --workers N`` (keycourier.helper.workers); None in one process.
@@ -448,6 +452,10 @@ class HelperState:
         if cached is not None:
             return cached
         principal = self.bearer(auth)
+        if principal is None and now >= self._miss_check_at:
+            self._miss_check_at = now + MISS_CHECK_SECONDS
+            self.store.refresh(max_age=0)
+            principal = self.bearer(auth)
         if principal is None:
             return None
         self._forget_callers_if_reloaded()  # authenticate() may have re-read the store

@@ -1208,7 +1208,7 @@ class Unconfirmed:
     def to_json(self) -> dict[str, object]:
         return {
             "bundle_id": self.bundle_id,
-            "sealed_at": self.sealed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sealed_at": _seconds(self.sealed_at),
             "partner": self.partner,
             "platform": self.platform,
             "fingerprint": self.fingerprint,
@@ -1280,7 +1280,7 @@ class Stale:
             "fingerprint": self.fingerprint,
             "bundle_id": self.bundle_id,
             "kv_version": self.kv_version,
-            "ingested_at": self.ingested_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ingested_at": _seconds(self.ingested_at),
             "age_days": (now - self.ingested_at).days,
             "platform": self.platform,
             "partner": self.partner,
@@ -1314,6 +1314,12 @@ def stale(events: Iterable[StoredEvent], *, now: datetime, older_than: timedelta
             )
         )
     return sorted(out, key=lambda x: x.ingested_at)
+
+
+def _seconds(at: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ``, as manifests and receipts write times (event times keep
+    their microseconds: ``chain.format_time``)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _time_or_none(value: object) -> datetime | None:
