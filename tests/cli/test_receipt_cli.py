@@ -213,8 +213,7 @@ def test_a_forged_ledger_proof_is_exit_4_even_when_signed(world: World) -> None:
     parsed = parse((world.dir / "receipt.kcr").read_bytes())
     ident = load_identity((world.dir / "platform.kcid").read_bytes(), Secret(PASS.encode()))
     body = json.loads(parsed.body)
-    body["ledger"]["leaf_hash"] = "00" * 32
-    body["ledger"]["event"] = None
+    body["ledger"]["hashes"].append("00" * 32)  # a path that leads nowhere
     raw = canonical_json(body)
     forged = write(raw, ident.sign(b"keycourier-receipt/v1\n" + raw))
     (world.dir / "forged.kcr").write_bytes(forged)
@@ -224,6 +223,33 @@ def test_a_forged_ledger_proof_is_exit_4_even_when_signed(world: World) -> None:
     seen = partner(world, "receipt", "inspect", "forged.kcr")
     assert seen.returncode == 4
     assert b"INVALID" in seen.stdout
+
+
+def test_a_receipt_proved_in_another_ledger_is_exit_4_until_its_key_is_pinned(
+    world: World,
+) -> None:
+    """A receiver can prove any event in a throwaway ledger of its own; the sender holds it
+    to the ledger key of its first verified receipt."""
+    handover(world)
+    assert verify(world).returncode == 0
+    sealed = partner(world, *world.seal_args(out="second.kcb"))
+    assert sealed.returncode == 0, sealed.stderr
+    opened = kc(
+        *world.open_args("second.kcb", "--receipt", "second.kcr"),
+        cwd=world.dir,
+        ledger="throwaway.db",
+    )
+    assert opened.returncode == 0, opened.stderr
+    moved = verify(world, receipt="second.kcr", bundle="second.kcb")
+    assert moved.returncode == 4, moved.stderr
+    assert b"earlier receipts" in moved.stderr
+    assert b"--ledger-key" in moved.stderr
+    key = kc("audit", "key", cwd=world.dir, ledger="throwaway.db").stdout.decode().strip()
+    wrong = verify(world, "--ledger-key", key + "x", receipt="second.kcr", bundle="second.kcb")
+    assert wrong.returncode == 4
+    pinned = verify(world, "--ledger-key", key, receipt="second.kcr", bundle="second.kcb")
+    assert pinned.returncode == 0, pinned.stderr
+    assert [e["type"] for e in events(world, PARTNER_LEDGER)].count("receipt_verified") == 2
 
 
 def test_inspect_and_open_name_a_receipt(world: World) -> None:

@@ -11,10 +11,14 @@ import hashlib
 import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from keycourier import age, bundle
 from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp, seal
 from keycourier.redact import Secret
+
+if TYPE_CHECKING:
+    from keycourier.ledger.service import EventProof
 
 ALNUM = string.ascii_letters + string.digits
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -118,47 +122,82 @@ class ReceiptSample:
     trusted: tuple[str, ...]  # the receiver's fingerprint, as the sender pins it
 
 
-@functools.cache
-def receipt_sample() -> ReceiptSample:
-    """The receipt of the bundle sample, ingested as the 4th event of a 6-event ledger
-    whose checkpoint is signed by a fixed note key."""
-    from keycourier.bundle import parsing
+LEDGER_ID = "0f1e2d3c-4b5a-4968-8776-655443322110"
+
+
+def handover_event(
+    identity: KeycourierIdentity,
+    bundle_id: str,
+    *,
+    seq: int,
+    type_: str = "opened",
+    ledger_id: str = LEDGER_ID,
+    actor: str | None = None,
+    data: dict[str, object] | None = None,
+) -> str:
+    """The canonical ledger body of an event signed by ``identity``, as a ledger stores it."""
+    from keycourier.ledger import chain
+    from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.signed import sign_event
+
+    event = sign_event(
+        Event(
+            EventType(type_),
+            NOW,
+            actor or identity.public().signing_fingerprint,
+            bundle_id,
+            data=data or {"sealed_by": "kc1:" + "0" * 32},
+        ),
+        identity,
+    )
+    return chain.event_body(event, seq=seq, ledger_id=ledger_id)
+
+
+def log_proof(
+    bodies: list[str], index: int, *, key_label: str = "ledger note key", ledger_id: str = LEDGER_ID
+) -> EventProof:
+    """A signed checkpoint over ``bodies`` (leaves 0..n-1) and the proof of leaf ``index``,
+    in the form of a keycourier ledger (origin ``keycourier/ledger/<ledger_id>``)."""
     from keycourier.ledger.service import EventProof
-    from keycourier.receipt import IssuedVault, issue
     from keycourier.tlog import checkpoint, merkle, note
 
-    sample = bundle_sample()
-    manifest_bytes = parsing.parse(sample.text).manifest_bytes
-    manifest = parsing.parse(sample.text).manifest
-    bodies = [f'{{"seq":{i},"type":"other"}}' for i in range(6)]
-    bodies[3] = (
-        f'{{"bundle_id":"{manifest.bundle_id}","seq":4,"type":"ingested",'
-        '"vault_path":"secret/handed-over/acme/qbo"}'
-    )
     levels = merkle.levels_of([merkle.leaf_hash(b.encode()) for b in bodies])
 
-    def read(level: int, index: int) -> bytes:
-        return levels[level][index]
+    def read(level: int, i: int) -> bytes:
+        return levels[level][i]
 
-    signer = note.Signer("ledger.example/fuzz", _key("ledger note key"))
+    signer = note.Signer("keycourier/ledger/" + ledger_id, _key(key_label))
     root = merkle.root_hash(len(bodies), read)
     signed = note.sign(checkpoint.Checkpoint(signer.name, len(bodies), root).text(), [signer])
-    proof = EventProof(
-        log_index=3,
+    return EventProof(
+        log_index=index,
         tree_size=len(bodies),
         root_hash=root,
-        hashes=tuple(merkle.inclusion_proof(3, len(bodies), read)),
+        hashes=tuple(merkle.inclusion_proof(index, len(bodies), read)),
         checkpoint=signed,
-        body=bodies[3],
+        body=bodies[index],
         verifier_key=signer.verifier.vkey(),
     )
+
+
+@functools.cache
+def receipt_sample() -> ReceiptSample:
+    """The receipt of the bundle sample, ingested (its `opened` event the 4th of a 6-event
+    ledger whose checkpoint is signed by a fixed note key)."""
+    from keycourier.bundle import parsing
+    from keycourier.receipt import IssuedVault, issue
+
+    sample = bundle_sample()
+    parsed = parsing.parse(sample.text)
+    bodies = [f'{{"seq":{i + 1},"type":"other"}}' for i in range(6)]
+    bodies[3] = handover_event(sample.receiver, parsed.manifest.bundle_id, seq=4)
     text = issue(
         identity=sample.receiver,
-        manifest=manifest,
-        manifest_bytes=manifest_bytes,
+        manifest=parsed.manifest,
+        manifest_bytes=parsed.manifest_bytes,
         action="ingested",
         at=NOW,
-        proof=proof,
+        proof=log_proof(bodies, 3),
         vault=IssuedVault("secret/handed-over/acme/qbo", 1),
     )
     return ReceiptSample(text, sample.text, (sample.receiver.public().signing_fingerprint,))

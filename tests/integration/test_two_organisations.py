@@ -351,3 +351,104 @@ def test_rotations_that_do_not_fit_are_refused(orgs: tuple[Org, Org]) -> None:
     assert types == ["opened", "ingested"]  # the refusals opened nothing
     meta = json.loads(platform.bao.bao("kv", "metadata", "get", "-format=json", f"secret/{path}"))
     assert meta["data"]["current_version"] == 1
+
+
+def test_an_occupied_path_is_not_written_over(orgs: tuple[Org, Org]) -> None:
+    """A path belongs to the sender, platform and partner whose credentials it holds: another
+    trusted sender's bundle (naming no bundle it supersedes), or a write keycourier cannot
+    account for, is refused with exit 7 before anything is opened, unless --allow-overwrite."""
+    partner, platform = orgs
+    pub_partner, pub_platform = _identities(partner, platform)
+    partner.kc("identity", "new", "-o", "mallory.kcid", "--work-factor", "12")
+    mallory = json.loads(partner.kc("identity", "show", "mallory.kcid", "--json").stdout)
+    trust = ["--trust", pub_partner["signing_fingerprint"]]
+    trust += ["--trust", mallory["signing_fingerprint"]]
+    client_id, _ = _qbo_secret(partner.work, "o1.txt")
+    old_id = _seal(partner, pub_platform["recipient"], client_id, "o1.txt", "o1.kcb")
+    path = "handed-over/occupied/qbo"
+
+    def ingest(bundle: str, where: str = path, *extra: str, expect: int = 0) -> str:
+        out = platform.kc(
+            "ingest", bundle, "--identity", "platform.kcid", *trust, "--vault-path", where,
+            *extra, expect=expect,
+        )  # fmt: skip
+        return out.stderr
+
+    def version(where: str = path) -> int:
+        meta = platform.bao.bao("kv", "metadata", "get", "-format=json", f"secret/{where}")
+        return int(json.loads(meta)["data"]["current_version"])
+
+    ingest("o1.kcb")
+    # the same sender may hand the same partner's credentials over again (v2)
+    _seal(partner, pub_platform["recipient"], client_id, "o1.txt", "o2.kcb")
+    ingest("o2.kcb")
+    replaced = [e for e in platform.ledger_events() if e["type"] == "ingested"][-1]["data"]
+    assert replaced["replaced"]["kv_version"] == 1
+    assert replaced["replaced"]["bundle_id"] == old_id
+    assert replaced["replaced"]["overwrite"] is False
+
+    # another trusted sender, same partner name, no --supersedes: refused, nothing opened
+    mallory_id, _ = _qbo_secret(partner.work, "m.txt")
+    partner.kc(
+        "seal", "--platform", "quickbooks", "--client-id", mallory_id,
+        "--client-secret-file", "m.txt", "--environment", "production",
+        "--attested-by", "Someone", "--partner", "Acme Ltd", "--identity", "mallory.kcid",
+        "-r", pub_platform["recipient"], "-o", "m.kcb",
+    )  # fmt: skip
+    before = len(platform.ledger_events())
+    words = ingest("m.kcb", expect=7)
+    assert f"sealed by {pub_partner['signing_fingerprint']}" in words, words
+    assert "--allow-overwrite" in words
+    assert len(platform.ledger_events()) == before
+    assert version() == 2
+
+    # a write keycourier did not make is not written over either
+    platform.bao.bao("kv", "put", "-cas=0", "secret/handed-over/occupied/manual", "x=1")
+    assert "did not record storing" in ingest("o1.kcb", "handed-over/occupied/manual", expect=7)
+
+    # asked for explicitly: written, with a warning and what it replaced on record
+    words = ingest("m.kcb", path, "--allow-overwrite")
+    assert "--allow-overwrite: replacing version 2" in words
+    assert version() == 3
+    last = [e for e in platform.ledger_events() if e["type"] == "ingested"][-1]["data"]
+    assert last["replaced"]["overwrite"] is True
+    assert last["replaced"]["sealed_by"] == pub_partner["signing_fingerprint"]
+
+    # the partner's rotation of its first bundle no longer replaces what it stored: refused
+    partner.kc(
+        "seal", "--platform", "quickbooks", "--client-id", client_id,
+        "--client-secret-file", "o1.txt", "--environment", "production",
+        "--attested-by", "Jane Doe", "--partner", "Acme Ltd", "--identity", "partner.kcid",
+        "-r", pub_platform["recipient"], "--supersedes", old_id, "-o", "rot.kcb",
+    )  # fmt: skip
+    assert "is at version 3, not the version 1" in ingest("rot.kcb", expect=7)
+    assert version() == 3
+
+
+def test_a_write_between_the_check_and_the_write_is_refused(orgs: tuple[Org, Org]) -> None:
+    """Ingest writes with check-and-set against the version its rules were checked on."""
+    import hvac
+
+    from keycourier.cli.provenance_cmd import _write_credentials
+    from keycourier.errors import PolicyError
+
+    _, platform = orgs
+    client = hvac.Client(url=platform.bao.addr, token=platform.bao.token)
+    path = "handed-over/cas/qbo"
+    assert _write_credentials(client, "secret", path, {"a": "1"}, cas=0) == 1
+    platform.bao.bao("kv", "put", "-cas=1", f"secret/{path}", "a=2")  # someone else, meanwhile
+    with pytest.raises(PolicyError, match="was written by someone else"):
+        _write_credentials(client, "secret", path, {"a": "3"}, cas=1)
+    assert _kv_get(platform, path, 2) == {"a": "2"}
+
+
+def test_a_damaged_receipt_in_vault_metadata_is_exit_4(orgs: tuple[Org, Org]) -> None:
+    """Whoever may write a path's metadata can put any text where the receipt is kept."""
+    _, platform = orgs
+    where = "secret/handed-over/damaged/qbo"
+    platform.bao.bao("kv", "put", "-cas=0", where, "x=1")
+    for text in ("keycourier-receipt/v1|\u00fc\u00e9", "\u2603" * 40):
+        platform.bao.bao("kv", "metadata", "put", f"-custom-metadata=receipt_0={text}", where)
+        out = platform.kc("receipt", "get", "--vault-path", "handed-over/damaged/qbo", expect=4)
+        assert "Traceback" not in out.stderr
+        assert "receipt" in out.stderr

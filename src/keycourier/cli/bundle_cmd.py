@@ -17,6 +17,7 @@ from keycourier.cli.common import (
     emit_json,
     identity_option,
     info,
+    receiver_trust_option,
     trust_option,
     warn,
     write_output,
@@ -285,7 +286,7 @@ def seal(
     type=click.Path(dir_okay=False),
     help="The receiver's receipt of OLD_BUNDLE: checked first (needs --trust).",
 )
-@trust_option
+@receiver_trust_option
 @release_options
 @click.pass_context
 def rotate(

@@ -211,16 +211,29 @@ def _parse_trust_option(
 
 
 def trust_option(f: F) -> F:
-    f = click.option(
-        "--trust-file",
-        type=click.Path(dir_okay=False, exists=True),
-        help="File of trusted sender keys or fingerprints, one per line.",
-    )(f)
-    return click.option(
-        "--trust",
-        multiple=True,
-        metavar="SENDER",
-        callback=_parse_trust_option,
-        help="A trusted sender: its 'kc1:' signing fingerprint (32 hex characters) or "
-        "'ed25519:<key>' (repeatable).",
-    )(f)
+    """--trust / --trust-file pinning the senders whose bundles are accepted."""
+    return pin_options("sender")(f)
+
+
+def receiver_trust_option(f: F) -> F:
+    """--trust / --trust-file pinning the receiver whose receipts are accepted."""
+    return pin_options("receiver")(f)
+
+
+def pin_options(role: str) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--trust-file",
+            type=click.Path(dir_okay=False, exists=True),
+            help=f"File of trusted {role} keys or fingerprints, one per line.",
+        )(f)
+        return click.option(
+            "--trust",
+            multiple=True,
+            metavar=role.upper(),
+            callback=_parse_trust_option,
+            help=f"A trusted {role}: its 'kc1:' signing fingerprint (32 hex characters) or "
+            "'ed25519:<key>' (repeatable).",
+        )(f)
+
+    return decorate

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keycourier._record import record
 from keycourier.cli.common import (
     default_actor,
     emit_json,
@@ -32,14 +33,16 @@ from keycourier.errors import (
     Error,
     ExitCode,
     IntegrityError,
+    PolicyError,
     UnavailableError,
     UsageError,
 )
 
 if TYPE_CHECKING:
-    from keycourier.bundle.identity import KeycourierIdentity
+    from keycourier.bundle.model import Manifest
     from keycourier.config import Settings
-    from keycourier.ledger.service import Supersession
+    from keycourier.ledger.rotation import Holder, Supersession
+    from keycourier.vault import KvMetadata
 
 MAX_REASON_CHARS = 500
 MAX_SHOW_KEY_CHARS = 512
@@ -96,6 +99,12 @@ def _fail(code: ExitCode, message: str) -> None:
     is_flag=True,
     help="Ingest a bundle that a later one replaced (docs/rotation.md).",
 )
+@click.option(
+    "--allow-overwrite",
+    is_flag=True,
+    help="Write over credentials at --vault-path that another sender, platform or partner "
+    "stored, or that keycourier did not store (refused by default; docs/rotation.md).",
+)
 @receipt_option
 @click.option(
     "--receipt-shows-path",
@@ -117,6 +126,7 @@ def ingest(
     allow_reopen: bool,
     require_vault: bool,
     allow_superseded: bool,
+    allow_overwrite: bool,
     receipt_path: str | None,
     receipt_shows_path: bool,
     as_json: bool,
@@ -137,11 +147,12 @@ def ingest(
         --trust kc1:0123... --vault-path handed-over/acme/quickbooks \\
         --receipt receipt.kcr
     """
-    from keycourier import vault
+    from keycourier import bundle, vault
     from keycourier.cli.bundle_cmd import open_for_cli, read_bundle, trusted_senders
     from keycourier.cli.identity_cmd import load_identity_for_cli
     from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
+    from keycourier.ledger.service import decision_lock
     from keycourier.ledger.signed import sign_event
     from keycourier.receipt import IssuedVault, Replaced
 
@@ -160,95 +171,102 @@ def ingest(
     vault.kv_read_metadata(client, mount, vault_path)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    # a rotation is checked against what was ingested here before anything is opened
-    rotation = _supersession(settings, text, ident, trusted, f"{mount}/{vault_path}")
-    checked, _, _ = open_for_cli(
-        settings,
-        text,
-        ident,
-        trusted,
-        allow_reopen=allow_reopen,
-        require_vault=require_vault,
-        allow_superseded=allow_superseded,
-    )
-    m = checked.manifest
-    c = checked.credentials
-    sealed_at = str(m.to_dict().get("created_at", ""))
-    provenance = {
-        "bundle_id": m.bundle_id,
-        "fingerprint": m.fingerprint,
-        "sealed_by": m.sender_fingerprint,
-        "sealed_at": sealed_at,
-        "platform": c.platform,
-        # Vault refuses an empty metadata value: a bundle without --partner has none
-        **({"partner": m.partner} if m.partner else {}),
-    }
-    try:
-        version = _write_credentials(
+    own_key = ident.public().signing_key
+    full_path = f"{mount}/{vault_path}"
+    # Decided and written under the ledger's decision lock, and written with check-and-set
+    # against the version decided on: what the rules allowed is what is written over.
+    with decision_lock(settings):
+        # who holds the path, and a rotation's rules, before anything is opened
+        claim = _claim_path(
+            settings,
             client,
             mount,
             vault_path,
-            {
-                "platform": c.platform,
-                "client_id": c.client_id,
-                "client_secret": c.client_secret.reveal(),
-            },
+            bundle.parse(text).manifest,
+            own_key=own_key,
+            trusted=trusted,
+            allow_overwrite=allow_overwrite,
         )
-        vault.kv_write_custom_metadata(client, mount, vault_path, provenance)
-    except Error as exc:
-        exc.hints = (
-            *exc.hints,
-            f"bundle {m.bundle_id} is now recorded as opened: retry with --allow-reopen",
+        checked, _, opened_outcome = open_for_cli(
+            settings,
+            text,
+            ident,
+            trusted,
+            allow_reopen=allow_reopen,
+            require_vault=require_vault,
+            allow_superseded=allow_superseded,
         )
-        raise
-    event = sign_event(
-        Event(
-            type=EventType.INGESTED,
-            at=datetime.now(UTC),
-            actor=ident.public().signing_fingerprint,
-            bundle_id=m.bundle_id,
-            fingerprint=m.fingerprint,
-            policy_digest=m.policy.digest,
-            data={
-                "vault_path": f"{mount}/{vault_path}",
-                "kv_version": version,
-                "platform": c.platform,
-                "partner": m.partner,
-                "sealed_by": m.sender_fingerprint,
-                **(
-                    {}
-                    if rotation is None
-                    else {
-                        "supersedes": {
-                            "bundle_id": rotation.bundle_id,
-                            "replaced_kv_version": rotation.replaced_kv_version,
-                        }
-                    }
-                ),
-            },
-        ),
-        ident,
-    )
-    with recording(settings, require_vault=require_vault) as recorder:
-        outcome = recorder.record(event)
-        report_outcome(event, outcome)
-        if rotation is not None:
-            retired = sign_event(
-                Event(
-                    type=EventType.SUPERSEDED,
-                    at=event.at,
-                    actor=ident.public().signing_fingerprint,
-                    bundle_id=rotation.bundle_id,
-                    data={
-                        "superseded_by": m.bundle_id,
-                        "vault_path": rotation.vault_path,
-                        "replaced_kv_version": rotation.replaced_kv_version,
-                        "kv_version": version,
-                    },
-                ),
-                ident,
+        m = checked.manifest
+        c = checked.credentials
+        rotation = claim.rotation
+        sealed_at = str(m.to_dict().get("created_at", ""))
+        provenance = {
+            "bundle_id": m.bundle_id,
+            "fingerprint": m.fingerprint,
+            "sealed_by": m.sender_fingerprint,
+            "sealed_at": sealed_at,
+            "platform": c.platform,
+            # Vault refuses an empty metadata value: a bundle without --partner has none
+            **({"partner": m.partner} if m.partner else {}),
+        }
+        try:
+            version = _write_credentials(
+                client,
+                mount,
+                vault_path,
+                {
+                    "platform": c.platform,
+                    "client_id": c.client_id,
+                    "client_secret": c.client_secret.reveal(),
+                },
+                cas=claim.cas,
             )
-            report_outcome(retired, recorder.record(retired))
+            vault.kv_write_custom_metadata(client, mount, vault_path, provenance)
+        except Error as exc:
+            exc.hints = (
+                *exc.hints,
+                f"bundle {m.bundle_id} is now recorded as opened: retry with --allow-reopen",
+            )
+            raise
+        event = sign_event(
+            Event(
+                type=EventType.INGESTED,
+                at=datetime.now(UTC),
+                actor=ident.public().signing_fingerprint,
+                bundle_id=m.bundle_id,
+                fingerprint=m.fingerprint,
+                policy_digest=m.policy.digest,
+                data={
+                    "vault_path": full_path,
+                    "kv_version": version,
+                    "platform": c.platform,
+                    "partner": m.partner,
+                    "sealed_by": m.sender_fingerprint,
+                    **_replaced_data(claim, allow_overwrite=allow_overwrite),
+                },
+            ),
+            ident,
+        )
+        with recording(settings, require_vault=require_vault) as recorder:
+            outcome = recorder.record(event)
+            report_outcome(event, outcome)
+            if rotation is not None:
+                retired = sign_event(
+                    Event(
+                        type=EventType.SUPERSEDED,
+                        at=event.at,
+                        actor=ident.public().signing_fingerprint,
+                        bundle_id=rotation.bundle_id,
+                        data={
+                            "superseded_by": m.bundle_id,
+                            "vault_path": rotation.vault_path,
+                            "replaced_kv_version": rotation.replaced_kv_version,
+                            "kv_version": version,
+                        },
+                    ),
+                    ident,
+                )
+                report_outcome(retired, recorder.record(retired))
     receipt_text = write_receipt(
         settings,
         ident,
@@ -256,8 +274,9 @@ def ingest(
         manifest=m,
         event=event,
         seq=outcome.seq,
+        proved_seq=outcome.seq if receipt_shows_path else opened_outcome.seq,
         vault=IssuedVault(
-            f"{mount}/{vault_path}",
+            full_path,
             version,
             show_path=receipt_shows_path,
             supersedes=(
@@ -288,38 +307,101 @@ def ingest(
         )
 
 
-def _supersession(
-    settings: Settings,
-    text: bytes,
-    ident: KeycourierIdentity,
-    trusted: list[str],
-    vault_path: str,
-) -> Supersession | None:
-    """For a bundle that names one it supersedes: the rotation rules (docs/rotation.md),
-    checked on the manifest before anything is opened or recorded; None for other bundles.
-    The manifest's signature is verified by the open that follows."""
-    from keycourier import bundle
-    from keycourier.ledger.service import bundle_state, check_supersession, open_recorder
+@record
+class _Claim:
+    """What ingest decided about its Vault path before opening anything."""
 
-    manifest = bundle.parse(text).manifest
-    if manifest.supersedes is None:
-        return None
-    with open_recorder(settings) as recorder:
-        state = bundle_state(
-            recorder,
-            manifest.supersedes,
-            trusted=[*trusted, manifest.sender_key],
-            own_key=ident.public().signing_key,
-        )
-    return check_supersession(
-        state,
-        own_key=ident.public().signing_key,
-        new_bundle_id=manifest.bundle_id,
-        sender=manifest.sender_fingerprint,
-        platform=manifest.platform,
-        partner=manifest.partner,
-        vault_path=vault_path,
+    cas: int  # the path's current version: the write replaces exactly this one
+    rotation: Supersession | None
+    replaced: Holder | None  # what is stored there now (None: nothing live)
+
+
+def _claim_path(
+    settings: Settings,
+    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
+    mount: str,
+    vault_path: str,
+    manifest: Manifest,
+    *,
+    own_key: str,
+    trusted: list[str],
+    allow_overwrite: bool,
+) -> _Claim:
+    """The occupancy and rotation rules of docs/rotation.md for writing ``manifest``'s
+    credentials to ``vault_path``, checked on the manifest (its signature is verified by
+    the open that follows) before anything is opened or recorded. Call it under the
+    decision lock and write with ``cas``."""
+    from keycourier import vault
+    from keycourier.ledger.rotation import BundleFacts, check_path_claim, check_supersession
+    from keycourier.ledger.rotation import holders as holders_of
+    from keycourier.ledger.service import bundle_state, open_recorder
+
+    full_path = f"{mount}/{vault_path}"
+    new = BundleFacts(
+        manifest.bundle_id, manifest.sender_fingerprint, manifest.platform, manifest.partner
     )
+    meta = vault.kv_read_metadata(client, mount, vault_path)
+    live = _live_version(meta)
+    with open_recorder(settings) as recorder:
+        rotation = None
+        if manifest.supersedes is not None:
+            state = bundle_state(
+                recorder,
+                manifest.supersedes,
+                trusted=[*trusted, manifest.sender_key],
+                own_key=own_key,
+            )
+            rotation = check_supersession(
+                state.events,
+                old_bundle_id=manifest.supersedes,
+                superseded_by=state.superseded_by,
+                own_key=own_key,
+                new=new,
+                vault_path=full_path,
+            )
+        held = holders_of(
+            current_version=live,
+            path_events=[s.event for s in recorder.history_by_data("vault_path", full_path)],
+            own_key=own_key,
+            metadata=meta.custom_metadata if meta else {},
+        )
+    replaced = check_path_claim(
+        full_path,
+        current_version=live,
+        holders_now=held,
+        new=new,
+        rotation=rotation,
+        allow_overwrite=allow_overwrite,
+    )
+    if allow_overwrite and replaced is not None:
+        who = replaced.sealed_by or "a writer keycourier did not record"
+        warn(f"--allow-overwrite: replacing version {live} of {full_path}, stored by {who}")
+    return _Claim(meta.current_version if meta else 0, rotation, replaced)
+
+
+def _live_version(meta: KvMetadata | None) -> int:
+    """The current version of a path, or 0 when there is none or it is deleted/destroyed."""
+    if meta is None or meta.current_version == 0:
+        return 0
+    current = meta.versions.get(meta.current_version) or {}
+    if current.get("deletion_time") or current.get("destroyed"):
+        return 0
+    return meta.current_version
+
+
+def _replaced_data(claim: _Claim, *, allow_overwrite: bool) -> dict[str, object]:
+    """What an `ingested` event says it replaced: a rotation's superseded bundle, or the
+    version that was there (and whether --allow-overwrite was needed)."""
+    if claim.rotation is not None:
+        return {
+            "supersedes": {
+                "bundle_id": claim.rotation.bundle_id,
+                "replaced_kv_version": claim.rotation.replaced_kv_version,
+            }
+        }
+    if claim.replaced is None:
+        return {}
+    return {"replaced": {**claim.replaced.to_json(), "overwrite": allow_overwrite}}
 
 
 def _write_credentials(
@@ -327,20 +409,22 @@ def _write_credentials(
     mount: str,
     path: str,
     data: dict[str, str],
+    *,
+    cas: int,
 ) -> int:
-    """A new version of ``path`` written with check-and-set (works on a mount with
-    cas_required = true): cas = the version current a moment ago, retried on a race."""
+    """A new version of ``path``, written with check-and-set against version ``cas`` (the
+    one the rules were checked on; works on a mount with cas_required = true). Another
+    write in between is refused (exit 7): the decision would no longer hold."""
     from keycourier import vault
 
-    for _ in range(3):
-        meta = vault.kv_read_metadata(client, mount, path)
-        try:
-            return vault.kv_write(
-                client, mount, path, data, cas=meta.current_version if meta else 0
-            )
-        except vault.CasMismatchError:
-            continue
-    raise UnavailableError(f"{mount}/{path} kept changing while it was written; retry")
+    try:
+        return vault.kv_write(client, mount, path, data, cas=cas)
+    except vault.CasMismatchError:
+        raise PolicyError(
+            f"{mount}/{path} was written by someone else while this ingest ran (it was at "
+            f"version {cas}); nothing was written",
+            hints=["find out who wrote it (its KV metadata), then ingest again"],
+        ) from None
 
 
 # -- revoke ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from keycourier.cli.common import (
     default_actor,
     emit_json,
     info,
-    trust_option,
+    receiver_trust_option,
     trusted_senders,
     warn,
 )
@@ -57,17 +57,20 @@ def write_receipt(
     manifest: Manifest,
     event: Event,
     seq: int,
+    proved_seq: int | None = None,
     vault: IssuedVault | None = None,
 ) -> bytes | None:
-    """Issue the receipt of ``event`` (recorded as ``seq``); None, with a warning, when it
-    cannot be made: the release already happened, so that is not a failed command."""
+    """Issue the receipt of ``event`` (recorded as ``seq``), with the inclusion proof of
+    event ``proved_seq`` (default ``seq``; an ingest whose receipt must not show the Vault
+    path proves its `opened` event, docs/receipts.md section 4); None, with a warning, when
+    it cannot be made: the release already happened, so that is not a failed command."""
     from keycourier import receipt
     from keycourier.bundle import parsing
     from keycourier.ledger.service import open_recorder, prove_event
 
     try:
         with open_recorder(settings) as recorder:
-            proof = prove_event(recorder, seq)
+            proof = prove_event(recorder, seq if proved_seq is None else proved_seq)
         return receipt.issue(
             identity=identity,
             manifest=manifest,
@@ -128,7 +131,10 @@ def receipt_from_metadata(custom: Mapping[str, object]) -> bytes | None:
     parts: list[str] = []
     while isinstance(part := custom.get(f"receipt_{len(parts)}"), str) and len(parts) < 64:
         parts.append(part)
-    return "".join(parts).replace("|", "\n").encode("ascii") if parts else None
+    if not parts:
+        return None
+    # anyone who may write the metadata can put other text there: the parser names it
+    return "".join(parts).replace("|", "\n").encode("utf-8", "replace")
 
 
 def read_receipt(path: str) -> bytes:
@@ -164,7 +170,13 @@ def receipt() -> None:
     type=click.Path(dir_okay=False),
     help="The bundle you sealed and sent.",
 )
-@trust_option
+@receiver_trust_option
+@click.option(
+    "--ledger-key",
+    metavar="VKEY",
+    help="The receiver ledger's verifier key ('keycourier audit key' on their side), when "
+    "pinned; else the key of the receiver's first verified receipt is expected.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option(
     "--ledger",
@@ -179,6 +191,7 @@ def verify(
     bundle_file: str,
     trust: tuple[str, ...],
     trust_file: str | None,
+    ledger_key: str | None,
     as_json: bool,
     ledger_path: str | None,
 ) -> None:
@@ -188,7 +201,8 @@ def verify(
     second channel: 'keycourier identity show' on their side). Exit 0 when
     the receipt verifies (recorded as 'receipt_verified' once), 4 when
     something does not verify (named), 7 when it is for another bundle or
-    signed by a key you did not pin.
+    signed by a key you did not pin. The receiver's ledger key must be the
+    one its earlier receipts used (or --ledger-key).
 
     \b
     Example:
@@ -200,7 +214,9 @@ def verify(
     settings = settings_from(ctx, ledger_path=ledger_path)
     data = read_receipt(receipt_file)
     verified = _receipt.verify(data, read_bundle(bundle_file), trusted_senders(trust, trust_file))
-    seq, fresh = _record_verified(settings, verified.receipt)
+    if ledger_key is not None and len(ledger_key) > 1024:
+        raise UsageError("--ledger-key is not a verifier key")
+    seq, fresh = _record_verified(settings, verified.receipt, ledger_key)
     r = verified.receipt
     if as_json:
         emit_json({**_summary(r), "ledger_seq": seq, "newly_recorded": fresh})
@@ -212,13 +228,22 @@ def verify(
         info(f"already recorded as event #{seq}: nothing new recorded")
 
 
-def _record_verified(settings: Settings, r: Receipt) -> tuple[int, bool]:
-    """Record ``receipt_verified`` unless this receipt is already on record: (seq, new?)."""
+def _record_verified(settings: Settings, r: Receipt, pinned: str | None) -> tuple[int, bool]:
+    """Record ``receipt_verified`` unless this receipt is already on record: (seq, new?).
+    The receiver's ledger key is checked against its earlier receipts first."""
     from keycourier.cli.record import recording, report_outcome
     from keycourier.ledger.interface import Event, EventType
     from keycourier.ledger.service import decision_lock
+    from keycourier.receipt import check_ledger_key
 
     with decision_lock(settings), recording(settings) as recorder:
+        seen = [
+            str(s.event.data["receiver_ledger"].get("verifier_key"))
+            for s in recorder.history_by_data("receiver", r.receiver)
+            if s.event.type == EventType.RECEIPT_VERIFIED
+            and isinstance(s.event.data.get("receiver_ledger"), dict)
+        ]
+        check_ledger_key(r, seen=seen, pinned=pinned)
         for stored in recorder.history(bundle_id=r.bundle.bundle_id):
             e = stored.event
             if e.type == EventType.RECEIPT_VERIFIED and e.data.get("receipt_id") == r.receipt_id:

@@ -71,6 +71,9 @@ class WarnOnClose:
     ) -> Sequence[StoredEvent]:
         return self._inner.history(bundle_id=bundle_id, fingerprint=fingerprint)
 
+    def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
+        return self._inner.history_by_data(name, value)
+
     def close(self) -> None:
         close_after_record(self._inner)
 

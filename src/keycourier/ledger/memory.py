@@ -56,5 +56,8 @@ class MemoryRecorder:
             and (fingerprint is None or s.event.fingerprint == fingerprint)
         ]
 
+    def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
+        return [s for s in self.events if s.event.data.get(name) == value]
+
     def close(self) -> None:
         self.closed = True

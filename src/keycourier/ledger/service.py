@@ -22,7 +22,6 @@ from keycourier.errors import (
     ConfigError,
     Error,
     IntegrityError,
-    PolicyError,
     UnavailableError,
     UsageError,
 )
@@ -372,6 +371,10 @@ class LedgerRecorder:
     ) -> Sequence[StoredEvent]:
         self.flush()
         return self.ledger.history(bundle_id=bundle_id, fingerprint=fingerprint)
+
+    def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
+        self.flush()
+        return self.ledger.history_by_data(name, value)
 
     def close(self) -> None:
         try:
@@ -972,6 +975,9 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerR
     return LedgerRecorder(settings, SqliteLedger(settings.ledger_path), require_vault=require_vault)
 
 
+_LOCKS_HELD: dict[Path, int] = {}  # lock path -> depth, in this process
+
+
 @contextlib.contextmanager
 def decision_lock(settings: Settings) -> Iterator[None]:
     """Hold the ledger's decision lock: an exclusive ``flock`` on ``<ledger>.lock`` (0600).
@@ -980,11 +986,19 @@ def decision_lock(settings: Settings) -> Iterator[None]:
     (``open``: not opened yet, so record `opened`): another process doing the same on this
     ledger waits, so both cannot pass the check. Appends alone do not need it (SQLite
     orders them); the lock goes with the process that holds it, even when it is killed.
+    Re-entrant within a process (``ingest`` holds it across the open it calls).
     """
     import fcntl
     import os
 
     path = settings.ledger_path.with_name(settings.ledger_path.name + ".lock")
+    if _LOCKS_HELD.get(path):
+        _LOCKS_HELD[path] += 1
+        try:
+            yield
+        finally:
+            _LOCKS_HELD[path] -= 1
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -992,8 +1006,10 @@ def decision_lock(settings: Settings) -> Iterator[None]:
         raise ConfigError(f"cannot open the ledger lock {path}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _LOCKS_HELD[path] = 1
         yield
     finally:
+        _LOCKS_HELD.pop(path, None)
         os.close(fd)
 
 
@@ -1131,67 +1147,6 @@ def bundle_state(
         opens=opens,
         superseded_by=superseded_by,
     )
-
-
-@record
-class Supersession:
-    """What a rotation replaces: the earlier bundle, where it was stored and its version."""
-
-    bundle_id: str
-    vault_path: str  # "<mount>/<path>"
-    replaced_kv_version: int
-
-
-def check_supersession(
-    state: BundleState,
-    *,
-    own_key: str,
-    new_bundle_id: str,
-    sender: str,
-    platform: str,
-    partner: str | None,
-    vault_path: str,
-) -> Supersession:
-    """The rules of docs/rotation.md for ingesting ``new_bundle_id``, which says it supersedes
-    ``state.bundle_id``: that bundle was ingested here, from the same sender (signing
-    fingerprint), for the same platform and partner, to ``vault_path``, and nothing replaced
-    it yet. PolicyError (exit 7) naming the rule otherwise: a superseding bundle is exactly
-    what someone holding one leaked bundle would try to slip in.
-
-    Only `ingested` events signed by this receiver (``own_key``) count: one found in a
-    shared Vault and signed by a sender would let that sender claim any path."""
-    from keycourier.ledger.signed import signer_of
-
-    old = state.bundle_id
-    ingests = [e for e in state.events if e.type == EventType.INGESTED and signer_of(e) == own_key]
-    if not ingests:
-        raise PolicyError(
-            f"bundle {new_bundle_id} says it supersedes {old}, which was never ingested here",
-            hints=["ingest the rotation where the earlier bundle was ingested"],
-        )
-    last = ingests[-1]
-    was_sender = str(last.data.get("sealed_by"))
-    if was_sender != sender:
-        raise PolicyError(
-            f"bundle {new_bundle_id} (sealed by {sender}) says it supersedes {old}, which "
-            f"{was_sender} sealed: a rotation must come from the same sender",
-            hints=["do not ingest it; ask the partner through a second channel"],
-        )
-    if str(last.data.get("platform")) != platform or last.data.get("partner") != partner:
-        raise PolicyError(
-            f"bundle {new_bundle_id} is for {platform} / {partner}, but {old} it says it "
-            f"supersedes was for {last.data.get('platform')} / {last.data.get('partner')}"
-        )
-    stored = str(last.data.get("vault_path"))
-    if stored != vault_path:
-        raise PolicyError(
-            f"bundle {old} was ingested to {stored}; its rotation must go to the same path, "
-            f"not {vault_path}"
-        )
-    if state.superseded_by is not None and state.superseded_by != new_bundle_id:
-        raise PolicyError(f"bundle {old} was already superseded by {state.superseded_by}")
-    version = last.data.get("kv_version")
-    return Supersession(old, stored, version if isinstance(version, int) else 0)
 
 
 @record

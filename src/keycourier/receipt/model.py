@@ -35,6 +35,7 @@ MAX_PROOF_HASHES: Final = 64
 MAX_CHECKPOINT_CHARS: Final = 4096
 MAX_EVENT_CHARS: Final = 16 * 1024
 ACTIONS: Final = ("opened", "ingested")
+LEDGER_ORIGIN: Final = "keycourier/ledger/"  # a keycourier ledger's checkpoint origin prefix
 PATH_KEY_LABEL: Final = b"receipt-vault-path"
 
 KIND: Final = _text.DocumentKind(
@@ -51,6 +52,7 @@ _FP: Final = re.compile(r"kc1:[0-9a-f]{32}")
 _KEY: Final = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
 _UUID4: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _HMAC: Final = re.compile(r"hmac-sha256:[0-9a-f]{64}")
+_RECIPIENT: Final = re.compile(r"age1(?:pq1)?[02-9ac-hj-np-z]{20,4000}")
 _MAX_VERSION: Final = 2**53
 
 
@@ -91,7 +93,7 @@ class LedgerProof:
     tree_size: int
     leaf_hash: str
     hashes: tuple[str, ...]
-    event: str | None  # the canonical event body, unless it would show the Vault path
+    event: str  # the proved event's canonical body (docs/receipts.md section 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class Receipt:
     bundle: BundleRef
     receiver_key: str  # "ed25519:<base64>"
     receiver: str  # its fingerprint
+    receiver_recipient: str  # its age recipient: one of the bundle's recipients
     vault: VaultRecord | None
     ledger: LedgerProof
     format: str = FORMAT
@@ -120,7 +123,11 @@ class Receipt:
                 "fingerprint": self.bundle.fingerprint,
                 "sender": self.bundle.sender,
             },
-            "receiver": {"signing_key": self.receiver_key, "fingerprint": self.receiver},
+            "receiver": {
+                "signing_key": self.receiver_key,
+                "fingerprint": self.receiver,
+                "recipient": self.receiver_recipient,
+            },
             "vault": None
             if v is None
             else {
@@ -251,6 +258,10 @@ def _time(value: object, field: str) -> datetime:
 def _text_field(value: object, field: str, limit: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise _bad(field)
+    try:
+        value.encode("utf-8")  # a lone surrogate (JSON "\\ud800") is no text
+    except UnicodeEncodeError:
+        raise _bad(field) from None
     return value
 
 
@@ -277,7 +288,7 @@ def receipt_from_dict(obj: dict[str, Any]) -> Receipt:
         fingerprint=_str(b["fingerprint"], _FP, "bundle.fingerprint"),
         sender=_str(b["sender"], _FP, "bundle.sender"),
     )
-    r = _object(top["receiver"], {"signing_key", "fingerprint"}, "receiver")
+    r = _object(top["receiver"], {"signing_key", "fingerprint", "recipient"}, "receiver")
     vault = _vault(top["vault"], action)
     lg = _object(
         top["ledger"],
@@ -287,9 +298,7 @@ def receipt_from_dict(obj: dict[str, Any]) -> Receipt:
     hashes = lg["hashes"]
     if not isinstance(hashes, list) or len(hashes) > MAX_PROOF_HASHES:
         raise _bad("ledger.hashes")
-    event = lg["event"]
-    if event is not None:
-        event = _text_field(event, "ledger.event", MAX_EVENT_CHARS)
+    event = _text_field(lg["event"], "ledger.event", MAX_EVENT_CHARS)
     tree_size = _int(lg["tree_size"], "ledger.tree_size", 1)
     log_index = _int(lg["log_index"], "ledger.log_index")
     if log_index >= tree_size:
@@ -310,6 +319,7 @@ def receipt_from_dict(obj: dict[str, Any]) -> Receipt:
         bundle=bundle,
         receiver_key=_str(r["signing_key"], _KEY, "receiver.signing_key"),
         receiver=_str(r["fingerprint"], _FP, "receiver.fingerprint"),
+        receiver_recipient=_str(r["recipient"], _RECIPIENT, "receiver.recipient"),
         vault=vault,
         ledger=proof,
     )
@@ -374,20 +384,24 @@ def check_proof(receipt: Receipt) -> None:
         verifier = tlog_note.parse_vkey(proof.verifier_key)
         opened = tlog_note.open_note(proof.checkpoint, [verifier])
         cp = tlog_checkpoint.parse(opened.text)
-    except (tlog_note.NoteError, tlog_checkpoint.CheckpointError) as exc:
+    except (tlog_note.NoteError, tlog_checkpoint.CheckpointError, ValueError) as exc:
         raise IntegrityError(
             f"the receipt's ledger checkpoint does not verify with its ledger key ({exc})"
         ) from None
+    if cp.origin != verifier.name or not cp.origin.startswith(LEDGER_ORIGIN):
+        raise IntegrityError(
+            "the receipt's ledger checkpoint is not a keycourier ledger's: its origin is not "
+            "the name of its ledger key"
+        )
     if cp.size != proof.tree_size:
         raise IntegrityError(
             f"the receipt's ledger proof is for a tree of {proof.tree_size} events, but its "
             f"checkpoint signs a tree of {cp.size}"
         )
     leaf = bytes.fromhex(proof.leaf_hash)
-    if proof.event is not None:
-        if merkle.leaf_hash(proof.event.encode("utf-8")) != leaf:
-            raise IntegrityError("the receipt's ledger event does not have its leaf hash")
-        _check_event(receipt, proof.event)
+    if merkle.leaf_hash(proof.event.encode("utf-8")) != leaf:
+        raise IntegrityError("the receipt's ledger event does not have its leaf hash")
+    _check_event(receipt, proof.event, ledger_id=cp.origin[len(LEDGER_ORIGIN) :])
     try:
         merkle.verify_inclusion(
             proof.log_index,
@@ -403,21 +417,44 @@ def check_proof(receipt: Receipt) -> None:
         ) from None
 
 
-def _check_event(receipt: Receipt, event_text: str) -> None:
+def proved_types(action: str) -> tuple[str, ...]:
+    """The ledger events that may prove ``action``: an ingest whose receipt keeps the Vault
+    path private proves the `opened` event it recorded (that one names no path)."""
+    return ("ingested", "opened") if action == "ingested" else ("opened",)
+
+
+def _check_event(receipt: Receipt, event_text: str, *, ledger_id: str) -> None:
+    """The proved event is the receiver's own signed record of this handover in the ledger
+    the checkpoint is of, at the leaf the proof is for."""
     import json
 
+    from keycourier.ledger import chain
+    from keycourier.ledger.signed import signer_of
+
+    unreadable = IntegrityError("the receipt's ledger event is not a readable ledger event")
     try:
-        event = json.loads(event_text)
-    except ValueError:
-        raise IntegrityError("the receipt's ledger event is not readable") from None
+        obj = json.loads(event_text)
+        if not isinstance(obj, dict) or chain.canonical(obj) != event_text:
+            raise unreadable
+        seq, event_ledger, event = chain.parse_body(event_text)
+    except (ValueError, RecursionError, TypeError):
+        raise unreadable from None
     if (
-        not isinstance(event, dict)
-        or event.get("type") != receipt.action
-        or event.get("bundle_id") != receipt.bundle.bundle_id
+        str(event.type) not in proved_types(receipt.action)
+        or event.bundle_id != receipt.bundle.bundle_id
     ):
         raise IntegrityError(
             f"the receipt's ledger event does not record '{receipt.action}' of bundle "
             f"{receipt.bundle.bundle_id}"
+        )
+    if event.actor != receipt.receiver or signer_of(event) != receipt.receiver_key:
+        raise IntegrityError(
+            "the receipt's ledger event is not the receiver's own signed record: it is "
+            "not signed by the key that signed the receipt"
+        )
+    if event_ledger != ledger_id or seq != receipt.ledger.log_index + 1:
+        raise IntegrityError(
+            "the receipt's ledger event names another ledger or position than its proof"
         )
 
 

@@ -62,7 +62,8 @@ def issue(
     vault: IssuedVault | None = None,
 ) -> bytes:
     """The signed receipt text for ``action`` on a bundle, proved by ``proof`` (the
-    inclusion proof of the receiver's event in its ledger)."""
+    inclusion proof of the receiver's event in its ledger: the `ingested` event, or, when
+    the Vault path stays private, the `opened` event the ingest recorded)."""
     me = identity.public()
     record = None
     if vault is not None:
@@ -73,8 +74,6 @@ def issue(
             kv_version=vault.kv_version,
             supersedes=vault.supersedes,
         )
-    # the event body names the Vault path: it goes in only when the path may be shown
-    show_event = vault is None or vault.show_path
     receipt = Receipt(
         receipt_id=str(uuid.uuid4()),
         at=at.replace(microsecond=0),
@@ -88,6 +87,7 @@ def issue(
         ),
         receiver_key=me.signing_key,
         receiver=me.signing_fingerprint,
+        receiver_recipient=me.recipient,
         vault=record,
         ledger=LedgerProof(
             verifier_key=proof.verifier_key,
@@ -96,7 +96,7 @@ def issue(
             tree_size=proof.tree_size,
             leaf_hash=_leaf_hex(proof.body),
             hashes=tuple(h.hex() for h in proof.hashes),
-            event=proof.body if show_event else None,
+            event=proof.body,
         ),
     )
     body = receipt.body()
@@ -200,6 +200,11 @@ def verify(data: bytes, bundle_text: bytes, trusted: Sequence[str]) -> VerifiedR
         raise IntegrityError("the receipt's payload digest or credential fingerprint differs")
     if r.bundle.sender != m.sender_fingerprint:
         raise IntegrityError("the receipt names another sender than the bundle's signer")
+    if r.receiver_recipient not in m.recipients:
+        raise IntegrityError(
+            f"the receipt's receiver {r.receiver} names an age recipient the bundle was not "
+            "sealed for: it could not have opened it"
+        )
     if (m.created_at - r.at).total_seconds() > SKEW_SECONDS:
         raise IntegrityError("the receipt is dated before the bundle was sealed")
     replaced = r.vault.supersedes if r.vault else None
@@ -209,3 +214,30 @@ def verify(data: bytes, bundle_text: bytes, trusted: Sequence[str]) -> VerifiedR
             "manifest does not say"
         )
     return VerifiedReceipt(r, m)
+
+
+def check_ledger_key(receipt: Receipt, *, seen: Sequence[str], pinned: str | None) -> None:
+    """The receiver's ledger key is the one pinned (``--ledger-key``) or, without a pin, the
+    one of the receiver's latest verified receipt (``seen``: their keys, oldest first):
+    IntegrityError (exit 4) otherwise. A receipt's proof shows the event in *a* log signed by
+    the key the receiver names; holding the receiver to one key keeps it from proving
+    receipts with a throwaway log its auditors never see."""
+    key = receipt.ledger.verifier_key
+    if pinned is not None:
+        if pinned.strip() != key:
+            raise IntegrityError(
+                f"the receipt's ledger key is {key}, not the pinned {pinned.strip()}",
+                hints=["ask the receiver which ledger key its auditors check"],
+            )
+        return
+    earlier = seen[-1] if seen else None
+    if earlier is not None and earlier != key:
+        raise IntegrityError(
+            f"the receipt proves its event in a ledger with key {key}, but earlier receipts of "
+            f"{receipt.receiver} used {earlier}",
+            hints=[
+                "if the receiver really moved to a new ledger, confirm its key through a "
+                "second channel ('keycourier audit key' on their side) and pass it with "
+                "--ledger-key"
+            ],
+        )

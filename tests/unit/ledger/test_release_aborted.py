@@ -53,6 +53,9 @@ class WithVault(LedgerRecorder):
     ) -> Sequence[StoredEvent]:
         return self._history
 
+    def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
+        return [s for s in self._history if s.event.data.get(name) == value]
+
     def vault_only_events(self, bundle_id: str) -> list[tuple[str, Event]]:
         return [("foreign", v.event) for v in self._vault]
 

@@ -13,12 +13,15 @@ import pytest
 from keycourier.bundle.identity import KeycourierIdentity
 from keycourier.errors import PolicyError
 from keycourier.ledger.interface import Event, EventType
-from keycourier.ledger.service import (
-    BundleState,
+from keycourier.ledger.rotation import (
+    BundleFacts,
+    Holder,
     Supersession,
+    check_path_claim,
     check_supersession,
-    unconfirmed,
+    holders,
 )
+from keycourier.ledger.service import BundleState, unconfirmed
 from keycourier.ledger.signed import sign_event
 
 RECEIVER = KeycourierIdentity.generate()
@@ -44,17 +47,27 @@ def ingested(by: KeycourierIdentity, **data: object) -> Event:
     return sign_event(event, by)
 
 
-def check(state: BundleState, **overrides: object) -> Supersession:
+def facts(**overrides: object) -> BundleFacts:
     args: dict[str, object] = {
-        "own_key": RECEIVER.public().signing_key,
-        "new_bundle_id": NEW,
+        "bundle_id": NEW,
         "sender": SENDER.public().signing_fingerprint,
         "platform": "quickbooks",
         "partner": "Acme Ltd",
-        "vault_path": PATH,
     }
     args.update(overrides)
-    return check_supersession(state, **args)  # type: ignore[arg-type]
+    return BundleFacts(**args)  # type: ignore[arg-type]
+
+
+def check(state: BundleState, **overrides: object) -> Supersession:
+    vault_path = str(overrides.pop("vault_path", PATH))
+    return check_supersession(
+        state.events,
+        old_bundle_id=state.bundle_id,
+        superseded_by=state.superseded_by,
+        own_key=RECEIVER.public().signing_key,
+        new=facts(**overrides),
+        vault_path=vault_path,
+    )
 
 
 def test_a_fitting_rotation_names_what_it_replaces() -> None:
@@ -104,3 +117,112 @@ def test_unconfirmed_needs_age_and_names_state() -> None:
     assert (
         unconfirmed([stored(1, sealed), stored(2, verified)], now=later, older_than=AT - AT) == []
     )
+
+
+# -- who may write an occupied path ------------------------------------------------------
+
+OWN = RECEIVER.public().signing_key
+
+
+def held(version: int = 3, **metadata: str) -> list[Holder]:
+    return holders(
+        current_version=version,
+        path_events=[ingested(RECEIVER)],
+        own_key=OWN,
+        metadata=metadata,
+    )
+
+
+def claim(
+    holders_now: list[Holder],
+    *,
+    version: int = 3,
+    rotation: Supersession | None = None,
+    allow_overwrite: bool = False,
+    new: BundleFacts | None = None,
+) -> Holder | None:
+    return check_path_claim(
+        PATH,
+        current_version=version,
+        holders_now=holders_now,
+        new=new or facts(),
+        rotation=rotation,
+        allow_overwrite=allow_overwrite,
+    )
+
+
+def test_an_empty_path_takes_any_bundle() -> None:
+    assert claim([], version=0, new=facts(sender="kc1:" + "0" * 32)) is None
+
+
+def test_the_same_sender_platform_and_partner_may_write_again() -> None:
+    got = claim(held())
+    assert got is not None
+    assert got.kv_version == 3
+    assert got.bundle_id == OLD
+    assert got.known_from == "this ledger"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"sender": OTHER.public().signing_fingerprint}, "sealed by"),
+        ({"platform": "xero"}, "is for xero"),
+        ({"partner": "Other Co"}, "Other Co"),
+        ({"partner": None}, "no partner"),
+    ],
+)
+def test_another_senders_or_partners_bundle_is_refused(
+    overrides: dict[str, object], words: str
+) -> None:
+    with pytest.raises(PolicyError, match=words) as caught:
+        claim(held(), new=facts(**overrides))
+    assert "--allow-overwrite" in " ".join(caught.value.hints)
+    # the explicit flag lets it through and says what it replaces
+    forced = claim(held(), allow_overwrite=True, new=facts(**overrides))
+    assert forced is not None
+    assert forced.sealed_by == SENDER.public().signing_fingerprint
+
+
+def test_credentials_nobody_recorded_are_not_written_over() -> None:
+    with pytest.raises(PolicyError, match="did not record storing"):
+        claim([])
+    # an own ingest of an older version says nothing about who wrote the current one
+    assert held(version=4) == []
+    # nor does an ingest signed by another key
+    assert (
+        holders(current_version=3, path_events=[ingested(SENDER)], own_key=OWN, metadata={}) == []
+    )
+    replaced = claim([], allow_overwrite=True)
+    assert replaced is not None
+    assert replaced.sealed_by is None
+
+
+def test_vault_metadata_can_only_make_the_rules_stricter() -> None:
+    other = OTHER.public().signing_fingerprint
+    both = held(sealed_by=other, platform="quickbooks", partner="Acme Ltd")
+    assert [h.known_from for h in both] == ["this ledger", "the path's Vault metadata"]
+    with pytest.raises(PolicyError, match="Vault metadata"):
+        claim(both)
+    # metadata alone names the holder when this ledger did not store it
+    meta_only = holders(
+        current_version=3,
+        path_events=[],
+        own_key=OWN,
+        metadata={
+            "sealed_by": SENDER.public().signing_fingerprint,
+            "platform": "quickbooks",
+            "partner": "Acme Ltd",
+            "bundle_id": OLD,
+        },
+    )
+    assert claim(meta_only) == meta_only[0]
+
+
+def test_a_rotation_replaces_exactly_the_version_it_names() -> None:
+    rotation = Supersession(OLD, PATH, 3)
+    assert claim(held(), rotation=rotation) is not None
+    with pytest.raises(PolicyError, match="at version 4, not the version 3"):
+        claim(held(version=4), version=4, rotation=rotation)
+    # a rotation into an emptied path (the old version deleted) is no overwrite
+    assert claim([], version=0, rotation=rotation) is None

@@ -139,6 +139,9 @@ class ListRecorder:
     ) -> Sequence[StoredEvent]:
         return ()
 
+    def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
+        return ()
+
     def close(self) -> None:
         self.closed += 1
 
