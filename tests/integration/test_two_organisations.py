@@ -402,8 +402,14 @@ def test_an_occupied_path_is_not_written_over(orgs: tuple[Org, Org]) -> None:
     assert len(platform.ledger_events()) == before
     assert version() == 2
 
-    # a write keycourier did not make is not written over either
-    platform.bao.bao("kv", "put", "-cas=0", "secret/handed-over/occupied/manual", "x=1")
+    # a write keycourier did not make is not written over either, whatever its metadata says
+    manual = "secret/handed-over/occupied/manual"
+    platform.bao.bao("kv", "put", "-cas=0", manual, "x=1")
+    assert "did not record storing" in ingest("o1.kcb", "handed-over/occupied/manual", expect=7)
+    platform.bao.bao(
+        "kv", "metadata", "put", f"-custom-metadata=sealed_by={pub_partner['signing_fingerprint']}",
+        "-custom-metadata=platform=quickbooks", "-custom-metadata=partner=Acme Ltd", manual,
+    )  # fmt: skip
     assert "did not record storing" in ingest("o1.kcb", "handed-over/occupied/manual", expect=7)
 
     # asked for explicitly: written, with a warning and what it replaced on record
@@ -423,6 +429,50 @@ def test_an_occupied_path_is_not_written_over(orgs: tuple[Org, Org]) -> None:
     )  # fmt: skip
     assert "is at version 3, not the version 1" in ingest("rot.kcb", expect=7)
     assert version() == 3
+    # forced, it says which version it really replaced, everywhere
+    ingest("rot.kcb", path, "--allow-overwrite", "--receipt", "rot.kcr", "--receipt-shows-path")
+    events = platform.ledger_events()
+    ingested = [e for e in events if e["type"] == "ingested"][-1]["data"]
+    assert ingested["supersedes"] == {"bundle_id": old_id, "replaced_kv_version": 3}
+    assert ingested["replaced"]["overwrite"] is True
+    assert ingested["replaced"]["sealed_by"] == mallory["signing_fingerprint"]
+    retired = [e for e in events if e["type"] == "superseded"][-1]["data"]
+    assert (retired["replaced_kv_version"], retired["kv_version"]) == (3, 4)
+    shown = json.loads(platform.kc("receipt", "inspect", "rot.kcr", "--json").stdout)
+    assert shown["receipt"]["vault"]["supersedes"]["kv_version"] == 3
+
+
+def test_stored_credentials_are_recorded_when_their_metadata_cannot_be_written(
+    orgs: tuple[Org, Org],
+) -> None:
+    """Once the credentials are written, the `ingested` event is recorded whatever happens
+    to the path's metadata, so a later ingest knows who stored them."""
+    partner, platform = orgs
+    pub_partner, pub_platform = _identities(partner, platform)
+    policy = platform.work / "no-metadata.hcl"
+    policy.write_text(
+        'path "*" { capabilities = ["create", "read", "update", "delete", "list"] }\n'
+        'path "secret/metadata/handed-over/*" { capabilities = ["read", "list"] }\n'
+    )
+    platform.bao.bao("policy", "write", "no-metadata", str(policy))
+    created = platform.bao.bao("token", "create", "-policy=no-metadata", "-format=json")
+    token = json.loads(created)["auth"]["client_token"]
+    client_id, _ = _qbo_secret(partner.work, "nm.txt")
+    _seal(partner, pub_platform["recipient"], client_id, "nm.txt", "nm1.kcb")
+    _seal(partner, pub_platform["recipient"], client_id, "nm.txt", "nm2.kcb")
+    path = "handed-over/no-metadata/qbo"
+    args = ["--identity", "platform.kcid", "--trust", pub_partner["signing_fingerprint"]]
+    root = platform.env["VAULT_TOKEN"]
+    platform.env["VAULT_TOKEN"] = token
+    try:
+        out = platform.kc("ingest", "nm1.kcb", *args, "--vault-path", path)
+    finally:
+        platform.env["VAULT_TOKEN"] = root
+    assert "provenance metadata could not be written" in out.stderr
+    ingests = [e for e in platform.ledger_events() if e["type"] == "ingested"]
+    assert [e["data"]["kv_version"] for e in ingests] == [1]
+    # the same sender's next bundle goes to the path it holds
+    platform.kc("ingest", "nm2.kcb", *args, "--vault-path", path)
 
 
 def test_a_write_between_the_check_and_the_write_is_refused(orgs: tuple[Org, Org]) -> None:

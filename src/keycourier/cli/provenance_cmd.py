@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from keycourier._record import record
+from keycourier._record import replace as replace_record
 from keycourier.cli.common import (
     default_actor,
     emit_json,
@@ -221,13 +222,21 @@ def ingest(
                 },
                 cas=claim.cas,
             )
-            vault.kv_write_custom_metadata(client, mount, vault_path, provenance)
         except Error as exc:
             exc.hints = (
                 *exc.hints,
                 f"bundle {m.bundle_id} is now recorded as opened: retry with --allow-reopen",
             )
             raise
+        try:
+            vault.kv_write_custom_metadata(client, mount, vault_path, provenance)
+        except Error as exc:
+            # the credentials are stored: the event that says so must be recorded (a retry
+            # would find a version this receiver had not recorded storing)
+            warn(
+                f"the credentials are stored at {full_path} (version {version}), but its "
+                f"provenance metadata could not be written: {exc.message}"
+            )
         event = sign_event(
             Event(
                 type=EventType.INGESTED,
@@ -242,7 +251,7 @@ def ingest(
                     "platform": c.platform,
                     "partner": m.partner,
                     "sealed_by": m.sender_fingerprint,
-                    **_replaced_data(claim, allow_overwrite=allow_overwrite),
+                    **_replaced_data(claim),
                 },
             ),
             ident,
@@ -314,6 +323,7 @@ class _Claim:
     cas: int  # the path's current version: the write replaces exactly this one
     rotation: Supersession | None
     replaced: Holder | None  # what is stored there now (None: nothing live)
+    forced: bool  # --allow-overwrite was needed
 
 
 def _claim_path(
@@ -365,18 +375,34 @@ def _claim_path(
             own_key=own_key,
             metadata=meta.custom_metadata if meta else {},
         )
-    replaced = check_path_claim(
-        full_path,
-        current_version=live,
-        holders_now=held,
-        new=new,
-        rotation=rotation,
-        allow_overwrite=allow_overwrite,
-    )
-    if allow_overwrite and replaced is not None:
-        who = replaced.sealed_by or "a writer keycourier did not record"
+    forced = False
+    try:
+        replaced = check_path_claim(
+            full_path,
+            current_version=live,
+            holders_now=held,
+            new=new,
+            rotation=rotation,
+            allow_overwrite=False,
+        )
+    except PolicyError:
+        if not allow_overwrite:
+            raise
+        forced = True
+        replaced = check_path_claim(
+            full_path,
+            current_version=live,
+            holders_now=held,
+            new=new,
+            rotation=rotation,
+            allow_overwrite=True,
+        )
+        who = (replaced.sealed_by if replaced else None) or "a writer this receiver did not record"
         warn(f"--allow-overwrite: replacing version {live} of {full_path}, stored by {who}")
-    return _Claim(meta.current_version if meta else 0, rotation, replaced)
+        if rotation is not None and live:
+            # say which version was really replaced, not the one the old bundle stored
+            rotation = replace_record(rotation, replaced_kv_version=live)
+    return _Claim(meta.current_version if meta else 0, rotation, replaced, forced)
 
 
 def _live_version(meta: KvMetadata | None) -> int:
@@ -389,19 +415,19 @@ def _live_version(meta: KvMetadata | None) -> int:
     return meta.current_version
 
 
-def _replaced_data(claim: _Claim, *, allow_overwrite: bool) -> dict[str, object]:
-    """What an `ingested` event says it replaced: a rotation's superseded bundle, or the
-    version that was there (and whether --allow-overwrite was needed)."""
+def _replaced_data(claim: _Claim) -> dict[str, object]:
+    """What an `ingested` event says it replaced: a rotation's superseded bundle and the
+    version that was there, and whether --allow-overwrite was needed (then always who held
+    the path, as far as this receiver knows)."""
+    out: dict[str, object] = {}
     if claim.rotation is not None:
-        return {
-            "supersedes": {
-                "bundle_id": claim.rotation.bundle_id,
-                "replaced_kv_version": claim.rotation.replaced_kv_version,
-            }
+        out["supersedes"] = {
+            "bundle_id": claim.rotation.bundle_id,
+            "replaced_kv_version": claim.rotation.replaced_kv_version,
         }
-    if claim.replaced is None:
-        return {}
-    return {"replaced": {**claim.replaced.to_json(), "overwrite": allow_overwrite}}
+    if claim.replaced is not None and (claim.rotation is None or claim.forced):
+        out["replaced"] = {**claim.replaced.to_json(), "overwrite": claim.forced}
+    return out
 
 
 def _write_credentials(

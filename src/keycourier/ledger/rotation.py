@@ -14,6 +14,7 @@ from keycourier._record import record
 from keycourier.errors import PolicyError
 from keycourier.ledger.interface import Event, EventType
 
+OWN_LEDGER = "this ledger"
 OVERWRITE_HINT = (
     "ingest it to another path; or, once both senders have confirmed through a second "
     "channel that this bundle replaces what is there, pass --allow-overwrite"
@@ -48,7 +49,7 @@ class Holder:
     sealed_by: str | None
     platform: str | None
     partner: str | None
-    known_from: str  # "this ledger" or "the path's Vault metadata"
+    known_from: str  # OWN_LEDGER or "the path's Vault metadata"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -138,7 +139,7 @@ def holders(
                 _text(d.get("sealed_by")),
                 _text(d.get("platform")),
                 _text(d.get("partner")),
-                "this ledger",
+                OWN_LEDGER,
             )
         )
     if metadata.get("sealed_by"):
@@ -168,10 +169,12 @@ def check_path_claim(
     ``current_version``; 0 when nothing live is there). Returns what is replaced (None for
     an empty path); PolicyError (exit 7) naming the holder unless ``allow_overwrite``.
 
-    A path belongs to the sender, platform and partner whose credentials it holds: another
-    trusted sender's bundle must not replace them silently (with or without naming a bundle
-    it supersedes), nor may anything replace credentials that keycourier cannot account for.
-    A rotation must replace exactly the version its superseded bundle stored.
+    A path belongs to the sender, platform and partner whose credentials it holds, as this
+    receiver's own signed `ingested` event for the current version says (the path's metadata
+    can only refuse): another trusted sender's bundle must not replace them silently (with
+    or without naming a bundle it supersedes), nor may anything replace credentials that
+    this receiver cannot account for. A rotation must replace exactly the version its
+    superseded bundle stored.
     """
     if current_version == 0:
         return None
@@ -189,7 +192,8 @@ def check_path_claim(
                 hints=[OVERWRITE_HINT],
             )
         return replaced
-    if not holders_now:
+    if not any(h.known_from == OWN_LEDGER for h in holders_now):
+        # the path's metadata alone cannot vouch for it: anyone who may write it can set it
         raise PolicyError(
             f"{vault_path} already holds credentials (version {current_version}) that this "
             "receiver did not record storing",

@@ -434,10 +434,17 @@ def _check_event(receipt: Receipt, event_text: str, *, ledger_id: str) -> None:
     unreadable = IntegrityError("the receipt's ledger event is not a readable ledger event")
     try:
         obj = json.loads(event_text)
-        if not isinstance(obj, dict) or chain.canonical(obj) != event_text:
+        if (
+            not isinstance(obj, dict)
+            or chain.canonical(obj) != event_text
+            or not isinstance(obj.get("data"), dict)
+            or not all(isinstance(obj.get(k), str) for k in ("type", "actor", "at", "ledger"))
+            or type(obj.get("seq")) is not int
+        ):
             raise unreadable
         seq, event_ledger, event = chain.parse_body(event_text)
-    except (ValueError, RecursionError, TypeError):
+        signer = signer_of(event)
+    except (ValueError, RecursionError, TypeError, KeyError):
         raise unreadable from None
     if (
         str(event.type) not in proved_types(receipt.action)
@@ -447,7 +454,7 @@ def _check_event(receipt: Receipt, event_text: str, *, ledger_id: str) -> None:
             f"the receipt's ledger event does not record '{receipt.action}' of bundle "
             f"{receipt.bundle.bundle_id}"
         )
-    if event.actor != receipt.receiver or signer_of(event) != receipt.receiver_key:
+    if event.actor != receipt.receiver or signer != receipt.receiver_key:
         raise IntegrityError(
             "the receipt's ledger event is not the receiver's own signed record: it is "
             "not signed by the key that signed the receipt"

@@ -216,7 +216,9 @@ def test_vault_metadata_can_only_make_the_rules_stricter() -> None:
             "bundle_id": OLD,
         },
     )
-    assert claim(meta_only) == meta_only[0]
+    # metadata alone never vouches for a path: anyone who may write it can set it
+    with pytest.raises(PolicyError, match="did not record storing"):
+        claim(meta_only)
 
 
 def test_a_rotation_replaces_exactly_the_version_it_names() -> None:

@@ -106,6 +106,8 @@ def test_the_receivers_own_event_in_its_ledger_verifies() -> None:
         ),
         # not a ledger's canonical body
         (lambda: json.dumps({"type": "opened"}, indent=1), "not a readable ledger event"),
+        # a body whose data is not an object (pairs with mixed key types)
+        (lambda: _pairs_body(), "not a readable ledger event"),
         (lambda: "[" * 10_000, "not a readable ledger event"),
     ],
 )
@@ -118,6 +120,25 @@ def test_an_event_that_is_not_the_receivers_record_is_exit_4(make: object, words
     assert seen.signature_valid  # signed by the receiver: only the proof is wrong
     assert seen.proof_error is not None
     assert words in seen.proof_error
+
+
+def _pairs_body() -> str:
+    from keycourier.ledger import chain
+
+    me = bundle_sample().receiver.public()
+    return chain.canonical(
+        {
+            "actor": me.signing_fingerprint,
+            "at": "2026-11-22T12:00:00.000000Z",
+            "bundle_id": bundle_id(),
+            "data": [["signer_key", me.signing_key], ["signature", "AA=="], [1, "x"]],
+            "fingerprint": None,
+            "ledger": "0f1e2d3c-4b5a-4968-8776-655443322110",
+            "policy_digest": None,
+            "seq": 3,
+            "type": "opened",
+        }
+    )
 
 
 def test_a_checkpoint_of_something_other_than_a_keycourier_ledger_is_exit_4() -> None:
