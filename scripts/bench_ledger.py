@@ -267,7 +267,8 @@ def bench_sync(
 
 def build_big_ledger(path: Path, count: int) -> None:
     """A ledger of ``count`` events as ``append`` would leave it (chain, checkpoints every
-    CHECKPOINT_EVERY events, the Merkle tree and its signed heads), built in bulk."""
+    CHECKPOINT_EVERY events, the Merkle tree's hashes in each event's row and its signed
+    heads), built in bulk."""
     from nacl.signing import SigningKey
 
     led = SqliteLedger(path)  # schema, key, meta
@@ -275,20 +276,28 @@ def build_big_ledger(path: Path, count: int) -> None:
     key = SigningKey(seed)
     ledger_id = led.ledger_id
     origin = led.origin
+    signer = note.Signer(origin, seed)
     conn = led.conn
     conn.execute("BEGIN")
     prev = chain.GENESIS
-    batch: list[tuple[int, str, str, str]] = []
+    batch: list[tuple[int, str, str, str, bytes]] = []
     cps: list[tuple[int, str, str, str]] = []
-    leaves: list[bytes] = []
+    notes: list[tuple[int, str]] = []
+    edge: dict[int, bytes] = {}  # the tree's right edge: one complete subtree per level
     for seq in range(1, count + 1):
         kind = EventType.SEALED if seq % 3 == 1 else EventType.OPENED
         body = chain.event_body(
             event(kind, f"bundle-{seq // 3}", seq), seq=seq, ledger_id=ledger_id
         )
         digest = chain.link_hash(prev, body)
-        batch.append((seq, body, prev, digest))
-        leaves.append(merkle.leaf_hash(body.encode()))
+        level, current = 0, merkle.leaf_hash(body.encode())
+        done = [current]
+        while (seq - 1) >> level & 1:
+            current = merkle.node_hash(edge.pop(level), current)
+            level += 1
+            done.append(current)
+        edge[level] = current
+        batch.append((seq, body, prev, digest, b"".join(done)))
         prev = digest
         if seq % CHECKPOINT_EVERY == 0 or seq == count:
             signed_at = chain.format_time(T0)
@@ -296,23 +305,17 @@ def build_big_ledger(path: Path, count: int) -> None:
                 chain.checkpoint_message(ledger_id, seq, digest, signed_at)
             ).signature.hex()
             cps.append((seq, digest, signed_at, sig))
+            levels = sorted(edge)
+            root = edge[levels[0]]
+            for lv in levels[1:]:
+                root = merkle.node_hash(edge[lv], root)
+            text = tlog_checkpoint.Checkpoint(origin, seq, root).text()
+            notes.append((seq, note.sign(text, [signer])))
         if len(batch) >= 20000:
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", batch)
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", batch)
             batch.clear()
-    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", batch)
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", batch)
     conn.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?)", cps)
-    levels = merkle.levels_of(leaves)
-    conn.executemany(
-        "INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)",
-        ((lv, ix, h) for lv, row in enumerate(levels) for ix, h in enumerate(row)),
-    )
-    signer = note.Signer(origin, seed)
-    notes = []
-    for seq, *_ in cps:
-        root = merkle.root_hash(seq, lambda lv, ix: levels[lv][ix])
-        notes.append(
-            (seq, note.sign(tlog_checkpoint.Checkpoint(origin, seq, root).text(), [signer]))
-        )
     conn.executemany("INSERT INTO notes (size, note) VALUES (?, ?)", notes)
     conn.execute("COMMIT")
     led.close()
@@ -380,7 +383,8 @@ def bench_append(tmp: Path, n: int, rounds: int) -> tuple[list[str], bool]:
     SqliteLedger(chain_only).close()
 
     def baseline() -> float:
-        """The append as it was before the tree: head, body, link, two rows, one transaction."""
+        """The append as it was before the tree: head, body, link, two rows, one transaction
+        (the ``nodes`` column left empty)."""
         led = SqliteLedger(chain_only)
         conn = led.conn
         t = time.perf_counter()
@@ -392,7 +396,10 @@ def bench_append(tmp: Path, n: int, rounds: int) -> tuple[list[str], bool]:
                 event(EventType.SEALED, f"b{i}", i), seq=seq, ledger_id=led.ledger_id
             )
             digest = chain.link_hash(prev, body)
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (seq, body, prev, digest))
+            conn.execute(
+                "INSERT INTO events (seq, body, prev_hash, hash) VALUES (?, ?, ?, ?)",
+                (seq, body, prev, digest),
+            )
             conn.execute(
                 "INSERT INTO delivery (seq, status, path, version, detail)"
                 " VALUES (?, 'disabled', NULL, NULL, '')",

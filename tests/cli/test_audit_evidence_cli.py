@@ -21,6 +21,7 @@ import pytest
 from keycourier.ledger.sqlite import key_path_for
 from keycourier.tlog import checkpoint, merkle, note
 from tests.support.gotools import TlogCheck
+from tests.support.ledger_attacks import stored_node
 
 PASS = "evidence passphrase 7"
 ALNUM = string.ascii_letters + string.digits
@@ -139,8 +140,7 @@ def test_consistency_since_an_exported_checkpoint(ledger: Ledger, go_tlogcheck: 
     conn = sqlite3.connect(ledger.path)
 
     def node(level: int, idx: int) -> bytes:
-        row = conn.execute("SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, idx))
-        return bytes(row.fetchone()[0])
+        return stored_node(conn, level, idx)
 
     proof = merkle.consistency_proof(old.size, new.size, node)
     conn.close()
@@ -237,10 +237,11 @@ def test_report_is_written_and_escapes_ledger_text(ledger: Ledger) -> None:
 
 
 def test_a_schema_1_ledger_gains_its_tree(ledger: Ledger) -> None:
-    """A ledger from before the Merkle tree: its tables dropped and version 1 again."""
+    """A ledger from before the Merkle tree: its tables and column dropped, version 1 again."""
     conn = sqlite3.connect(ledger.path, isolation_level=None)
-    for table in ("tree", "notes", "policies"):
+    for table in ("notes", "policies"):
         conn.execute(f"DROP TABLE {table}")
+    conn.execute("ALTER TABLE events DROP COLUMN nodes")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     report = json.loads(ok("audit", "verify", "--json", cwd=ledger.dir))
@@ -250,5 +251,36 @@ def test_a_schema_1_ledger_gains_its_tree(ledger: Ledger) -> None:
     proofs = json.loads(ok("audit", "prove", "--seq", "1", "--json", cwd=ledger.dir))
     assert proofs[0]["treeSize"] == 3
     conn = sqlite3.connect(ledger.path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    conn.close()
+
+
+def test_a_schema_2_ledger_moves_its_tree_into_the_event_rows(ledger: Ledger) -> None:
+    """Schema 2 kept the tree in its own table; opening moves every node into the row of
+    the event whose append completed it, and the proofs stay the same."""
+    before = json.loads(ok("audit", "prove", "--seq", "2", "--json", cwd=ledger.dir))
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    size = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    nodes = [
+        (lv, ix, stored_node(conn, lv, ix))
+        for lv in range(size.bit_length())
+        for ix in range(size >> lv)
+    ]
+    conn.execute(
+        "CREATE TABLE tree (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,"
+        " PRIMARY KEY (level, idx)) WITHOUT ROWID"
+    )
+    conn.executemany("INSERT INTO tree VALUES (?, ?, ?)", nodes)
+    conn.execute("ALTER TABLE events DROP COLUMN nodes")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.close()
+    assert json.loads(ok("audit", "verify", "--json", cwd=ledger.dir))["ok"] is True
+    after = json.loads(ok("audit", "prove", "--seq", "2", "--json", cwd=ledger.dir))
+    assert [p["hashes"] for p in after] == [p["hashes"] for p in before]
+    conn = sqlite3.connect(ledger.path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert "tree" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    # the append-only trigger lifted for the move is back
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET nodes = NULL WHERE seq = 1")
     conn.close()

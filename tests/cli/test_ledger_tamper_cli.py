@@ -30,8 +30,6 @@ TRIGGERS = (
     "events_no_delete",
     "checkpoints_no_update",
     "checkpoints_no_delete",
-    "tree_no_update",
-    "tree_no_delete",
     "notes_no_update",
     "notes_no_delete",
 )
@@ -92,18 +90,16 @@ def retree(conn: sqlite3.Connection, seed: bytes | None = None) -> None:
     key file's key, or ``seed``), dropping every earlier signed tree head: what an attacker
     holding the key file does after changing events."""
     seed = _file_seed(conn) if seed is None else seed
-    conn.execute("DELETE FROM tree")
     conn.execute("DELETE FROM notes")
     bodies = [b for (b,) in conn.execute("SELECT CAST(body AS BLOB) FROM events ORDER BY seq")]
     nodes: dict[tuple[int, int], bytes] = {}
+    rows: list[tuple[bytes, int]] = []
     for i, body in enumerate(bodies):
-        for lv, ix, h in merkle.stored_after_append(
-            i, merkle.leaf_hash(body), lambda a, b: nodes[(a, b)]
-        ):
+        done = merkle.stored_after_append(i, merkle.leaf_hash(body), lambda a, b: nodes[(a, b)])
+        for lv, ix, h in done:
             nodes[(lv, ix)] = h
-    conn.executemany(
-        "INSERT INTO tree VALUES (?, ?, ?)", [(a, b, h) for (a, b), h in nodes.items()]
-    )
+        rows.append((b"".join(h for _, _, h in done), i + 1))
+    conn.executemany("UPDATE events SET nodes = ? WHERE seq = ?", rows)
     if bodies:
         ledger_id = conn.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()[0]
         origin = f"keycourier/ledger/{ledger_id}"

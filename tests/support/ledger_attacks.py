@@ -23,8 +23,6 @@ APPEND_ONLY = (
     "events_no_delete",
     "checkpoints_no_update",
     "checkpoints_no_delete",
-    "tree_no_update",
-    "tree_no_delete",
     "notes_no_update",
     "notes_no_delete",
 )
@@ -45,8 +43,7 @@ def cut_tail(db: Path, from_seq: int) -> None:
     for table in ("events", "delivery", "checkpoints"):
         conn.execute(f"DELETE FROM {table} WHERE seq >= ?", (from_seq,))  # noqa: S608
     conn.execute("DELETE FROM notes WHERE size >= ?", (from_seq,))
-    # node (level, idx) covers leaves idx*2**level .. (idx+1)*2**level - 1 (0-based)
-    conn.execute("DELETE FROM tree WHERE (idx + 1) * (1 << level) > ?", (from_seq - 1,))
+    # the Merkle nodes an event's append completed go with its row
     conn.close()
 
 
@@ -69,8 +66,7 @@ def resign_with(db: Path, seed: bytes) -> str:
     )
 
     def node(level: int, idx: int) -> bytes:
-        row = conn.execute("SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, idx))
-        return bytes(row.fetchone()[0])
+        return stored_node(conn, level, idx)
 
     origin = f"keycourier/ledger/{ledger_id}"
     body = tlog_checkpoint.Checkpoint(origin, seq, merkle.root_hash(seq, node)).text()
@@ -80,3 +76,11 @@ def resign_with(db: Path, seed: bytes) -> str:
     )
     conn.close()
     return public
+
+
+def stored_node(conn: sqlite3.Connection, level: int, idx: int) -> bytes:
+    """Merkle node ``(level, idx)`` as the ledger stores it: in the ``nodes`` of the event
+    whose append completed it (event ``(idx + 1) << level``), at ``level * 32``."""
+    row = conn.execute("SELECT nodes FROM events WHERE seq = ?", ((idx + 1) << level,))
+    blob = bytes(row.fetchone()[0])
+    return blob[level * 32 : level * 32 + 32]

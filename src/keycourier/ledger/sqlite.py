@@ -1,15 +1,17 @@
 """The SQLite ledger: append-only, hash-chained, checkpoints signed with Ed25519.
 
-Layout (schema version 1):
+Layout (schema version 3; docs/audit.md describes the Merkle tree and its signed heads):
 
 - ``meta(key, value)``: ``schema_version``, ``ledger_id`` (random, names this
   ledger in Vault records), ``public_key`` (hex Ed25519 checkpoint key),
   ``created_at``.
-- ``events(seq, body, prev_hash, hash)``: the chain. ``body`` is the
+- ``events(seq, body, prev_hash, hash, nodes)``: the chain. ``body`` is the
   canonical JSON of the event (see ``chain.py``); bundle and fingerprint
   look-ups use expression indexes over it, so there is no second copy of a
-  field that could disagree with the hashed body. Triggers refuse UPDATE
-  and DELETE.
+  field that could disagree with the hashed body. ``nodes``: the Merkle
+  hashes this event's append completed. Triggers refuse UPDATE and DELETE.
+- ``notes(size, note)``: signed tree heads (C2SP checkpoints);
+  ``policies(digest, canonical)``: the policies in force. Append-only.
 - ``checkpoints(seq, head_hash, signed_at, signature)``: signed chain heads,
   append-only as well.
 - ``delivery(seq, status, path, version, detail)``: where each event stands
@@ -44,13 +46,15 @@ from keycourier.tlog import merkle, note
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 2  # 2: the Merkle tree (tree), signed tree heads (notes), policies
+# 2: the Merkle tree, signed tree heads (notes), policies; 3: the tree's hashes in the row
+# of the event whose append completed them (events.nodes), so an append writes one row
+SCHEMA_VERSION = 3
 CHECKPOINT_EVERY = 1000
 KEY_HEADER = "keycourier-ledger-key-v1"
 KEY_FILE_MAX = 4096
 
 _LEDGER_TABLES = frozenset({"meta", "events", "checkpoints", "delivery"})
-_V2_TABLES = frozenset({"tree", "notes", "policies"})
+_V2_TABLES = frozenset({"notes", "policies"})
 _META_FORMAT = {
     "schema_version": r"[0-9]{1,6}",
     "ledger_id": r"[0-9a-f]{16}",
@@ -91,6 +95,30 @@ CREATE TRIGGER IF NOT EXISTS policies_no_delete BEFORE DELETE ON policies
 BEGIN SELECT RAISE(ABORT, 'keycourier ledger policies are append-only'); END;
 """
 ORIGIN_PREFIX = "keycourier/ledger/"
+# From this many events on, `audit verify` checks the hash chain in a second process while
+# it hashes the Merkle leaves (below it, starting the process costs more than it saves).
+PARALLEL_VERIFY_MIN = 100_000
+# The chain check that process runs: standard library only (``python -I -S -c``), reading
+# the ledger at argv[1] with its own read-only connection; prints {"ok", "count", "head"}.
+_CHAIN_WALK = """
+import hashlib, json, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=10.0)
+conn.execute("PRAGMA query_only = 1")
+sha256, prev, count, ok = hashlib.sha256, sys.argv[2].encode(), 0, True
+cur = conn.execute("SELECT CAST(body AS BLOB), hash FROM events ORDER BY seq")
+cur.arraysize = 4096
+try:
+    while ok and (rows := cur.fetchmany()):
+        count += len(rows)
+        for body, digest in rows:
+            if sha256(prev + body).hexdigest() != digest:
+                ok = False
+                break
+            prev = digest.encode()
+except (TypeError, AttributeError):
+    ok = False
+print(json.dumps({"ok": ok, "count": count, "head": prev.decode()}))
+"""
 
 
 @record
@@ -177,6 +205,8 @@ class SqliteLedger:
         self.public_key: str = meta["public_key"]
         self._signing_key: bytes | None = None
         self.appended_since_checkpoint = 0
+        # (size, right edge) after this process's last append: saves the reads of the next
+        self._frontier: tuple[int, dict[int, bytes]] | None = None
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -250,6 +280,7 @@ class SqliteLedger:
                 created = True
             elif found == 1:
                 self._create_v2()
+            self._create_v3()
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -305,6 +336,39 @@ class SqliteLedger:
             "INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)",
             [(lv, ix, h) for (lv, ix), h in hashes.items()],
         )
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def _create_v3(self) -> None:
+        """Move the tree's hashes into ``events.nodes`` (inside the migration's transaction).
+
+        The append of leaf ``i`` completes the leaf and the subtrees it closes, levels 0 to
+        the number of trailing 1 bits of ``i``; their hashes go in that event's row, level 0
+        first. The row is written once with the event, so an append dirties no page but
+        the events' (schema 2 kept a separate ``tree`` table, a second B-tree to update).
+        """
+        self.conn.execute("ALTER TABLE events ADD COLUMN nodes BLOB")
+        hashes = {
+            (int(lv), int(ix)): bytes(h)
+            for lv, ix, h in self.conn.execute("SELECT level, idx, hash FROM tree")
+        }
+        count = int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        rows: list[tuple[bytes, int]] = []
+        for index in range(count):
+            try:
+                rows.append((b"".join(hashes[key] for key in _completed(index)), index + 1))
+            except KeyError:
+                raise self._damaged(f"its Merkle tree lacks a node of event #{index + 1}") from None
+        # the one rewrite the events table ever gets: its append-only trigger is lifted for
+        # this transaction and put back before it commits
+        self.conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+        self.conn.executemany("UPDATE events SET nodes = ? WHERE seq = ?", rows)
+        self.conn.execute(_TRIGGERS.split("END;")[0] + "END;")  # events_no_update
+        self.conn.execute("DROP TRIGGER IF EXISTS tree_no_update")
+        self.conn.execute("DROP TRIGGER IF EXISTS tree_no_delete")
+        self.conn.execute("DROP TABLE tree")
         self.conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
@@ -507,20 +571,19 @@ class SqliteLedger:
             body = chain.event_body(event, seq=seq, ledger_id=self.ledger_id)
             where = path(seq) if callable(path) else path
             digest = chain.link_hash(prev, body)
+            frontier, nodes = self._grow(seq - 1, merkle.leaf_hash(body.encode()))
             self.conn.execute(
-                "INSERT INTO events (seq, body, prev_hash, hash) VALUES (?, ?, ?, ?)",
-                (seq, body, prev, digest),
+                "INSERT INTO events (seq, body, prev_hash, hash, nodes) VALUES (?, ?, ?, ?, ?)",
+                (seq, body, prev, digest, nodes),
             )
             self.conn.execute(
                 "INSERT INTO delivery (seq, status, path, version, detail)"
                 " VALUES (?, ?, ?, NULL, '')",
                 (seq, str(status), where),
             )
-            self.conn.executemany(
-                "INSERT INTO tree (level, idx, hash) VALUES (?, ?, ?)",
-                merkle.stored_after_append(seq - 1, merkle.leaf_hash(body.encode()), self.node),
-            )
+            self._frontier = None  # until the transaction commits
             signed = self._checkpoint_due(seq) and self._try_sign(seq, digest)
+        self._frontier = (seq, frontier)
         self.appended_since_checkpoint = 0 if signed else self.appended_since_checkpoint + 1
         stored = StoredEvent(seq=seq, event=event, prev_hash=prev, hash=digest, vault_status=status)
         return stored, body, where
@@ -639,15 +702,41 @@ class SqliteLedger:
         self.conn.execute("INSERT INTO notes (size, note) VALUES (?, ?)", (size, signed))
 
     def node(self, level: int, idx: int) -> bytes:
-        """The stored hash of complete subtree ``(level, idx)``; IntegrityError when absent."""
+        """The stored hash of complete subtree ``(level, idx)``; IntegrityError when absent.
+
+        It is in the row of the event whose append completed it: event ``(idx + 1) <<
+        level``, at ``level * 32`` in its ``nodes``."""
         row = self.conn.execute(
-            "SELECT hash FROM tree WHERE level = ? AND idx = ?", (level, idx)
+            "SELECT nodes FROM events WHERE seq = ?", ((idx + 1) << level,)
         ).fetchone()
-        if row is None or not isinstance(row[0], bytes) or len(row[0]) != merkle.HASH_SIZE:
+        at = level * merkle.HASH_SIZE
+        if row is None or not isinstance(row[0], bytes) or len(row[0]) < at + merkle.HASH_SIZE:
             raise IntegrityError(
                 f"ledger {self.path} is damaged: its Merkle tree lacks node ({level}, {idx})"
             )
-        return bytes(row[0])
+        return bytes(row[0][at : at + merkle.HASH_SIZE])
+
+    def _grow(self, index: int, leaf: bytes) -> tuple[dict[int, bytes], bytes]:
+        """Append leaf ``index``: (the new right edge of the tree, the hashes it completes).
+
+        The right edge (one complete subtree per 1 bit of the size) is kept from this
+        process's last append when no other writer appended since, else read back."""
+        kept = self._frontier
+        if kept is not None and kept[0] == index:
+            edge = dict(kept[1])
+        else:
+            edge = {
+                lv: self.node(lv, (index >> lv) - 1)
+                for lv in range(index.bit_length())
+                if index >> lv & 1
+            }
+        level, current, done = 0, leaf, [leaf]
+        while index >> level & 1:
+            current = merkle.node_hash(edge.pop(level), current)
+            level += 1
+            done.append(current)
+        edge[level] = current
+        return edge, b"".join(done)
 
     def root_at(self, size: int) -> bytes:
         return merkle.root_hash(size, self.node)
@@ -910,6 +999,75 @@ class SqliteLedger:
         return first
 
     def _fast_walk(self, wanted: dict[int, str], leaves: list[bytes]) -> tuple[int, str] | None:
+        """The chain and the leaf hashes in one pass, or, for a large ledger on a machine
+        with a second core, the chain in a helper process while this one hashes the leaves
+        (each is one SHA-256 over every body: together they take about half the time)."""
+        hi = self.conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        if hi >= PARALLEL_VERIFY_MIN and (os.cpu_count() or 1) > 1:
+            return self._parallel_walk(wanted, leaves)
+        return self._serial_walk(wanted, leaves)
+
+    def _parallel_walk(self, wanted: dict[int, str], leaves: list[bytes]) -> tuple[int, str] | None:
+        """``_serial_walk``'s answer from two processes; None on any doubt (``_walk`` then
+        re-examines the ledger in one pass and names the first break)."""
+        import json
+        import subprocess
+        import sys
+
+        try:
+            helper = subprocess.Popen(  # noqa: S603 - our own code, argv only
+                [sys.executable, "-I", "-S", "-c", _CHAIN_WALK, str(self.path), chain.GENESIS],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            return self._serial_walk(wanted, leaves)
+        try:
+            lo, hi = self.conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+            sha256 = hashlib.sha256
+            cur = self.conn.execute("SELECT CAST(body AS BLOB) FROM events ORDER BY seq")
+            cur.arraysize = 4096
+            try:
+                add_leaf = leaves.append
+                while rows := cur.fetchmany():
+                    for (body,) in rows:
+                        add_leaf(sha256(b"\x00" + body).digest())
+            except TypeError:
+                return None
+            finally:
+                cur.close()
+            out, _ = helper.communicate(timeout=3600)
+        finally:
+            if helper.poll() is None:
+                helper.kill()
+                helper.wait()
+        try:
+            walked = json.loads(out)
+            ok, count, head = bool(walked["ok"]), int(walked["count"]), str(walked["head"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if (
+            not ok
+            or helper.returncode != 0
+            or lo not in (None, 1)
+            or not (count == len(leaves) == (hi or 0))
+        ):
+            return None
+        if not self._heads_match(wanted):
+            return None
+        return count, head
+
+    def _heads_match(self, wanted: dict[int, str]) -> bool:
+        """Every validly signed chain checkpoint names the hash its event has."""
+        heads = dict(
+            self.conn.execute(
+                "SELECT c.seq, e.hash FROM checkpoints c LEFT JOIN events e ON e.seq = c.seq"
+            ).fetchall()
+        )
+        return all(heads.get(seq) == digest for seq, digest in wanted.items())
+
+    def _serial_walk(self, wanted: dict[int, str], leaves: list[bytes]) -> tuple[int, str] | None:
         """The common case, as lean as the bare loop: (events, head hash), or None on any doubt.
 
         Sequence numbers are checked without a scan (INTEGER PRIMARY KEY: unique, so
@@ -940,14 +1098,7 @@ class SqliteLedger:
             return None
         finally:
             cur.close()
-        if count != (hi or 0):
-            return None
-        heads = dict(
-            self.conn.execute(
-                "SELECT c.seq, e.hash FROM checkpoints c LEFT JOIN events e ON e.seq = c.seq"
-            ).fetchall()
-        )
-        if any(heads.get(seq) != digest for seq, digest in wanted.items()):
+        if count != (hi or 0) or not self._heads_match(wanted):
             return None
         return count, prev.decode()
 
@@ -993,3 +1144,13 @@ class SqliteLedger:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _completed(index: int) -> list[tuple[int, int]]:
+    """The complete subtrees ``(level, idx)`` that the append of leaf ``index`` completes."""
+    out = [(0, index)]
+    level = 0
+    while index >> level & 1:
+        level += 1
+        out.append((level, index >> level))
+    return out

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import operator
 from collections.abc import Callable, Mapping, Sequence
-from itertools import pairwise
 
 HASH_SIZE = 32
 
@@ -223,7 +223,8 @@ def _mth_of_run(leaves: Sequence[bytes]) -> bytes:
 
 
 def _check_indices(indices: Sequence[int], size: int) -> None:
-    if indices[0] < 0 or indices[-1] >= size or any(b <= a for a, b in pairwise(indices)):
+    # strictly increasing, checked pairwise in C (a pack proves up to millions of leaves)
+    if indices[0] < 0 or indices[-1] >= size or not all(map(operator.lt, indices, indices[1:])):
         raise ProofError("batch proof indices must be sorted, distinct and inside the tree")
 
 

@@ -68,7 +68,7 @@ def test_new_ledger_is_wal_with_private_key(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     meta = dict(conn.execute("SELECT key, value FROM meta"))
-    assert meta["schema_version"] == "2"
+    assert meta["schema_version"] == "3"
     assert len(meta["public_key"]) == 64
     assert meta["public_key"] not in key.read_text()  # the file holds the seed, not the public key
 

@@ -1,0 +1,77 @@
+"""`audit verify` of a large ledger checks the chain in a second process: it must reach the
+verdict the one-process walk reaches, on an intact ledger and on every kind of damage."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from keycourier.ledger import sqlite as ledger_sqlite
+from keycourier.ledger.sqlite import ChainReport, SqliteLedger
+from tests.unit.ledger.test_sqlite_ledger import fill, raw
+
+
+def report(path: Path, *, parallel: bool, monkeypatch: pytest.MonkeyPatch) -> ChainReport:
+    monkeypatch.setattr(ledger_sqlite, "PARALLEL_VERIFY_MIN", 0 if parallel else 10**12)
+    led = SqliteLedger(path)
+    try:
+        return led.verify()
+    finally:
+        led.close()
+
+
+def test_the_two_processes_agree_with_one_on_an_intact_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 40)
+    led = SqliteLedger(path)
+    try:
+        split: list[bytes] = []
+        one: list[bytes] = []
+        # the two-process walk answers by itself (no fallback) and with the same leaves
+        assert led._parallel_walk({}, split) == led._serial_walk({}, one)
+        assert split == one
+        assert len(split) == 40
+    finally:
+        led.close()
+    both = report(path, parallel=True, monkeypatch=monkeypatch)
+    assert both.ok
+    assert both == report(path, parallel=False, monkeypatch=monkeypatch)
+
+
+def _edit(seq: int) -> Callable[[sqlite3.Connection], None]:
+    def change(conn: sqlite3.Connection) -> None:
+        body = conn.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()[0]
+        conn.execute("UPDATE events SET body = ? WHERE seq = ?", (body.replace("b", "c"), seq))
+
+    return change
+
+
+DAMAGE: dict[str, Callable[[sqlite3.Connection], object]] = {
+    "a body changed": _edit(7),
+    "the last body changed": _edit(40),
+    "a link replaced": lambda c: c.execute(
+        "UPDATE events SET hash = ? WHERE seq = 12", ("0" * 64,)
+    ),
+    "an event removed": lambda c: c.execute("DELETE FROM events WHERE seq = 20"),
+    "the first event removed": lambda c: c.execute("DELETE FROM events WHERE seq = 1"),
+    "a hash that is not text": lambda c: c.execute("UPDATE events SET hash = x'00' WHERE seq = 3"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_the_two_processes_reach_the_one_process_verdict_on_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 40)
+    conn = raw(path)
+    DAMAGE[damage](conn)
+    conn.close()
+    both = report(path, parallel=True, monkeypatch=monkeypatch)
+    assert not both.ok
+    assert both == report(path, parallel=False, monkeypatch=monkeypatch)
