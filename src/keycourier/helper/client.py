@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 from keycourier.errors import AuthError, ConfigError, PolicyError, UnavailableError, UsageError
 from keycourier.partner.tokens import MAX_ACCESS_TOKEN_CHARS, MAX_LIFETIME_SECONDS, Token
-from keycourier.policy.model import is_loopback_host
 from keycourier.redact import Secret
+from keycourier.urls import is_loopback_host
 
 KEY_ENV: Final = "KEYCOURIER_HELPER_KEY"
 KEY_FILE_ENV: Final = "KEYCOURIER_HELPER_KEY_FILE"

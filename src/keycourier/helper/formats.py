@@ -17,14 +17,12 @@ from __future__ import annotations
 import enum
 import json
 import os
-import re
 import shlex
 from collections.abc import Mapping
 
 from keycourier.errors import ConfigError, UsageError
+from keycourier.partner.profiles import ENV_NAME_RE
 from keycourier.partner.tokens import Token, json_payload
-
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 class Format(enum.StrEnum):

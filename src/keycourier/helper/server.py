@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import ipaddress
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from keycourier.helper.clients import ClientStore
 from keycourier.helper.connections import ConnectionGuard, Limits
 from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
+from keycourier.urls import is_loopback_host
 
 if TYPE_CHECKING:
     import socket as socketlib
@@ -102,15 +102,6 @@ class ServerConfig:
     vault_rate: float = 50.0
     vault_cache_seconds: float = VAULT_CACHE_SECONDS
     limits: Limits = DEFAULT_LIMITS
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -193,7 +184,7 @@ def server_config(
     host, port = parse_listen(listen or table.get("listen") or f"127.0.0.1:{DEFAULT_PORT}")
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         if not allow_remote:
             raise UsageError(
                 f"refusing to listen on the non-loopback address {host}",

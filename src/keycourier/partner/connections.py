@@ -49,6 +49,7 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+from keycourier.urls import base_url_problem, is_loopback_host
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -70,7 +71,6 @@ _UUID_RE: Final = re.compile(
 )
 _DATE_RE: Final = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 _PLATFORM_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}\Z")
-_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 # --------------------------------------------------------------------------- inputs
@@ -208,19 +208,12 @@ def make_endpoint(
 
 def check_base_url(url: str, profile: str) -> str:
     """https anywhere, http only on loopback; no credentials, query or fragment."""
-    if len(url) > MAX_URL_CHARS or any(unicodedata.category(c)[0] == "C" for c in url):
-        raise ConfigError(f"profile {profile}: base URL is malformed")
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in {"https", "http"} or not host:
-        raise ConfigError(f"profile {profile}: base URL must be an http(s) URL")
-    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+    problem = base_url_problem(url)
+    if problem is not None:
         raise ConfigError(
-            f"profile {profile}: plain http is only allowed to loopback, not {host}",
+            f"profile {profile}: base URL {problem}",
             hints=["use the platform's https:// base URL"],
         )
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError(f"profile {profile}: base URL must not carry credentials or a query")
     return url.rstrip("/")
 
 
@@ -371,7 +364,7 @@ def _connection_url(value: str) -> str:
     host = parts.hostname or ""
     if not host or parts.scheme not in {"https", "http"}:
         raise _malformed("connection (connection_url is not an http(s) URL)")
-    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise _malformed("connection (connection_url is plain http to a remote host)")
     if parts.username or parts.password:
         raise _malformed("connection (connection_url carries credentials)")
@@ -578,7 +571,7 @@ class UrllibTransport:
                 return None
 
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-        if (urlsplit(url).hostname or "") in _LOOPBACK_HOSTS:
+        if is_loopback_host(urlsplit(url).hostname):
             handlers.append(urllib.request.ProxyHandler({}))  # loopback never via a proxy
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))  # noqa: S310 - URL validated by check_base_url

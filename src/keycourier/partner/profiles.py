@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 
 from keycourier._record import record
 from keycourier.errors import ConfigError
+from keycourier.urls import base_url_problem
 
 PROFILE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -149,15 +149,6 @@ _ALLOWED: Final[Mapping[str, type | tuple[type, ...]]] = {
 _SECRET_LOOKING: Final = re.compile(r"(secret|password|token)\Z", re.IGNORECASE)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def host_environment(host: str) -> Environment | None:
     """What a host name says about its environment; None when it says nothing."""
     host = host.lower().rstrip(".")
@@ -204,21 +195,10 @@ def parse_profile(name: str, table: Mapping[str, Any], where: str) -> Profile:
         raise ConfigError(f"{prefix}.environment must be sandbox or production") from None
 
     base_url = req("base_url")
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if (
-        parts.scheme not in ("https", "http")
-        or not host
-        or parts.query
-        or parts.fragment
-        or parts.username
-        or parts.password
-        or len(base_url) > 512
-        or any(ord(c) < 0x21 for c in base_url)
-    ):
-        raise ConfigError(f"{prefix}.base_url must be an https URL without query or credentials")
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ConfigError(f"{prefix}.base_url must use https (http is allowed on loopback only)")
+    problem = base_url_problem(base_url)
+    if problem is not None:
+        raise ConfigError(f"{prefix}.base_url {problem}")
+    host = urlsplit(base_url).hostname or ""
     said = host_environment(host)
     if environment is Environment.PRODUCTION and said is Environment.SANDBOX:
         raise ConfigError(

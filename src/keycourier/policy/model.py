@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import enum
 import hashlib
-import ipaddress
 import json
 import re
 import tomllib
@@ -22,9 +21,9 @@ from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from keycourier.errors import ConfigError
+from keycourier.urls import base_url_problem
 
 MAX_POLICY_BYTES: Final = 256 * 1024
 POLICY_VERSION: Final = 1
@@ -102,39 +101,12 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_endpoint_url(url: str) -> str | None:
     """Return why ``url`` is not an acceptable vendor endpoint, or None.
 
     HTTPS is required unless the host is loopback (tests and local stand-ins).
     """
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        return "is not a valid URL"
-    del port
-    if parts.username or parts.password:
-        return "must not contain credentials"
-    if parts.query or parts.fragment:
-        return "must not have a query or fragment"
-    if not parts.hostname:
-        return "has no host"
-    if parts.scheme == "https":
-        return None
-    if parts.scheme == "http" and is_loopback_host(parts.hostname):
-        return None
-    return "must use https (plain http is allowed only for a loopback host)"
+    return base_url_problem(url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -270,7 +270,7 @@ def test_make_endpoint_dialect_defaults() -> None:
         ({"base_url": "http://api.monite.com/v1"}, "loopback"),
         ({"base_url": "ftp://api.monite.com/v1"}, "http"),
         ({"base_url": "https://user:pw@api.monite.com/v1"}, "credentials"),
-        ({"base_url": "https://api.monite.com/v1?x=1"}, "credentials"),
+        ({"base_url": "https://api.monite.com/v1?x=1"}, "query"),
         ({"version": "25-05-2024"}, "YYYY-MM-DD"),
         ({"version_header": "x-api-version"}, "version header"),
         ({"timeout": "0"}, "timeout"),

@@ -168,3 +168,29 @@ def test_policy_package_is_core() -> None:
                 names = [node.module]
             for name in names:
                 assert not name.startswith(CORE_FORBIDDEN), f"{source.name} imports {name}"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("10.0.0.1", False),
+        ("localhost.example.com", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_one_loopback_check_for_every_caller(host: str | None, loopback: bool) -> None:
+    """Policies, token and connection profiles and the helper all ask keycourier.urls."""
+    from keycourier.helper import client, server
+    from keycourier.partner import connections, profiles
+    from keycourier.urls import is_loopback_host
+
+    assert is_loopback_host(host) is loopback
+    for module in (server, client, connections):
+        assert vars(module)["is_loopback_host"] is is_loopback_host
+    assert vars(profiles)["base_url_problem"] is vars(connections)["base_url_problem"]
