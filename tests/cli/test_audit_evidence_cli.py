@@ -12,6 +12,7 @@ import sqlite3
 import string
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,11 +256,9 @@ def test_a_schema_1_ledger_gains_its_tree(ledger: Ledger) -> None:
     conn.close()
 
 
-def test_a_schema_2_ledger_moves_its_tree_into_the_event_rows(ledger: Ledger) -> None:
-    """Schema 2 kept the tree in its own table; opening moves every node into the row of
-    the event whose append completed it, and the proofs stay the same."""
-    before = json.loads(ok("audit", "prove", "--seq", "2", "--json", cwd=ledger.dir))
-    conn = sqlite3.connect(ledger.path, isolation_level=None)
+def back_to_schema_2(path: Path) -> None:
+    """Turn a schema-3 ledger into the schema-2 layout: its Merkle nodes in a `tree` table."""
+    conn = sqlite3.connect(path, isolation_level=None)
     size = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     nodes = [
         (lv, ix, stored_node(conn, lv, ix))
@@ -274,6 +273,73 @@ def test_a_schema_2_ledger_moves_its_tree_into_the_event_rows(ledger: Ledger) ->
     conn.execute("ALTER TABLE events DROP COLUMN nodes")
     conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()
+
+
+def test_processes_that_open_a_schema_2_ledger_together_both_succeed(ledger: Ledger) -> None:
+    """Both wait for a writer; the second finds the ledger migrated and goes on."""
+    back_to_schema_2(ledger.path)
+    env = {**os.environ, "HOME": str(ledger.dir), "KEYCOURIER_LEDGER": str(ledger.path)}
+    for var in ("VAULT_ADDR", "VAULT_TOKEN"):
+        env.pop(var, None)
+    hold = sqlite3.connect(ledger.path, isolation_level=None)
+    hold.execute("BEGIN IMMEDIATE")  # another writer is busy
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "keycourier", "audit", "verify"],
+                env=env,
+                cwd=ledger.dir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        time.sleep(1.5)
+    finally:
+        hold.execute("ROLLBACK")
+        hold.close()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE tree SET hash = 'x' WHERE level = 0 AND idx = 0",
+        "UPDATE tree SET level = 'a' WHERE level = 0 AND idx = 1",
+        "UPDATE tree SET hash = 64 WHERE level = 0 AND idx = 2",
+        "DELETE FROM tree WHERE level = 1",
+    ],
+)
+def test_a_damaged_schema_2_tree_is_exit_4_and_not_migrated(ledger: Ledger, damage: str) -> None:
+    back_to_schema_2(ledger.path)
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    conn.execute(damage)
+    conn.close()
+    out = run("audit", "verify", cwd=ledger.dir)
+    assert out.returncode == 4, out.stderr
+    assert "damaged" in out.stderr
+    conn = sqlite3.connect(ledger.path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    conn.close()
+
+
+def test_a_ledger_without_its_nodes_column_is_exit_4(ledger: Ledger) -> None:
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    conn.execute("ALTER TABLE events DROP COLUMN nodes")
+    conn.close()
+    out = run("audit", "verify", cwd=ledger.dir)
+    assert out.returncode == 4, out.stderr
+    assert "lacks a column" in out.stderr
+
+
+def test_a_schema_2_ledger_moves_its_tree_into_the_event_rows(ledger: Ledger) -> None:
+    """Schema 2 kept the tree in its own table; opening moves every node into the row of
+    the event whose append completed it, and the proofs stay the same."""
+    before = json.loads(ok("audit", "prove", "--seq", "2", "--json", cwd=ledger.dir))
+    back_to_schema_2(ledger.path)
     assert json.loads(ok("audit", "verify", "--json", cwd=ledger.dir))["ok"] is True
     after = json.loads(ok("audit", "prove", "--seq", "2", "--json", cwd=ledger.dir))
     assert [p["hashes"] for p in after] == [p["hashes"] for p in before]

@@ -48,6 +48,7 @@ MAX_MEMBERS = 10_000
 _FIXED = ("pack.json", "events.txt", "proof.txt", "checkpoint.txt", "verifier.key", "README.txt")
 _POLICY_NAME = re.compile(r"policies/sha256-([0-9a-f]{64})\.json")
 _POLICY_REF = b'"policy_digest":"sha256:'
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same events give the same bytes
 
 README = """\
@@ -224,6 +225,11 @@ def _meta(raw: bytes) -> dict[str, Any]:
         for r in runs
     ):
         raise _fail("pack.json has no valid leaf_runs")
+    missing = meta.get("policies_missing", [])
+    if not isinstance(missing, list) or not all(
+        isinstance(d, str) and _DIGEST.fullmatch(d) for d in missing
+    ):
+        raise _fail("pack.json's policies_missing is not a list of sha256:<64 hex> digests")
     return meta
 
 
@@ -261,10 +267,10 @@ def _missing_policies(members: Mapping[str, bytes], meta: Mapping[str, Any]) -> 
     over events.txt instead of work per event. A count left over names an unknown policy."""
     events = members["events.txt"]
     present = {m.group(1) for n in members if (m := _POLICY_NAME.fullmatch(n))}
-    listed = {str(d).removeprefix("sha256:") for d in meta.get("policies_missing") or [] if d}
-    uses = {
-        d: events.count(_POLICY_REF + d.encode("ascii", "replace") + b'"') for d in present | listed
-    }
+    # both sets hold 64-hex digests only (_meta, _POLICY_NAME): each count below is of a
+    # fixed-length pattern, so no reference is counted twice
+    listed = {d.removeprefix("sha256:") for d in meta.get("policies_missing", [])}
+    uses = {d: events.count(_POLICY_REF + d.encode("ascii") + b'"') for d in present | listed}
     if sum(uses.values()) != events.count(_POLICY_REF):
         raise _fail("an event names a policy the pack neither holds nor lists as missing")
     return sorted(f"sha256:{d}" for d, n in uses.items() if n and d not in present)

@@ -280,7 +280,8 @@ class SqliteLedger:
                 created = True
             elif found == 1:
                 self._create_v2()
-            self._create_v3()
+            if found < 3:  # another process may have migrated while this one waited
+                self._create_v3()
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -350,10 +351,16 @@ class SqliteLedger:
         the events' (schema 2 kept a separate ``tree`` table, a second B-tree to update).
         """
         self.conn.execute("ALTER TABLE events ADD COLUMN nodes BLOB")
-        hashes = {
-            (int(lv), int(ix)): bytes(h)
-            for lv, ix, h in self.conn.execute("SELECT level, idx, hash FROM tree")
-        }
+        hashes: dict[tuple[int, int], bytes] = {}
+        for lv, ix, h in self.conn.execute("SELECT level, idx, hash FROM tree"):
+            if (
+                type(lv) is not int
+                or type(ix) is not int
+                or not isinstance(h, bytes)
+                or len(h) != merkle.HASH_SIZE
+            ):
+                raise self._damaged("its Merkle tree holds a malformed node")
+            hashes[(lv, ix)] = h
         count = int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
         rows: list[tuple[bytes, int]] = []
         for index in range(count):
@@ -379,6 +386,9 @@ class SqliteLedger:
         missing = sorted((_LEDGER_TABLES | _V2_TABLES) - self._table_names())
         if missing:
             raise self._damaged(f"its {missing[0]} table is missing")
+        columns = {str(row[1]) for row in self.conn.execute("PRAGMA table_info(events)")}
+        if not {"seq", "body", "prev_hash", "hash", "nodes"} <= columns:
+            raise self._damaged("its events table lacks a column")
         meta = {str(k): str(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
         for key, pattern in _META_FORMAT.items():
             value = meta.get(key)

@@ -180,3 +180,50 @@ def test_not_a_zip_and_a_bad_key(tmp_path: Path) -> None:
     good = write(tmp_path, pack.build(contents([1]), now=NOW))
     with pytest.raises(UsageError, match="--key"):
         pack.verify(good, key="kc1:abc")
+
+
+HIDDEN = "sha256:" + hashlib.sha256(b'{"rules":{"hidden":1}}').hexdigest()
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        # a "digest" that is really a second match of a held policy's reference
+        [DIGEST + '","seq":1,'],
+        ["sha256:" + "0" * 63],
+        [5],
+        5,
+        None,
+    ],
+)
+def test_a_pack_cannot_hide_a_policy_behind_its_list_of_missing_ones(
+    tmp_path: Path, listed: object
+) -> None:
+    bodies = [body(0), body(1, HIDDEN), body(2)]
+    tree = Tree(bodies)
+    size = len(bodies)
+    root = merkle.root_hash(size, tree.read)
+    data = pack.build(
+        contents(
+            [0, 1, 2],
+            tree_size=size,
+            root_hash=root,
+            checkpoint_note=note.sign(checkpoint.Checkpoint(ORIGIN, size, root).text(), [SIGNER]),
+            bodies=bodies,
+            proof=merkle.batch_proof([0, 1, 2], size, tree.read),
+            policies_missing=[],
+        ),
+        now=NOW,
+    )
+    path = write(tmp_path, data)
+    with pytest.raises(IntegrityError, match="neither holds nor lists"):
+        pack.verify(path, key=SIGNER.verifier.vkey())
+
+    def claim(members: dict[str, bytes]) -> None:
+        meta = json.loads(members["pack.json"])
+        meta["policies_missing"] = listed
+        members["pack.json"] = json.dumps(meta).encode()
+
+    with pytest.raises(IntegrityError) as caught:
+        pack.verify(write(tmp_path, _rewrite(data, claim)), key=SIGNER.verifier.vkey())
+    assert caught.value.exit_code == 4
