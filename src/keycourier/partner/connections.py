@@ -35,7 +35,6 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -49,6 +48,7 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+from keycourier.partner.retry import retry_after
 from keycourier.urls import base_url_problem, is_loopback_host
 
 if TYPE_CHECKING:
@@ -611,22 +611,6 @@ class RetryPolicy:
     backoff: float = 0.5  # first pause for server errors; doubles
 
 
-def retry_after_seconds(value: str | None, *, now: Callable[[], datetime]) -> float | None:
-    """``Retry-After`` as delta-seconds or an HTTP-date; None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit() and len(value) <= 9:
-        return float(int(value))
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now()).total_seconds())
-
-
 class RateLimitedError(UnavailableError):
     """A 429 the client was told not to wait out; ``retry_after`` is the asked delay (s)."""
 
@@ -796,10 +780,10 @@ class ConnectionClient:
                 refreshed = True
                 continue
             if resp.status == 429 and not wait_out_rate_limits:
-                asked = retry_after_seconds(resp.headers.get("retry-after"), now=self._now)
+                asked = retry_after(resp.headers.get("retry-after"), now=self._now)
                 raise RateLimitedError("the platform is rate-limiting us (429)", retry_after=asked)
             if resp.status == 429 and rate_limited < self._retry.rate_limit_retries:
-                delay = retry_after_seconds(resp.headers.get("retry-after"), now=self._now)
+                delay = retry_after(resp.headers.get("retry-after"), now=self._now)
                 if delay is None:
                     delay = self._retry.backoff * 2**rate_limited
                 if delay > self._retry.max_retry_after:

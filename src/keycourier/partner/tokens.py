@@ -36,6 +36,7 @@ from urllib.parse import quote, urlencode
 from keycourier import __version__
 from keycourier._record import record
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError
+from keycourier.partner.retry import retry_after
 from keycourier.redact import Secret, fingerprint
 
 if TYPE_CHECKING:
@@ -210,23 +211,6 @@ def build_request(profile: Profile, creds: ClientCredentials) -> tuple[dict[str,
     if profile.scope:
         form["scope"] = profile.scope
     return headers, urlencode(form).encode()
-
-
-def retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit() and len(value) <= 9:
-        return float(value)
-    try:
-        from email.utils import parsedate_to_datetime
-
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, float((when - datetime.now(UTC)).total_seconds()))
 
 
 @record

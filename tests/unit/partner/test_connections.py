@@ -44,7 +44,6 @@ from keycourier.partner.connections import (
     parse_duration,
     parse_json_body,
     parse_uuid,
-    retry_after_seconds,
     safe_text,
     wait_for_connection,
 )
@@ -451,13 +450,24 @@ def test_describe_error_body_never_raises(body: bytes) -> None:
 
 
 def test_retry_after_forms() -> None:
+    """One reading of Retry-After for token and connection calls."""
+    from keycourier.partner import tokens
+    from keycourier.partner.retry import retry_after
+
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    assert retry_after_seconds("7", now=lambda: now) == 7.0
+    assert retry_after("7", now=lambda: now) == 7.0
     later = (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
-    assert retry_after_seconds(later, now=lambda: now) == 30.0
-    assert retry_after_seconds("soon", now=lambda: now) is None
-    assert retry_after_seconds("\u0663", now=lambda: now) is None
-    assert retry_after_seconds(None, now=lambda: now) is None
+    assert retry_after(later, now=lambda: now) == 30.0
+    # a date that names no zone is GMT as well (HTTP has no other), not unreadable
+    no_zone = (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S -0000")
+    assert retry_after(no_zone, now=lambda: now) == 30.0
+    earlier = (now - timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert retry_after(earlier, now=lambda: now) == 0.0
+    assert retry_after("soon", now=lambda: now) is None
+    assert retry_after("\u0663", now=lambda: now) is None
+    assert retry_after("1" * 10, now=lambda: now) is None
+    assert retry_after(None, now=lambda: now) is None
+    assert vars(tokens)["retry_after"] is retry_after
 
 
 # --------------------------------------------------------------------------- client
