@@ -48,6 +48,7 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+from keycourier.partner.profiles import Dialect
 from keycourier.partner.retry import retry_after
 from keycourier.urls import base_url_problem, is_loopback_host
 
@@ -123,11 +124,6 @@ def safe_text(value: str, limit: int = MAX_TEXT_CHARS) -> str:
 # --------------------------------------------------------------------------- dialects
 
 
-class Dialect(enum.StrEnum):
-    MONITE = "monite"
-    TESOURO = "tesouro"
-
-
 @dataclass(frozen=True, slots=True)
 class DialectSpec:
     collection_path: str
@@ -180,13 +176,12 @@ def make_endpoint(
     timeout: float = 30.0,
 ) -> Endpoint:
     """Validate the pieces of an endpoint (they come from a config file or flags)."""
-    try:
-        parsed_dialect = Dialect(dialect)
-    except ValueError:
+    parsed_dialect = next((d for d in DIALECTS if d.value == dialect), None)
+    if parsed_dialect is None:
         raise ConfigError(
             f"profile {profile}: connections support the dialects "
-            f"{', '.join(d.value for d in Dialect)}, not {safe_text(dialect[:40])!r}"
-        ) from None
+            f"{', '.join(d.value for d in DIALECTS)}, not {safe_text(dialect[:40])!r}"
+        )
     header = (version_header or DIALECTS[parsed_dialect].default_version_header).lower()
     if header not in VERSION_HEADERS:
         raise ConfigError(
@@ -1201,10 +1196,10 @@ def endpoint_for_profile(settings: Settings, name: str) -> Endpoint:
     from keycourier.partner.profiles import get_profile
 
     profile = get_profile(settings, name)
-    if profile.dialect.value not in {d.value for d in Dialect}:
+    if profile.dialect not in DIALECTS:
         raise ConfigError(
             f"profile {name}: connections support the dialects "
-            f"{', '.join(d.value for d in Dialect)}, not {profile.dialect.value}",
+            f"{', '.join(d.value for d in DIALECTS)}, not {profile.dialect.value}",
             hints=["the oauth2 dialect is for tokens only"],
         )
     if profile.version is None:

@@ -926,3 +926,11 @@ def test_uuid_edge_parser(value: str) -> None:
         assert outcome.exit_code == 2
     else:
         assert str(uuid_mod.UUID(outcome)) == outcome
+
+
+def test_one_dialect_enum_for_tokens_and_connections() -> None:
+    """Connections serve the token profiles' dialects that have accounting connections."""
+    from keycourier.partner import connections, profiles
+
+    assert vars(connections)["Dialect"] is profiles.Dialect
+    assert set(connections.DIALECTS) == {profiles.Dialect.MONITE, profiles.Dialect.TESOURO}
