@@ -342,7 +342,12 @@ def _claim_path(
     the open that follows) before anything is opened or recorded. Call it under the
     decision lock and write with ``cas``."""
     from keycourier import vault
-    from keycourier.ledger.rotation import BundleFacts, check_path_claim, check_supersession
+    from keycourier.ledger.rotation import (
+        BundleFacts,
+        check_path_claim,
+        check_supersession,
+        current_holder,
+    )
     from keycourier.ledger.rotation import holders as holders_of
     from keycourier.ledger.service import bundle_state, open_recorder
 
@@ -389,14 +394,7 @@ def _claim_path(
         if not allow_overwrite:
             raise
         forced = True
-        replaced = check_path_claim(
-            full_path,
-            current_version=live,
-            holders_now=held,
-            new=new,
-            rotation=rotation,
-            allow_overwrite=True,
-        )
+        replaced = current_holder(live, held)
         who = (replaced.sealed_by if replaced else None) or "a writer this receiver did not record"
         warn(f"--allow-overwrite: replacing version {live} of {full_path}, stored by {who}")
         if rotation is not None and live:

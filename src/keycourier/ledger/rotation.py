@@ -156,6 +156,14 @@ def holders(
     return found
 
 
+def current_holder(current_version: int, holders_now: Sequence[Holder]) -> Holder | None:
+    """What a write to a path replaces: its first known holder, an unknown one when nobody
+    is known, or None when nothing live is there (``current_version`` 0)."""
+    if current_version == 0:
+        return None
+    return holders_now[0] if holders_now else Holder(current_version, None, None, None, None, "")
+
+
 def check_path_claim(
     vault_path: str,
     *,
@@ -176,11 +184,8 @@ def check_path_claim(
     this receiver cannot account for. A rotation must replace exactly the version its
     superseded bundle stored.
     """
-    if current_version == 0:
-        return None
-    held = holders_now[0] if holders_now else None
-    replaced = held or Holder(current_version, None, None, None, None, "")
-    if allow_overwrite:
+    replaced = current_holder(current_version, holders_now)
+    if replaced is None or allow_overwrite:
         return replaced
     if rotation is not None:
         if rotation.replaced_kv_version != current_version:
