@@ -95,19 +95,32 @@ CREATE TRIGGER IF NOT EXISTS policies_no_delete BEFORE DELETE ON policies
 BEGIN SELECT RAISE(ABORT, 'keycourier ledger policies are append-only'); END;
 """
 ORIGIN_PREFIX = "keycourier/ledger/"
-# From this many events on, `audit verify` checks the hash chain in a second process while
-# it hashes the Merkle leaves (below it, starting the process costs more than it saves).
+# From this many events on, `audit verify` checks the hash chain in a second process, which
+# also hashes the last Merkle leaves (about TAIL_SHARE of them) while this one hashes the
+# others and builds their part of the tree (below it, starting the process costs more than
+# it saves). The share balances the two processes: the chain costs about as much as
+# fetching and hashing the leaves, the tree about half of that.
 PARALLEL_VERIFY_MIN = 100_000
+TAIL_SHARE = 0.1
 # The chain check that process runs: standard library only (``python -I -S -c``), reading
-# the ledger at argv[1] with its own read-only connection; prints {"ok", "count", "head"}.
+# the ledger at argv[1] with its own read-only connection, in one read transaction (one
+# snapshot), from the genesis link argv[2]; the leaf hashes of the events after seq argv[3].
+# Prints one JSON line {"ok", "count", "head", "leaves"}, then the leaf hashes (32 bytes
+# each, in seq order).
 _CHAIN_WALK = """
 import hashlib, json, sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], timeout=10.0)
+conn = sqlite3.connect(sys.argv[1], timeout=10.0, isolation_level=None)
 conn.execute("PRAGMA query_only = 1")
+conn.execute("BEGIN")
 sha256, prev, count, ok = hashlib.sha256, sys.argv[2].encode(), 0, True
-cur = conn.execute("SELECT CAST(body AS BLOB), hash FROM events ORDER BY seq")
-cur.arraysize = 4096
+split = int(sys.argv[3])
+leaves = []
+add_leaf = leaves.append
 try:
+    cur = conn.execute(
+        "SELECT CAST(body AS BLOB), hash FROM events WHERE seq <= ? ORDER BY seq", (split,)
+    )
+    cur.arraysize = 4096
     while ok and (rows := cur.fetchmany()):
         count += len(rows)
         for body, digest in rows:
@@ -115,9 +128,26 @@ try:
                 ok = False
                 break
             prev = digest.encode()
+    cur = conn.execute(
+        "SELECT CAST(body AS BLOB), hash FROM events WHERE seq > ? ORDER BY seq", (split,)
+    )
+    cur.arraysize = 4096
+    while ok and (rows := cur.fetchmany()):
+        count += len(rows)
+        for body, digest in rows:
+            if sha256(prev + body).hexdigest() != digest:
+                ok = False
+                break
+            add_leaf(sha256(b"\\x00" + body).digest())
+            prev = digest.encode()
 except (TypeError, AttributeError):
     ok = False
-print(json.dumps({"ok": ok, "count": count, "head": prev.decode()}))
+conn.execute("COMMIT")
+out = sys.stdout.buffer
+out.write(json.dumps({"ok": ok, "count": count, "head": prev.decode(), "leaves": len(leaves)})
+          .encode() + b"\\n")
+out.write(b"".join(leaves))
+out.flush()
 """
 
 
@@ -161,6 +191,13 @@ def _pending_key_path(ledger_path: Path) -> Path:
 
 def _now() -> str:
     return chain.format_time(datetime.now(UTC))
+
+
+class _TreeWork:
+    """What ``verify`` computes of the tree while the chain is walked in another process."""
+
+    levels: list[list[bytes]] | None = None
+    heads: list[tuple[int, tlog_checkpoint.Checkpoint | str]] | None = None
 
 
 class SqliteLedger:
@@ -581,7 +618,8 @@ class SqliteLedger:
             body = chain.event_body(event, seq=seq, ledger_id=self.ledger_id)
             where = path(seq) if callable(path) else path
             digest = chain.link_hash(prev, body)
-            frontier, nodes = self._grow(seq - 1, merkle.leaf_hash(body.encode()))
+            kept, self._frontier = self._frontier, None  # until the transaction commits
+            frontier, nodes = self._grow(seq - 1, body.encode(), kept)
             self.conn.execute(
                 "INSERT INTO events (seq, body, prev_hash, hash, nodes) VALUES (?, ?, ?, ?, ?)",
                 (seq, body, prev, digest, nodes),
@@ -591,7 +629,6 @@ class SqliteLedger:
                 " VALUES (?, ?, ?, NULL, '')",
                 (seq, str(status), where),
             )
-            self._frontier = None  # until the transaction commits
             signed = self._checkpoint_due(seq) and self._try_sign(seq, digest)
         self._frontier = (seq, frontier)
         self.appended_since_checkpoint = 0 if signed else self.appended_since_checkpoint + 1
@@ -726,14 +763,18 @@ class SqliteLedger:
             )
         return bytes(row[0][at : at + merkle.HASH_SIZE])
 
-    def _grow(self, index: int, leaf: bytes) -> tuple[dict[int, bytes], bytes]:
-        """Append leaf ``index``: (the new right edge of the tree, the hashes it completes).
+    def _grow(
+        self, index: int, body: bytes, kept: tuple[int, dict[int, bytes]] | None
+    ) -> tuple[dict[int, bytes], bytes]:
+        """Append leaf ``index`` (the event ``body``): (the new right edge of the tree, the
+        hashes it completes, leaf first).
 
-        The right edge (one complete subtree per 1 bit of the size) is kept from this
-        process's last append when no other writer appended since, else read back."""
-        kept = self._frontier
+        The right edge (one complete subtree per 1 bit of the size) is ``kept`` from this
+        process's last append when no other writer appended since (it is updated in place),
+        else read back."""
+        leaf = merkle.leaf_hash(body)
         if kept is not None and kept[0] == index:
-            edge = dict(kept[1])
+            edge = kept[1]
         else:
             edge = {
                 lv: self.node(lv, (index >> lv) - 1)
@@ -918,28 +959,51 @@ class SqliteLedger:
                     f"the ledger's public key does not match its key file "
                     f"{key_path_for(self.path).name}: the ledger or the key was replaced",
                 )
-        wanted: dict[int, str] = {}
-        for cp_seq, cp_hash, signed_at, signature in checkpoints:
-            message = chain.checkpoint_message(
-                self.ledger_id, int(cp_seq), str(cp_hash), str(signed_at)
-            )
-            try:
-                verify_key.verify(message, bytes.fromhex(str(signature)))
-            except (BadSignatureError, ValueError):
-                if first is None or int(cp_seq) < first.seq:
-                    first = ChainBreak(int(cp_seq), "checkpoint signature is invalid")
-                continue
-            wanted[int(cp_seq)] = str(cp_hash)
+        wanted: dict[int, str] = {}  # checkpoint seq -> head hash, validly signed
+        unsigned: list[ChainBreak] = []
+        signatures_checked = False
+
+        def check_signatures() -> None:  # once, as soon as the chain walk has started
+            nonlocal signatures_checked
+            if signatures_checked:
+                return
+            signatures_checked = True
+            for cp_seq, cp_hash, signed_at, signature in checkpoints:
+                message = chain.checkpoint_message(
+                    self.ledger_id, int(cp_seq), str(cp_hash), str(signed_at)
+                )
+                try:
+                    verify_key.verify(message, bytes.fromhex(str(signature)))
+                except (BadSignatureError, ValueError):
+                    unsigned.append(ChainBreak(int(cp_seq), "checkpoint signature is invalid"))
+                    continue
+                wanted[int(cp_seq)] = str(cp_hash)
 
         leaves: list[bytes] = []
-        fast = self._fast_walk(wanted, leaves)
+        early = _TreeWork()
+
+        def meanwhile() -> None:  # while the chain is walked elsewhere
+            early.levels = merkle.levels_of(leaves)
+            early.heads = self._open_heads()
+
+        fast = self._fast_walk(wanted, leaves, check_signatures, meanwhile)
+        check_signatures()
+        for bad in unsigned:
+            if first is None or bad.seq < first.seq:
+                first = bad
         if fast is not None:
             count, prev = fast
             chain_break: ChainBreak | None = None
         else:
             leaves.clear()
+            early = _TreeWork()
             chain_break, count, prev = self._walk(dict(wanted), leaves)
-        for found in (chain_break, self._check_tree(leaves)):
+        if early.levels is None:
+            levels = merkle.levels_of(leaves)
+        else:
+            levels = merkle.extend_levels(early.levels, leaves[len(early.levels[0]) :])
+        heads = self._open_heads() if early.heads is None else early.heads
+        for found in (chain_break, self._check_tree(len(leaves), levels, heads)):
             if found is not None and (first is None or found.seq < first.seq):
                 first = found
         last_cp = max(wanted, default=0)
@@ -965,78 +1029,131 @@ class SqliteLedger:
             interval=CHECKPOINT_EVERY,
         )
 
-    def _check_tree(self, leaves: list[bytes]) -> ChainBreak | None:
+    def _open_heads(self) -> list[tuple[int, tlog_checkpoint.Checkpoint | str]]:
+        """Every signed tree head by size: its checkpoint, or why it does not open."""
+        verifier = self.verifier()
+        heads: list[tuple[int, tlog_checkpoint.Checkpoint | str]] = []
+        for size, text in sorted(self.notes()):
+            try:
+                heads.append((size, tlog_checkpoint.parse(note.open_note(text, [verifier]).text)))
+            except (note.NoteError, tlog_checkpoint.CheckpointError) as exc:
+                heads.append((size, str(exc)))
+        return heads
+
+    def _check_tree(
+        self,
+        count: int,
+        levels: list[list[bytes]],
+        heads: list[tuple[int, tlog_checkpoint.Checkpoint | str]],
+    ) -> ChainBreak | None:
         """The Merkle tree and its signed heads against the events' leaf hashes.
 
-        Every signed tree head must verify with the ledger's key and name the root of
-        its first ``size`` events (computed from the events, not read); the stored tree
-        must give the same root for all of them (a stored node that ``audit prove``
-        would read off the root's path is checked when it proves: it verifies what it
-        prints against a signed head first).
+        ``levels`` is the tree computed from the ``count`` events' leaves
+        (``merkle.levels_of``), ``heads`` the signed tree heads (``_open_heads``). Every
+        signed tree head must verify with the ledger's key and name the root of its first
+        ``size`` events (computed from the events, not read); the stored tree must give
+        the same root for all of them (a stored node that ``audit prove`` would read off
+        the root's path is checked when it proves: it verifies what it prints against a
+        signed head first).
         """
-        levels = merkle.levels_of(leaves)
 
         def computed(level: int, idx: int) -> bytes:
             return levels[level][idx]
 
         first: ChainBreak | None = None
-        verifier = self.verifier()
-        for size, text in sorted(self.notes()):
-            where = max(1, min(size, len(leaves)))
-            try:
-                opened = note.open_note(text, [verifier])
-                cp = tlog_checkpoint.parse(opened.text)
-            except (note.NoteError, tlog_checkpoint.CheckpointError) as exc:
-                return ChainBreak(where, f"the signed tree head of size {size} is invalid ({exc})")
+        for size, cp in heads:
+            where = max(1, min(size, count))
+            if isinstance(cp, str):
+                return ChainBreak(where, f"the signed tree head of size {size} is invalid ({cp})")
             if cp.origin != self.origin or cp.size != size:
                 return ChainBreak(where, f"the signed tree head of size {size} is of another log")
-            if size > len(leaves):
+            if size > count:
                 return ChainBreak(
-                    len(leaves) + 1,
-                    f"a signed tree head covers {size} events but the ledger has {len(leaves)}",
+                    count + 1, f"a signed tree head covers {size} events but the ledger has {count}"
                 )
             if cp.root_hash != merkle.root_hash(size, computed):
                 return ChainBreak(
                     where, f"the events differ from the signed tree head of size {size}"
                 )
-        if leaves:
+        if count:
             try:
-                stored = self.root_at(len(leaves))
+                stored = self.root_at(count)
             except IntegrityError as exc:
-                return ChainBreak(len(leaves), exc.message)
-            if stored != merkle.root_hash(len(leaves), computed):
-                first = ChainBreak(len(leaves), "the stored Merkle tree does not match the events")
+                return ChainBreak(count, exc.message)
+            if stored != merkle.root_hash(count, computed):
+                first = ChainBreak(count, "the stored Merkle tree does not match the events")
         return first
 
-    def _fast_walk(self, wanted: dict[int, str], leaves: list[bytes]) -> tuple[int, str] | None:
+    def _fast_walk(
+        self,
+        wanted: dict[int, str],
+        leaves: list[bytes],
+        prepare: Callable[[], None],
+        meanwhile: Callable[[], None],
+    ) -> tuple[int, str] | None:
         """The chain and the leaf hashes in one pass, or, for a large ledger on a machine
         with a second core, the chain in a helper process while this one hashes the leaves
-        (each is one SHA-256 over every body: together they take about half the time)."""
+        and runs ``meanwhile`` (its part of the tree check). ``prepare`` fills ``wanted``;
+        it runs first (after starting the helper, when there is one)."""
         hi = self.conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
         if hi >= PARALLEL_VERIFY_MIN and (os.cpu_count() or 1) > 1:
-            return self._parallel_walk(wanted, leaves)
+            return self._parallel_walk(wanted, leaves, meanwhile, prepare)
+        prepare()
         return self._serial_walk(wanted, leaves)
 
-    def _parallel_walk(self, wanted: dict[int, str], leaves: list[bytes]) -> tuple[int, str] | None:
+    def _parallel_walk(
+        self,
+        wanted: dict[int, str],
+        leaves: list[bytes],
+        meanwhile: Callable[[], None] | None = None,
+        prepare: Callable[[], None] | None = None,
+    ) -> tuple[int, str] | None:
         """``_serial_walk``'s answer from two processes; None on any doubt (``_walk`` then
-        re-examines the ledger in one pass and names the first break)."""
+        re-examines the ledger in one pass and names the first break).
+
+        The helper walks the whole chain and hashes the leaves after ``split``; this
+        process runs ``prepare`` (which fills ``wanted``), hashes the leaves up to ``split``
+        and runs ``meanwhile`` (with ``leaves`` holding those) before it waits. ``split``
+        is a multiple of a large power of two, so the tree of the first leaves extends
+        cheaply (``merkle.extend_levels``). The two parts must add up to the events both
+        processes counted, or it is a doubt."""
         import json
         import subprocess
         import sys
 
+        lo, hi = self.conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        if lo not in (None, 1):
+            return None
+        hi = int(hi or 0)
+        split = int(hi * (1 - TAIL_SHARE))
+        split -= split % (1 << max(0, split.bit_length() - 6))
         try:
             helper = subprocess.Popen(  # noqa: S603 - our own code, argv only
-                [sys.executable, "-I", "-S", "-c", _CHAIN_WALK, str(self.path), chain.GENESIS],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _CHAIN_WALK,
+                    str(self.path),
+                    chain.GENESIS,
+                    str(split),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
         except OSError:
+            if prepare is not None:
+                prepare()
             return self._serial_walk(wanted, leaves)
         try:
-            lo, hi = self.conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+            if prepare is not None:
+                prepare()
             sha256 = hashlib.sha256
-            cur = self.conn.execute("SELECT CAST(body AS BLOB) FROM events ORDER BY seq")
+            cur = self.conn.execute(
+                "SELECT CAST(body AS BLOB) FROM events WHERE seq <= ? ORDER BY seq", (split,)
+            )
             cur.arraysize = 4096
             try:
                 add_leaf = leaves.append
@@ -1047,23 +1164,32 @@ class SqliteLedger:
                 return None
             finally:
                 cur.close()
+            if len(leaves) != split:
+                return None
+            if meanwhile is not None:
+                meanwhile()
             out, _ = helper.communicate(timeout=3600)
         finally:
             if helper.poll() is None:
                 helper.kill()
                 helper.wait()
+        header, _, tail = out.partition(b"\n")
         try:
-            walked = json.loads(out)
+            walked = json.loads(header)
             ok, count, head = bool(walked["ok"]), int(walked["count"]), str(walked["head"])
+            theirs = int(walked["leaves"])
         except (ValueError, KeyError, TypeError):
             return None
+        size = merkle.HASH_SIZE
         if (
             not ok
             or helper.returncode != 0
-            or lo not in (None, 1)
-            or not (count == len(leaves) == (hi or 0))
+            or count != hi
+            or theirs != hi - split
+            or len(tail) != theirs * size
         ):
             return None
+        leaves.extend(tail[i : i + size] for i in range(0, len(tail), size))
         if not self._heads_match(wanted):
             return None
         return count, head

@@ -234,15 +234,38 @@ def levels_of(leaves: Sequence[bytes]) -> list[list[bytes]]:
     Computed bottom-up (a level's odd last node has no complete parent), so reading
     these levels gives the same roots and proofs as the stored tree of the same leaves.
     """
+    return _build_up([list(leaves)])
+
+
+def extend_levels(levels: Sequence[Sequence[bytes]], more: Sequence[bytes]) -> list[list[bytes]]:
+    """``levels_of(first + more)`` from ``levels = levels_of(first)``, hashing ``more`` alone.
+
+    Below level ``A`` (the number of trailing zero bits of ``len(first)``) no pair of
+    ``first + more`` straddles the boundary, so those levels are ``first``'s followed by
+    ``more``'s; the levels above are rebuilt from level ``A`` (``len(first) >> A`` nodes:
+    few when ``len(first)`` is a multiple of a large power of two)."""
+    done = len(levels[0]) if levels else 0
+    if done == 0:
+        return levels_of(more)
+    top = (done & -done).bit_length() - 1
+    theirs = levels_of(more)
+    joined = [
+        [
+            *(levels[lv] if lv < len(levels) else ()),
+            *(theirs[lv] if lv < len(theirs) else ()),
+        ]
+        for lv in range(top + 1)
+    ]
+    return _build_up(joined)
+
+
+def _build_up(levels: list[list[bytes]]) -> list[list[bytes]]:
+    """Add the levels above the last one, pairing bottom-up (an odd last node has no parent)."""
     sha256 = hashlib.sha256
-    levels = [list(leaves)]
     while len(levels[-1]) > 1:
-        below = levels[-1]
+        pairs = iter(levels[-1])  # consecutive pairs; an odd last node is left out
         levels.append(
-            [
-                sha256(b"\x01" + below[i] + below[i + 1]).digest()
-                for i in range(0, len(below) - 1, 2)
-            ]
+            [sha256(b"\x01" + a + b).digest() for a, b in zip(pairs, pairs, strict=False)]
         )
     return levels
 

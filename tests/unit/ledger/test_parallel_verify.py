@@ -51,6 +51,12 @@ def _edit(seq: int) -> Callable[[sqlite3.Connection], None]:
     return change
 
 
+def _drop_heads(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TRIGGER notes_no_delete")
+    conn.execute("DELETE FROM notes")
+    conn.execute("UPDATE events SET nodes = zeroblob(length(nodes))")
+
+
 DAMAGE: dict[str, Callable[[sqlite3.Connection], object]] = {
     "a body changed": _edit(7),
     "the last body changed": _edit(40),
@@ -60,6 +66,14 @@ DAMAGE: dict[str, Callable[[sqlite3.Connection], object]] = {
     "an event removed": lambda c: c.execute("DELETE FROM events WHERE seq = 20"),
     "the first event removed": lambda c: c.execute("DELETE FROM events WHERE seq = 1"),
     "a hash that is not text": lambda c: c.execute("UPDATE events SET hash = x'00' WHERE seq = 3"),
+}
+
+# the chain is intact: the tree is checked while the chain is walked in the other process
+TREE_DAMAGE: dict[str, Callable[[sqlite3.Connection], object]] = {
+    "a stored tree node changed": lambda c: c.execute(
+        "UPDATE events SET nodes = zeroblob(length(nodes)) WHERE seq = 32"
+    ),
+    "the signed tree heads removed and the tree rewritten": _drop_heads,
 }
 
 
@@ -78,6 +92,20 @@ def test_the_two_processes_reach_the_one_process_verdict_on_damage(
         assert led._parallel_walk({}, []) is None
     finally:
         led.close()
+    both = report(path, parallel=True, monkeypatch=monkeypatch)
+    assert not both.ok
+    assert both == report(path, parallel=False, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("damage", sorted(TREE_DAMAGE))
+def test_the_tree_checked_beside_the_other_process_gives_the_one_process_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 40)
+    conn = raw(path)
+    TREE_DAMAGE[damage](conn)
+    conn.close()
     both = report(path, parallel=True, monkeypatch=monkeypatch)
     assert not both.ok
     assert both == report(path, parallel=False, monkeypatch=monkeypatch)

@@ -189,3 +189,12 @@ def test_batch_proofs_recompute_the_root(case: tuple[int, set[int]]) -> None:
 def test_a_contiguous_batch_needs_few_nodes(store: Store) -> None:
     nodes = merkle.batch_proof(list(range(10, 60)), 70, store.read)
     assert len(nodes) <= 2 * 7
+
+
+@given(st.integers(min_value=0, max_value=300), st.data())
+def test_extending_levels_equals_building_them_whole(size: int, data: st.DataObject) -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(size)]
+    first = data.draw(st.integers(min_value=0, max_value=size))
+    whole = merkle.levels_of(leaves)
+    assert merkle.extend_levels(merkle.levels_of(leaves[:first]), leaves[first:]) == whole
+    assert merkle.extend_levels([], leaves) == whole
