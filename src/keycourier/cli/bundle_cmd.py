@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import re
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -34,17 +31,15 @@ from keycourier.cli.receipt_cmd import (
     save_receipt,
     write_receipt,
 )
-from keycourier.cli.record import record_event, write_release
+from keycourier.cli.record import recording, report_outcome, write_release
 from keycourier.errors import IntegrityError, PolicyError, UsageError
 
 if TYPE_CHECKING:
-    from keycourier.bundle import CheckedBundle, KeycourierIdentity, Manifest, ReceiverPolicyError
+    from keycourier import handover
+    from keycourier.bundle import CheckedBundle, KeycourierIdentity
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event, Recorder, RecordOutcome
-    from keycourier.ledger.service import BundleState
+    from keycourier.ledger.interface import Event, RecordOutcome
 
-DEFAULT_LIFETIME_DAYS = 7
-_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
@@ -61,25 +56,6 @@ def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) ->
     if not out:
         raise UsageError("at least one recipient is required (-r age1... or -R FILE)")
     return out
-
-
-def _summary(manifest: Manifest) -> dict[str, Any]:
-    d = manifest.to_dict()
-    extra = {} if manifest.supersedes is None else {"supersedes": manifest.supersedes}
-    return extra | {
-        k: d[k]
-        for k in (
-            "bundle_id",
-            "platform",
-            "environment",
-            "partner",
-            "client_id_masked",
-            "fingerprint",
-            "created_at",
-            "expires_at",
-            "recipients",
-        )
-    }
 
 
 # -- seal ---------------------------------------------------------------------------
@@ -155,95 +131,54 @@ def seal(
         --attested-by "Jane Doe, CTO" \\
         --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
     """
-    from keycourier import bundle
-    from keycourier.cli.policy_cmd import denied_lookup, rejection_error, render_report
-    from keycourier.ledger.interface import Event, EventType
-    from keycourier.ledger.signed import sign_event
-    from keycourier.policy import Verdict, evaluate, load_policy
+    from keycourier import handover
+    from keycourier.cli.policy_cmd import denied_lookup, render_report
+    from keycourier.policy import load_policy
 
     if as_json and (output is None or output == "-"):
         raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
-    if supersedes is not None and not _UUID4.fullmatch(supersedes):
-        raise UsageError(
-            "--supersedes takes the bundle ID of the bundle being replaced (a UUID, as "
-            "'keycourier inspect' shows it)"
-        )
+    handover.check_bundle_id(supersedes, what="--supersedes")
     policy_opt = options.pop("policy", None)
     settings = settings_from(ctx, policy_path=str(policy_opt) if policy_opt else None)
     probe = bool(options.pop("probe", False))
     recipients = _recipients(recipient, recipients_file)
     secret_on_stdin = options.get("client_secret_file") == "-"
     sender = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=secret_on_stdin)
-    facts = facts_from_options(options)
-    lifetime = facts.lifetime or timedelta(days=DEFAULT_LIFETIME_DAYS)
-    facts = dataclasses.replace(facts, lifetime=lifetime)
-    policy = load_policy(settings.policy_path)
-    now = datetime.now(UTC)
-    report = evaluate(policy, facts, now=now, denied=denied_lookup(settings), probe=probe)
-    actor = sender.public().signing_fingerprint
-    if report.verdict == Verdict.REJECT:
-        record_event(
-            settings,
-            Event(
-                type=EventType.REJECTED,
-                at=now,
-                actor=actor,
-                fingerprint=report.fingerprint,
-                policy_digest=policy.digest,
-                data={
-                    "platform": report.platform,
-                    "rules": list(report.rejected),
-                    "client_id_masked": report.masked_client_id,
-                    "partner": partner,
-                },
-            ),
-            require_vault=False,
-        )
-        with contextlib.redirect_stdout(sys.stderr):
-            render_report(report, as_json=False)
-        raise rejection_error(report)
-    if report.secret is None:  # pragma: no cover - evaluate always sets it unless rejected
-        raise UsageError("the policy produced no normalised secret")
-    for f in report.findings:
-        if f.effect == Verdict.WARN:
-            warn(f"{f.rule_id}: {f.message}")
-    sealed = bundle.seal(
-        bundle.Credentials(report.platform, facts.client_id, report.secret),
+    request = handover.SealRequest(
+        facts=facts_from_options(options),
         sender=sender,
         recipients=recipients,
-        policy=bundle.PolicyStamp(policy.digest, str(report.verdict), report.warned),
-        lifetime=lifetime,
-        environment=facts.environment or "unspecified",
+        policy=load_policy(settings.policy_path),
         partner=partner,
-        attestation=(
-            bundle.Attestation(report.attested_by, report.attestation or "")
-            if report.attested_by
-            else None
-        ),
-        now=now,
         supersedes=supersedes,
+        probe=probe,
+        denied=denied_lookup(settings),
     )
+    try:
+        with recording(settings, require_vault=require_vault) as recorder:
+            sealed = handover.seal(request, recorder=recorder)
+    except handover.RejectedError as exc:
+        report_outcome(exc.event, exc.outcome)
+        with contextlib.redirect_stdout(sys.stderr):
+            render_report(exc.report, as_json=False)
+        raise
+    for message in sealed.warnings:
+        warn(message)
+    report_outcome(sealed.event, sealed.outcome)
+    _release_sealed(settings, sealed, output, as_json=as_json)
+
+
+def _release_sealed(
+    settings: Settings, sealed: handover.Sealed, output: str | None, *, as_json: bool
+) -> None:
+    """Hand out a sealed bundle (stdout, or -o FILE with the release rules) and say so."""
     m = sealed.manifest
-    # signed like every event that another machine may act on (docs/provenance.md)
-    event = sign_event(
-        Event(
-            type=EventType.SEALED,
-            at=now,
-            actor=actor,
-            bundle_id=m.bundle_id,
-            fingerprint=m.fingerprint,
-            policy_digest=policy.digest,
-            data={**_summary(m), "sender": m.sender_fingerprint, "verdict": str(report.verdict)},
-        ),
-        sender,
-    )
-    outcome = record_event(settings, event, require_vault=require_vault)
     if output is None or output == "-":
         write_output(None, sealed.text, private=True)
     else:
-        write_release(settings, event, outcome, output, sealed.text)
+        write_release(settings, sealed.event, sealed.outcome, output, sealed.text)
     if as_json:
-        emit_json(_summary(m))
+        emit_json(sealed.summary())
     else:
         info(f"sealed bundle {m.bundle_id} for {len(m.recipients)} recipient(s)")
         info(f"credential fingerprint {m.fingerprint}, expires {m.expires_at:%Y-%m-%d %H:%M} UTC")
@@ -514,168 +449,25 @@ def open_for_cli(
     require_vault: bool,
     allow_superseded: bool = False,
 ) -> tuple[CheckedBundle, Event, RecordOutcome]:
-    """Verify, re-check policy, check the ledger and record `opened` (shared by open/ingest);
-    returns the opened bundle and the `opened` event as recorded."""
-    from keycourier import bundle
+    """``handover.open_bundle`` under this command's settings (shared by open and ingest):
+    the opened bundle and the `opened` event as recorded, with the outcome reported."""
+    from keycourier import handover
     from keycourier.cli.policy_cmd import denied_lookup
-    from keycourier.cli.record import recording, report_outcome
-    from keycourier.ledger.interface import Event, EventType
-    from keycourier.ledger.service import decision_lock
     from keycourier.policy import load_policy
 
-    policy_obj = load_policy(settings.policy_path)
-    now = datetime.now(UTC)
-    me = ident.public().signing_fingerprint
-    try:
-        checked = bundle.open_bundle(
-            text,
-            identity=ident,
-            trusted=trusted,
-            policy=policy_obj,
-            now=now,
-            denied=denied_lookup(settings),
-        )
-    except bundle.ReceiverPolicyError as exc:  # not an expiry: that is not a policy verdict
-        _record_open_rejection(settings, exc, actor=me, policy_digest=policy_obj.digest)
-        raise
-    except IntegrityError as exc:
-        raise _with_signer_hint(exc, text, trusted) from None
-    from keycourier.ledger.signed import sign_event
-
-    # the check (not opened yet) and the `opened` event, one process at a time
-    with decision_lock(settings), recording(settings, require_vault=require_vault) as recorder:
-        state = _check_state(
-            recorder,
-            checked.manifest.bundle_id,
-            me,
-            allow_reopen=allow_reopen,
-            allow_superseded=allow_superseded,
-            trusted=[*trusted, checked.manifest.sender_key],
-            own_key=ident.public().signing_key,
-        )
-        event = sign_event(
-            Event(
-                type=EventType.OPENED,
-                at=now,
-                actor=me,
-                bundle_id=checked.manifest.bundle_id,
-                fingerprint=checked.manifest.fingerprint,
-                policy_digest=policy_obj.digest,
-                data={
-                    "sealed_by": checked.manifest.sender_fingerprint,
-                    "opened_by": me,
-                    **_reopen_data(state),
-                },
-            ),
-            ident,
-        )
-        outcome = recorder.record(event)
-    report_outcome(event, outcome)
-    return checked, event, outcome
-
-
-def _with_signer_hint(exc: IntegrityError, text: bytes, trusted: list[str]) -> IntegrityError:
-    """The one integrity error, plus a hint when the bundle names a signer not pinned.
-
-    The signer is public (``keycourier inspect`` shows it), so naming it tells
-    an attacker nothing; the message stays the one message for every case.
-    """
-    from keycourier import bundle
-
-    try:
-        manifest = bundle.inspect(text).manifest
-    except IntegrityError:
-        return exc
-    if manifest.sender_fingerprint in trusted or manifest.sender_key in trusted:
-        return exc
-    pinned = ", ".join(t for t in trusted if t.startswith("kc1:")) or ", ".join(trusted)
-    return IntegrityError(
-        exc.message,
-        hints=[
-            f"the bundle names its signer as {manifest.sender_fingerprint}, which is not "
-            f"among the pinned senders ({pinned}); compare it with the fingerprint the "
-            "sender gave you through a second channel",
-            *exc.hints,
-        ],
+    request = handover.OpenRequest(
+        text=text,
+        identity=ident,
+        trusted=trusted,
+        policy=load_policy(settings.policy_path),
+        allow_reopen=allow_reopen,
+        allow_superseded=allow_superseded,
+        denied=denied_lookup(settings),
     )
-
-
-def _record_open_rejection(
-    settings: Settings, exc: ReceiverPolicyError, *, actor: str, policy_digest: str
-) -> None:
-    """Record `rejected` when the receiver's policy refuses a verified bundle."""
-    from keycourier.ledger.interface import Event, EventType
-
-    m = exc.manifest
-    record_event(
-        settings,
-        Event(
-            type=EventType.REJECTED,
-            at=datetime.now(UTC),
-            actor=actor,
-            bundle_id=m.bundle_id,
-            fingerprint=m.fingerprint,
-            policy_digest=policy_digest,
-            data={
-                "stage": "open",
-                "platform": m.platform,
-                "rules": list(exc.rejected),
-                "client_id_masked": m.client_id_masked,
-                "partner": m.partner,
-                "sealed_by": m.sender_fingerprint,
-            },
-        ),
-        require_vault=False,
-    )
-
-
-def _check_state(
-    recorder: Recorder,
-    bundle_id: str,
-    me: str,
-    *,
-    allow_reopen: bool,
-    allow_superseded: bool,
-    trusted: list[str],
-    own_key: str,
-) -> BundleState:
-    from keycourier.ledger.service import bundle_state
-
-    state = bundle_state(recorder, bundle_id, trusted=trusted, own_key=own_key)
-    for message in state.ignored:
-        warn(message)
-    if state.revoked is not None:
-        raise PolicyError(
-            f"bundle {bundle_id} was revoked: {state.revoked}",
-            hints=["ask the sender for a new bundle"],
-        )
-    if state.superseded_by is not None and not allow_superseded:
-        raise PolicyError(
-            f"bundle {bundle_id} was superseded by bundle {state.superseded_by}: its "
-            "credentials were rotated",
-            hints=["use the newer bundle, or pass --allow-superseded if you really mean this one"],
-        )
-    others = [who for who in state.opened_by if who != me]
-    if others:
-        warn(
-            f"bundle {bundle_id} was already opened by another identity ({', '.join(others)}): "
-            "possible interception; treat these credentials as compromised and ask for rotation"
-        )
-    if state.opened_by and not allow_reopen:
-        raise PolicyError(
-            f"bundle {bundle_id} was already opened",
-            hints=["pass --allow-reopen if you really mean to open it again"],
-        )
-    return state
-
-
-def _reopen_data(state: BundleState) -> dict[str, object]:
-    """What an `opened` event adds when the bundle was opened before (``--allow-reopen``):
-    ``reopen`` true and ``previous_opens``, the `opened` events that count (this ledger's,
-    not voided, and trusted ones from Vault). A first open adds nothing."""
-    if not state.opens:
-        return {}
-    return {"reopen": True, "previous_opens": state.opens}
+    with recording(settings, require_vault=require_vault) as recorder:
+        opened = handover.open_bundle(request, recorder=recorder, warn=warn)
+    report_outcome(opened.event, opened.outcome)
+    return opened.bundle, opened.event, opened.outcome
 
 
 # -- bundle extract-age -------------------------------------------------------------

@@ -12,16 +12,17 @@ from keycourier.errors import Error
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.ledger.interface import Event, Recorder, RecordOutcome, StoredEvent
+    from keycourier.ledger.service import LedgerRecorder
 
 
-def open_recorder(settings: Settings, *, require_vault: bool = False) -> Recorder:
+def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:
     from keycourier.ledger.service import open_recorder as _open
 
     return _open(settings, require_vault=require_vault)
 
 
 @contextlib.contextmanager
-def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[Recorder]:
+def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[LedgerRecorder]:
     """A recorder for one command, closed when the block ends.
 
     When the block fails, its error is the one reported (a failure to close is

@@ -8,12 +8,14 @@ the event, like the real recorder).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 from keycourier.errors import UnavailableError
 from keycourier.ledger import chain
-from keycourier.ledger.interface import Event, RecordOutcome, StoredEvent, VaultStatus
+from keycourier.ledger.interface import Event, EventType, RecordOutcome, StoredEvent, VaultStatus
 
 
 class MemoryRecorder:
@@ -25,6 +27,7 @@ class MemoryRecorder:
         self.events: list[StoredEvent] = []
         self.closed = False
         self.ledger_id = "memory"
+        self._decisions = threading.RLock()
 
     def __enter__(self) -> MemoryRecorder:
         return self
@@ -41,7 +44,7 @@ class MemoryRecorder:
         stored = StoredEvent(seq, event, prev, chain.link_hash(prev, body), self.vault_status)
         self.events.append(stored)
         if self.vault_status == VaultStatus.PENDING:
-            if self.require_vault:
+            if self.require_vault and event.type != EventType.REJECTED:
                 raise UnavailableError(f"Vault is unreachable; event #{seq} is kept as pending")
             return RecordOutcome(seq, VaultStatus.PENDING, "Vault is unreachable (memory fake)")
         return RecordOutcome(seq, self.vault_status)
@@ -58,6 +61,9 @@ class MemoryRecorder:
 
     def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
         return [s for s in self.events if s.event.data.get(name) == value]
+
+    def decision_lock(self) -> AbstractContextManager[bool]:
+        return self._decisions
 
     def close(self) -> None:
         self.closed = True

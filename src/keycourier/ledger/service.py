@@ -147,6 +147,11 @@ class LedgerRecorder:
 
     # -- Recorder protocol -------------------------------------------------------------
 
+    def decision_lock(self) -> contextlib.AbstractContextManager[None]:
+        """This ledger's decision lock (``decision_lock``): hold it across a check of the
+        ledger's state and the event recorded from it."""
+        return decision_lock(self.settings)
+
     def policy_digest(self) -> str | None:
         """The digest of the handover policy in force, loaded once per recorder; None
         when the policy file cannot be loaded. Commands that apply the policy have
@@ -228,7 +233,8 @@ class LedgerRecorder:
             self._vault_error = exc
             detail = exc.message
             self.ledger.mark_detail(stored.seq, detail)
-            if self.require_vault:
+            # a rejection hands nothing out: kept as pending, it never fails the command
+            if self.require_vault and event.type != EventType.REJECTED:
                 kept = f"event #{stored.seq} is kept in the local ledger as pending"
                 voided = self._abort_release(event, stored.seq, detail, where)
                 if voided is not None:

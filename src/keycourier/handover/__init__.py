@@ -1,0 +1,44 @@
+"""The handover workflows as a library: seal on the sender's side, open on the receiver's.
+
+Each workflow takes typed inputs (the facts, the identity, the pinned senders, the policy, a
+recorder, a clock) and returns a typed result with its warnings and the event it recorded.
+It never prints and never exits: errors are ``keycourier.errors`` classes with their exit
+codes. The command line (``keycourier.cli``) parses options, calls one of these and renders
+the result. docs/api.md shows them in scripts.
+"""
+
+from __future__ import annotations
+
+from keycourier.handover.opening import (
+    DecidingRecorder,
+    Opened,
+    OpenRequest,
+    check_state,
+    open_bundle,
+    signer_hint,
+)
+from keycourier.handover.sealing import (
+    DEFAULT_LIFETIME,
+    RejectedError,
+    Sealed,
+    SealRequest,
+    check_bundle_id,
+    seal,
+    summary,
+)
+
+__all__ = [
+    "DEFAULT_LIFETIME",
+    "DecidingRecorder",
+    "OpenRequest",
+    "Opened",
+    "RejectedError",
+    "SealRequest",
+    "Sealed",
+    "check_bundle_id",
+    "check_state",
+    "open_bundle",
+    "seal",
+    "signer_hint",
+    "summary",
+]
