@@ -66,6 +66,39 @@ class Settings:
     helper: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def local(
+        cls,
+        ledger_path: str | os.PathLike[str],
+        *,
+        policy_path: str | os.PathLike[str] | None = None,
+        vault: VaultSettings | None = None,
+    ) -> Settings:
+        """Settings from arguments only: no environment, no config file (a script that
+        runs two profiles side by side builds one of these per profile)."""
+        return cls(
+            config_path=None,
+            ledger_path=_expand(ledger_path),
+            policy_path=_path(None if policy_path is None else str(policy_path)),
+            vault=vault or VaultSettings(),
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        ledger_path: str | os.PathLike[str] | None = None,
+        policy_path: str | os.PathLike[str] | None = None,
+    ) -> Settings:
+        """The settings the command line would use: the arguments first, then the
+        environment (``env``, default ``os.environ``: KEYCOURIER_*, VAULT_*), then the
+        config file (KEYCOURIER_CONFIG or the default path)."""
+        return load(
+            config_path=config_path, ledger_path=ledger_path, policy_path=policy_path, env=env
+        )
+
 
 _TOP_KEYS = {"ledger", "vault", "policy", "profiles", "helper"}
 _VAULT_KEYS = {

@@ -110,3 +110,44 @@ def test_the_cycle_finder_finds_cycles() -> None:
     graph = _unit_graph()
     assert "partner" in graph["helper"]  # the walker sees real imports
     assert "receipt" in graph["cli"]  # and `from keycourier import receipt` in a function
+
+
+# Top to bottom: a unit may import units of its own layer or of a lower one, never of a higher
+# one (docs/architecture.md, "Layers"). Every top-level package and module is in one layer.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("entry points", {"__main__", "api"}),
+    ("command line", {"cli"}),
+    ("workflows", {"handover", "receipt", "audit", "helper", "partner"}),
+    ("records", {"ledger", "tlog"}),
+    ("formats", {"bundle", "age", "policy"}),
+    ("adapters", {"vault", "urls", "files", "config"}),
+    ("base", {"errors", "redact", "_record", "__init__"}),
+]
+
+
+def _rank() -> dict[str, int]:
+    return {unit: len(LAYERS) - i for i, (_, units) in enumerate(LAYERS) for unit in units}
+
+
+def test_every_unit_has_a_layer() -> None:
+    placed = [unit for _, units in LAYERS for unit in units]
+    assert len(placed) == len(set(placed)), "a unit is in two layers"
+    assert _units() == set(placed), "place the new unit in LAYERS and docs/architecture.md"
+
+
+def test_no_import_points_to_a_higher_layer() -> None:
+    rank = _rank()
+    upward = [
+        f"{unit} -> {other}"
+        for unit, others in sorted(_unit_graph().items())
+        for other in sorted(others)
+        if rank[other] > rank[unit]
+    ]
+    assert upward == [], "imports into a higher layer: " + ", ".join(upward)
+
+
+def test_the_layer_check_sees_the_workflows_above_the_records() -> None:
+    rank = _rank()
+    assert rank["cli"] > rank["handover"] > rank["ledger"] > rank["bundle"] > rank["vault"]
+    assert "handover" in _unit_graph()["cli"]
+    assert "vault" in _unit_graph()["ledger"]

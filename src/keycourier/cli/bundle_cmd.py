@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from keycourier.ledger.interface import Event, RecordOutcome
 
 
-
 def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
     from keycourier import age
 

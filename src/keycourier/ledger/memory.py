@@ -62,7 +62,7 @@ class MemoryRecorder:
     def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
         return [s for s in self.events if s.event.data.get(name) == value]
 
-    def decision_lock(self) -> AbstractContextManager[bool]:
+    def decision_lock(self) -> AbstractContextManager[object]:
         return self._decisions
 
     def close(self) -> None:

@@ -48,11 +48,11 @@ class HandoverFacts:
     platform: str
     client_id: str
     client_secret: Secret  # raw bytes as read from the file or stdin
-    environment: str | None
-    attested_by: str | None
-    attestation: str | None
-    lifetime: timedelta | None
-    context: SandboxContext
+    environment: str | None = None
+    attested_by: str | None = None
+    attestation: str | None = None
+    lifetime: timedelta | None = None
+    context: SandboxContext = SandboxContext()  # noqa: RUF009 - frozen: one shared empty
     probe_refresh_token: Secret | None = None
     # Context rules that fired at the sender (a bundle's manifest lists them among
     # its warnings); the receiver has no context of its own to re-check them with.
