@@ -30,11 +30,15 @@ from keycourier.errors import (
 from keycourier.files import write_private
 from keycourier.handover import (
     DecidingRecorder,
+    Ingested,
+    IngestRequest,
+    KvStore,
     Opened,
     OpenRequest,
     RejectedError,
     Sealed,
     SealRequest,
+    ingest,
     open_bundle,
     seal,
 )
@@ -43,6 +47,7 @@ from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import LedgerRecorder, open_recorder
 from keycourier.policy import HandoverFacts, Policy, Report, SandboxContext, load_policy
 from keycourier.redact import Secret
+from keycourier.vault import VaultKv
 
 __all__ = [
     "AuthError",
@@ -54,9 +59,12 @@ __all__ = [
     "EventType",
     "ExitCode",
     "HandoverFacts",
+    "IngestRequest",
+    "Ingested",
     "Inspection",
     "IntegrityError",
     "KeycourierIdentity",
+    "KvStore",
     "LedgerRecorder",
     "MemoryRecorder",
     "OpenRequest",
@@ -76,8 +84,10 @@ __all__ = [
     "Settings",
     "UnavailableError",
     "UsageError",
+    "VaultKv",
     "VaultSettings",
     "VaultStatus",
+    "ingest",
     "inspect_bundle",
     "load_policy",
     "open_bundle",

@@ -436,6 +436,31 @@ def kv_write_custom_metadata(
     )
 
 
+class VaultKv:
+    """The KV v2 operations of ingest (``handover.KvStore``) on one mount of a client."""
+
+    def __init__(self, client: hvac.Client, mount: str) -> None:
+        self.client = client
+        self.mount = mount
+
+    @classmethod
+    def connect(cls, settings: Settings) -> VaultKv:
+        """The KV mount of ``settings.vault``, logged in as ``connect`` does; checked
+        reachable (``ping``) so that a script fails before it opens anything."""
+        client = connect(settings)
+        ping(client)
+        return cls(client, settings.vault.mount)
+
+    def read_metadata(self, path: str) -> KvMetadata | None:
+        return kv_read_metadata(self.client, self.mount, path)
+
+    def write(self, path: str, data: Mapping[str, str], *, cas: int) -> int:
+        return kv_write(self.client, self.mount, path, data, cas=cas)
+
+    def write_metadata(self, path: str, custom: Mapping[str, str]) -> None:
+        kv_write_custom_metadata(self.client, self.mount, path, custom)
+
+
 # -- fast keep-alive transport for the hot write path -----------------------------------
 
 

@@ -476,20 +476,23 @@ def test_stored_credentials_are_recorded_when_their_metadata_cannot_be_written(
 
 
 def test_a_write_between_the_check_and_the_write_is_refused(orgs: tuple[Org, Org]) -> None:
-    """Ingest writes with check-and-set against the version its rules were checked on."""
+    """Ingest writes with check-and-set against the version its rules were checked on: the
+    store refuses a stale one (the workflow turns that into exit 7, tests/unit/handover)."""
     import hvac
 
-    from keycourier.cli.provenance_cmd import _write_credentials
-    from keycourier.errors import PolicyError
+    from keycourier import vault
 
     _, platform = orgs
-    client = hvac.Client(url=platform.bao.addr, token=platform.bao.token)
+    store = vault.VaultKv(hvac.Client(url=platform.bao.addr, token=platform.bao.token), "secret")
     path = "handed-over/cas/qbo"
-    assert _write_credentials(client, "secret", path, {"a": "1"}, cas=0) == 1
+    assert store.write(path, {"a": "1"}, cas=0) == 1
     platform.bao.bao("kv", "put", "-cas=1", f"secret/{path}", "a=2")  # someone else, meanwhile
-    with pytest.raises(PolicyError, match="was written by someone else"):
-        _write_credentials(client, "secret", path, {"a": "3"}, cas=1)
+    with pytest.raises(vault.CasMismatchError):
+        store.write(path, {"a": "3"}, cas=1)
     assert _kv_get(platform, path, 2) == {"a": "2"}
+    meta = store.read_metadata(path)
+    assert meta is not None
+    assert meta.current_version == 2
 
 
 def test_a_damaged_receipt_in_vault_metadata_is_exit_4(orgs: tuple[Org, Org]) -> None:

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from keycourier._record import record
-from keycourier._record import replace as replace_record
 from keycourier.cli.common import (
     default_actor,
     emit_json,
@@ -34,16 +32,14 @@ from keycourier.errors import (
     Error,
     ExitCode,
     IntegrityError,
-    PolicyError,
     UnavailableError,
     UsageError,
 )
 
 if TYPE_CHECKING:
-    from keycourier.bundle.model import Manifest
     from keycourier.config import Settings
-    from keycourier.ledger.rotation import Holder, Supersession
-    from keycourier.vault import KvMetadata
+    from keycourier.handover import Ingested, IngestRequest
+    from keycourier.vault import VaultKv
 
 MAX_REASON_CHARS = 500
 MAX_SHOW_KEY_CHARS = 512
@@ -148,14 +144,12 @@ def ingest(
         --trust kc1:0123... --vault-path handed-over/acme/quickbooks \\
         --receipt receipt.kcr
     """
-    from keycourier import bundle, vault
-    from keycourier.cli.bundle_cmd import open_for_cli, read_bundle, trusted_senders
+    from keycourier import handover, vault
+    from keycourier.cli.bundle_cmd import read_bundle, trusted_senders
     from keycourier.cli.identity_cmd import load_identity_for_cli
+    from keycourier.cli.policy_cmd import denied_lookup
     from keycourier.cli.record import recording, report_outcome
-    from keycourier.ledger.interface import Event, EventType
-    from keycourier.ledger.service import decision_lock
-    from keycourier.ledger.signed import sign_event
-    from keycourier.receipt import IssuedVault, Replaced
+    from keycourier.policy import load_policy
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
     if not settings.vault.addr:
@@ -167,127 +161,74 @@ def ingest(
     trusted = trusted_senders(trust, trust_file)
     client = vault.connect(settings)
     vault.ping(client)  # fail early (exit 5/6) before anything is opened or recorded
-    mount = settings.vault.mount
+    store = vault.VaultKv(client, settings.vault.mount)
     # also before anything is opened: the token may see the path's versions (check-and-set)
-    vault.kv_read_metadata(client, mount, vault_path)
+    store.read_metadata(vault_path)
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    own_key = ident.public().signing_key
-    full_path = f"{mount}/{vault_path}"
-    # Decided and written under the ledger's decision lock, and written with check-and-set
-    # against the version decided on: what the rules allowed is what is written over.
-    with decision_lock(settings):
-        # who holds the path, and a rotation's rules, before anything is opened
-        claim = _claim_path(
-            settings,
-            client,
-            mount,
-            vault_path,
-            bundle.parse(text).manifest,
-            own_key=own_key,
-            trusted=trusted,
-            allow_overwrite=allow_overwrite,
+    request = handover.IngestRequest(
+        text=text,
+        identity=ident,
+        trusted=trusted,
+        policy=load_policy(settings.policy_path),
+        vault_path=vault_path,
+        allow_reopen=allow_reopen,
+        allow_superseded=allow_superseded,
+        allow_overwrite=allow_overwrite,
+        denied=denied_lookup(settings),
+    )
+    with recording(settings, require_vault=require_vault) as recorder:
+        done = handover.ingest(request, recorder=recorder, store=store, warn=warn)
+    for event, outcome in (
+        (done.opened.event, done.opened.outcome),
+        (done.event, done.outcome),
+        *([done.superseded] if done.superseded else []),
+    ):
+        report_outcome(event, outcome)
+    _issue_receipt(settings, store, done, request, receipt_path, shows_path=receipt_shows_path)
+    summary = {
+        "bundle_id": done.event.bundle_id,
+        "fingerprint": done.event.fingerprint,
+        "vault_path": done.vault_path,
+        "kv_version": done.kv_version,
+        "ledger_seq": done.outcome.seq,
+        "vault_status": str(done.outcome.vault_status),
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        info(
+            f"credentials of bundle {done.event.bundle_id} stored at {done.vault_path}"
+            f" (version {done.kv_version})"
         )
-        checked, _, opened_outcome = open_for_cli(
-            settings,
-            text,
-            ident,
-            trusted,
-            allow_reopen=allow_reopen,
-            require_vault=require_vault,
-            allow_superseded=allow_superseded,
-        )
-        m = checked.manifest
-        c = checked.credentials
-        rotation = claim.rotation
-        sealed_at = str(m.to_dict().get("created_at", ""))
-        provenance = {
-            "bundle_id": m.bundle_id,
-            "fingerprint": m.fingerprint,
-            "sealed_by": m.sender_fingerprint,
-            "sealed_at": sealed_at,
-            "platform": c.platform,
-            # Vault refuses an empty metadata value: a bundle without --partner has none
-            **({"partner": m.partner} if m.partner else {}),
-        }
-        try:
-            version = _write_credentials(
-                client,
-                mount,
-                vault_path,
-                {
-                    "platform": c.platform,
-                    "client_id": c.client_id,
-                    "client_secret": c.client_secret.reveal(),
-                },
-                cas=claim.cas,
-            )
-        except Error as exc:
-            exc.hints = (
-                *exc.hints,
-                f"bundle {m.bundle_id} is now recorded as opened: retry with --allow-reopen",
-            )
-            raise
-        try:
-            vault.kv_write_custom_metadata(client, mount, vault_path, provenance)
-        except Error as exc:
-            # the credentials are stored: the event that says so must be recorded (a retry
-            # would find a version this receiver had not recorded storing)
-            warn(
-                f"the credentials are stored at {full_path} (version {version}), but its "
-                f"provenance metadata could not be written: {exc.message}"
-            )
-        event = sign_event(
-            Event(
-                type=EventType.INGESTED,
-                at=datetime.now(UTC),
-                actor=ident.public().signing_fingerprint,
-                bundle_id=m.bundle_id,
-                fingerprint=m.fingerprint,
-                policy_digest=m.policy.digest,
-                data={
-                    "vault_path": full_path,
-                    "kv_version": version,
-                    "platform": c.platform,
-                    "partner": m.partner,
-                    "sealed_by": m.sender_fingerprint,
-                    **_replaced_data(claim),
-                },
-            ),
-            ident,
-        )
-        with recording(settings, require_vault=require_vault) as recorder:
-            outcome = recorder.record(event)
-            report_outcome(event, outcome)
-            if rotation is not None:
-                retired = sign_event(
-                    Event(
-                        type=EventType.SUPERSEDED,
-                        at=event.at,
-                        actor=ident.public().signing_fingerprint,
-                        bundle_id=rotation.bundle_id,
-                        data={
-                            "superseded_by": m.bundle_id,
-                            "vault_path": rotation.vault_path,
-                            "replaced_kv_version": rotation.replaced_kv_version,
-                            "kv_version": version,
-                        },
-                    ),
-                    ident,
-                )
-                report_outcome(retired, recorder.record(retired))
+
+
+def _issue_receipt(
+    settings: Settings,
+    store: VaultKv,
+    done: Ingested,
+    request: IngestRequest,
+    receipt_path: str | None,
+    *,
+    shows_path: bool,
+) -> None:
+    """Sign the receipt of an ingest, keep it in the path's metadata and, when asked, in
+    ``receipt_path`` (docs/receipts.md)."""
+    from keycourier.receipt import IssuedVault, Replaced
+
+    rotation = done.claim.rotation
     receipt_text = write_receipt(
         settings,
-        ident,
-        bundle_text=text,
-        manifest=m,
-        event=event,
-        seq=outcome.seq,
-        proved_seq=outcome.seq if receipt_shows_path else opened_outcome.seq,
+        request.identity,
+        bundle_text=request.text,
+        manifest=done.opened.bundle.manifest,
+        event=done.event,
+        seq=done.outcome.seq,
+        proved_seq=done.outcome.seq if shows_path else done.opened.outcome.seq,
         vault=IssuedVault(
-            full_path,
-            version,
-            show_path=receipt_shows_path,
+            done.vault_path,
+            done.kv_version,
+            show_path=shows_path,
             supersedes=(
                 None
                 if rotation is None
@@ -296,159 +237,11 @@ def ingest(
         ),
     )
     if receipt_text is not None:
-        store_receipt(client, mount, vault_path, provenance, receipt_text)
+        store_receipt(
+            store.client, store.mount, request.vault_path, dict(done.provenance), receipt_text
+        )
         if receipt_path:
             save_receipt(receipt_path, receipt_text)
-    summary = {
-        "bundle_id": m.bundle_id,
-        "fingerprint": m.fingerprint,
-        "vault_path": f"{mount}/{vault_path}",
-        "kv_version": version,
-        "ledger_seq": outcome.seq,
-        "vault_status": str(outcome.vault_status),
-    }
-    if as_json:
-        emit_json(summary)
-    else:
-        info(
-            f"credentials of bundle {m.bundle_id} stored at {mount}/{vault_path}"
-            f" (version {version})"
-        )
-
-
-@record
-class _Claim:
-    """What ingest decided about its Vault path before opening anything."""
-
-    cas: int  # the path's current version: the write replaces exactly this one
-    rotation: Supersession | None
-    replaced: Holder | None  # what is stored there now (None: nothing live)
-    forced: bool  # --allow-overwrite was needed
-
-
-def _claim_path(
-    settings: Settings,
-    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
-    mount: str,
-    vault_path: str,
-    manifest: Manifest,
-    *,
-    own_key: str,
-    trusted: list[str],
-    allow_overwrite: bool,
-) -> _Claim:
-    """The occupancy and rotation rules of docs/rotation.md for writing ``manifest``'s
-    credentials to ``vault_path``, checked on the manifest (its signature is verified by
-    the open that follows) before anything is opened or recorded. Call it under the
-    decision lock and write with ``cas``."""
-    from keycourier import vault
-    from keycourier.ledger.rotation import (
-        BundleFacts,
-        check_path_claim,
-        check_supersession,
-        current_holder,
-    )
-    from keycourier.ledger.rotation import holders as holders_of
-    from keycourier.ledger.service import bundle_state, open_recorder
-
-    full_path = f"{mount}/{vault_path}"
-    new = BundleFacts(
-        manifest.bundle_id, manifest.sender_fingerprint, manifest.platform, manifest.partner
-    )
-    meta = vault.kv_read_metadata(client, mount, vault_path)
-    live = _live_version(meta)
-    with open_recorder(settings) as recorder:
-        rotation = None
-        if manifest.supersedes is not None:
-            state = bundle_state(
-                recorder,
-                manifest.supersedes,
-                trusted=[*trusted, manifest.sender_key],
-                own_key=own_key,
-            )
-            rotation = check_supersession(
-                state.events,
-                old_bundle_id=manifest.supersedes,
-                superseded_by=state.superseded_by,
-                own_key=own_key,
-                new=new,
-                vault_path=full_path,
-            )
-        held = holders_of(
-            current_version=live,
-            path_events=[s.event for s in recorder.history_by_data("vault_path", full_path)],
-            own_key=own_key,
-            metadata=meta.custom_metadata if meta else {},
-        )
-    forced = False
-    try:
-        replaced = check_path_claim(
-            full_path,
-            current_version=live,
-            holders_now=held,
-            new=new,
-            rotation=rotation,
-            allow_overwrite=False,
-        )
-    except PolicyError:
-        if not allow_overwrite:
-            raise
-        forced = True
-        replaced = current_holder(live, held)
-        who = (replaced.sealed_by if replaced else None) or "a writer this receiver did not record"
-        warn(f"--allow-overwrite: replacing version {live} of {full_path}, stored by {who}")
-        if rotation is not None and live:
-            # say which version was really replaced, not the one the old bundle stored
-            rotation = replace_record(rotation, replaced_kv_version=live)
-    return _Claim(meta.current_version if meta else 0, rotation, replaced, forced)
-
-
-def _live_version(meta: KvMetadata | None) -> int:
-    """The current version of a path, or 0 when there is none or it is deleted/destroyed."""
-    if meta is None or meta.current_version == 0:
-        return 0
-    current = meta.versions.get(meta.current_version) or {}
-    if current.get("deletion_time") or current.get("destroyed"):
-        return 0
-    return meta.current_version
-
-
-def _replaced_data(claim: _Claim) -> dict[str, object]:
-    """What an `ingested` event says it replaced: a rotation's superseded bundle and the
-    version that was there, and whether --allow-overwrite was needed (then always who held
-    the path, as far as this receiver knows)."""
-    out: dict[str, object] = {}
-    if claim.rotation is not None:
-        out["supersedes"] = {
-            "bundle_id": claim.rotation.bundle_id,
-            "replaced_kv_version": claim.rotation.replaced_kv_version,
-        }
-    if claim.replaced is not None and (claim.rotation is None or claim.forced):
-        out["replaced"] = {**claim.replaced.to_json(), "overwrite": claim.forced}
-    return out
-
-
-def _write_credentials(
-    client: Any,  # noqa: ANN401 - an hvac.Client (hvac is imported by the adapter only)
-    mount: str,
-    path: str,
-    data: dict[str, str],
-    *,
-    cas: int,
-) -> int:
-    """A new version of ``path``, written with check-and-set against version ``cas`` (the
-    one the rules were checked on; works on a mount with cas_required = true). Another
-    write in between is refused (exit 7): the decision would no longer hold."""
-    from keycourier import vault
-
-    try:
-        return vault.kv_write(client, mount, path, data, cas=cas)
-    except vault.CasMismatchError:
-        raise PolicyError(
-            f"{mount}/{path} was written by someone else while this ingest ran (it was at "
-            f"version {cas}); nothing was written",
-            hints=["find out who wrote it (its KV metadata), then ingest again"],
-        ) from None
 
 
 # -- revoke ------------------------------------------------------------------------------

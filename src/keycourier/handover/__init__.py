@@ -1,4 +1,5 @@
-"""The handover workflows as a library: seal on the sender's side, open on the receiver's.
+"""The handover workflows as a library: seal on the sender's side, open and ingest on the
+receiver's.
 
 Each workflow takes typed inputs (the facts, the identity, the pinned senders, the policy, a
 recorder, a clock) and returns a typed result with its warnings and the event it recorded.
@@ -9,6 +10,15 @@ the result. docs/api.md shows them in scripts.
 
 from __future__ import annotations
 
+from keycourier.handover.ingesting import (
+    Ingested,
+    IngestRequest,
+    KvMetadataView,
+    KvStore,
+    PathClaim,
+    claim_path,
+    ingest,
+)
 from keycourier.handover.opening import (
     DecidingRecorder,
     Opened,
@@ -30,13 +40,20 @@ from keycourier.handover.sealing import (
 __all__ = [
     "DEFAULT_LIFETIME",
     "DecidingRecorder",
+    "IngestRequest",
+    "Ingested",
+    "KvMetadataView",
+    "KvStore",
     "OpenRequest",
     "Opened",
+    "PathClaim",
     "RejectedError",
     "SealRequest",
     "Sealed",
     "check_bundle_id",
     "check_state",
+    "claim_path",
+    "ingest",
     "open_bundle",
     "seal",
     "signer_hint",

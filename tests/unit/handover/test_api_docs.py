@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hvac
 import pytest
 
 from keycourier import api
+from tests.support.openbao import BaoServer
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "api.md"
@@ -25,11 +27,12 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-def test_the_doc_holds_the_two_scripts() -> None:
+def test_the_doc_holds_the_three_scripts() -> None:
     blocks = python_blocks()
-    assert len(blocks) == 3  # the import line, the partner's script, the platform's script
+    assert len(blocks) == 4  # the import line, the partner's, the two platforms' scripts
     assert "api.seal(" in blocks[1]
     assert "api.open_bundle(" in blocks[2]
+    assert "api.ingest(" in blocks[3]
 
 
 @pytest.fixture
@@ -47,12 +50,15 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    code: str, cwd: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(cwd),
         "KEYCOURIER_PASSPHRASE": PASS,
         "KEYCOURIER_LEDGER": str(cwd / "partner-ledger.db"),
+        **(extra or {}),
     }
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -66,7 +72,7 @@ def run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_scripts_run_as_printed(folder: Path) -> None:
-    _, seal_script, open_script = python_blocks()
+    _, seal_script, open_script, _ = python_blocks()
     sealed = run(seal_script, folder)
     assert sealed.returncode == 0, sealed.stderr
     secret = (folder / "secret.txt").read_text()
@@ -99,7 +105,7 @@ def test_the_scripts_run_as_printed(folder: Path) -> None:
 
 
 def test_a_platform_cannot_open_the_other_platforms_bundle(folder: Path) -> None:
-    _, seal_script, _ = python_blocks()
+    _, seal_script, _, _ = python_blocks()
     assert run(seal_script, folder).returncode == 0
     monite = api.read_identity(folder / "monite.kcid", api.Secret(PASS))
     request = api.OpenRequest(
@@ -113,3 +119,37 @@ def test_a_platform_cannot_open_the_other_platforms_bundle(folder: Path) -> None
         api.open_bundle(request, recorder=recorder)
     assert caught.value.exit_code == api.ExitCode.INTEGRITY
     assert recorder.events == []
+
+
+def test_the_ingest_script_stores_the_credentials_in_vault(
+    folder: Path, bao_dev: BaoServer
+) -> None:
+    _, seal_script, _, ingest_script = python_blocks()
+    assert run(seal_script, folder).returncode == 0
+    mount = "api-" + secrets.token_hex(6)
+    client = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
+    client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    tesouro_env = {
+        "KEYCOURIER_LEDGER": str(folder / "tesouro-ledger.db"),
+        "VAULT_ADDR": bao_dev.addr,
+        "VAULT_TOKEN": bao_dev.token,
+        "KEYCOURIER_VAULT_MOUNT": mount,
+    }
+    done = run(ingest_script, folder, tesouro_env)
+    assert done.returncode == 0, done.stderr
+    assert f"stored at {mount}/handed-over/acme/quickbooks, version 1" in done.stdout
+    secret = (folder / "secret.txt").read_text()
+    assert secret not in done.stdout + done.stderr
+    stored = client.secrets.kv.v2.read_secret_version(
+        path="handed-over/acme/quickbooks", mount_point=mount, raise_on_deleted_version=True
+    )["data"]
+    assert stored["data"]["client_secret"] == secret
+    assert stored["data"]["client_id"] == (folder / "client-id.txt").read_text().strip()
+    meta = client.secrets.kv.v2.read_secret_metadata(
+        path="handed-over/acme/quickbooks", mount_point=mount
+    )["data"]["custom_metadata"]
+    assert meta["partner"] == "Acme Corp"
+    # run again: the bundle was opened, so it is refused (exit code 7), nothing rewritten
+    again = run(ingest_script, folder, tesouro_env)
+    assert again.returncode == 1
+    assert "already opened" in again.stderr
