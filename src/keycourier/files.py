@@ -177,6 +177,23 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> None:
     _write_named_temp(target, directory, data)
 
 
+def create_private(path: str | os.PathLike[str], data: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``data``, fsynced; FileExistsError when it
+    exists (a key file is never overwritten). A failure after the file was created removes
+    it, so no partial key is left behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
 def _write_named_temp(target: Path, directory: Path, data: bytes) -> None:
     import tempfile
 

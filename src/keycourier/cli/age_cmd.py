@@ -6,9 +6,8 @@ console script's click-free fast path calls, see ``keycourier.cli.entry``).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
+from datetime import datetime
 
 import click
 
@@ -47,13 +46,12 @@ def keygen(pq: bool, output: str | None) -> None:
       keycourier age keygen --pq -o pq-key.txt
     """
     from keycourier import age as agelib
+    from keycourier.files import create_private
 
     ident: agelib.Identity = (
         agelib.HybridIdentity.generate() if pq else agelib.X25519Identity.generate()
     )
     public = ident.recipient().to_string()
-    from datetime import datetime
-
     created = datetime.now().astimezone().replace(microsecond=0).isoformat()
     text = f"# created: {created}\n# public key: {public}\n{ident.to_string()}\n".encode()
     if output is None or output == "-":
@@ -61,21 +59,11 @@ def keygen(pq: bool, output: str | None) -> None:
         sys.stdout.buffer.flush()
     else:
         try:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            create_private(output, text)
         except FileExistsError:
             raise UsageError(f"{output} already exists; refusing to overwrite a key file") from None
         except OSError as exc:
             raise UsageError(f"cannot create {output}: {exc.strerror}") from None
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(output)
-            raise
     click.echo(f"Public key: {public}", err=True)
 
 

@@ -32,7 +32,7 @@ from keycourier.cli.receipt_cmd import (
     write_receipt,
 )
 from keycourier.cli.record import recording, report_outcome, write_release
-from keycourier.errors import IntegrityError, PolicyError, UsageError
+from keycourier.errors import UsageError
 
 if TYPE_CHECKING:
     from keycourier import handover
@@ -131,19 +131,45 @@ def seal(
         --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
     """
     from keycourier import handover
-    from keycourier.cli.policy_cmd import denied_lookup, render_report
-    from keycourier.policy import load_policy
 
     if as_json and (output is None or output == "-"):
         raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
     handover.check_bundle_id(supersedes, what="--supersedes")
     policy_opt = options.pop("policy", None)
     settings = settings_from(ctx, policy_path=str(policy_opt) if policy_opt else None)
+    request = _seal_request(
+        settings,
+        options,
+        identity_path=identity_path,
+        passphrase_file=passphrase_file,
+        recipients=_recipients(recipient, recipients_file),
+        partner=partner,
+        supersedes=supersedes,
+    )
+    sealed = _run_seal(settings, request, require_vault=require_vault)
+    _release_sealed(settings, sealed, output, as_json=as_json)
+
+
+def _seal_request(
+    settings: Settings,
+    options: dict[str, object],
+    *,
+    identity_path: str,
+    passphrase_file: str | None,
+    recipients: list[str],
+    partner: str | None,
+    supersedes: str | None,
+) -> handover.SealRequest:
+    """The request `seal` options describe: the identity (its passphrase asked for only
+    when the secret is not on stdin), the facts and secret read, the policy in force."""
+    from keycourier import handover
+    from keycourier.cli.policy_cmd import denied_lookup
+    from keycourier.policy import load_policy
+
     probe = bool(options.pop("probe", False))
-    recipients = _recipients(recipient, recipients_file)
     secret_on_stdin = options.get("client_secret_file") == "-"
     sender = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=secret_on_stdin)
-    request = handover.SealRequest(
+    return handover.SealRequest(
         facts=facts_from_options(options),
         sender=sender,
         recipients=recipients,
@@ -153,6 +179,15 @@ def seal(
         probe=probe,
         denied=denied_lookup(settings),
     )
+
+
+def _run_seal(
+    settings: Settings, request: handover.SealRequest, *, require_vault: bool
+) -> handover.Sealed:
+    """``handover.seal`` on this command's ledger; a rejection's report goes to stderr."""
+    from keycourier import handover
+    from keycourier.cli.policy_cmd import render_report
+
     try:
         with recording(settings, require_vault=require_vault) as recorder:
             sealed = handover.seal(request, recorder=recorder)
@@ -164,7 +199,7 @@ def seal(
     for message in sealed.warnings:
         warn(message)
     report_outcome(sealed.event, sealed.outcome)
-    _release_sealed(settings, sealed, output, as_json=as_json)
+    return sealed
 
 
 def _release_sealed(
@@ -250,37 +285,13 @@ def rotate(
         --client-secret-file new-secret.txt --attested-by "Jane Doe, CTO" \\
         --identity partner.kcid -o rotation.kcb
     """
-    from keycourier import receipt
-    from keycourier.bundle import parsing
-    from keycourier.bundle.identity import MAX_IDENTITY_BYTES, read_public
+    from keycourier import handover
 
     old_text = read_bundle(old_bundle)
-    old = parsing.parse(old_text)
-    if not parsing.verify_signature(old) or not parsing.payload_ok(old):
-        raise IntegrityError(f"{old_bundle} does not verify: run 'keycourier inspect {old_bundle}'")
-    # the identity's public header, read without its passphrase: 'seal' below loads the
-    # identity and refuses a file whose header does not match its keys
-    identity_path = str(options["identity_path"])
-    try:
-        with open(identity_path, "rb") as fh:
-            me = read_public(fh.read(MAX_IDENTITY_BYTES + 1)).signing_fingerprint
-    except OSError as exc:
-        raise UsageError(f"cannot read identity {identity_path}: {exc.strerror}") from None
-    m = old.manifest
-    if m.sender_fingerprint != me:
-        raise PolicyError(
-            f"{old_bundle} was sealed by {m.sender_fingerprint}, not by this identity "
-            f"({me}): only its sender rotates it"
-        )
+    me = _signing_fingerprint(str(options["identity_path"]))
+    m = handover.rotation_source(old_text, sender=me, name=old_bundle)
     if receipt_path:
-        from keycourier.cli.receipt_cmd import read_receipt
-
-        got = receipt.verify(
-            read_receipt(receipt_path), old_text, trusted_senders(trust, trust_file)
-        )
-        stored = got.receipt.vault
-        where = f" (Vault version {stored.kv_version})" if stored else ""
-        info(f"the receiver {got.receipt.receiver} holds bundle {m.bundle_id}{where}")
+        _show_receiver(receipt_path, old_text, trusted_senders(trust, trust_file), m.bundle_id)
     chosen = recipient if recipient or recipients_file else m.recipients
     ctx.invoke(
         seal,
@@ -292,6 +303,31 @@ def rotate(
         supersedes=m.bundle_id,
         **options,
     )
+
+
+def _signing_fingerprint(identity_path: str) -> str:
+    """The identity's signing fingerprint from its public header, read without its
+    passphrase ('seal' loads the identity later and refuses a header that does not match
+    its keys)."""
+    from keycourier.bundle.identity import MAX_IDENTITY_BYTES, read_public
+
+    try:
+        with open(identity_path, "rb") as fh:
+            return read_public(fh.read(MAX_IDENTITY_BYTES + 1)).signing_fingerprint
+    except OSError as exc:
+        raise UsageError(f"cannot read identity {identity_path}: {exc.strerror}") from None
+
+
+def _show_receiver(path: str, old_text: bytes, trusted: list[str], bundle_id: str) -> None:
+    """Verify the receiver's receipt of the old bundle (exit 4 when it does not) and say
+    what the receiver holds."""
+    from keycourier import receipt
+    from keycourier.cli.receipt_cmd import read_receipt
+
+    got = receipt.verify(read_receipt(path), old_text, trusted)
+    stored = got.receipt.vault
+    where = f" (Vault version {stored.kv_version})" if stored else ""
+    info(f"the receiver {got.receipt.receiver} holds bundle {bundle_id}{where}")
 
 
 # -- inspect -------------------------------------------------------------------------
@@ -398,44 +434,47 @@ def open_bundle(
         require_vault=require_vault,
         allow_superseded=allow_superseded,
     )
-    c = checked.credentials
-    m = checked.manifest
-    if as_json:
-        import json
-
-        data = (
-            json.dumps(
-                {
-                    "bundle_id": m.bundle_id,
-                    "platform": c.platform,
-                    "client_id": c.client_id,
-                    "client_secret": c.client_secret.reveal(),
-                    "fingerprint": m.fingerprint,
-                    "partner": m.partner,
-                    "sealed_by": m.sender_fingerprint,
-                    "sealed_at": m.to_dict()["created_at"],
-                },
-                indent=2,
-                sort_keys=True,
-            )
-            + "\n"
-        )
-    else:
-        data = (
-            f"platform={c.platform}\nclient_id={c.client_id}\n"
-            f"client_secret={c.client_secret.reveal()}\n"
-        )
+    data = _credentials_text(checked, as_json=as_json)
     if output:
         write_release(settings, event, outcome, output, data.encode("utf-8"))
-        info(f"credentials of bundle {m.bundle_id} written to {output}")
+        info(f"credentials of bundle {checked.manifest.bundle_id} written to {output}")
     else:
         write_output(None, data.encode("utf-8"), private=True)
     if receipt_path:
         made = write_receipt(
-            settings, ident, bundle_text=text, manifest=m, event=event, seq=outcome.seq
+            settings,
+            ident,
+            bundle_text=text,
+            manifest=checked.manifest,
+            event=event,
+            seq=outcome.seq,
         )
         if made is not None:
             save_receipt(receipt_path, made)
+
+
+def _credentials_text(checked: CheckedBundle, *, as_json: bool) -> str:
+    """What `open` releases: JSON with the bundle's public facts, or key=value lines."""
+    c = checked.credentials
+    m = checked.manifest
+    if not as_json:
+        return (
+            f"platform={c.platform}\nclient_id={c.client_id}\n"
+            f"client_secret={c.client_secret.reveal()}\n"
+        )
+    import json
+
+    data = {
+        "bundle_id": m.bundle_id,
+        "platform": c.platform,
+        "client_id": c.client_id,
+        "client_secret": c.client_secret.reveal(),
+        "fingerprint": m.fingerprint,
+        "partner": m.partner,
+        "sealed_by": m.sender_fingerprint,
+        "sealed_at": m.to_dict()["created_at"],
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def open_for_cli(

@@ -231,6 +231,48 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
+class _WaitWatch:
+    """What `connection wait` has seen: the last status (a line when it changes), the time
+    waited and left (the heartbeat line), and what to do when waiting stops short."""
+
+    def __init__(self, cid: str, limit: float) -> None:
+        self.cid = cid
+        self.started = time.monotonic()
+        self.deadline = self.started + limit
+        self.last: Connection | None = None
+        self.shown: str | None = None
+
+    def left(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def progress(self, conn: Connection) -> None:
+        status = conn.status.value if conn.status else "unknown"
+        self.last = conn
+        if self.shown != status:
+            self.shown = status
+            info(f"connection {conn.id}: {status}")
+
+    def heartbeat(self) -> str:
+        last = self.last
+        state = (last.status.value if last.status else "unknown") if last else "no status yet"
+        now = time.monotonic()
+        return (
+            f"still waiting for connection {self.cid}: {state}, "
+            f"{_duration(now - self.started)} waited, {_duration(self.left())} left"
+        )
+
+    def explain(self, exc: UnavailableError, *, scope: str, get: str, resume: str) -> None:
+        """Replace ``exc``'s waiting hints with this wait's: where the connection_url is
+        and the exact command that resumes waiting."""
+        url = (
+            f"send the connection_url to the {scope}'s user again: {self.last.connection_url}"
+            if self.last
+            else f"see the connection_url with: {get}"
+        )
+        kept = [h for h in exc.hints if "connection wait" not in h and "connection_url" not in h]
+        exc.hints = (*kept, url, f"then resume waiting with: {resume}")
+
+
 class _Heartbeat:
     """A status line on stderr every ``interval`` seconds until the block ends."""
 
@@ -505,52 +547,26 @@ def wait(
     from keycourier.partner.connections import WaitPolicy, parse_duration, wait_for_connection
 
     cid = _conn_id(connection_id)
-    limit = parse_duration(timeout, "--timeout")
+    watch = _WaitWatch(cid, parse_duration(timeout, "--timeout"))
     first = parse_duration(poll_interval, "--poll-interval")
-    started = time.monotonic()
-    deadline = started + limit  # the token fetch counts against --timeout too
-    call = _call(ctx, profile, entity, token_file, deadline)
-    last: list[Connection] = []
-    shown: list[str] = []
-
-    def progress(conn: Connection) -> None:
-        status = conn.status.value if conn.status else "unknown"
-        last[:] = [conn]
-        if shown != [status]:
-            shown[:] = [status]
-            info(f"connection {conn.id}: {status}")
-
-    def heartbeat() -> str:
-        state = (last[0].status.value if last[0].status else "unknown") if last else "no status yet"
-        now = time.monotonic()
-        return (
-            f"still waiting for connection {cid}: {state}, "
-            f"{_duration(now - started)} waited, {_duration(max(deadline - now, 0.0))} left"
-        )
-
+    # the token fetch counts against --timeout too
+    call = _call(ctx, profile, entity, token_file, watch.deadline)
     resume = _connection_command(ctx, call, "wait", cid, token_file, "--timeout", timeout)
     try:
-        with _Heartbeat(_status_interval(call.settings), heartbeat):
+        with _Heartbeat(_status_interval(call.settings), watch.heartbeat):
             result = wait_for_connection(
                 call.client,
                 call.scope_id,
                 cid,
-                timeout=max(deadline - time.monotonic(), 0.0),
+                timeout=watch.left(),
                 policy=WaitPolicy(first=first, maximum=max(30.0, first)),
                 recorder=call.recorder(),
                 actor=call.actor,
-                on_poll=progress,
+                on_poll=watch.progress,
             )
     except UnavailableError as exc:  # a timeout or an outage: waiting again is the remedy
-        scope = call.client.endpoint.spec.scope_name
-        url = (
-            f"send the connection_url to the {scope}'s user again: {last[0].connection_url}"
-            if last
-            else "see the connection_url with: "
-            + _connection_command(ctx, call, "get", cid, token_file)
-        )
-        kept = [h for h in exc.hints if "connection wait" not in h and "connection_url" not in h]
-        exc.hints = (*kept, url, f"then resume waiting with: {resume}")
+        get = _connection_command(ctx, call, "get", cid, token_file)
+        watch.explain(exc, scope=call.client.endpoint.spec.scope_name, get=get, resume=resume)
         raise
     conn = result.connection
     if as_json:

@@ -13,7 +13,7 @@ from keycourier.cli.common import emit_json, get_passphrase, write_private
 from keycourier.errors import UsageError
 
 if TYPE_CHECKING:
-    from keycourier.bundle import KeycourierIdentity
+    from keycourier.bundle import KeycourierIdentity, PublicIdentity
 
 
 def _refuse_existing(path: str) -> None:
@@ -132,36 +132,17 @@ def show(file: str, verify: bool, passphrase_file: str | None, as_json: bool) ->
     Example:
       keycourier identity show platform.kcid
     """
-    from keycourier.bundle import is_protected, read_public
-    from keycourier.bundle.identity import MAX_IDENTITY_BYTES
-
-    verified = ""
-    if verify:
-        with open(file, "rb") as fh:
-            protected = is_protected(fh.read(MAX_IDENTITY_BYTES + 1))
-        pub = load_identity_for_cli(file, passphrase_file).public()
-        verified = (
-            "verified: "
-            + (
-                "the passphrase opens the identity; "
-                if protected
-                else "no passphrase (unprotected); "
-            )
-            + "its age key and signing key match the recipient, signing key and fingerprint "
-            "in its header"
-        )
-    else:
-        with open(file, "rb") as fh:
-            pub = read_public(fh.read(MAX_IDENTITY_BYTES + 1))
-    data = {
-        "recipient": pub.recipient,
-        "signing_key": pub.signing_key,
-        "signing_fingerprint": pub.signing_fingerprint,
-        "created_at": pub.created_at,
-        "verified": verify,
-    }
+    pub, verified = _public_of(file, passphrase_file, verify=verify)
     if as_json:
-        emit_json(data)
+        emit_json(
+            {
+                "recipient": pub.recipient,
+                "signing_key": pub.signing_key,
+                "signing_fingerprint": pub.signing_fingerprint,
+                "created_at": pub.created_at,
+                "verified": verify,
+            }
+        )
         if verified:
             click.echo(f"keycourier: {verified}", err=True)
         return
@@ -173,6 +154,28 @@ def show(file: str, verify: bool, passphrase_file: str | None, as_json: bool) ->
         click.echo(verified)
     else:
         click.echo("(header only; use --verify to check it against the keys)", err=True)
+
+
+def _public_of(
+    file: str, passphrase_file: str | None, *, verify: bool
+) -> tuple[PublicIdentity, str]:
+    """The identity's public half and, with ``verify``, what was verified: its header
+    read alone, or the whole identity opened (asking for the passphrase if it has one)
+    and its keys checked against the header."""
+    from keycourier.bundle import is_protected, read_public
+    from keycourier.bundle.identity import MAX_IDENTITY_BYTES
+
+    if not verify:
+        with open(file, "rb") as fh:
+            return read_public(fh.read(MAX_IDENTITY_BYTES + 1)), ""
+    with open(file, "rb") as fh:
+        protected = is_protected(fh.read(MAX_IDENTITY_BYTES + 1))
+    pub = load_identity_for_cli(file, passphrase_file).public()
+    opened = "the passphrase opens the identity; " if protected else "no passphrase (unprotected); "
+    return pub, (
+        f"verified: {opened}its age key and signing key match the recipient, signing key "
+        "and fingerprint in its header"
+    )
 
 
 @identity.command("export-age")

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from keycourier.handover import Ingested, IngestRequest
     from keycourier.vault import VaultKv
 
-MAX_REASON_CHARS = 500
 MAX_SHOW_KEY_CHARS = 512
 
 
@@ -144,29 +143,78 @@ def ingest(
         --trust kc1:0123... --vault-path handed-over/acme/quickbooks \\
         --receipt receipt.kcr
     """
-    from keycourier import handover, vault
-    from keycourier.cli.bundle_cmd import read_bundle, trusted_senders
-    from keycourier.cli.identity_cmd import load_identity_for_cli
-    from keycourier.cli.policy_cmd import denied_lookup
-    from keycourier.cli.record import recording, report_outcome
-    from keycourier.policy import load_policy
+    from keycourier import handover
+    from keycourier.cli.bundle_cmd import trusted_senders
+    from keycourier.cli.record import recording
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
+    _check_ingest_target(settings, vault_path, receipt_path)
+    trusted = trusted_senders(trust, trust_file)
+    store = _connect_store(settings, vault_path)
+    request = _ingest_request(
+        settings,
+        bundle_file,
+        identity_path,
+        passphrase_file,
+        trusted,
+        vault_path,
+        allow_reopen=allow_reopen,
+        allow_superseded=allow_superseded,
+        allow_overwrite=allow_overwrite,
+    )
+    with recording(settings, require_vault=require_vault) as recorder:
+        done = handover.ingest(request, recorder=recorder, store=store, warn=warn)
+    _report_events(done)
+    _issue_receipt(settings, store, done, request, receipt_path, shows_path=receipt_shows_path)
+    _render_ingest(done, as_json=as_json)
+
+
+def _check_ingest_target(settings: Settings, vault_path: str, receipt_path: str | None) -> None:
+    """Refuse, before anything else, an ingest with no Vault, a path outside handed-over/
+    or a receipt file that cannot be written."""
+    from keycourier import vault
+
     if not settings.vault.addr:
         raise ConfigError(
             "ingest writes to Vault, but no Vault is configured", hints=["set VAULT_ADDR"]
         )
     vault.check_ingest_path(vault_path)
     check_receipt_target(receipt_path)
-    trusted = trusted_senders(trust, trust_file)
+
+
+def _connect_store(settings: Settings, vault_path: str) -> VaultKv:
+    """The KV mount, reachable (exit 5/6 otherwise) and able to read ``vault_path``'s
+    versions (for check-and-set), before anything is opened or recorded."""
+    from keycourier import vault
+
     client = vault.connect(settings)
-    vault.ping(client)  # fail early (exit 5/6) before anything is opened or recorded
+    vault.ping(client)
     store = vault.VaultKv(client, settings.vault.mount)
-    # also before anything is opened: the token may see the path's versions (check-and-set)
     store.read_metadata(vault_path)
+    return store
+
+
+def _ingest_request(
+    settings: Settings,
+    bundle_file: str,
+    identity_path: str,
+    passphrase_file: str | None,
+    trusted: list[str],
+    vault_path: str,
+    *,
+    allow_reopen: bool,
+    allow_superseded: bool,
+    allow_overwrite: bool,
+) -> IngestRequest:
+    from keycourier import handover
+    from keycourier.cli.bundle_cmd import read_bundle
+    from keycourier.cli.identity_cmd import load_identity_for_cli
+    from keycourier.cli.policy_cmd import denied_lookup
+    from keycourier.policy import load_policy
+
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    request = handover.IngestRequest(
+    return handover.IngestRequest(
         text=text,
         identity=ident,
         trusted=trusted,
@@ -177,25 +225,33 @@ def ingest(
         allow_overwrite=allow_overwrite,
         denied=denied_lookup(settings),
     )
-    with recording(settings, require_vault=require_vault) as recorder:
-        done = handover.ingest(request, recorder=recorder, store=store, warn=warn)
+
+
+def _report_events(done: Ingested) -> None:
+    """Where each event of an ingest went."""
+    from keycourier.cli.record import report_outcome
+
     for event, outcome in (
         (done.opened.event, done.opened.outcome),
         (done.event, done.outcome),
         *([done.superseded] if done.superseded else []),
     ):
         report_outcome(event, outcome)
-    _issue_receipt(settings, store, done, request, receipt_path, shows_path=receipt_shows_path)
-    summary = {
-        "bundle_id": done.event.bundle_id,
-        "fingerprint": done.event.fingerprint,
-        "vault_path": done.vault_path,
-        "kv_version": done.kv_version,
-        "ledger_seq": done.outcome.seq,
-        "vault_status": str(done.outcome.vault_status),
-    }
+
+
+def _render_ingest(done: Ingested, *, as_json: bool) -> None:
+    """The summary: JSON on stdout, or a line on stderr."""
     if as_json:
-        emit_json(summary)
+        emit_json(
+            {
+                "bundle_id": done.event.bundle_id,
+                "fingerprint": done.event.fingerprint,
+                "vault_path": done.vault_path,
+                "kv_version": done.kv_version,
+                "ledger_seq": done.outcome.seq,
+                "vault_status": str(done.outcome.vault_status),
+            }
+        )
     else:
         info(
             f"credentials of bundle {done.event.bundle_id} stored at {done.vault_path}"
@@ -288,43 +344,29 @@ def revoke(
       keycourier revoke 01J9Z8... --reason "sent to the wrong address" \\
         --identity partner.kcid
     """
+    from keycourier import handover
     from keycourier.cli.identity_cmd import load_identity_for_cli
-    from keycourier.cli.record import report_outcome
-    from keycourier.ledger.interface import Event, EventType
-    from keycourier.ledger.service import open_recorder
-    from keycourier.ledger.signed import sign_event
+    from keycourier.cli.record import recording, report_outcome
 
-    reason = reason.strip()
-    if not reason or len(reason) > MAX_REASON_CHARS:
-        raise UsageError(f"--reason must be 1-{MAX_REASON_CHARS} characters")
-    if not bundle_id or len(bundle_id) > 128 or not bundle_id.isascii() or "/" in bundle_id:
-        raise UsageError("BUNDLE_ID is not a bundle ID")
+    handover.check_revocation(bundle_id, reason)
     settings = settings_from(ctx, ledger_path=ledger_path)
-    ident = (
-        load_identity_for_cli(identity_path, passphrase_file, stdin_busy=False)
-        if identity_path
-        else None
-    )
-    event = Event(
-        type=EventType.REVOKED,
-        at=datetime.now(UTC),
-        actor=actor or (ident.public().signing_fingerprint if ident else default_actor()),
-        bundle_id=bundle_id,
-        data={"reason": reason},
-    )
-    if ident is not None:
-        event = sign_event(event, ident)
-    else:
-        warn(
-            "the revocation is not signed (no --identity): receivers on other machines "
-            "ignore it; only this ledger refuses the bundle"
-        )
-    with open_recorder(settings, require_vault=require_vault) as recorder:
-        outcome = recorder.record(event)
-    report_outcome(event, outcome)
+    ident = None
+    if identity_path:
+        ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=False)
+    who = actor or (ident.public().signing_fingerprint if ident else default_actor())
+    request = handover.RevokeRequest(bundle_id, reason, who, ident)
+    with recording(settings, require_vault=require_vault) as recorder:
+        done = handover.revoke(request, recorder=recorder)
+    for message in done.warnings:
+        warn(message)
+    report_outcome(done.event, done.outcome)
     if as_json:
         emit_json(
-            {"bundle_id": bundle_id, "seq": outcome.seq, "vault_status": str(outcome.vault_status)}
+            {
+                "bundle_id": bundle_id,
+                "seq": done.outcome.seq,
+                "vault_status": str(done.outcome.vault_status),
+            }
         )
 
 

@@ -27,12 +27,14 @@ from keycourier.handover.opening import (
     open_bundle,
     signer_hint,
 )
+from keycourier.handover.revoking import Revoked, RevokeRequest, check_revocation, revoke
 from keycourier.handover.sealing import (
     DEFAULT_LIFETIME,
     RejectedError,
     Sealed,
     SealRequest,
     check_bundle_id,
+    rotation_source,
     seal,
     summary,
 )
@@ -48,13 +50,18 @@ __all__ = [
     "Opened",
     "PathClaim",
     "RejectedError",
+    "RevokeRequest",
+    "Revoked",
     "SealRequest",
     "Sealed",
     "check_bundle_id",
+    "check_revocation",
     "check_state",
     "claim_path",
     "ingest",
     "open_bundle",
+    "revoke",
+    "rotation_source",
     "seal",
     "signer_hint",
     "summary",

@@ -9,7 +9,7 @@ from typing import Any
 
 from keycourier._record import field, record, replace
 from keycourier.bundle import KeycourierIdentity, Manifest, SealedBundle
-from keycourier.errors import PolicyError, UsageError
+from keycourier.errors import IntegrityError, PolicyError, UsageError
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome
 from keycourier.policy import HandoverFacts, Policy, Report, Verdict
 
@@ -90,6 +90,24 @@ def check_bundle_id(value: str | None, *, what: str) -> None:
             f"{what} takes the bundle ID of the bundle being replaced (a UUID, as "
             "'keycourier inspect' shows it)"
         )
+
+
+def rotation_source(old_text: bytes, *, sender: str, name: str) -> Manifest:
+    """The manifest of the bundle a rotation replaces, checked: it verifies (signature and
+    payload digest; IntegrityError, exit 4) and ``sender`` (a signing fingerprint) sealed
+    it (PolicyError, exit 7: only its sender rotates it). ``name`` names it in errors."""
+    from keycourier.bundle import parsing
+
+    old = parsing.parse(old_text)
+    if not parsing.verify_signature(old) or not parsing.payload_ok(old):
+        raise IntegrityError(f"{name} does not verify: run 'keycourier inspect {name}'")
+    m = old.manifest
+    if m.sender_fingerprint != sender:
+        raise PolicyError(
+            f"{name} was sealed by {m.sender_fingerprint}, not by this identity "
+            f"({sender}): only its sender rotates it"
+        )
+    return m
 
 
 def seal(request: SealRequest, *, recorder: Recorder, now: datetime | None = None) -> Sealed:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from keycourier._record import record
 from keycourier.errors import ConfigError, IntegrityError, UnavailableError
-from keycourier.files import make_private_dirs
+from keycourier.files import create_private, make_private_dirs
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, StoredEvent, VaultStatus
 from keycourier.tlog import checkpoint as tlog_checkpoint
@@ -480,11 +480,7 @@ class SqliteLedger:
         with contextlib.suppress(FileNotFoundError):
             pending.unlink()
         seed = secrets.token_bytes(32)
-        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(f"{KEY_HEADER}\n{seed.hex()}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        create_private(pending, f"{KEY_HEADER}\n{seed.hex()}\n".encode("ascii"))
         public = SigningKey(seed).verify_key.encode().hex()
         db.table("meta").insert_all(
             [
