@@ -697,7 +697,8 @@ def test_token_waits_for_another_refresh_within_the_timeout(
 def test_token_timeout_takes_the_connection_wait_durations(env: dict[str, str]) -> None:
     r = kc(env, "token", "--profile", "ci", "--timeout", "soon")
     assert r.returncode == 2
-    assert "--timeout 'soon' is not a duration" in r.stderr
+    assert "--timeout must look like 36h, 90m, 90s, 500ms" in r.stderr
+    assert "not 'soon'" in r.stderr
     assert kc(env, "token", "--profile", "ci", "--timeout", "0s").returncode == 2
 
 

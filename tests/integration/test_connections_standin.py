@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from keycourier._record import replace
 from keycourier.errors import AuthError, ConfigError, PolicyError, UnavailableError, UsageError
 from keycourier.partner.connections import (
+    CONNECTION_RETRY,
     ConnectionClient,
     ConnectionStatus,
     Endpoint,
-    RetryPolicy,
     StaticTokenSource,
     WaitPolicy,
     create_connection,
@@ -75,7 +76,10 @@ def make_client(
 ) -> tuple[ConnectionClient, StandinTokens]:
     tokens = StandinTokens(running.state)
     client = ConnectionClient(
-        endpoint(running.url, dialect), tokens, retry=RetryPolicy(backoff=0.01), sleep=time.sleep
+        endpoint(running.url, dialect),
+        tokens,
+        retry=replace(CONNECTION_RETRY, backoff=0.01),
+        sleep=time.sleep,
     )
     return client, tokens
 
@@ -254,7 +258,7 @@ def test_unreachable_platform_is_unavailable() -> None:
     client = ConnectionClient(
         endpoint(url, "monite"),
         StaticTokenSource(Secret("t")),
-        retry=RetryPolicy(backoff=0.01),
+        retry=replace(CONNECTION_RETRY, backoff=0.01),
     )
     with pytest.raises(UnavailableError, match="cannot reach the platform"):
         client.list(ENTITY)

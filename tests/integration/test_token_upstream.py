@@ -15,7 +15,8 @@ import pytest
 from keycourier.errors import AuthError, ConfigError, ExitCode, UnavailableError
 from keycourier.helper.cache import TokenCache
 from keycourier.partner.profiles import Profile, parse_profile
-from keycourier.partner.tokens import ClientCredentials, RetryPolicy, Token, fetch_token
+from keycourier.partner.retry import RetryPolicy
+from keycourier.partner.tokens import ClientCredentials, Token, fetch_token
 from keycourier.redact import Secret
 from tests.support.platform_standin import RunningStandin, StandinState, start_standin
 
@@ -192,7 +193,7 @@ def test_429_with_a_long_retry_after_gives_up_as_unavailable(standin: RunningSta
 def test_5xx_is_retried_with_bounded_jittered_backoff(standin: RunningStandin) -> None:
     standin.state.inject(503, count=2)
     sleeps = Sleeps()
-    policy = RetryPolicy(max_retries=3, backoff=0.5)
+    policy = RetryPolicy(server_retries=3, backoff=0.5)
     run(
         fetch_token(
             monite_profile(standin.url), MONITE_CREDS, sleep=sleeps, retry=policy, rand=lambda: 1.0

@@ -121,7 +121,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("records", {"ledger", "tlog"}),
     ("formats", {"bundle", "age", "policy"}),
     ("adapters", {"vault", "urls", "files", "config"}),
-    ("base", {"errors", "redact", "_record", "__init__"}),
+    ("base", {"errors", "redact", "_record", "durations", "__init__"}),
 ]
 
 

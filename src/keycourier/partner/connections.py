@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote, urlsplit
 
 from keycourier import __version__
+from keycourier.durations import parse_seconds
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -49,7 +50,7 @@ from keycourier.errors import (
     UsageError,
 )
 from keycourier.partner.profiles import Dialect
-from keycourier.partner.retry import retry_after
+from keycourier.partner.retry import RetryPolicy, retry_after
 from keycourier.urls import base_url_problem, is_loopback_host
 
 if TYPE_CHECKING:
@@ -88,23 +89,22 @@ def parse_uuid(value: str, what: str) -> str:
     return value.lower()
 
 
-_DURATION_RE: Final = re.compile(r"^([0-9]{1,6})(ms|s|m|h)?\Z")
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 MAX_WAIT_SECONDS: Final = 24 * 3600.0
 
 
 def parse_duration(value: str, what: str = "timeout") -> float:
-    """``30m``, ``90s``, ``2h``, ``500ms`` or a bare number of seconds; 0 < d <= 24 h."""
-    match = _DURATION_RE.match(value.strip())
-    if match is None:
-        raise UsageError(
-            f"{what} {safe_text(value[:32])!r} is not a duration",
-            hints=["use a number with a unit: 90s, 30m, 2h (a bare number means seconds)"],
+    """A wait: ``30m``, ``90s``, ``2h``, ``500ms`` or a bare number of seconds, more than 0
+    and at most 24 h, in seconds (``keycourier.durations``; UsageError otherwise)."""
+    try:
+        return parse_seconds(
+            value,
+            what=what,
+            units=("h", "m", "s", "ms"),
+            bare_seconds=True,
+            at_most=MAX_WAIT_SECONDS,
         )
-    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if not 0 < seconds <= MAX_WAIT_SECONDS:
-        raise UsageError(f"{what} must be more than 0 and at most 24h")
-    return seconds
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def safe_text(value: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -598,12 +598,8 @@ class UrllibTransport:
 # --------------------------------------------------------------------------- the client
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    rate_limit_retries: int = 4  # 429s retried per call
-    server_retries: int = 2  # 502/503/504 and network errors, GET only
-    max_retry_after: float = 60.0  # longer Retry-After: give up with UnavailableError
-    backoff: float = 0.5  # first pause for server errors; doubles
+# connection calls: reads retried twice on 502/503/504 and network errors, 429s four times
+CONNECTION_RETRY: Final = RetryPolicy(server_retries=2, rate_limit_retries=4, backoff=0.5)
 
 
 class RateLimitedError(UnavailableError):
@@ -666,7 +662,7 @@ class ConnectionClient:
         self.endpoint = endpoint
         self._tokens = tokens
         self._transport: Transport = transport or UrllibTransport(endpoint.timeout)
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or CONNECTION_RETRY
         self._sleep = sleep
         self._now = now
 
@@ -761,7 +757,7 @@ class ConnectionClient:
                 )
             except UnavailableError as exc:
                 if method == "GET" and server_errors < self._retry.server_retries:
-                    self._pause(self._retry.backoff * 2**server_errors, deadline, exc.message)
+                    self._pause(self._retry.pause(server_errors + 1), deadline, exc.message)
                     server_errors += 1
                     continue
                 if deadline is not None and deadline.remaining() <= 0:
@@ -780,7 +776,7 @@ class ConnectionClient:
             if resp.status == 429 and rate_limited < self._retry.rate_limit_retries:
                 delay = retry_after(resp.headers.get("retry-after"), now=self._now)
                 if delay is None:
-                    delay = self._retry.backoff * 2**rate_limited
+                    delay = self._retry.pause(rate_limited + 1)
                 if delay > self._retry.max_retry_after:
                     raise UnavailableError(
                         f"the platform is rate-limiting us and asks to wait {math.ceil(delay)} s",
@@ -795,7 +791,7 @@ class ConnectionClient:
                 and server_errors < self._retry.server_retries
             ):
                 problem = self._error(method, resp, refreshed).message
-                self._pause(self._retry.backoff * 2**server_errors, deadline, problem)
+                self._pause(self._retry.pause(server_errors + 1), deadline, problem)
                 server_errors += 1
                 continue
             error = self._error(method, resp, refreshed)

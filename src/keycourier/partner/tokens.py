@@ -36,7 +36,7 @@ from urllib.parse import quote, urlencode
 from keycourier import __version__
 from keycourier._record import record
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError
-from keycourier.partner.retry import retry_after
+from keycourier.partner.retry import RetryPolicy, retry_after
 from keycourier.redact import Secret, fingerprint
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 MAX_ACCESS_TOKEN_CHARS: Final = 16 * 1024
 MAX_LIFETIME_SECONDS: Final = 366 * 24 * 3600
-MAX_RETRY_AFTER: Final = 60.0
 _TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]+")
 
 
@@ -92,15 +91,6 @@ class Token:
 
 def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@record
-class RetryPolicy:
-    max_retries: int = 3  # 5xx, timeouts and network errors
-    rate_limit_retries: int = 3  # 429s
-    backoff: float = 0.25  # base of the exponential backoff (full jitter)
-    max_backoff: float = 8.0
-    max_retry_after: float = MAX_RETRY_AFTER
 
 
 def _clean(text: str, *, scrub: tuple[str, ...] = (), limit: int = 200) -> str:
@@ -278,7 +268,7 @@ async def fetch_token(
     if rand is None:
         rand = random.random
 
-    policy = retry or RetryPolicy(max_retries=profile.max_retries)
+    policy = retry or RetryPolicy(server_retries=profile.max_retries)
     headers, body = build_request(profile, creds)
     scrub = (creds.client_secret.reveal(), creds.client_id)
     owned = session is None
@@ -319,7 +309,7 @@ async def fetch_token(
                 _raise_for_status(profile, creds, reply.status, detail, suffix)
                 reason = f"the token endpoint answered HTTP {reply.status}{detail}{suffix}"
             failures += 1
-            if failures > policy.max_retries:
+            if failures > policy.server_retries:
                 raise UpstreamUnavailableError(
                     f"profile {profile.name}: {reason}",
                     retry_after=None,
@@ -332,8 +322,7 @@ async def fetch_token(
 
 
 def _backoff(policy: RetryPolicy, attempt: int, rand: Callable[[], float]) -> float:
-    cap: float = min(policy.max_backoff, policy.backoff * 2.0 ** (attempt - 1))
-    return cap * rand()  # full jitter
+    return policy.pause(attempt) * rand()  # full jitter
 
 
 def _raise_for_status(

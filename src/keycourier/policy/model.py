@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from keycourier.durations import format_seconds, parse_seconds
 from keycourier.errors import ConfigError
 from keycourier.urls import base_url_problem
 
@@ -60,8 +61,6 @@ RULE_IDS: Final = (
     "live-probe",
 )
 
-_DURATION = re.compile(r"^([1-9][0-9]{0,5})([dhm])\Z")
-_DURATION_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
 _PROBE_URL_KEYS: Final = (
     "quickbooks_token_url",
     "quickbooks_api_base",
@@ -85,20 +84,14 @@ class Severity(enum.StrEnum):
 
 
 def parse_duration(text: str, *, what: str = "duration") -> timedelta:
-    """Parse ``14d`` / ``36h`` / ``90m`` into a positive ``timedelta``."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise ValueError(f"{what} must look like 14d, 36h or 90m")
-    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    """A bundle lifetime or an age: ``14d`` / ``36h`` / ``90m`` as a positive ``timedelta``
+    (``keycourier.durations``; ValueError otherwise)."""
+    return timedelta(seconds=parse_seconds(text, what=what, units=("d", "h", "m")))
 
 
 def format_duration(value: timedelta) -> str:
     """``14d`` / ``36h`` / ``90m`` / ``45s``: the shortest exact form."""
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return format_seconds(value.total_seconds())
 
 
 def check_endpoint_url(url: str) -> str | None:

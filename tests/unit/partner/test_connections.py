@@ -27,13 +27,13 @@ from keycourier.errors import (
 )
 from keycourier.ledger.interface import Event, RecordOutcome, StoredEvent, VaultStatus
 from keycourier.partner.connections import (
+    CONNECTION_RETRY,
     MAX_RESPONSE_BYTES,
     Connection,
     ConnectionClient,
     ConnectionStatus,
     Endpoint,
     HttpResponse,
-    RetryPolicy,
     WaitPolicy,
     create_connection,
     describe_error_body,
@@ -181,7 +181,7 @@ def client(
         endpoint or monite(),
         tok,
         transport=transport,
-        retry=RetryPolicy(),
+        retry=CONNECTION_RETRY,
         sleep=sleep or sleeps,
         now=lambda: fixed_now,
     )
