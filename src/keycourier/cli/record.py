@@ -75,6 +75,9 @@ class WarnOnClose:
     def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
         return self._inner.history_by_data(name, value)
 
+    def shared_events(self, bundle_id: str) -> Sequence[Event] | None:
+        return self._inner.shared_events(bundle_id)
+
     def close(self) -> None:
         close_after_record(self._inner)
 

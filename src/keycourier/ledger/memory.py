@@ -28,6 +28,8 @@ class MemoryRecorder:
         self.closed = False
         self.ledger_id = "memory"
         self._decisions = threading.RLock()
+        # events another ledger put in the shared store (Vault); None: no shared store
+        self.shared: list[Event] | None = None
 
     def __enter__(self) -> MemoryRecorder:
         return self
@@ -61,6 +63,12 @@ class MemoryRecorder:
 
     def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
         return [s for s in self.events if s.event.data.get(name) == value]
+
+    def shared_events(self, bundle_id: str) -> Sequence[Event] | None:
+        """``shared`` stands for Vault: None (the default) is no Vault configured."""
+        if self.shared is None:
+            return None
+        return [e for e in self.shared if e.bundle_id == bundle_id]
 
     def decision_lock(self) -> AbstractContextManager[object]:
         return self._decisions

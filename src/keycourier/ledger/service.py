@@ -722,6 +722,12 @@ class LedgerRecorder:
 
     # -- bundle state ------------------------------------------------------------------
 
+    def shared_events(self, bundle_id: str) -> list[Event] | None:
+        """The Recorder port's view of :meth:`vault_only_events` (None: no Vault)."""
+        if self.mirror is None:
+            return None
+        return [e for _, e in self.vault_only_events(bundle_id)]
+
     def vault_only_events(self, bundle_id: str) -> list[tuple[str, Event]]:
         """(origin, event) for each version of the bundle's Vault record that no identical
         local event accounts for: origin "foreign" (written by another ledger) or
@@ -1098,28 +1104,29 @@ def bundle_state(
     vault_checked = False
     detail = ""
     ignored: list[str] = []
-    if isinstance(recorder, LedgerRecorder) and recorder.mirror is not None:
-        try:
-            found = [e for _, e in recorder.vault_only_events(bundle_id)]
-            vault_checked = True
-        except (UnavailableError, AuthError) as exc:
-            detail = exc.message
-            found = []
-        own = [own_key] if own_key else []
-        for e in found:
-            ok, why = _vault_event_trusted(e, senders=trusted, own=own)
-            if e.bundle_id != bundle_id:  # a signed event copied from another bundle's record
-                ok, why = False, "it names another bundle"
-            if ok:
-                events.append(e)
-                live.append(e)
-            elif e.type in {EventType.REVOKED, EventType.OPENED, EventType.INGESTED}:
-                ignored.append(
-                    f"a '{e.type}' event for bundle {printable(bundle_id)} found in Vault "
-                    f"(actor {printable(e.actor[:80])}) is not acted on: {why}"
-                )
+    found: Sequence[Event] = []
+    try:
+        shared = recorder.shared_events(bundle_id)
+    except (UnavailableError, AuthError) as exc:
+        detail = exc.message
     else:
-        detail = "no Vault configured"
+        if shared is None:
+            detail = "no Vault configured"
+        else:
+            found, vault_checked = shared, True
+    own = [own_key] if own_key else []
+    for e in found:
+        ok, why = _vault_event_trusted(e, senders=trusted, own=own)
+        if e.bundle_id != bundle_id:  # a signed event copied from another bundle's record
+            ok, why = False, "it names another bundle"
+        if ok:
+            events.append(e)
+            live.append(e)
+        elif e.type in {EventType.REVOKED, EventType.OPENED, EventType.INGESTED}:
+            ignored.append(
+                f"a '{e.type}' event for bundle {printable(bundle_id)} found in Vault "
+                f"(actor {printable(e.actor[:80])}) is not acted on: {why}"
+            )
     events.sort(key=lambda e: e.at)
     events = [_printable_event(e) for e in events]
     live.sort(key=lambda e: e.at)

@@ -253,3 +253,32 @@ def test_an_unpinned_signer_is_named_in_a_hint(
     with pytest.raises(api.IntegrityError) as caught:
         api.open_bundle(request, recorder=api.MemoryRecorder())
     assert partner.public().signing_fingerprint in " ".join(caught.value.hints)
+
+
+def test_a_signed_revocation_found_only_in_vault_is_honoured(
+    partner: api.KeycourierIdentity, platform: api.KeycourierIdentity
+) -> None:
+    """The shared store (Vault) is part of the recorder port: a memory recorder's ``shared``
+    stands for it. A revocation signed by the sender counts; an unsigned one is reported and
+    not acted on."""
+    from keycourier.ledger.signed import sign_event
+
+    sealed = api.seal(seal_request(partner, platform), recorder=api.MemoryRecorder())
+    revocation = Event(
+        type=api.EventType.REVOKED,
+        at=NOW,
+        actor="someone",
+        bundle_id=sealed.manifest.bundle_id,
+        data={"reason": "leaked"},
+    )
+    unsigned = api.MemoryRecorder()
+    unsigned.shared = [revocation]
+    opened = api.open_bundle(open_request(sealed, partner, platform), recorder=unsigned)
+    assert any("is not acted on" in w for w in opened.warnings)
+    assert opened.state.vault_checked
+
+    signed = api.MemoryRecorder()
+    signed.shared = [sign_event(revocation, partner)]
+    with pytest.raises(api.PolicyError, match="revoked: leaked"):
+        api.open_bundle(open_request(sealed, partner, platform), recorder=signed)
+    assert signed.events == []

@@ -141,6 +141,9 @@ class ListRecorder:
     def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
         return ()
 
+    def shared_events(self, bundle_id: str) -> None:
+        return None
+
     def close(self) -> None:
         self.closed += 1
 
