@@ -1,4 +1,5 @@
-"""Suite-wide fixtures: hypothesis profiles and a real OpenBao dev server."""
+"""Suite-wide fixtures: hypothesis profiles, a real OpenBao dev server, and the platform
+stand-in with the Monite client the helper tests log in with."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.gotools import TlogCheck, build_tlogcheck
+from tests.support.helper_server import MONITE_ID, MONITE_SECRET
 from tests.support.openbao import BaoServer, start_dev_server
+from tests.support.platform_standin import RunningStandin, StandinState, start_standin
 
 # Ordinary property tests run a few hundred examples; the parser fuzz tests ask
 # for FUZZ_EXAMPLES explicitly (tests/support/fuzz.py): 10,000 each in CI.
@@ -31,6 +34,14 @@ def bao_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def standin() -> Iterator[RunningStandin]:
+    """The platform stand-in on a free loopback port, knowing the client MONITE_ID (a test
+    module that needs other clients defines its own ``standin``)."""
+    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

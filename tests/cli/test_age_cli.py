@@ -12,6 +12,7 @@ import pytest
 
 from keycourier import age
 from keycourier.redact import Secret
+from tests.support import cli
 
 WF = "4"  # scrypt work factor for tests (the CLI default is 18)
 
@@ -19,14 +20,8 @@ WF = "4"  # scrypt work factor for tests (the CLI default is 18)
 def run(
     *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", "age", *args],
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        timeout=60,
-        check=False,
+    return cli.kc_bytes(
+        "age", *args, env={**os.environ, **(env or {})}, cwd=cwd, stdin=stdin, timeout=60
     )
 
 

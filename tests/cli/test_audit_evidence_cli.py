@@ -21,6 +21,7 @@ import pytest
 
 from keycourier.ledger.sqlite import key_path_for
 from keycourier.tlog import checkpoint, merkle, note
+from tests.support import cli
 from tests.support.gotools import TlogCheck
 from tests.support.ledger_attacks import stored_node
 
@@ -37,15 +38,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     }
     for var in ("VAULT_ADDR", "VAULT_TOKEN"):
         env.pop(var, None)
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return cli.kc(*args, env=env, cwd=cwd, timeout=120)
 
 
 def ok(*args: str, cwd: Path) -> str:

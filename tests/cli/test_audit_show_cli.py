@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.cli.test_provenance_cli import (
+from tests.support.connections_standin import RunningPlatform, start_platform
+from tests.support.openbao import BaoServer
+from tests.support.provenance_cli import (
     make_identities,
     new_client_id,
     run,
@@ -23,8 +25,6 @@ from tests.cli.test_provenance_cli import (
     seal_handover,
     vault_env,
 )
-from tests.support.connections_standin import RunningPlatform, start_platform
-from tests.support.openbao import BaoServer
 
 ENTITY = str(uuid.uuid4())
 ORG = str(uuid.uuid4())

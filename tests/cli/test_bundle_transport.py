@@ -38,9 +38,9 @@ from keycourier.bundle.core import SIGNATURE_CONTEXT
 from keycourier.bundle.model import INTEGRITY_MESSAGE
 from keycourier.cli.main import main
 from keycourier.redact import Secret
+from tests.support.bundles import encrypt_for, with_payload
 from tests.support.fuzz import FUZZ_EXAMPLES
 from tests.support.openbao import BaoServer
-from tests.unit.bundle.test_checks import encrypt_for, with_payload
 
 PASS = "test passphrase 123"
 CLIENT_ID = "AB" + "Kq7Rr2mZ0pX8wVt3Lb6Nc1Yd9Fh4Gs5Jk0Qa2We7Ru3Ty8Ui1Op6As4Df9Gh2Jk5Lz"[:48]

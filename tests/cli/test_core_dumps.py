@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 
 from keycourier import age
-from tests.integration.test_helper_serve import (
-    MONITE_ID,
-    MONITE_SECRET,
+from tests.support.helper_server import (
     base_env,
     kc,
     start_helper,
 )
-from tests.support.platform_standin import RunningStandin, StandinState, start_standin
+from tests.support.platform_standin import RunningStandin
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc (Linux)"
@@ -52,12 +50,6 @@ def core_files_allowed() -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
-
-
-@pytest.fixture
-def standin() -> Iterator[RunningStandin]:
-    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
-        yield running
 
 
 def test_serve_has_no_core_limit_and_exec_passes_it_on(

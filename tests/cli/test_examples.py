@@ -68,6 +68,7 @@ import hvac
 import pytest
 
 from keycourier.cli.main import COMMANDS, cli
+from tests.support import cli as support_cli
 from tests.support.connections_standin import RunningPlatform, StandinConnection, start_platform
 from tests.support.openbao import BaoServer
 
@@ -256,15 +257,7 @@ def not_run_reason(command: str) -> str | None:
 
 
 def kc(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "keycourier"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return support_cli.kc(*args, env=env, cwd=cwd, timeout=120, program=[str(BIN / "keycourier")])
 
 
 def base_env(workdir: Path) -> dict[str, str]:

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import cli
 from tests.support.openbao import BaoServer, free_port
 
 
 def run(
     *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-        check=False,
-    )
+    return cli.kc_bytes(*args, env={**os.environ, **(env or {})}, stdin=stdin, timeout=60)
 
 
 def test_ok_and_usage() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cli
 from tests.support.platform_standin import RunningStandin, StandinState, start_standin
 
 MONITE_ID = "0c6f0a52-3f7e-4a53-9d55-0d8c2b1e9a77"
@@ -55,14 +56,7 @@ env_name = "MONITE_TOKEN"
 
 
 def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return cli.kc(*args, env=env, timeout=60)
 
 
 def test_json_format(env: dict[str, str], standin: RunningStandin) -> None:

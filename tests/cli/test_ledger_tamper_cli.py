@@ -11,7 +11,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from keycourier.ledger.service import open_recorder
 from keycourier.ledger.sqlite import CHECKPOINT_EVERY, KEY_HEADER, SqliteLedger, key_path_for
 from keycourier.tlog import checkpoint as tlog_checkpoint
 from keycourier.tlog import merkle, note
+from tests.support import cli
 
 TRIGGERS = (
     "events_no_update",
@@ -39,15 +39,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KEYCOURIER_LEDGER": str(cwd / "ledger.db"), "HOME": str(cwd)}
     for var in ("VAULT_ADDR", "VAULT_TOKEN"):
         env.pop(var, None)
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return cli.kc(*args, env=env, cwd=cwd, timeout=120)
 
 
 def revoke(tmp: Path, *bundles: str) -> None:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import sqlite3
-import string
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,36 +21,14 @@ from click.testing import CliRunner
 from keycourier.cli.main import cli
 from tests.support.ledger_attacks import cut_tail
 from tests.support.openbao import BaoServer, free_port, start_dev_tls_server
-
-PASS = "test passphrase 123"
-ALNUM = string.ascii_letters + string.digits
-
-
-def run(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full = {
-        **os.environ,
-        "KEYCOURIER_PASSPHRASE": PASS,
-        "KEYCOURIER_LEDGER": str(cwd / "ledger.db"),
-    }
-    for var in ("VAULT_ADDR", "VAULT_TOKEN"):
-        full.pop(var, None)
-    full.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=120,
-        check=False,
-    )
-
-
-def vault_env(server: BaoServer) -> dict[str, str]:
-    return {"VAULT_ADDR": server.addr, "VAULT_TOKEN": server.token}
-
+from tests.support.provenance_cli import (
+    make_identities,
+    new_client_id,
+    run,
+    seal_args,
+    seal_handover,
+    vault_env,
+)
 
 DEAD = {"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_TOKEN": "t"}
 
@@ -194,52 +169,6 @@ def test_doctor_exit_codes(bao_dev: BaoServer, tmp_path: Path) -> None:
     bad = run("doctor", cwd=tmp_path, env={"VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": "wrong"})
     assert bad.returncode == 5
     assert "wrong" not in bad.stdout + bad.stderr
-
-
-def make_identities(tmp_path: Path, *names: str) -> dict[str, dict[str, str]]:
-    for name in names:
-        out = run("identity", "new", "-o", f"{name}.kcid", "--work-factor", "10", cwd=tmp_path)
-        assert out.returncode == 0, out.stderr
-    return {
-        n: json.loads(run("identity", "show", f"{n}.kcid", "--json", cwd=tmp_path).stdout)
-        for n in names
-    }
-
-
-def seal_args(tmp_path: Path, client_id: str, *recipients: str, out: str) -> list[str]:
-    """`seal` arguments for a fresh production QuickBooks credential, by partner.kcid."""
-    (tmp_path / "secret.txt").write_text("".join(secrets.choice(ALNUM) for _ in range(40)) + "\n")
-    args = ["seal", "--platform", "quickbooks", "--client-id", client_id]
-    args += ["--client-secret-file", "secret.txt", "--environment", "production"]
-    args += ["--attested-by", "Test Lead", "--identity", "partner.kcid", "--partner", "Acme"]
-    for r in recipients:
-        args += ["-r", r]
-    return [*args, "-o", out, "--json"]
-
-
-def new_client_id() -> str:
-    return "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
-
-
-def seal_handover(tmp_path: Path, bao_dev: BaoServer, *receivers: str) -> dict[str, str]:
-    """Identities (partner + receivers) and a bundle for the receivers (sealed event in Vault)."""
-    pub = make_identities(tmp_path, "partner", *receivers)
-    client_id = new_client_id()
-    recipients = [pub[n]["recipient"] for n in receivers]
-    sealed = run(
-        *seal_args(tmp_path, client_id, *recipients, out="handover.kcb"),
-        cwd=tmp_path,
-        env={**vault_env(bao_dev), "KEYCOURIER_LEDGER": str(tmp_path / "sender.db")},
-    )
-    assert sealed.returncode == 0, sealed.stderr
-    summary = json.loads(sealed.stdout)
-    return {
-        "bundle_id": summary["bundle_id"],
-        "fingerprint": summary["fingerprint"],
-        "partner_fpr": pub["partner"]["signing_fingerprint"],
-        "client_id": client_id,
-        **{f"{n}_fpr": pub[n]["signing_fingerprint"] for n in receivers},
-    }
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import secrets
 import string
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 
 from keycourier.receipt import parse
 from keycourier.receipt.model import write
+from tests.support import cli
 from tests.support.world import PASS, World, make_world
 
 PARTNER_LEDGER = "partner-ledger.db"
@@ -37,15 +37,7 @@ def kc(
 ) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "KEYCOURIER_PASSPHRASE": PASS, "KEYCOURIER_LEDGER": str(cwd / ledger)}
     env.pop("VAULT_ADDR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return cli.kc_bytes(*args, env=env, cwd=cwd, stdin=stdin, timeout=120)
 
 
 def partner(w: World, *args: str) -> subprocess.CompletedProcess[bytes]:

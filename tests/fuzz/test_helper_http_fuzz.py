@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.test_helper_serve import Helper, add_client, base_env, start_helper
 from tests.support.fuzz import FUZZ_EXAMPLES
+from tests.support.helper_server import Helper, add_client, base_env, start_helper
 from tests.support.platform_standin import RunningStandin, StandinState, start_standin
 
 MONITE_ID = "2f0c9d3e-1b4a-4e8f-a6c5-7d9e0f1a2b3c"

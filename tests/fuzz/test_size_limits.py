@@ -26,7 +26,7 @@ from keycourier import config
 from keycourier.errors import ConfigError
 from keycourier.helper.server import DEFAULT_MAX_BODY
 from tests.fuzz.bounds import measure
-from tests.integration.test_helper_serve import (
+from tests.support.helper_server import (
     MONITE_ID,
     MONITE_SECRET,
     Helper,

@@ -15,14 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.integration.test_helper_serve import (
-    MONITE_ID,
-    MONITE_SECRET,
+from tests.support.helper_server import (
     Helper,
     add_client,
     base_env,
@@ -30,19 +26,13 @@ from tests.integration.test_helper_serve import (
     kc,
 )
 from tests.support.openbao import free_port
-from tests.support.platform_standin import RunningStandin, StandinState, start_standin
+from tests.support.platform_standin import RunningStandin
 
 CI = {"profile": "ci"}
 HALF_A_REQUEST_LINE = b"POST /v1/tok"
 # the header deadline out of the way, so that the cap alone decides what a flood may hold
 # however slowly this shared machine runs the test
 HOLD = "[helper]\nheader_timeout = 60\n"
-
-
-@pytest.fixture
-def standin() -> Iterator[RunningStandin]:
-    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
-        yield running
 
 
 def _nofile(limit: int) -> Callable[[], None]:

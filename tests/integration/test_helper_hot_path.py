@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_helper_serve import (
-    MONITE_ID,
-    MONITE_SECRET,
+from tests.support.helper_server import (
     Helper,
     add_client,
     base_env,
@@ -24,15 +22,9 @@ from tests.integration.test_helper_serve import (
     kc,
     start_helper,
 )
-from tests.support.platform_standin import RunningStandin, StandinState, start_standin
+from tests.support.platform_standin import RunningStandin
 
 CI = {"profile": "ci"}
-
-
-@pytest.fixture
-def standin() -> Iterator[RunningStandin]:
-    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
-        yield running
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_helper_serve import (
+from tests.support.helper_server import (
     MONITE_ID,
     MONITE_SECRET,
     Helper,

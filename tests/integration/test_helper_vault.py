@@ -12,7 +12,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from tests.integration.test_helper_serve import add_client, call, kc, start_helper
+from tests.support.helper_server import add_client, call, kc, start_helper
 from tests.support.openbao import BaoServer
 from tests.support.platform_standin import RunningStandin, StandinState, start_standin
 

@@ -15,34 +15,26 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from keycourier import config
 from keycourier.ledger.interface import EventType
-from tests.integration.test_helper_serve import (
-    MONITE_ID,
-    MONITE_SECRET,
+from tests.support.helper_server import (
     Helper,
     add_client,
     base_env,
     call,
     kc,
     metric,
+    self_signed,
     start_helper,
 )
 from tests.support.openbao import free_port
-from tests.support.platform_standin import RunningStandin, StandinState, start_standin
+from tests.support.platform_standin import RunningStandin
 
 CI = {"profile": "ci"}
-
-
-@pytest.fixture
-def standin() -> Iterator[RunningStandin]:
-    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
-        yield running
 
 
 def start_workers(env: dict[str, str], tmp_path: Path, n: int, *args: str) -> Helper:
@@ -322,10 +314,8 @@ def test_unix_socket_with_workers(tmp_path: Path, standin: RunningStandin) -> No
 
 
 def test_tls_with_workers(tmp_path: Path, standin: RunningStandin) -> None:
-    from tests.integration.test_helper_serve import _self_signed
-
     env = base_env(tmp_path, standin)
-    cert, key_pem = _self_signed(tmp_path)
+    cert, key_pem = self_signed(tmp_path)
     h = start_workers(env, tmp_path, 2, "--listen", f"127.0.0.1:{free_port()}",
                       "--tls-cert", str(cert), "--tls-key", str(key_pem))  # fmt: skip
     try:

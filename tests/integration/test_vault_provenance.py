@@ -30,6 +30,7 @@ from keycourier.ledger.sqlite import key_path_for
 from keycourier.ledger.vault import record_for
 from keycourier.tlog import checkpoint as tlog_checkpoint
 from keycourier.tlog import note as tlog_note
+from tests.support import cli
 from tests.support.openbao import BaoServer, start_dev_server
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies" / "vault"
@@ -82,15 +83,7 @@ def run(
         "VAULT_ADDR": bao.addr,
         "VAULT_TOKEN": token,
     }
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return cli.kc(*args, env=env, cwd=cwd, timeout=120)
 
 
 def local(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +39,7 @@ import pytest
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import open_recorder
+from tests.support import cli
 from tests.support.raft_cluster import Node, RaftCluster, census, health
 
 BATCH = 10
@@ -58,14 +58,7 @@ def health_status(addr: str) -> int:
 
 
 def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return cli.kc(*args, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cli
 from tests.support.openbao import free_port
 from tests.support.platform_standin import RunningStandin, StandinState, start_standin
 
@@ -91,14 +92,7 @@ class Helper:
 
 
 def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return cli.kc(*args, env=env, timeout=60)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import random
 import secrets
 import string
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ import pytest
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.service import open_recorder
+from tests.support import cli
 from tests.support.openbao import BaoServer, free_port
 from tests.support.raft_cluster import Node, RaftCluster, census
 
@@ -52,15 +52,7 @@ def seed() -> int:
 def kc(
     env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return cli.kc(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 @dataclass

@@ -7,9 +7,10 @@ import os
 import secrets
 import string
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ALNUM = string.ascii_letters + string.digits
@@ -68,14 +69,8 @@ def kc(
     env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=world.dir,
-        input=stdin,
-        capture_output=True,
-        env={**world.env, **(env or {})},
-        timeout=timeout,
-        check=False,
+    return cli.kc_bytes(
+        *args, env={**world.env, **(env or {})}, cwd=world.dir, stdin=stdin, timeout=timeout
     )
 
 

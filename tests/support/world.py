@@ -8,9 +8,10 @@ import os
 import secrets
 import string
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support import cli
 
 ALNUM = string.ascii_letters + string.digits
 PASS = "test passphrase 123"
@@ -23,15 +24,7 @@ def run(
     *args: str, cwd: Path, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     full_env = {**os.environ, "KEYCOURIER_PASSPHRASE": PASS, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "keycourier", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        env=full_env,
-        timeout=120,
-        check=False,
-    )
+    return cli.kc_bytes(*args, env=full_env, cwd=cwd, stdin=stdin, timeout=120)
 
 
 @dataclass

@@ -151,3 +151,24 @@ def test_the_layer_check_sees_the_workflows_above_the_records() -> None:
     assert rank["cli"] > rank["handover"] > rank["ledger"] > rank["bundle"] > rank["vault"]
     assert "handover" in _unit_graph()["cli"]
     assert "vault" in _unit_graph()["ledger"]
+
+
+TESTS = SRC.parents[1] / "tests"
+
+
+def test_no_test_module_is_imported_by_another() -> None:
+    """What tests share lives in tests/support (or a conftest's fixtures), so a test module
+    can be read, moved or deleted on its own."""
+    offenders = []
+    for path in TESTS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                last = name.rsplit(".", 1)[-1]
+                if name.startswith("tests.") and (last.startswith("test_") or last == "conftest"):
+                    offenders.append(f"{path.relative_to(TESTS)} imports {name}")
+    assert offenders == [], "; ".join(offenders)

@@ -19,7 +19,7 @@ from keycourier.ledger.sqlite import SqliteLedger
 from keycourier.partner.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
-from tests.unit.helper.test_profiles import BASE
+from tests.support.profiles import BASE
 
 
 @pytest.fixture

@@ -1,22 +1,9 @@
 from __future__ import annotations
 
-import secrets
-import string
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
-from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp, SealedBundle, seal
-from keycourier.redact import Secret
-
-ALNUM = string.ascii_letters + string.digits
-NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
-
-
-def qbo_credentials() -> Credentials:
-    client_id = "AB" + "".join(secrets.choice(ALNUM) for _ in range(48))
-    secret = "".join(secrets.choice(ALNUM) for _ in range(40))
-    return Credentials("quickbooks", client_id, Secret(secret))
+from keycourier.bundle import Credentials, KeycourierIdentity, SealedBundle
+from tests.support.bundles import NOW, make_bundle, qbo_credentials
 
 
 @pytest.fixture(scope="session")
@@ -32,29 +19,6 @@ def receiver() -> KeycourierIdentity:
 @pytest.fixture(scope="session")
 def creds() -> Credentials:
     return qbo_credentials()
-
-
-STAMP = PolicyStamp("sha256:" + "ab" * 32, "pass", ())
-
-
-def make_bundle(
-    sender: KeycourierIdentity,
-    receiver: KeycourierIdentity,
-    creds: Credentials,
-    *,
-    lifetime: timedelta = timedelta(days=7),
-    now: datetime = NOW,
-) -> SealedBundle:
-    return seal(
-        creds,
-        sender=sender,
-        recipients=[receiver.public().recipient],
-        policy=STAMP,
-        lifetime=lifetime,
-        environment="production",
-        partner="Acme Ltd",
-        now=now,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from keycourier import age, bundle
-from keycourier.bundle import Credentials, KeycourierIdentity, Manifest
+from keycourier.bundle import Credentials, KeycourierIdentity
 from keycourier.bundle.canonical import canonical_json
-from keycourier.bundle.core import _plaintext
-from keycourier.bundle.model import manifest_parts
 from keycourier.bundle.parsing import _armor
 from keycourier.errors import IntegrityError, PolicyError
-from tests.unit.bundle.conftest import NOW, make_bundle
+from tests.support.bundles import NOW, encrypt_for, make_bundle, with_payload
 
 LATER = NOW + timedelta(hours=1)
 V1_CONTEXT = b"keycourier-bundle/v1 manifest\n"
@@ -36,29 +33,6 @@ def v1_text(sender: KeycourierIdentity, manifest: dict[str, Any], binary: bytes)
         + b"\n-----END KEYCOURIER SIGNATURE-----\n"
         + _armor(binary)
     )
-
-
-def encrypt_for(manifest: Manifest, creds: Credentials, recipients: list[age.Recipient]) -> bytes:
-    """The payload of ``manifest`` (bound to it) encrypted to ``recipients``."""
-    head, tail = manifest_parts(dataclasses.replace(manifest, payload_sha256="0" * 64))
-    plaintext = _plaintext(
-        manifest.bundle_id,
-        hashlib.sha256(head + tail).hexdigest(),
-        creds.platform,
-        creds.client_id,
-        creds.client_secret.reveal(),
-    )
-    return age.encrypt(recipients, plaintext)
-
-
-def with_payload(manifest: dict[str, Any], binary: bytes) -> dict[str, Any]:
-    manifest = dict(manifest)
-    manifest["payload"] = {
-        "sha256": hashlib.sha256(binary).hexdigest(),
-        "size": len(binary),
-        "type": "age-v1",
-    }
-    return manifest
 
 
 def v1_bundle(

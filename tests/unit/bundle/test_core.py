@@ -11,7 +11,7 @@ from keycourier import bundle
 from keycourier.bundle import Credentials, KeycourierIdentity, SealedBundle
 from keycourier.bundle.model import INTEGRITY_MESSAGE
 from keycourier.errors import IntegrityError, PolicyError, UsageError
-from tests.unit.bundle.conftest import NOW, STAMP, make_bundle, qbo_credentials
+from tests.support.bundles import NOW, STAMP, make_bundle, qbo_credentials
 
 LATER = NOW + timedelta(hours=1)
 

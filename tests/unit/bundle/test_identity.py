@@ -5,7 +5,7 @@ import pytest
 from keycourier.bundle import KeycourierIdentity, is_protected, load_identity, read_public
 from keycourier.errors import IntegrityError, UsageError
 from keycourier.redact import Secret
-from tests.unit.bundle.conftest import NOW
+from tests.support.bundles import NOW
 
 
 def test_protected_round_trip() -> None:

@@ -26,7 +26,7 @@ from keycourier.bundle.model import (
     payload_member,
 )
 from keycourier.redact import Secret
-from tests.unit.bundle.conftest import NOW
+from tests.support.bundles import NOW
 
 # Any text, including quotes, backslashes, control characters, non-ASCII and
 # lone surrogates: the writers must escape exactly as the encoder does.

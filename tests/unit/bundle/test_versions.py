@@ -12,7 +12,7 @@ from keycourier import age, bundle
 from keycourier.bundle import KeycourierIdentity, SealedBundle
 from keycourier.errors import IntegrityError
 from keycourier.redact import Secret
-from tests.unit.bundle.conftest import NOW
+from tests.support.bundles import NOW
 
 V1 = Path(__file__).resolve().parents[2] / "vectors" / "bundle-v1"
 EXPECTED = json.loads((V1 / "expected.json").read_text())

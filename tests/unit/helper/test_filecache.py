@@ -13,7 +13,7 @@ from keycourier.helper.filecache import KEY_FILE, FileCache
 from keycourier.partner.profiles import parse_profile
 from keycourier.partner.tokens import ClientCredentials, Token
 from keycourier.redact import Secret
-from tests.unit.helper.test_profiles import BASE
+from tests.support.profiles import BASE
 
 PROFILE = parse_profile("ci", BASE, "test")
 SOURCE = PROFILE.credentials.describe()

@@ -16,15 +16,7 @@ from keycourier.partner.profiles import (
     host_environment,
     parse_profile,
 )
-
-BASE: dict[str, Any] = {
-    "dialect": "monite",
-    "base_url": "https://api.sandbox.monite.com/v1",
-    "environment": "sandbox",
-    "version": "2024-05-25",
-    "client_id_env": "MONITE_CLIENT_ID",
-    "client_secret_env": "MONITE_CLIENT_SECRET",
-}
+from tests.support.profiles import BASE
 
 
 def _with(**changes: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from keycourier.ledger import sqlite as ledger_sqlite
 from keycourier.ledger.sqlite import ChainReport, SqliteLedger
-from tests.unit.ledger.test_sqlite_ledger import fill, raw
+from tests.support.ledger_files import fill, raw
 
 
 def report(path: Path, *, parallel: bool, monkeypatch: pytest.MonkeyPatch) -> ChainReport:

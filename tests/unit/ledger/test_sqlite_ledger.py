@@ -9,7 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,31 +21,7 @@ from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import bundle_state, export, open_recorder
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
-
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def ev(kind: EventType, n: int = 0, **kw: object) -> Event:
-    return Event(type=kind, at=T0 + timedelta(seconds=n), actor="kc1:alice", **kw)  # type: ignore[arg-type]
-
-
-def fill(path: Path, count: int) -> None:
-    settings = config.load(ledger_path=path, env={"HOME": str(path.parent)})
-    with open_recorder(settings) as rec:
-        for i in range(count):
-            out = rec.record(
-                ev(EventType.SEALED, i, bundle_id=f"b{i % 3}", fingerprint=f"fp{i % 2}")
-            )
-            assert out.vault_status == VaultStatus.DISABLED
-            assert out.seq == i + 1
-
-
-def raw(path: Path) -> sqlite3.Connection:
-    """A second connection that goes behind the triggers' back."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for name in ("events_no_update", "events_no_delete"):
-        conn.execute(f"DROP TRIGGER {name}")
-    return conn
+from tests.support.ledger_files import T0, ev, fill, raw
 
 
 def verify(path: Path) -> tuple[int, str] | None:
