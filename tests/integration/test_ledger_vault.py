@@ -13,9 +13,9 @@ from keycourier import config, vault
 from keycourier.config import Settings
 from keycourier.errors import IntegrityError, UnavailableError
 from keycourier.ledger.interface import Event, EventType, VaultStatus
+from keycourier.ledger.mirror import bundle_events_dir, record_for
 from keycourier.ledger.service import bundle_state, open_recorder
 from keycourier.ledger.sqlite import SqliteLedger
-from keycourier.ledger.vault import bundle_events_dir, record_for
 from tests.support.openbao import BaoServer, free_port
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

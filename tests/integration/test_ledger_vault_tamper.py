@@ -14,9 +14,9 @@ from keycourier import config, vault
 from keycourier.config import Settings
 from keycourier.errors import IntegrityError
 from keycourier.ledger.interface import Event, EventType, VaultStatus
+from keycourier.ledger.mirror import DENIED, LEDGERS, denied_events_dir
 from keycourier.ledger.service import bundle_state, denied_lookup, open_recorder, timeline
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
-from keycourier.ledger.vault import DENIED, LEDGERS, denied_events_dir
 from tests.support.ledger_attacks import cut_tail, resign_with
 from tests.support.openbao import BaoServer
 

@@ -10,8 +10,8 @@ import pytest
 
 from keycourier import config, vault
 from keycourier.ledger.interface import Event, EventType, VaultStatus
+from keycourier.ledger.mirror import HANDOVERS
 from keycourier.ledger.service import bundle_state, open_recorder
-from keycourier.ledger.vault import HANDOVERS
 from tests.support.openbao import (
     BaoServer,
     _launch_raft,

@@ -309,7 +309,7 @@ def test_lost_reply_then_sync_counts_the_record_once(bao_dev: BaoServer, tmp_pat
     above): ``sync`` finds the identical record, counts it as delivered and adds nothing
     (the record keeps its one version)."""
     from keycourier import vault
-    from keycourier.ledger.vault import record_for
+    from keycourier.ledger.mirror import record_for
 
     bid = f"kcb-lost-reply-{secrets.token_hex(6)}"
     event = Event(

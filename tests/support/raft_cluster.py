@@ -395,8 +395,8 @@ def census(ledger_path: Path, addr: str, token: str) -> Census:
     """Compare every event of the SQLite ledger at ``ledger_path`` with Vault at ``addr``."""
     from collections import Counter
 
+    from keycourier.ledger.mirror import record_for
     from keycourier.ledger.sqlite import SqliteLedger
-    from keycourier.ledger.vault import record_for
 
     ledger = SqliteLedger(ledger_path)
     try:

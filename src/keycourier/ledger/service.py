@@ -40,8 +40,8 @@ from keycourier.tlog import note as tlog_note
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
+    from keycourier.ledger.mirror import VaultEvent, VaultMirror
     from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
-    from keycourier.ledger.vault import VaultEvent, VaultMirror
     from keycourier.vault import KvVersion
 
 DEFAULT_SYNC_WORKERS = 8
@@ -133,7 +133,7 @@ class LedgerRecorder:
         self._policy_canonical: str | None = None
         self._policy_kept = False
         if settings.vault.addr:
-            from keycourier.ledger.vault import VaultMirror
+            from keycourier.ledger.mirror import VaultMirror
 
             self.mirror = VaultMirror(settings)
 
@@ -185,7 +185,7 @@ class LedgerRecorder:
         force, so every ledger event says under which policy it happened (none
         when the policy file cannot be loaded).
         """
-        from keycourier.ledger.vault import path_for, record_for
+        from keycourier.ledger.mirror import path_for, record_for
 
         if event.policy_digest is None and (digest := self.policy_digest()) is not None:
             from keycourier._record import replace
@@ -255,7 +255,7 @@ class LedgerRecorder:
 
     def _pending_related(self, path: str, seq: int) -> set[str]:
         """Paths of the pending events before ``seq`` of the same bundle or fingerprint."""
-        from keycourier.ledger.vault import appendable
+        from keycourier.ledger.mirror import appendable
 
         parts = path.split("/")
         if len(parts) != 5 or parts[3] != "events":
@@ -403,7 +403,7 @@ class LedgerRecorder:
         """Deliver pending events, per record path in ledger order, several paths in parallel."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from keycourier.ledger.vault import record_for
+        from keycourier.ledger.mirror import record_for
 
         pending = [
             d for d in self.ledger.pending() if d.path and (paths is None or d.path in paths)
@@ -424,7 +424,7 @@ class LedgerRecorder:
             return SyncReport(
                 len(pending), 0, 0, self.ledger.pending_count(), unavailable=exc.message
             )
-        from keycourier.ledger.vault import current_path
+        from keycourier.ledger.mirror import current_path
 
         groups: dict[str, list[Delivery]] = {}
         for d in pending:
@@ -518,7 +518,7 @@ class LedgerRecorder:
     def _cross_check(self, chain_report: ChainReport, pending: int) -> AuditReport:
         """Both directions: every delivered event is in Vault as recorded, and every Vault
         record of this ledger is in the local ledger, identical (a removed tail shows here)."""
-        from keycourier.ledger.vault import event_path_seq, record_for, same_record
+        from keycourier.ledger.mirror import event_path_seq, record_for, same_record
 
         assert self.mirror is not None  # noqa: S101 - checked by the caller
         mirror = self.mirror
@@ -697,7 +697,7 @@ class LedgerRecorder:
         breaks: list[VaultBreak],
     ) -> dict[int, int]:
         """Check the locally recorded deliveries to one path; {Vault version: seq} matched."""
-        from keycourier.ledger.vault import SIGNATURE, same_record
+        from keycourier.ledger.mirror import SIGNATURE, same_record
 
         assert self.mirror is not None  # noqa: S101 - checked by the caller
         mine: dict[int, int] = {}
@@ -1386,7 +1386,7 @@ def denied_lookup(settings: Settings) -> Callable[[str], str | None]:
         return None
 
     def lookup(fingerprint: str) -> str | None:
-        from keycourier.ledger.vault import VaultMirror
+        from keycourier.ledger.mirror import VaultMirror
 
         if settings.ledger_path.exists():
             with open_recorder(settings) as recorder:
