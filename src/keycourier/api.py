@@ -45,6 +45,7 @@ from keycourier.handover import (
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import LedgerRecorder, open_recorder
+from keycourier.ledger.service import denied_lookup as deny_list
 from keycourier.policy import HandoverFacts, Policy, Report, SandboxContext, load_policy
 from keycourier.redact import Secret
 from keycourier.vault import VaultKv
@@ -87,6 +88,7 @@ __all__ = [
     "VaultKv",
     "VaultSettings",
     "VaultStatus",
+    "deny_list",
     "ingest",
     "inspect_bundle",
     "load_policy",

@@ -481,3 +481,16 @@ def test_identity_show_verify_says_what_it_verified(world: World) -> None:
     header_only = run("identity", "show", "partner.kcid", cwd=world.dir)
     assert b"verified" not in header_only.stdout
     assert b"header only" in header_only.stderr
+
+
+def test_a_bundle_that_does_not_verify_creates_no_ledger(world: World) -> None:
+    """open verifies before it reads or records anything: a refused bundle leaves no
+    ledger, no key file, and nothing in Vault."""
+    assert world.seal().returncode == 0
+    ledger = world.dir / "fresh" / "ledger.db"
+    stranger = "kc1:" + "0" * 32
+    args = ["open", "handover.kcb", "--identity", "platform.kcid", "--trust", stranger]
+    out = run(*args, "-o", "creds.json", cwd=world.dir, env={"KEYCOURIER_LEDGER": str(ledger)})
+    assert out.returncode == 4, out.stderr
+    assert not ledger.parent.exists() or list(ledger.parent.iterdir()) == []
+    assert not (world.dir / "creds.json").exists()

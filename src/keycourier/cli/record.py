@@ -22,18 +22,19 @@ def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerR
 
 
 @contextlib.contextmanager
-def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[LedgerRecorder]:
-    """A recorder for one command, closed when the block ends.
+def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[LazyRecorder]:
+    """A recorder for one command, opened at its first use and closed when the block ends.
 
-    When the block fails, its error is the one reported (a failure to close is
-    dropped). When it succeeds, its events are committed, so what closing still
-    does (delivery marks, the checkpoint, the Vault client) is bookkeeping: a
-    failure there is a warning, never a failed command, and a release that
-    follows goes ahead.
+    Opened at first use: a command that fails before it reads or records (a bundle that
+    does not verify, a policy file that does not load) creates no ledger and touches no
+    Vault. When the block fails, its error is the one reported (a failure to close is
+    dropped). When it succeeds, its events are committed, so what closing still does
+    (delivery marks, the checkpoint, the Vault client) is bookkeeping: a failure there is a
+    warning, never a failed command, and a release that follows goes ahead.
     """
     import sqlite3
 
-    recorder = open_recorder(settings, require_vault=require_vault)
+    recorder = LazyRecorder(settings, require_vault=require_vault)
     try:
         yield recorder
     except BaseException:
@@ -41,6 +42,41 @@ def recording(settings: Settings, *, require_vault: bool = False) -> Iterator[Le
             recorder.close()
         raise
     close_after_record(recorder)
+
+
+class LazyRecorder:
+    """The command's ``LedgerRecorder``, opened when first used (see ``recording``)."""
+
+    def __init__(self, settings: Settings, *, require_vault: bool) -> None:
+        self._settings = settings
+        self._require_vault = require_vault
+        self._inner: LedgerRecorder | None = None
+
+    def _open(self) -> LedgerRecorder:
+        if self._inner is None:
+            self._inner = open_recorder(self._settings, require_vault=self._require_vault)
+        return self._inner
+
+    def record(self, event: Event) -> RecordOutcome:
+        return self._open().record(event)
+
+    def history(
+        self, *, bundle_id: str | None = None, fingerprint: str | None = None
+    ) -> Sequence[StoredEvent]:
+        return self._open().history(bundle_id=bundle_id, fingerprint=fingerprint)
+
+    def history_by_data(self, name: str, value: str) -> Sequence[StoredEvent]:
+        return self._open().history_by_data(name, value)
+
+    def shared_events(self, bundle_id: str) -> Sequence[Event] | None:
+        return self._open().shared_events(bundle_id)
+
+    def decision_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._open().decision_lock()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
 
 
 def close_after_record(recorder: Recorder) -> None:

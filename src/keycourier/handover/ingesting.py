@@ -62,12 +62,15 @@ class IngestRequest:
     trusted: Sequence[str]  # pinned senders
     policy: Policy  # the receiver's handover policy
     vault_path: str  # KV path under the store's mount, e.g. handed-over/acme/quickbooks
+    # the deny list, required so that no caller skips it by leaving it out: credential
+    # fingerprint -> why it is denied, or None (``api.deny_list(settings)``: this ledger's
+    # `denied_fingerprint` events and Vault's deny records, as the command line uses)
+    denied: Callable[[str], str | None] = field(repr=False)
     allow_reopen: bool = False
     allow_superseded: bool = False
     # write over credentials that another sender, platform or partner stored, or that this
     # receiver has no record of storing
     allow_overwrite: bool = False
-    denied: Callable[[str], str | None] = field(default=lambda _fp: None, repr=False)
 
 
 @record

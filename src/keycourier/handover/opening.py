@@ -34,9 +34,12 @@ class OpenRequest:
     identity: KeycourierIdentity  # the receiver
     trusted: Sequence[str]  # pinned senders: kc1: fingerprints or signing keys
     policy: Policy  # the receiver's handover policy
+    # the deny list, required so that no caller skips it by leaving it out: credential
+    # fingerprint -> why it is denied, or None (``api.deny_list(settings)``: this ledger's
+    # `denied_fingerprint` events and Vault's deny records, as the command line uses)
+    denied: Callable[[str], str | None] = field(repr=False)
     allow_reopen: bool = False  # open a bundle that was opened before (recorded as a reopen)
     allow_superseded: bool = False  # open a bundle that a later one replaced
-    denied: Callable[[str], str | None] = field(default=lambda _fp: None, repr=False)
 
 
 @record

@@ -41,11 +41,13 @@ class SealRequest:
     sender: KeycourierIdentity
     recipients: Sequence[str]  # age recipients (age1..., age1pq1...), at least one
     policy: Policy
+    # the deny list, required so that no caller skips it by leaving it out: credential
+    # fingerprint -> why it is denied, or None (``api.deny_list(settings)``: this ledger's
+    # `denied_fingerprint` events and Vault's deny records, as the command line uses)
+    denied: Callable[[str], str | None] = field(repr=False)
     partner: str | None = None  # the sender's organisation, shown in the manifest
     supersedes: str | None = None  # the bundle ID these credentials replace (a rotation)
     probe: bool = False  # also run the live credential probe (network)
-    # the deny list: credential fingerprint -> why it is denied, or None
-    denied: Callable[[str], str | None] = field(default=lambda _fp: None, repr=False)
 
 
 @record

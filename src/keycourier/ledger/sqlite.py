@@ -1117,8 +1117,12 @@ class SqliteLedger:
         import subprocess
         import sys
 
-        lo, hi = self.conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
-        if lo not in (None, 1):
+        lo, hi, rows = self.conn.execute(
+            "SELECT min(seq), max(seq), count(*) FROM events"
+        ).fetchone()
+        # every row is one of 1..hi: the helper's two ranges (seq <= split, seq > split)
+        # then cover them all (a row whose seq is not an integer would be in neither)
+        if lo not in (None, 1) or rows != (hi or 0):
             return None
         hi = int(hi or 0)
         split = int(hi * (1 - TAIL_SHARE))
@@ -1249,6 +1253,9 @@ class SqliteLedger:
         for seq, body, digest in self.conn.execute(
             "SELECT seq, body, hash FROM events ORDER BY seq"
         ):
+            if not isinstance(seq, int):
+                chain_break = ChainBreak(expected, "an event has no sequence number")
+                break
             if seq != expected:
                 chain_break = ChainBreak(
                     expected if seq > expected else seq,

@@ -15,6 +15,7 @@ import hvac
 import pytest
 
 from keycourier import api
+from tests.support.handover import nothing_denied
 from tests.support.openbao import BaoServer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -113,6 +114,7 @@ def test_a_platform_cannot_open_the_other_platforms_bundle(folder: Path) -> None
         identity=monite,
         trusted=[(folder / "partner.fingerprint").read_text().strip()],
         policy=api.load_policy(None),
+        denied=nothing_denied,
     )
     recorder = api.MemoryRecorder()
     with pytest.raises(api.IntegrityError) as caught:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import pytest
 
 from keycourier import api, handover, vault
+from tests.support.handover import nothing_denied
 
 ALNUM = string.ascii_letters + string.digits
 PATH = "handed-over/acme/qbo"
@@ -88,6 +89,7 @@ def sealed_by(
             sender=sender,
             recipients=[platform.public().recipient],
             policy=api.load_policy(None),
+            denied=nothing_denied,
             partner=partner,
             supersedes=supersedes,
         ),
@@ -106,6 +108,7 @@ def request(
         identity=platform,
         trusted=[s.public().signing_fingerprint for s in senders],
         policy=api.load_policy(None),
+        denied=nothing_denied,
         vault_path=str(changes.pop("vault_path", PATH)),
         **changes,  # type: ignore[arg-type]
     )

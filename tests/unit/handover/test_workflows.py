@@ -14,6 +14,7 @@ import pytest
 from keycourier import api
 from keycourier.handover import check_bundle_id
 from keycourier.ledger.interface import Event, RecordOutcome
+from tests.support.handover import nothing_denied
 
 ALNUM = string.ascii_letters + string.digits
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -48,6 +49,7 @@ def seal_request(
         sender=partner,
         recipients=[platform.public().recipient],
         policy=api.load_policy(None),
+        denied=nothing_denied,
         partner="Acme Corp",
         **changes,  # type: ignore[arg-type]
     )
@@ -67,6 +69,7 @@ def open_request(
         identity=platform,
         trusted=[partner.public().signing_fingerprint],
         policy=api.load_policy(None),
+        denied=nothing_denied,
     )
 
 
@@ -141,6 +144,7 @@ def test_a_malformed_request_is_a_usage_error_and_records_nothing(
         sender=partner,
         recipients=changes.get("recipients", request.recipients),  # type: ignore[arg-type]
         policy=request.policy,
+        denied=nothing_denied,
         supersedes=changes.get("supersedes"),  # type: ignore[arg-type]
     )
     with pytest.raises(api.Error) as caught:
@@ -214,6 +218,7 @@ def test_a_second_open_is_refused_unless_allowed_and_then_recorded_as_a_reopen(
             identity=platform,
             trusted=request.trusted,
             policy=request.policy,
+            denied=nothing_denied,
             allow_reopen=True,
         ),
         recorder=recorder,
@@ -248,7 +253,11 @@ def test_an_unpinned_signer_is_named_in_a_hint(
     sealed = api.seal(seal_request(partner, platform), recorder=api.MemoryRecorder())
     stranger = api.KeycourierIdentity.generate().public().signing_fingerprint
     request = api.OpenRequest(
-        text=sealed.text, identity=platform, trusted=[stranger], policy=api.load_policy(None)
+        text=sealed.text,
+        identity=platform,
+        trusted=[stranger],
+        policy=api.load_policy(None),
+        denied=nothing_denied,
     )
     with pytest.raises(api.IntegrityError) as caught:
         api.open_bundle(request, recorder=api.MemoryRecorder())
@@ -282,3 +291,43 @@ def test_a_signed_revocation_found_only_in_vault_is_honoured(
     with pytest.raises(api.PolicyError, match="revoked: leaked"):
         api.open_bundle(open_request(sealed, partner, platform), recorder=signed)
     assert signed.events == []
+
+
+def test_the_deny_list_a_request_carries_is_applied(
+    partner: api.KeycourierIdentity, platform: api.KeycourierIdentity
+) -> None:
+    """There is no default deny list to forget: each request names one, and a denied
+    credential is rejected on both sides."""
+    request = seal_request(partner, platform)
+    sealed = api.seal(request, recorder=api.MemoryRecorder())
+    fingerprint = sealed.manifest.fingerprint
+
+    def denied(fp: str) -> str | None:
+        return "leaked in a ticket" if fp == fingerprint else None
+
+    again = api.SealRequest(
+        facts=request.facts,
+        sender=partner,
+        recipients=request.recipients,
+        policy=request.policy,
+        denied=denied,
+    )
+    with pytest.raises(api.RejectedError) as caught:
+        api.seal(again, recorder=api.MemoryRecorder())
+    assert "denied-fingerprint" in caught.value.report.rejected
+    opening = api.OpenRequest(
+        text=sealed.text,
+        identity=platform,
+        trusted=[partner.public().signing_fingerprint],
+        policy=api.load_policy(None),
+        denied=denied,
+    )
+    with pytest.raises(api.PolicyError):
+        api.open_bundle(opening, recorder=api.MemoryRecorder())
+    with pytest.raises(TypeError):
+        api.OpenRequest(  # type: ignore[call-arg]
+            text=sealed.text,
+            identity=platform,
+            trusted=[partner.public().signing_fingerprint],
+            policy=api.load_policy(None),
+        )

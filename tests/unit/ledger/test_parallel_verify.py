@@ -109,3 +109,38 @@ def test_the_tree_checked_beside_the_other_process_gives_the_one_process_verdict
     both = report(path, parallel=True, monkeypatch=monkeypatch)
     assert not both.ok
     assert both == report(path, parallel=False, monkeypatch=monkeypatch)
+
+
+def _null_seq_row(conn: sqlite3.Connection) -> None:
+    """The events table rebuilt without its INTEGER PRIMARY KEY, plus a row whose seq is
+    NULL: ``seq <= n`` and ``seq > n`` both miss it, ``max(seq)`` ignores it."""
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
+    conn.execute(f"CREATE TABLE forged ({', '.join(cols)})")
+    conn.execute("INSERT INTO forged SELECT * FROM events")
+    body, digest = conn.execute("SELECT body, hash FROM events WHERE seq = 5").fetchone()
+    conn.execute(
+        "INSERT INTO forged (seq, body, prev_hash, hash) VALUES (NULL, ?, ?, ?)",
+        (body.replace("b", "c"), digest, digest),
+    )
+    conn.execute("DROP TABLE events")
+    conn.execute("ALTER TABLE forged RENAME TO events")
+
+
+def test_a_row_without_a_sequence_number_is_a_break_in_both_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, 40)
+    conn = raw(path)
+    _null_seq_row(conn)
+    conn.close()
+    led = SqliteLedger(path)
+    try:
+        assert led._parallel_walk({}, []) is None
+    finally:
+        led.close()
+    both = report(path, parallel=True, monkeypatch=monkeypatch)
+    assert not both.ok
+    assert both.first_break is not None
+    assert "no sequence number" in both.first_break.reason
+    assert both == report(path, parallel=False, monkeypatch=monkeypatch)
