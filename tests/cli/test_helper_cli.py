@@ -9,23 +9,13 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.support import cli
-from tests.support.platform_standin import RunningStandin, StandinState, start_standin
-
-MONITE_ID = "0c6f0a52-3f7e-4a53-9d55-0d8c2b1e9a77"
-MONITE_SECRET = "cli-secret-9a8b7c6d5e4f3a2b1c0d"
-
-
-@pytest.fixture
-def standin() -> Iterator[RunningStandin]:
-    with start_standin(StandinState(clients={MONITE_ID: MONITE_SECRET})) as running:
-        yield running
+from tests.support.helper_server import MONITE_ID, MONITE_SECRET, kc
+from tests.support.platform_standin import RunningStandin
 
 
 @pytest.fixture
@@ -53,10 +43,6 @@ env_name = "MONITE_TOKEN"
     )
     e.pop("GITHUB_ENV", None)
     return e
-
-
-def kc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return cli.kc(*args, env=env, timeout=60)
 
 
 def test_json_format(env: dict[str, str], standin: RunningStandin) -> None:

@@ -43,6 +43,16 @@ def test_the_two_processes_agree_with_one_on_an_intact_ledger(
     assert both == report(path, parallel=False, monkeypatch=monkeypatch)
 
 
+def damaged(tmp_path: Path, change: Callable[[sqlite3.Connection], object]) -> Path:
+    """A ledger of 40 events, then ``change`` made behind the triggers' back."""
+    path = tmp_path / "ledger.db"
+    fill(path, 40)
+    conn = raw(path)
+    change(conn)
+    conn.close()
+    return path
+
+
 def _edit(seq: int) -> Callable[[sqlite3.Connection], None]:
     def change(conn: sqlite3.Connection) -> None:
         body = conn.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()[0]
@@ -81,11 +91,7 @@ TREE_DAMAGE: dict[str, Callable[[sqlite3.Connection], object]] = {
 def test_the_two_processes_reach_the_one_process_verdict_on_damage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
-    path = tmp_path / "ledger.db"
-    fill(path, 40)
-    conn = raw(path)
-    DAMAGE[damage](conn)
-    conn.close()
+    path = damaged(tmp_path, DAMAGE[damage])
     led = SqliteLedger(path)
     try:
         # the two-process walk never vouches for a damaged ledger itself: it hands over
@@ -101,11 +107,7 @@ def test_the_two_processes_reach_the_one_process_verdict_on_damage(
 def test_the_tree_checked_beside_the_other_process_gives_the_one_process_verdict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
-    path = tmp_path / "ledger.db"
-    fill(path, 40)
-    conn = raw(path)
-    TREE_DAMAGE[damage](conn)
-    conn.close()
+    path = damaged(tmp_path, TREE_DAMAGE[damage])
     both = report(path, parallel=True, monkeypatch=monkeypatch)
     assert not both.ok
     assert both == report(path, parallel=False, monkeypatch=monkeypatch)
@@ -129,11 +131,7 @@ def _null_seq_row(conn: sqlite3.Connection) -> None:
 def test_a_row_without_a_sequence_number_is_a_break_in_both_walks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "ledger.db"
-    fill(path, 40)
-    conn = raw(path)
-    _null_seq_row(conn)
-    conn.close()
+    path = damaged(tmp_path, _null_seq_row)
     led = SqliteLedger(path)
     try:
         assert led._parallel_walk({}, []) is None
