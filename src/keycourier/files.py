@@ -9,10 +9,40 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+
+from keycourier.errors import Error, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+def read_limited(
+    source: str | os.PathLike[str] | BinaryIO,
+    what: str,
+    limit: int,
+    *,
+    error: type[Error] = UsageError,
+    refuse_larger: bool = True,
+) -> bytes:
+    """The bytes of a file (a path) or an open binary stream, reading at most ``limit + 1``.
+
+    Unreadable is ``error("cannot read {what}: <reason>")``; more than ``limit``
+    bytes is ``error("{what} is larger than {limit} bytes")``. With
+    ``refuse_larger=False`` the ``limit + 1`` bytes are returned instead, for a
+    parser that reports an oversized input in its own terms.
+    """
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as fh:
+                data = fh.read(limit + 1)
+        else:
+            data = source.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror or exc}") from None
+    if refuse_larger and len(data) > limit:
+        raise error(f"{what} is larger than {limit} bytes")
+    return data
 
 
 class PartialWriteError(OSError):
@@ -73,8 +103,6 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
 def _refuse_special(path: str | os.PathLike[str], info: os.stat_result) -> None:
     """Refuse a target that is neither a regular file, a directory, nor a character device
     or FIFO owned by this user or root."""
-    from keycourier.errors import UsageError
-
     mode = info.st_mode
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return
@@ -93,8 +121,6 @@ def _reopen_for_writing(probe: int, path: str | os.PathLike[str], info: os.stat_
     try:
         return os.open(f"/proc/self/fd/{probe}", _WRITE_FLAGS)
     except FileNotFoundError:  # no /proc: by name, and it must still be what was checked
-        from keycourier.errors import UsageError
-
         fd = os.open(path, _WRITE_FLAGS)
         now = os.fstat(fd)
         if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):

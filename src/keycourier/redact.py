@@ -92,3 +92,29 @@ def fingerprint(label: str, *parts: bytes) -> str:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return "kc1:" + h.hexdigest()[:32]
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str, limit: int = 512, *, scrub: tuple[str, ...] = ()) -> str:
+    """Text from outside (a platform's reply, a Vault record, a file) made safe to show.
+
+    Each non-empty value in ``scrub`` (a secret the text may echo back) becomes
+    ``****`` first. Then every character a terminal could act on (controls, ANSI
+    escapes, bidi overrides and other format characters, line and paragraph
+    separators, unassigned code points) becomes a visible ``\\xNN``, ``\\uNNNN`` or
+    ``\\UNNNNNNNN`` escape, so nothing is hidden and nothing is interpreted. Text
+    longer than ``limit`` characters is cut there and ends with ``…``.
+    """
+    for value in scrub:
+        if value:
+            text = text.replace(value, _MASK)
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(ch if ch.isprintable() else _escape(ch) for ch in text[:limit])
+    return out + ("…" if len(text) > limit else "")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from keycourier import files
+from keycourier.errors import ConfigError, UsageError
 
 
 def test_writes_0600_atomically_and_replaces(tmp_path: Path) -> None:
@@ -345,3 +346,34 @@ def _assert_socket_node_refused(node: Path) -> None:
         with pytest.raises(UsageError, match="not a regular file, a character device or a pipe"):
             files.write_private(node, b"secret")
     assert stat.S_ISSOCK(os.stat(node).st_mode)
+
+
+def test_read_limited_reads_a_path_or_a_stream_up_to_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert files.read_limited(path, "the file", 10) == b"x" * 10
+    assert files.read_limited(str(path), "the file", 10) == b"x" * 10
+    with path.open("rb") as fh:
+        assert files.read_limited(fh, "the file", 10) == b"x" * 10
+
+
+def test_read_limited_refuses_one_byte_more_with_the_callers_error(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 11)
+    with pytest.raises(UsageError, match=r"^the file is larger than 10 bytes$"):
+        files.read_limited(path, "the file", 10)
+    with pytest.raises(ConfigError, match="larger than 10 bytes"):
+        files.read_limited(path, "the file", 10, error=ConfigError)
+
+
+def test_read_limited_can_hand_an_oversized_head_to_a_parser(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    assert files.read_limited(path, "the file", 10, refuse_larger=False) == b"x" * 11
+
+
+def test_read_limited_reports_an_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^cannot read the key .*: No such file or directory$"):
+        files.read_limited(tmp_path / "missing", "the key k", 10, error=ConfigError)
+    with pytest.raises(UsageError, match="Is a directory"):
+        files.read_limited(tmp_path, "the file", 10)
