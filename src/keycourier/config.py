@@ -16,6 +16,7 @@ from typing import Any
 
 from keycourier._record import field, record
 from keycourier.errors import ConfigError
+from keycourier.files import read_limited
 
 MAX_CONFIG_BYTES = 256 * 1024
 
@@ -121,13 +122,7 @@ _VAULT_AUTH = {"token", "approle", "jwt"}
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    raw = read_limited(path, f"config file {path}", MAX_CONFIG_BYTES, error=ConfigError)
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -21,6 +21,7 @@ import jinja2
 
 from keycourier.ledger.interface import EventType, StoredEvent
 from keycourier.ledger.service import LedgerRecorder
+from keycourier.redact import printable
 
 MAX_TEXT = 200  # characters shown of any value from the ledger
 
@@ -93,9 +94,7 @@ SERIES: tuple[tuple[str, frozenset[Label]], ...] = (
 
 
 def _text(value: object) -> str:
-    text = "" if value is None else str(value)
-    text = "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in text)
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    return printable("" if value is None else str(value), MAX_TEXT)
 
 
 def _time(at: datetime) -> str:

@@ -19,6 +19,7 @@ a file whose header does not match them.
 from __future__ import annotations
 
 import base64
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from keycourier import age
 from keycourier.bundle.canonical import canonical_json, parse_canonical
 from keycourier.bundle.model import format_time
 from keycourier.errors import IntegrityError, UsageError
+from keycourier.files import read_limited
 from keycourier.redact import Secret, fingerprint
 
 IDENTITY_FORMAT = "keycourier-identity/v1"
@@ -166,6 +168,12 @@ class KeycourierIdentity:
 
 
 _HEADER_RE = re.compile(r"^# ([a-z-]+): (.+)\Z")
+
+
+def read_identity_file(path: str | os.PathLike[str]) -> bytes:
+    """An identity file's bytes, at most one byte over the limit: the parsers here
+    refuse an oversized identity in their own terms."""
+    return read_limited(path, f"identity {path}", MAX_IDENTITY_BYTES, refuse_larger=False)
 
 
 def read_public(data: bytes) -> PublicIdentity:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keycourier.bundle.core import open_verified
-from keycourier.bundle.identity import MAX_IDENTITY_BYTES, KeycourierIdentity, load_identity
+from keycourier.bundle.identity import KeycourierIdentity, load_identity, read_identity_file
 from keycourier.bundle.model import Credentials, Manifest
-from keycourier.errors import PolicyError, UsageError
+from keycourier.errors import PolicyError
 from keycourier.redact import Secret
 
 if TYPE_CHECKING:
@@ -39,12 +39,7 @@ class CheckedBundle:
 
 
 def read_identity(path: Path, passphrase: Secret | None) -> KeycourierIdentity:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_IDENTITY_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read identity {path}: {exc.strerror}") from None
-    return load_identity(data, passphrase)
+    return load_identity(read_identity_file(path), passphrase)
 
 
 def open_bundle(

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from keycourier.errors import UsageError
+from keycourier.files import read_limited
 
 if TYPE_CHECKING:
     from keycourier.age import Identity, Recipient
@@ -27,13 +28,7 @@ MAX_KEY_FILE_BYTES = 1024 * 1024
 
 
 def _read_key_file(path: str, what: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise UsageError(f"the {what} file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
+    data = read_limited(path, f"the {what} file {path}", MAX_KEY_FILE_BYTES)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

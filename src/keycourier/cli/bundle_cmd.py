@@ -309,13 +309,9 @@ def _signing_fingerprint(identity_path: str) -> str:
     """The identity's signing fingerprint from its public header, read without its
     passphrase ('seal' loads the identity later and refuses a header that does not match
     its keys)."""
-    from keycourier.bundle.identity import MAX_IDENTITY_BYTES, read_public
+    from keycourier.bundle.identity import read_identity_file, read_public
 
-    try:
-        with open(identity_path, "rb") as fh:
-            return read_public(fh.read(MAX_IDENTITY_BYTES + 1)).signing_fingerprint
-    except OSError as exc:
-        raise UsageError(f"cannot read identity {identity_path}: {exc.strerror}") from None
+    return read_public(read_identity_file(identity_path)).signing_fingerprint
 
 
 def _show_receiver(path: str, old_text: bytes, trusted: list[str], bundle_id: str) -> None:

@@ -14,7 +14,8 @@ import sys
 
 from keycourier.bundle.parsing import MAX_BUNDLE_BYTES, Inspection, inspect
 from keycourier.cli.outcome import say
-from keycourier.errors import IntegrityError, UsageError
+from keycourier.errors import IntegrityError
+from keycourier.files import read_limited
 
 
 def _echo(line: str, *, err: bool = False) -> None:
@@ -30,13 +31,8 @@ def read_bundle(source: str) -> bytes:
     An oversized bundle is a step-1 failure of docs/bundle-format.md section 6,
     so it gets the one integrity error (exit 4) from the parser, not a usage error.
     """
-    if source == "-":
-        return sys.stdin.buffer.read(MAX_BUNDLE_BYTES + 1)
-    try:
-        with open(source, "rb") as fh:
-            return fh.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read bundle {source}: {exc.strerror}") from None
+    stream_or_path = sys.stdin.buffer if source == "-" else source
+    return read_limited(stream_or_path, f"bundle {source}", MAX_BUNDLE_BYTES, refuse_larger=False)
 
 
 def _rows(result: Inspection) -> list[tuple[str, str]]:

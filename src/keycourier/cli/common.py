@@ -12,35 +12,25 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from keycourier.errors import UsageError
+from keycourier.files import read_limited
 from keycourier.files import write_private as write_private
-from keycourier.redact import Secret
+from keycourier.redact import Secret, printable
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
 PASSPHRASE_ENV = "KEYCOURIER_PASSPHRASE"  # noqa: S105 - a variable name
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:
-    data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise UsageError(f"{what} is larger than {limit} bytes")
-    return data
-
-
 def read_secret_source(source: str, what: str, *, limit: int = MAX_SECRET_FILE_BYTES) -> bytes:
     """Read a secret from a path or ``-`` (stdin). Returns raw bytes, unmodified."""
     if source == "-":
-        return read_limited(sys.stdin.buffer, limit, what)
-    try:
-        with open(source, "rb") as fh:
-            return read_limited(fh, limit, what)
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} from {source}: {exc.strerror}") from None
+        return read_limited(sys.stdin.buffer, what, limit)
+    return read_limited(source, f"{what} from {source}", limit)
 
 
 def _strip_one_newline(data: bytes) -> bytes:
@@ -164,9 +154,7 @@ def parse_trusted_sender(value: str, where: str = "--trust") -> str:
         return text.lower()
     if _TRUST_KEY.fullmatch(text):
         return text
-    shown = text if len(text) <= 80 else text[:80] + "…"
-    if not shown.isprintable():
-        shown = shown.encode("ascii", "backslashreplace").decode("ascii")
+    shown = printable(text, 80)
     if text.lower().startswith("age1"):
         why = "is an age recipient (an encryption key), not a sender's signing key"
     elif text.lower().startswith("kc1:"):

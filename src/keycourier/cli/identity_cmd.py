@@ -26,13 +26,9 @@ def load_identity_for_cli(
 ) -> KeycourierIdentity:
     """Load a keycourier identity, asking for the passphrase only if the file needs one."""
     from keycourier.bundle import is_protected, load_identity
-    from keycourier.bundle.identity import MAX_IDENTITY_BYTES
+    from keycourier.bundle.identity import read_identity_file
 
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_IDENTITY_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read identity {path}: {exc.strerror}") from None
+    data = read_identity_file(path)
     passphrase = None
     if is_protected(data):
         passphrase = get_passphrase(
@@ -163,13 +159,11 @@ def _public_of(
     read alone, or the whole identity opened (asking for the passphrase if it has one)
     and its keys checked against the header."""
     from keycourier.bundle import is_protected, read_public
-    from keycourier.bundle.identity import MAX_IDENTITY_BYTES
+    from keycourier.bundle.identity import read_identity_file
 
     if not verify:
-        with open(file, "rb") as fh:
-            return read_public(fh.read(MAX_IDENTITY_BYTES + 1)), ""
-    with open(file, "rb") as fh:
-        protected = is_protected(fh.read(MAX_IDENTITY_BYTES + 1))
+        return read_public(read_identity_file(file)), ""
+    protected = is_protected(read_identity_file(file))
     pub = load_identity_for_cli(file, passphrase_file).public()
     opened = "the passphrase opens the identity; " if protected else "no passphrase (unprotected); "
     return pub, (

@@ -138,17 +138,13 @@ def receipt_from_metadata(custom: Mapping[str, object]) -> bytes | None:
 
 
 def read_receipt(path: str) -> bytes:
-    from keycourier.cli.common import read_limited
+    from keycourier.files import read_limited
 
     if path == "-":
         import sys
 
-        return read_limited(sys.stdin.buffer, MAX_RECEIPT_FILE, "the receipt")
-    try:
-        with open(path, "rb") as fh:
-            return read_limited(fh, MAX_RECEIPT_FILE, "the receipt")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        return read_limited(sys.stdin.buffer, "the receipt", MAX_RECEIPT_FILE)
+    return read_limited(path, f"the receipt {path}", MAX_RECEIPT_FILE)
 
 
 @click.group()

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from keycourier.errors import AuthError, ConfigError, PolicyError, UnavailableError, UsageError
 from keycourier.partner.tokens import MAX_ACCESS_TOKEN_CHARS, MAX_LIFETIME_SECONDS, Token
-from keycourier.redact import Secret
+from keycourier.redact import Secret, printable
 from keycourier.urls import is_loopback_host
 
 KEY_ENV: Final = "KEYCOURIER_HELPER_KEY"
@@ -150,8 +150,7 @@ def _reason(data: bytes) -> str:
     except ValueError:
         return ""
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        text = "".join(c for c in doc["error"][:200] if c.isprintable())
-        return f": {text}"
+        return f": {printable(doc['error'], 200)}"
     return ""
 
 

@@ -37,7 +37,7 @@ from keycourier import __version__
 from keycourier._record import record
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError
 from keycourier.partner.retry import RetryPolicy, retry_after
-from keycourier.redact import Secret, fingerprint
+from keycourier.redact import Secret, fingerprint, printable
 
 if TYPE_CHECKING:
     import aiohttp
@@ -93,14 +93,6 @@ def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _clean(text: str, *, scrub: tuple[str, ...] = (), limit: int = 200) -> str:
-    for value in scrub:
-        if value:
-            text = text.replace(value, "****")
-    text = "".join(c if c.isprintable() else " " for c in text)
-    return text[:limit] + ("…" if len(text) > limit else "")
-
-
 def _upstream_message(body: bytes, scrub: tuple[str, ...]) -> str:
     """A short, safe summary of a platform error body (Monite/Tesouro/RFC 6749 shapes)."""
     try:
@@ -114,11 +106,11 @@ def _upstream_message(body: bytes, scrub: tuple[str, ...]) -> str:
         kind = err.get("type")
         msg = err.get("message")
         parts = [str(p) for p in (kind, msg) if isinstance(p, str)]
-        return _clean(": ".join(parts), scrub=scrub)
+        return printable(": ".join(parts), 200, scrub=scrub)
     if isinstance(err, str):  # RFC 6749 5.2
         desc = doc.get("error_description")
         text = err + (f": {desc}" if isinstance(desc, str) else "")
-        return _clean(text, scrub=scrub)
+        return printable(text, 200, scrub=scrub)
     detail = doc.get("detail")
     if isinstance(detail, list):  # FastAPI HTTPValidationError; never show "input"
         items = []
@@ -127,7 +119,7 @@ def _upstream_message(body: bytes, scrub: tuple[str, ...]) -> str:
                 loc = item.get("loc")
                 where = ".".join(str(x) for x in loc) if isinstance(loc, list) else "?"
                 items.append(f"{where}: {item.get('msg', '')}")
-        return _clean("; ".join(items), scrub=scrub)
+        return printable("; ".join(items), 200, scrub=scrub)
     return ""
 
 
@@ -288,7 +280,7 @@ async def fetch_token(
                 reason = f"cannot reach the token endpoint ({type(exc).__name__})"
             else:
                 rid = reply.headers.get("x-request-id")
-                suffix = f" (x-request-id {_clean(rid, limit=64)})" if rid else ""
+                suffix = f" (x-request-id {printable(rid, 64)})" if rid else ""
                 if reply.status == 200:
                     return parse_token_response(reply.body, now=sent)
                 message = _upstream_message(reply.body, scrub)

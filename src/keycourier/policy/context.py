@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from keycourier.errors import UsageError
+from keycourier.files import read_limited
 
 MAX_CONTEXT_BYTES: Final = 64 * 1024
 MAX_FIELD_CHARS: Final = 2048
@@ -94,11 +95,7 @@ def parse_context(data: bytes, where: str = "context file") -> SandboxContext:
 
 
 def parse_context_file(path: Path) -> SandboxContext:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONTEXT_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read context file {path}: {exc.strerror}") from None
+    data = read_limited(path, f"context file {path}", MAX_CONTEXT_BYTES, refuse_larger=False)
     return parse_context(data, f"context file {path}")
 
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from keycourier.durations import format_seconds, parse_seconds
 from keycourier.errors import ConfigError
+from keycourier.files import read_limited
 from keycourier.urls import base_url_problem
 
 MAX_POLICY_BYTES: Final = 256 * 1024
@@ -146,13 +147,7 @@ class Policy:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_POLICY_BYTES:
-        raise ConfigError(f"policy file {path} is larger than {MAX_POLICY_BYTES} bytes")
+    raw = read_limited(path, f"policy file {path}", MAX_POLICY_BYTES, error=ConfigError)
     return _parse_text(raw, str(path))
 
 
