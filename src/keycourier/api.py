@@ -29,17 +29,25 @@ from keycourier.errors import (
 )
 from keycourier.files import write_private
 from keycourier.handover import (
+    CheckRequest,
     DecidingRecorder,
+    Denied,
+    DenyRequest,
     Ingested,
     IngestRequest,
     KvStore,
     Opened,
     OpenRequest,
     RejectedError,
+    Revoked,
+    RevokeRequest,
     Sealed,
     SealRequest,
+    check,
+    deny,
     ingest,
     open_bundle,
+    revoke,
     seal,
 )
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
@@ -52,9 +60,12 @@ from keycourier.vault import VaultKv
 
 __all__ = [
     "AuthError",
+    "CheckRequest",
     "CheckedBundle",
     "ConfigError",
     "DecidingRecorder",
+    "Denied",
+    "DenyRequest",
     "Error",
     "Event",
     "EventType",
@@ -78,6 +89,8 @@ __all__ = [
     "Recorder",
     "RejectedError",
     "Report",
+    "RevokeRequest",
+    "Revoked",
     "SandboxContext",
     "SealRequest",
     "Sealed",
@@ -88,6 +101,8 @@ __all__ = [
     "VaultKv",
     "VaultSettings",
     "VaultStatus",
+    "check",
+    "deny",
     "deny_list",
     "ingest",
     "inspect_bundle",
@@ -95,6 +110,7 @@ __all__ = [
     "open_bundle",
     "open_recorder",
     "read_identity",
+    "revoke",
     "seal",
     "write_private",
 ]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -14,11 +12,14 @@ import click
 
 from keycourier.cli.common import emit_json, read_secret_source
 from keycourier.errors import PolicyError, UsageError
+from keycourier.handover.checking import CheckRequest
+from keycourier.handover.checking import check as run_check
+from keycourier.handover.denying import Denied, DenyRequest, check_denial
+from keycourier.handover.denying import deny as run_deny
 from keycourier.policy import (
     HandoverFacts,
     Report,
     Verdict,
-    evaluate,
     load_policy,
     make_context,
     merge_contexts,
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 REFRESH_TOKEN_ENV: Final = "KEYCOURIER_PROBE_REFRESH_TOKEN"  # noqa: S105 - a variable name
-_FINGERPRINT = re.compile(r"^kc1:[0-9a-f]{32}\Z")
-_MAX_REASON: Final = 500
 
 _HANDOVER_OPTIONS: Final[list[Callable[[Any], Any]]] = [
     click.option("--platform", required=True, help="quickbooks or xero."),
@@ -225,12 +224,14 @@ def check(ctx: click.Context, /, as_json: bool, **options: object) -> None:
     """
     policy_file = options.pop("policy")
     settings = _settings(ctx, str(policy_file) if policy_file else None)
-    pol = load_policy(settings.policy_path)
     probe = bool(options.pop("probe"))
-    facts = facts_from_options(options)
-    report = evaluate(
-        pol, facts, now=datetime.now(UTC), denied=denied_lookup(settings), probe=probe
+    request = CheckRequest(
+        facts=facts_from_options(options),
+        policy=load_policy(settings.policy_path),
+        denied=denied_lookup(settings),
+        probe=probe,
     )
+    report = run_check(request)
     render_report(report, as_json=as_json)
     if report.verdict == Verdict.REJECT:
         raise rejection_error(report)
@@ -312,45 +313,32 @@ def deny(
       keycourier policy deny kc1:4f0c2a9e1b7d3c5a8e6f0b2d4c6a8e0f \\
         --reason "development key, sent by mistake"
     """
-    from keycourier.cli.record import record_event
-    from keycourier.ledger.interface import Event, EventType
+    from keycourier.cli.record import recording, report_outcome
 
-    if not _FINGERPRINT.match(fingerprint):
-        raise UsageError(
-            "the fingerprint must look like kc1:<32 lowercase hex>",
-            hints=["copy it from 'keycourier check' or 'keycourier inspect'"],
-        )
-    text = reason.strip()
-    if not text or len(text) > _MAX_REASON or any(ord(c) < 0x20 for c in text):
-        raise UsageError(f"--reason must be 1 to {_MAX_REASON} printable characters")
+    check_denial(fingerprint, reason, actor or _login_name())  # before anything is loaded
     settings = _settings(ctx, policy_file)
     pol = load_policy(settings.policy_path)
-    who = (actor or _login_name()).strip()
-    if not who or len(who) > 200:
-        raise UsageError("--by must be 1 to 200 characters")
-    event = Event(
-        type=EventType.DENIED_FINGERPRINT,
-        at=datetime.now(UTC),
-        actor=who,
-        fingerprint=fingerprint,
-        policy_digest=pol.digest,
-        data={"reason": text},
-    )
-    outcome = record_event(settings, event)
+    request = DenyRequest(fingerprint, reason, actor or _login_name(), pol.digest)
+    with recording(settings) as recorder:
+        denied = run_deny(request, recorder=recorder)
+    report_outcome(denied.event, denied.outcome)
     if as_json:
-        emit_json(
-            {
-                "type": str(event.type),
-                "fingerprint": fingerprint,
-                "reason": text,
-                "actor": who,
-                "seq": outcome.seq,
-                "vault_status": str(outcome.vault_status),
-                "policy_digest": pol.digest,
-            }
-        )
+        emit_json(_denied_json(denied))
     else:
         click.echo(f"denied {fingerprint}")
+
+
+def _denied_json(denied: Denied) -> dict[str, Any]:
+    event = denied.event
+    return {
+        "type": str(event.type),
+        "fingerprint": event.fingerprint,
+        "reason": event.data["reason"],
+        "actor": event.actor,
+        "seq": denied.outcome.seq,
+        "vault_status": str(denied.outcome.vault_status),
+        "policy_digest": event.policy_digest,
+    }
 
 
 def _login_name() -> str:

@@ -1,5 +1,5 @@
-"""The handover workflows as a library: seal on the sender's side, open and ingest on the
-receiver's.
+"""The handover workflows as a library: check and seal on the sender's side, open and
+ingest on the receiver's, revoke and deny on either.
 
 Each workflow takes typed inputs (the facts, the identity, the pinned senders, the policy, a
 recorder, a clock) and returns a typed result with its warnings and the event it recorded.
@@ -10,6 +10,8 @@ the result. docs/api.md shows them in scripts.
 
 from __future__ import annotations
 
+from keycourier.handover.checking import CheckRequest, check
+from keycourier.handover.denying import Denied, DenyRequest, check_denial, deny
 from keycourier.handover.ingesting import (
     Ingested,
     IngestRequest,
@@ -41,7 +43,10 @@ from keycourier.handover.sealing import (
 
 __all__ = [
     "DEFAULT_LIFETIME",
+    "CheckRequest",
     "DecidingRecorder",
+    "Denied",
+    "DenyRequest",
     "IngestRequest",
     "Ingested",
     "KvMetadataView",
@@ -54,10 +59,13 @@ __all__ = [
     "Revoked",
     "SealRequest",
     "Sealed",
+    "check",
     "check_bundle_id",
+    "check_denial",
     "check_revocation",
     "check_state",
     "claim_path",
+    "deny",
     "ingest",
     "open_bundle",
     "revoke",

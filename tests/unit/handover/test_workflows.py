@@ -4,6 +4,7 @@ recorder it is given (a memory recorder here), never a print or an exit."""
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import string
 from collections.abc import Iterator
@@ -331,3 +332,60 @@ def test_the_deny_list_a_request_carries_is_applied(
             trusted=[partner.public().signing_fingerprint],
             policy=api.load_policy(None),
         )
+
+
+def test_check_is_a_dry_run_whose_rejection_is_the_reports_verdict() -> None:
+    """check returns the report seal would act on, records nothing and raises nothing for
+    a credential the policy rejects."""
+    from keycourier.policy import Verdict
+
+    passing = api.check(
+        api.CheckRequest(facts=facts(), policy=api.load_policy(None), denied=nothing_denied),
+        now=NOW,
+    )
+    assert passing.verdict != Verdict.REJECT
+    sandbox = api.check(
+        api.CheckRequest(
+            facts=facts(environment="sandbox"), policy=api.load_policy(None), denied=nothing_denied
+        ),
+        now=NOW,
+    )
+    assert sandbox.verdict == Verdict.REJECT
+    assert sandbox.rejected
+
+
+def test_deny_records_one_event_stamped_with_the_policy_in_force() -> None:
+    fingerprint = "kc1:" + "ab" * 16
+    recorder = api.MemoryRecorder()
+    policy = api.load_policy(None)
+    denied = api.deny(
+        api.DenyRequest(fingerprint, "  development key, sent by mistake ", "ana", policy.digest),
+        recorder=recorder,
+        now=NOW,
+    )
+    assert denied.event.type == api.EventType.DENIED_FINGERPRINT
+    assert denied.event.fingerprint == fingerprint
+    assert denied.event.data == {"reason": "development key, sent by mistake"}
+    assert denied.event.policy_digest == policy.digest
+    assert [s.event.type for s in recorder.events] == [api.EventType.DENIED_FINGERPRINT]
+    assert denied.outcome.seq == 1
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "reason", "actor", "complaint"),
+    [
+        ("kc1:" + "AB" * 16, "leaked", "ana", "kc1:<32 lowercase hex>"),
+        ("kc1:" + "ab" * 15, "leaked", "ana", "kc1:<32 lowercase hex>"),
+        ("kc1:" + "ab" * 16, "   ", "ana", "--reason"),
+        ("kc1:" + "ab" * 16, "a\x1b[2Jb", "ana", "--reason"),
+        ("kc1:" + "ab" * 16, "x" * 501, "ana", "--reason"),
+        ("kc1:" + "ab" * 16, "leaked", " ", "--by"),
+    ],
+)
+def test_a_malformed_denial_is_a_usage_error_and_records_nothing(
+    fingerprint: str, reason: str, actor: str, complaint: str
+) -> None:
+    recorder = api.MemoryRecorder()
+    with pytest.raises(api.UsageError, match=re.escape(complaint)):
+        api.deny(api.DenyRequest(fingerprint, reason, actor, None), recorder=recorder)
+    assert recorder.events == []
