@@ -22,6 +22,7 @@ from keycourier.age._encoding import b64decode, b64encode, bech32_decode, bech32
 from keycourier.age._format import FILE_KEY_SIZE, hkdf
 from keycourier.age._header import HYBRID_TYPE, X25519_TYPE, Stanza
 from keycourier.age.errors import AgeUsageError, HeaderError, InvalidKeyError
+from keycourier.redact import Secret
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.hpke import (
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
         MLKEM768X25519PublicKey,
         Suite,
     )
-
-    from keycourier.redact import Secret
 
 X25519_LABEL: Final = b"age-encryption.org/v1/X25519"
 SCRYPT_TYPE: Final = "scrypt"
@@ -224,7 +223,6 @@ class X25519Identity(Identity):
 
 
 def _is_secret(value: object) -> bool:
-    from keycourier.redact import Secret
 
     return isinstance(value, Secret)
 
@@ -383,8 +381,6 @@ class HybridIdentity(Identity):
 
         from cryptography.hazmat.primitives import hpke
         from cryptography.hazmat.primitives.asymmetric import mlkem
-
-        from keycourier.redact import Secret
 
         if len(seed) != 32:
             raise InvalidKeyError("a hybrid identity seed is 32 bytes")

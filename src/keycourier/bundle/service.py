@@ -12,6 +12,8 @@ from keycourier.bundle.core import open_verified
 from keycourier.bundle.identity import KeycourierIdentity, load_identity, read_identity_file
 from keycourier.bundle.model import Credentials, Manifest
 from keycourier.errors import PolicyError
+from keycourier.policy import HandoverFacts, SandboxContext, Verdict, evaluate
+from keycourier.policy.rules import CONTEXT_RULES
 from keycourier.redact import Secret
 
 if TYPE_CHECKING:
@@ -63,8 +65,6 @@ def open_bundle(
     (exit 7) when expired, and ReceiverPolicyError (a PolicyError) when the
     receiver's policy rejects.
     """
-    from keycourier.policy import HandoverFacts, SandboxContext, Verdict, evaluate
-    from keycourier.policy.rules import CONTEXT_RULES
 
     opened = open_verified(text, identity=identity, trusted=trusted, now=now)
     m = opened.manifest

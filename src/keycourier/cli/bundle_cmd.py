@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keycourier import age, handover, receipt
+from keycourier import bundle as _bundle
+from keycourier.bundle.identity import read_identity_file, read_public
 from keycourier.cli.bundle_ops import read_bundle as read_bundle
 from keycourier.cli.bundle_ops import show_inspection
 from keycourier.cli.common import (
@@ -24,25 +27,30 @@ from keycourier.cli.common import (
 )
 from keycourier.cli.identity_cmd import load_identity_for_cli
 from keycourier.cli.main import settings_from
-from keycourier.cli.policy_cmd import facts_from_options, handover_options
+from keycourier.cli.policy_cmd import (
+    denied_lookup,
+    facts_from_options,
+    handover_options,
+    render_report,
+)
 from keycourier.cli.receipt_cmd import (
     check_receipt_target,
+    read_receipt,
     receipt_option,
     save_receipt,
     write_receipt,
 )
 from keycourier.cli.record import recording, report_outcome, write_release
 from keycourier.errors import UsageError
+from keycourier.policy import load_policy
 
 if TYPE_CHECKING:
-    from keycourier import handover
     from keycourier.bundle import CheckedBundle, KeycourierIdentity
     from keycourier.config import Settings
     from keycourier.ledger.interface import Event, RecordOutcome
 
 
 def _recipients(recipient: tuple[str, ...], recipients_file: tuple[str, ...]) -> list[str]:
-    from keycourier import age
 
     out = [age.parse_recipient(r).to_string() for r in recipient]
     for path in recipients_file:
@@ -130,7 +138,6 @@ def seal(
         --attested-by "Jane Doe, CTO" \\
         --identity partner.kcid -r age1... --partner "Acme" -o handover.kcb
     """
-    from keycourier import handover
 
     if as_json and (output is None or output == "-"):
         raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
@@ -162,9 +169,6 @@ def _seal_request(
 ) -> handover.SealRequest:
     """The request `seal` options describe: the identity (its passphrase asked for only
     when the secret is not on stdin), the facts and secret read, the policy in force."""
-    from keycourier import handover
-    from keycourier.cli.policy_cmd import denied_lookup
-    from keycourier.policy import load_policy
 
     probe = bool(options.pop("probe", False))
     secret_on_stdin = options.get("client_secret_file") == "-"
@@ -185,8 +189,6 @@ def _run_seal(
     settings: Settings, request: handover.SealRequest, *, require_vault: bool
 ) -> handover.Sealed:
     """``handover.seal`` on this command's ledger; a rejection's report goes to stderr."""
-    from keycourier import handover
-    from keycourier.cli.policy_cmd import render_report
 
     try:
         with recording(settings, require_vault=require_vault) as recorder:
@@ -285,7 +287,6 @@ def rotate(
         --client-secret-file new-secret.txt --attested-by "Jane Doe, CTO" \\
         --identity partner.kcid -o rotation.kcb
     """
-    from keycourier import handover
 
     old_text = read_bundle(old_bundle)
     me = _signing_fingerprint(str(options["identity_path"]))
@@ -309,7 +310,6 @@ def _signing_fingerprint(identity_path: str) -> str:
     """The identity's signing fingerprint from its public header, read without its
     passphrase ('seal' loads the identity later and refuses a header that does not match
     its keys)."""
-    from keycourier.bundle.identity import read_identity_file, read_public
 
     return read_public(read_identity_file(identity_path)).signing_fingerprint
 
@@ -317,8 +317,6 @@ def _signing_fingerprint(identity_path: str) -> str:
 def _show_receiver(path: str, old_text: bytes, trusted: list[str], bundle_id: str) -> None:
     """Verify the receiver's receipt of the old bundle (exit 4 when it does not) and say
     what the receiver holds."""
-    from keycourier import receipt
-    from keycourier.cli.receipt_cmd import read_receipt
 
     got = receipt.verify(read_receipt(path), old_text, trusted)
     stored = got.receipt.vault
@@ -485,9 +483,6 @@ def open_for_cli(
 ) -> tuple[CheckedBundle, Event, RecordOutcome]:
     """``handover.open_bundle`` under this command's settings (shared by open and ingest):
     the opened bundle and the `opened` event as recorded, with the outcome reported."""
-    from keycourier import handover
-    from keycourier.cli.policy_cmd import denied_lookup
-    from keycourier.policy import load_policy
 
     request = handover.OpenRequest(
         text=text,
@@ -533,6 +528,5 @@ def extract_age(bundle_file: str, output: str | None) -> None:
       keycourier identity export-age platform.kcid -o platform.agekey
       keycourier bundle extract-age handover.kcb | age -d -i platform.agekey
     """
-    from keycourier import bundle as _bundle
 
     write_output(output, _bundle.extract_age(read_bundle(bundle_file)), private=False)

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from keycourier.bundle import KeycourierIdentity, is_protected, load_identity, read_public
+from keycourier.bundle.identity import read_identity_file
 from keycourier.cli.common import emit_json, get_passphrase, write_private
 from keycourier.errors import UsageError
 
 if TYPE_CHECKING:
-    from keycourier.bundle import KeycourierIdentity, PublicIdentity
+    from keycourier.bundle import PublicIdentity
 
 
 def _refuse_existing(path: str) -> None:
@@ -25,8 +27,6 @@ def load_identity_for_cli(
     path: str, passphrase_file: str | None, *, stdin_busy: bool = False
 ) -> KeycourierIdentity:
     """Load a keycourier identity, asking for the passphrase only if the file needs one."""
-    from keycourier.bundle import is_protected, load_identity
-    from keycourier.bundle.identity import read_identity_file
 
     data = read_identity_file(path)
     passphrase = None
@@ -83,7 +83,6 @@ def new(
     Example:
       KEYCOURIER_PASSPHRASE=... keycourier identity new -o platform.kcid
     """
-    from keycourier.bundle import KeycourierIdentity
 
     _refuse_existing(output)
     if unprotected and passphrase_file:
@@ -158,8 +157,6 @@ def _public_of(
     """The identity's public half and, with ``verify``, what was verified: its header
     read alone, or the whole identity opened (asking for the passphrase if it has one)
     and its keys checked against the header."""
-    from keycourier.bundle import is_protected, read_public
-    from keycourier.bundle.identity import read_identity_file
 
     if not verify:
         return read_public(read_identity_file(file)), ""

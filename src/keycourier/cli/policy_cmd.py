@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import click
 
 from keycourier.cli.common import emit_json, read_secret_source
+from keycourier.cli.main import settings_from
+from keycourier.cli.record import recording, report_outcome
 from keycourier.errors import PolicyError, UsageError
 from keycourier.handover.checking import CheckRequest
 from keycourier.handover.checking import check as run_check
@@ -191,7 +193,6 @@ def render_report(report: Report, *, as_json: bool) -> None:
 
 
 def _settings(ctx: click.Context, policy_file: str | None) -> Settings:
-    from keycourier.cli.main import settings_from
 
     settings: Settings = settings_from(ctx, policy_path=policy_file)
     return settings
@@ -313,7 +314,6 @@ def deny(
       keycourier policy deny kc1:4f0c2a9e1b7d3c5a8e6f0b2d4c6a8e0f \\
         --reason "development key, sent by mistake"
     """
-    from keycourier.cli.record import recording, report_outcome
 
     check_denial(fingerprint, reason, actor or _login_name())  # before anything is loaded
     settings = _settings(ctx, policy_file)

@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keycourier import receipt as _receipt
+from keycourier.bundle import parsing
+from keycourier.bundle.model import format_time
+from keycourier.cli.bundle_ops import read_bundle
 from keycourier.cli.common import (
     default_actor,
     emit_json,
@@ -17,15 +21,19 @@ from keycourier.cli.common import (
     receiver_trust_option,
     trusted_senders,
     warn,
+    write_output,
 )
 from keycourier.cli.main import settings_from
-from keycourier.errors import Error, UsageError
+from keycourier.cli.record import recording, report_outcome
+from keycourier.errors import ConfigError, Error, IntegrityError, UsageError
+from keycourier.files import read_limited, write_private
+from keycourier.ledger.interface import Event, EventType
+from keycourier.receipt import check_ledger_key
 
 if TYPE_CHECKING:
     from keycourier.bundle.identity import KeycourierIdentity
     from keycourier.bundle.model import Manifest
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event
     from keycourier.receipt import IssuedVault, Receipt
 
 MAX_RECEIPT_FILE = 64 * 1024
@@ -65,7 +73,6 @@ def write_receipt(
     path proves its `opened` event, docs/receipts.md section 4); None, with a warning, when
     it cannot be made: the release already happened, so that is not a failed command."""
     from keycourier import receipt
-    from keycourier.bundle import parsing
     from keycourier.ledger.service import open_recorder, prove_event
 
     try:
@@ -89,7 +96,6 @@ def write_receipt(
 
 
 def save_receipt(path: str, text: bytes) -> None:
-    from keycourier.files import write_private
 
     try:
         write_private(path, text)
@@ -138,7 +144,6 @@ def receipt_from_metadata(custom: Mapping[str, object]) -> bytes | None:
 
 
 def read_receipt(path: str) -> bytes:
-    from keycourier.files import read_limited
 
     if path == "-":
         import sys
@@ -204,8 +209,6 @@ def verify(
     Example:
       keycourier receipt verify receipt.kcr --bundle handover.kcb --trust kc1:0123...
     """
-    from keycourier import receipt as _receipt
-    from keycourier.cli.bundle_ops import read_bundle
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     data = read_receipt(receipt_file)
@@ -227,10 +230,7 @@ def verify(
 def _record_verified(settings: Settings, r: Receipt, pinned: str | None) -> tuple[int, bool]:
     """Record ``receipt_verified`` unless this receipt is already on record: (seq, new?).
     The receiver's ledger key is checked against its earlier receipts first."""
-    from keycourier.cli.record import recording, report_outcome
-    from keycourier.ledger.interface import Event, EventType
     from keycourier.ledger.service import decision_lock
-    from keycourier.receipt import check_ledger_key
 
     with decision_lock(settings), recording(settings) as recorder:
         seen = [
@@ -258,7 +258,6 @@ def _record_verified(settings: Settings, r: Receipt, pinned: str | None) -> tupl
 
 
 def _summary(r: Receipt) -> dict[str, Any]:
-    from keycourier.bundle.model import format_time
 
     v = r.vault
     return {
@@ -308,7 +307,6 @@ def inspect_receipt(receipt_file: str, as_json: bool) -> None:
     Example:
       keycourier receipt inspect receipt.kcr
     """
-    from keycourier import receipt as _receipt
 
     seen = _receipt.inspect(read_receipt(receipt_file))
     r = seen.receipt
@@ -343,8 +341,6 @@ def inspect_receipt(receipt_file: str, as_json: bool) -> None:
         for name, value in rows:
             click.echo(f"{name + ':':<14}{value}")
     if not seen.signature_valid or seen.proof_error is not None:
-        from keycourier.errors import IntegrityError
-
         raise IntegrityError(
             "the receipt does not verify: "
             + ("its signature is invalid" if not seen.signature_valid else str(seen.proof_error))
@@ -372,10 +368,7 @@ def get_receipt(ctx: click.Context, vault_path: str, output: str | None) -> None
     Example:
       keycourier receipt get --vault-path handed-over/acme/quickbooks -o receipt.kcr
     """
-    from keycourier import receipt as _receipt
     from keycourier import vault
-    from keycourier.cli.common import write_output
-    from keycourier.errors import ConfigError
 
     settings = settings_from(ctx)
     if not settings.vault.addr:

@@ -6,8 +6,10 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from keycourier import files
 from keycourier.cli.common import info, warn
-from keycourier.errors import Error
+from keycourier.errors import Error, UsageError
+from keycourier.ledger.interface import VaultStatus
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -128,7 +130,6 @@ def record_event(settings: Settings, event: Event, *, require_vault: bool = Fals
 
 def report_outcome(event: Event, outcome: RecordOutcome) -> None:
     """Say where the event went; never claim Vault when it is not there."""
-    from keycourier.ledger.interface import VaultStatus
 
     what = f"{event.type} event #{outcome.seq}"
     if outcome.vault_status == VaultStatus.RECORDED:
@@ -155,13 +156,11 @@ def write_release(
     device or pipe is written in place: a failure there after part of the data
     went out (``PartialWriteError``) keeps the event, as on stdout.
     """
-    from keycourier.errors import UsageError
-    from keycourier.files import PartialWriteError, write_private
     from keycourier.ledger.service import abort_event
 
     try:
-        write_private(output, data)
-    except PartialWriteError:
+        files.write_private(output, data)
+    except files.PartialWriteError:
         raise
     except OSError as exc:
         reason = f"cannot write {output}: {exc.strerror}"

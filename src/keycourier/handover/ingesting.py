@@ -16,7 +16,16 @@ from keycourier.bundle import KeycourierIdentity, Manifest
 from keycourier.errors import Error, PolicyError
 from keycourier.handover.opening import DecidingRecorder, Opened, OpenRequest, open_bundle
 from keycourier.ledger.interface import Event, EventType, RecordOutcome
-from keycourier.ledger.rotation import Holder, Supersession
+from keycourier.ledger.rotation import (
+    BundleFacts,
+    Holder,
+    Supersession,
+    check_path_claim,
+    check_supersession,
+    current_holder,
+    holders,
+)
+from keycourier.ledger.signed import sign_event
 from keycourier.policy import Policy
 
 
@@ -115,7 +124,6 @@ def ingest(
     write is a warning.
     """
     from keycourier import bundle, vault
-    from keycourier.ledger.signed import sign_event
 
     notes: list[str] = []
 
@@ -260,13 +268,6 @@ def claim_path(
     credentials to ``vault_path``, checked on the manifest (its signature is verified by
     the open that follows) before anything is opened or recorded. Call it under the
     decision lock and write with ``cas``."""
-    from keycourier.ledger.rotation import (
-        BundleFacts,
-        check_path_claim,
-        check_supersession,
-        current_holder,
-        holders,
-    )
     from keycourier.ledger.service import bundle_state
 
     full_path = f"{store.mount}/{vault_path}"

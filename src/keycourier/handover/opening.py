@@ -7,11 +7,13 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Protocol
 
+from keycourier import bundle
 from keycourier._record import field, record
 from keycourier.bundle import CheckedBundle, KeycourierIdentity
 from keycourier.errors import IntegrityError, PolicyError
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome
 from keycourier.ledger.service import BundleState, bundle_state
+from keycourier.ledger.signed import sign_event
 from keycourier.policy import Policy
 
 
@@ -70,8 +72,6 @@ def open_bundle(
     after recording `rejected`) when the policy refuses it; PolicyError (exit 7) when it
     expired, was revoked, superseded or opened before.
     """
-    from keycourier import bundle
-    from keycourier.ledger.signed import sign_event
 
     notes: list[str] = []
 
@@ -199,7 +199,6 @@ def signer_hint(exc: IntegrityError, text: bytes, trusted: Sequence[str]) -> Int
     The signer is public (``keycourier inspect`` shows it), so naming it tells
     an attacker nothing; the message stays the one message for every case.
     """
-    from keycourier import bundle
 
     try:
         manifest = bundle.inspect(text).manifest

@@ -8,6 +8,7 @@ from keycourier._record import record
 from keycourier.bundle import KeycourierIdentity
 from keycourier.errors import UsageError
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome
+from keycourier.ledger.signed import sign_event
 
 MAX_REASON_CHARS = 500
 MAX_BUNDLE_ID_CHARS = 128
@@ -53,7 +54,6 @@ def check_revocation(bundle_id: str, reason: str) -> tuple[str, str]:
 def revoke(request: RevokeRequest, *, recorder: Recorder, now: datetime | None = None) -> Revoked:
     """Record `revoked` (signed when the request has an identity). UsageError for a reason
     that is empty or too long, or a bundle ID that is not one."""
-    from keycourier.ledger.signed import sign_event
 
     bundle_id, reason = check_revocation(request.bundle_id, request.reason)
     event = Event(

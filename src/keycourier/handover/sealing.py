@@ -7,11 +7,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from keycourier import age, bundle
 from keycourier._record import field, record, replace
-from keycourier.bundle import KeycourierIdentity, Manifest, SealedBundle
+from keycourier.bundle import KeycourierIdentity, Manifest, SealedBundle, parsing
 from keycourier.errors import IntegrityError, PolicyError, UsageError
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome
-from keycourier.policy import HandoverFacts, Policy, Report, Verdict
+from keycourier.ledger.signed import sign_event
+from keycourier.policy import HandoverFacts, Policy, Report, Verdict, evaluate
 
 DEFAULT_LIFETIME = timedelta(days=7)
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
@@ -98,7 +100,6 @@ def rotation_source(old_text: bytes, *, sender: str, name: str) -> Manifest:
     """The manifest of the bundle a rotation replaces, checked: it verifies (signature and
     payload digest; IntegrityError, exit 4) and ``sender`` (a signing fingerprint) sealed
     it (PolicyError, exit 7: only its sender rotates it). ``name`` names it in errors."""
-    from keycourier.bundle import parsing
 
     old = parsing.parse(old_text)
     if not parsing.verify_signature(old) or not parsing.payload_ok(old):
@@ -119,9 +120,6 @@ def seal(request: SealRequest, *, recorder: Recorder, now: datetime | None = Non
     raised as ``RejectedError``; warnings are returned. The bundle is returned, not written:
     the caller hands it out (``Sealed.text``). Raises UsageError for a malformed request.
     """
-    from keycourier import age, bundle
-    from keycourier.ledger.signed import sign_event
-    from keycourier.policy import evaluate
 
     check_bundle_id(request.supersedes, what="supersedes")
     recipients = [age.parse_recipient(r).to_string() for r in request.recipients]

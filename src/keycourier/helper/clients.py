@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from keycourier.config import default_data_dir
 from keycourier.errors import ConfigError, UsageError
 from keycourier.files import make_private_dirs, write_private
 from keycourier.redact import Secret
@@ -66,7 +67,6 @@ class Client:
 
 
 def default_store_path(settings: Any) -> Path:  # noqa: ANN401 - config.Settings
-    from keycourier.config import default_data_dir
 
     configured = settings.helper.get("clients_file")
     if configured is not None:

@@ -18,15 +18,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from keycourier.errors import Error
+from keycourier.ledger.interface import Event, EventType
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
-    from keycourier.ledger.interface import Event, Recorder
+    from keycourier.ledger.interface import Recorder
     from keycourier.partner.tokens import Token
 
 
 def issued_event(profile: str, token: Token, *, environment: str) -> Event:
-    from keycourier.ledger.interface import Event, EventType
 
     return Event(
         type=EventType.TOKEN_ISSUED,
@@ -43,7 +43,6 @@ def issued_event(profile: str, token: Token, *, environment: str) -> Event:
 
 
 def handed_out_event(client: str, profile: str, token: Token) -> Event:
-    from keycourier.ledger.interface import Event, EventType
 
     return Event(
         type=EventType.TOKEN_HANDED_OUT,

@@ -48,6 +48,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from keycourier import config
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -58,6 +59,9 @@ from keycourier.errors import (
 from keycourier.helper.cache import TokenCache
 from keycourier.helper.clients import ClientStore, default_store_path
 from keycourier.helper.connections import Limits
+from keycourier.helper.credentials import load_credentials
+from keycourier.helper.execrun import child_environment, credential_env_names
+from keycourier.helper.recording import BatchRecorder, issued_event, open_recorder
 from keycourier.helper.server import (
     EVERY_PROFILE,
     HelperState,
@@ -68,16 +72,15 @@ from keycourier.helper.server import (
     _serve,
 )
 from keycourier.helper.shared_state import SharedBuckets
-from keycourier.partner.profiles import Profile
-from keycourier.partner.tokens import Token, UpstreamUnavailableError
+from keycourier.ledger.interface import Event, EventType
+from keycourier.partner.profiles import Profile, load_profiles
+from keycourier.partner.tokens import Token, UpstreamUnavailableError, fetch_token
 from keycourier.redact import Secret
 
 if TYPE_CHECKING:
     import aiohttp
 
     from keycourier.config import Settings
-    from keycourier.helper.recording import BatchRecorder
-    from keycourier.ledger.interface import Event
 
 MAX_WORKERS: Final = 64
 MAX_MESSAGE: Final = 4 * 1024 * 1024
@@ -342,7 +345,6 @@ class _SupervisorLink:
     # ``EventSink``: hand-outs go to the supervisor, which records each one once.
     # ``token_issued`` is the supervisor's: it made the upstream call.
     def submit(self, event: Event) -> None:
-        from keycourier.ledger.interface import EventType
 
         if event.type is not EventType.TOKEN_HANDED_OUT:
             return
@@ -409,8 +411,6 @@ def _config_doc(cfg: ServerConfig) -> dict[str, Any]:
 
 
 async def _worker(chan: socket.socket, listener: socket.socket, table: SharedBuckets) -> None:
-    from keycourier import config
-    from keycourier.partner.profiles import load_profiles
 
     reader, writer = await asyncio.open_unix_connection(sock=chan, limit=MAX_MESSAGE)
     init = json.loads(await reader.readline() or b"null")
@@ -568,22 +568,18 @@ class Supervisor:
         self._expiry: dict[str, float] = {}  # token fingerprint -> expires_at
         self._tasks: set[asyncio.Task[None]] = set()
         # Workers never call the platform or Vault with our credentials: they do not get them.
-        from keycourier.helper.execrun import child_environment, credential_env_names
 
         self.worker_env = child_environment(settings.env, {}, credential_env_names(settings))
 
     # -- tokens and events
 
     async def _fetch(self, profile: Profile) -> Token:
-        from keycourier.helper.credentials import load_credentials
-        from keycourier.partner.tokens import fetch_token
 
         loop = asyncio.get_running_loop()
         creds = await loop.run_in_executor(None, load_credentials, profile, self.settings)
         return await fetch_token(profile, creds, session=self.session, clock=time.time)
 
     def _issued(self, profile: Profile, token: Token) -> None:
-        from keycourier.helper.recording import issued_event
 
         self._expiry[token.fingerprint] = token.expires_at
         self.recorder.submit(
@@ -621,7 +617,6 @@ class Supervisor:
             _send(slot.writer, reply)
 
     def _event(self, msg: Mapping[str, Any]) -> None:
-        from keycourier.ledger.interface import Event, EventType
 
         actor, fp, data = msg.get("actor"), msg.get("fingerprint"), msg.get("data")
         if (
@@ -848,8 +843,6 @@ def run_supervised(
     announce: Callable[[str], None],
 ) -> dict[str, int]:
     """``serve --workers N`` (N > 1): the same summary as ``server.run``."""
-    from keycourier.helper.recording import BatchRecorder, open_recorder
-    from keycourier.partner.profiles import load_profiles
 
     profiles = load_profiles(settings.profiles, settings.config_path)
     if not profiles:

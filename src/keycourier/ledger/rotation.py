@@ -13,6 +13,7 @@ from typing import Any
 from keycourier._record import record
 from keycourier.errors import PolicyError
 from keycourier.ledger.interface import Event, EventType
+from keycourier.ledger.signed import signer_of
 
 OWN_LEDGER = "this ledger"
 OVERWRITE_HINT = (
@@ -64,7 +65,6 @@ class Holder:
 
 def own_ingests(events: Sequence[Event], own_key: str) -> list[Event]:
     """The `ingested` events among ``events`` that this receiver (``own_key``) signed."""
-    from keycourier.ledger.signed import signer_of
 
     return [e for e in events if e.type == EventType.INGESTED and signer_of(e) == own_key]
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from keycourier._record import replace
+from keycourier.bundle.identity import signing_fingerprint
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event
 
@@ -97,7 +98,6 @@ def signer_of(event: Event) -> str | None:
 
 def key_trusted(key_text: str, trusted: Iterable[str]) -> bool:
     """Whether a signer key is one of ``trusted`` (``ed25519:`` keys or ``kc1:`` fingerprints)."""
-    from keycourier.bundle.identity import signing_fingerprint
 
     key = _key_bytes(key_text)
     if key is None:

@@ -36,6 +36,7 @@ from urllib.parse import quote, urlencode
 from keycourier import __version__
 from keycourier._record import record
 from keycourier.errors import AuthError, ConfigError, Error, UnavailableError
+from keycourier.partner.profiles import ClientAuth, Dialect
 from keycourier.partner.retry import RetryPolicy, retry_after
 from keycourier.redact import Secret, fingerprint, printable
 
@@ -162,7 +163,6 @@ def parse_token_response(body: bytes, *, now: float) -> Token:
 
 def build_request(profile: Profile, creds: ClientCredentials) -> tuple[dict[str, str], bytes]:
     """Headers and body for one token request in the profile's dialect."""
-    from keycourier.partner.profiles import ClientAuth, Dialect
 
     headers = {
         "accept": "application/json",
@@ -321,7 +321,6 @@ def _raise_for_status(
     profile: Profile, creds: ClientCredentials, status: int, detail: str, suffix: str
 ) -> None:
     """Raise the domain error for a non-retryable status; return for retryable ones."""
-    from keycourier.partner.profiles import Dialect
 
     if status in (401, 403) or (status == 400 and "invalid_client" in detail):
         raise UpstreamAuthError(

@@ -596,6 +596,7 @@ def evaluate(
     elif any(f.effect == Verdict.REJECT for f in run.findings):
         run.skip("live-probe", "not run: the credential was already rejected offline")
     else:
+        # lazy: the probe's http.client, ssl and email cost about 10 ms of every start-up
         from keycourier.policy.probe import ProbeStatus, run_probe
 
         result = run_probe(

@@ -20,6 +20,8 @@ from keycourier.bundle.canonical import canonical_json, parse_canonical
 from keycourier.bundle.identity import signing_fingerprint
 from keycourier.bundle.model import StructureError, format_time
 from keycourier.errors import IntegrityError
+from keycourier.ledger import chain
+from keycourier.ledger.signed import signer_of
 from keycourier.tlog import checkpoint as tlog_checkpoint
 from keycourier.tlog import merkle
 from keycourier.tlog import note as tlog_note
@@ -427,9 +429,6 @@ def _check_event(receipt: Receipt, event_text: str, *, ledger_id: str) -> None:
     """The proved event is the receiver's own signed record of this handover in the ledger
     the checkpoint is of, at the leaf the proof is for."""
     import json
-
-    from keycourier.ledger import chain
-    from keycourier.ledger.signed import signer_of
 
     unreadable = IntegrityError("the receipt's ledger event is not a readable ledger event")
     try:

@@ -33,6 +33,7 @@ from keycourier.receipt.model import (
     signature_valid,
     write,
 )
+from keycourier.tlog import merkle
 
 if TYPE_CHECKING:
     from keycourier.bundle.identity import KeycourierIdentity
@@ -104,7 +105,6 @@ def issue(
 
 
 def _leaf_hex(body: str) -> str:
-    from keycourier.tlog import merkle
 
     return merkle.leaf_hash(body.encode("utf-8")).hex()
 
