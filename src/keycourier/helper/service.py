@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 from keycourier._record import record
 from keycourier.errors import Error, UnavailableError
+from keycourier.helper.credentials import load_credentials
+from keycourier.helper.filecache import FileCache, cache_dir
 from keycourier.partner.profiles import Profile, get_profile
-from keycourier.partner.tokens import ClientCredentials, Token
+from keycourier.partner.tokens import ClientCredentials, Token, fetch_token
 from keycourier.redact import Secret
 
 HELPER_URL_ENV = "KEYCOURIER_HELPER_URL"
@@ -58,6 +60,7 @@ def obtain_token(
     called once when that wait has lasted a second (``filecache.WAIT_NOTICE``)."""
     helper_url = settings.env.get(HELPER_URL_ENV)
     if helper_url:
+        # lazy: the helper client's http.client and ssl cost a cached token 8 ms
         from keycourier.helper.client import TIMEOUT, HelperClient
 
         timeout = TIMEOUT if deadline is None else min(TIMEOUT, _budget(deadline))
@@ -69,15 +72,11 @@ def obtain_token(
         return Obtained(profile_name, token, "helper", None, env_name)
 
     profile = get_profile(settings, profile_name)
-    from keycourier.helper.credentials import load_credentials
-
     creds = load_credentials(profile, settings)
     if not use_cache:
         token = _mint(profile, creds, clock, deadline)
         warning = _record_issued(settings, profile, token) if record else None
         return Obtained(profile.name, token, "upstream", creds, profile.env_name, warning)
-
-    from keycourier.helper.filecache import FileCache, cache_dir
 
     cache = FileCache(cache_dir(settings.env), clock=clock)
     cached = cache.read(profile, creds)
@@ -154,8 +153,6 @@ def _mint(
 ) -> Token:
     import asyncio  # only when minting: a cached token is served without it
 
-    from keycourier.partner.tokens import fetch_token
-
     if deadline is None:
         return asyncio.run(fetch_token(profile, creds, clock=clock))
     budget = _budget(deadline)
@@ -170,6 +167,7 @@ def _mint(
 
 def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | None:
     """Record ``token_issued``; return a warning instead of failing the command."""
+    # lazy: the ledger (sqlite3, threading) only when a token was minted
     from keycourier.helper.recording import issued_event, open_recorder
 
     try:
@@ -217,8 +215,6 @@ class ProfileTokenSource:
             self._settings, self._profile, use_cache=not self._force, deadline=self._deadline
         )
         if got.origin == "upstream" and self._force and got.credentials is not None:
-            from keycourier.helper.filecache import FileCache, cache_dir
-
             FileCache(cache_dir(self._settings.env)).write(
                 get_profile(self._settings, self._profile), got.credentials, got.token
             )
