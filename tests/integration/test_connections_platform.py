@@ -18,12 +18,11 @@ from keycourier import config
 from keycourier.config import Settings
 from keycourier.errors import ConfigError
 from keycourier.helper.service import ProfileTokenSource
-from keycourier.partner.connections import (
-    ConnectionClient,
-    ConnectionStatus,
+from keycourier.partner.connections.client import ConnectionClient
+from keycourier.partner.connections.model import ConnectionStatus, endpoint_for_profile
+from keycourier.partner.connections.workflow import (
     WaitPolicy,
     create_connection,
-    endpoint_for_profile,
     wait_for_connection,
 )
 from tests.support.connections_standin import RunningPlatform, start_platform

@@ -17,16 +17,16 @@ import pytest
 
 from keycourier._record import replace
 from keycourier.errors import AuthError, ConfigError, PolicyError, UnavailableError, UsageError
-from keycourier.partner.connections import (
+from keycourier.partner.connections.client import (
     CONNECTION_RETRY,
     ConnectionClient,
-    ConnectionStatus,
-    Endpoint,
     StaticTokenSource,
+)
+from keycourier.partner.connections.model import ConnectionStatus, Endpoint, make_endpoint
+from keycourier.partner.connections.workflow import (
     WaitPolicy,
     create_connection,
     disconnect_connection,
-    make_endpoint,
     wait_for_connection,
 )
 from keycourier.redact import Secret

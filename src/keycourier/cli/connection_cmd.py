@@ -1,8 +1,9 @@
 """``keycourier connection ...``: create and follow accounting connections.
 
 Thin: each command parses its options, calls one function of
-``keycourier.partner.connections`` and renders the result. Data goes to
-stdout (``--json`` for machines), diagnostics to stderr.
+``keycourier.partner.connections`` (its ``workflow`` or its ``client``) and
+renders the result. Data goes to stdout (``--json`` for machines), diagnostics
+to stderr.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.helper.service import ProfileTokenSource
     from keycourier.ledger.interface import Recorder
-    from keycourier.partner.connections import (
-        Connection,
-        ConnectionClient,
-        Recorded,
-        TokenSource,
-    )
+    from keycourier.partner.connections.client import ConnectionClient, TokenSource
+    from keycourier.partner.connections.model import Connection
+    from keycourier.partner.connections.workflow import Recorded
     from keycourier.redact import Secret
 
 
@@ -85,7 +83,7 @@ def _pick_profile(settings: Settings, name: str | None) -> str:
 def _token_source(
     settings: Settings, profile: str, token_file: str | None, deadline: float | None = None
 ) -> TokenSource:
-    from keycourier.partner.connections import StaticTokenSource
+    from keycourier.partner.connections.client import StaticTokenSource
     from keycourier.redact import Secret
 
     if token_file is not None:
@@ -128,7 +126,8 @@ def _call(
     deadline: float | None = None,
 ) -> _Call:
     """``deadline`` (``time.monotonic()`` time) bounds the partner token fetch (``wait``)."""
-    from keycourier.partner.connections import ConnectionClient, endpoint_for_profile, parse_uuid
+    from keycourier.partner.connections.client import ConnectionClient
+    from keycourier.partner.connections.model import endpoint_for_profile, parse_uuid
 
     settings: Settings = settings_from(ctx)
     name = _pick_profile(settings, profile)
@@ -139,7 +138,7 @@ def _call(
 
 
 def _conn_id(value: str) -> str:
-    from keycourier.partner.connections import parse_uuid
+    from keycourier.partner.connections.model import parse_uuid
 
     return parse_uuid(value, "connection ID")
 
@@ -186,7 +185,7 @@ def _say_recorded(items: Sequence[Recorded]) -> None:
 
 def _confirmer(yes: bool) -> Callable[[Sequence[Connection]], bool]:
     def confirm(active: Sequence[Connection]) -> bool:
-        from keycourier.partner.connections import describe
+        from keycourier.partner.connections.workflow import describe
 
         if yes:
             return True
@@ -389,7 +388,7 @@ def create(
       keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 \\
           --replace --yes --json
     """
-    from keycourier.partner.connections import create_connection
+    from keycourier.partner.connections.workflow import create_connection
 
     call = _call(ctx, profile, entity, token_file)
     result = create_connection(
@@ -494,7 +493,7 @@ def disconnect(
       keycourier connection disconnect 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
           --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
     """
-    from keycourier.partner.connections import disconnect_connection
+    from keycourier.partner.connections.workflow import disconnect_connection
 
     cid = _conn_id(connection_id)
     call = _call(ctx, profile, entity, token_file)
@@ -544,7 +543,8 @@ def wait(
       keycourier connection wait 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
           --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 --timeout 30m
     """
-    from keycourier.partner.connections import WaitPolicy, parse_duration, wait_for_connection
+    from keycourier.partner.connections.model import parse_duration
+    from keycourier.partner.connections.workflow import WaitPolicy, wait_for_connection
 
     cid = _conn_id(connection_id)
     watch = _WaitWatch(cid, parse_duration(timeout, "--timeout"))

@@ -42,7 +42,7 @@ def print_token(
     """
     limit = TOKEN_TIMEOUT
     if timeout is not None:  # the parser lives with `connection wait`: import it only then
-        from keycourier.partner.connections import parse_duration
+        from keycourier.partner.connections.model import parse_duration
 
         limit = parse_duration(timeout, "--timeout")
     if env_name is not None:

@@ -197,7 +197,8 @@ def _record_issued(settings: Settings, profile: Profile, token: Token) -> str | 
 
 
 class ProfileTokenSource:
-    """``partner.connections.TokenSource`` backed by the token helper (cache, helper or upstream).
+    """``partner.connections.client.TokenSource`` backed by the token helper (cache,
+    helper or upstream).
 
     ``invalidate()`` (after a 401 from the platform) drops the cached token,
     so the next ``get()`` mints a new one.

@@ -1,4 +1,4 @@
-"""Unit tests for keycourier.partner.connections: parsers, client retries, workflow.
+"""Unit tests for keycourier.partner.connections: model and parsers, client retries, workflow.
 
 The platform is replaced by ``ScriptedTransport``, an in-test fake that
 answers from a script and records what it was sent (no MagicMock).
@@ -26,18 +26,17 @@ from keycourier.errors import (
     UsageError,
 )
 from keycourier.ledger.interface import Event, RecordOutcome, StoredEvent, VaultStatus
-from keycourier.partner.connections import (
+from keycourier.partner.connections.client import (
     CONNECTION_RETRY,
+    ConnectionClient,
+    HttpResponse,
+)
+from keycourier.partner.connections.model import (
     MAX_RESPONSE_BYTES,
     Connection,
-    ConnectionClient,
     ConnectionStatus,
     Endpoint,
-    HttpResponse,
-    WaitPolicy,
-    create_connection,
     describe_error_body,
-    disconnect_connection,
     make_endpoint,
     parse_connection,
     parse_connection_list,
@@ -45,6 +44,11 @@ from keycourier.partner.connections import (
     parse_json_body,
     parse_uuid,
     safe_text,
+)
+from keycourier.partner.connections.workflow import (
+    WaitPolicy,
+    create_connection,
+    disconnect_connection,
     wait_for_connection,
 )
 from keycourier.redact import Secret
@@ -933,7 +937,8 @@ def test_uuid_edge_parser(value: str) -> None:
 
 def test_one_dialect_enum_for_tokens_and_connections() -> None:
     """Connections serve the token profiles' dialects that have accounting connections."""
-    from keycourier.partner import connections, profiles
+    from keycourier.partner import profiles
+    from keycourier.partner.connections import model
 
-    assert vars(connections)["Dialect"] is profiles.Dialect
-    assert set(connections.DIALECTS) == {profiles.Dialect.MONITE, profiles.Dialect.TESOURO}
+    assert vars(model)["Dialect"] is profiles.Dialect
+    assert set(model.DIALECTS) == {profiles.Dialect.MONITE, profiles.Dialect.TESOURO}
