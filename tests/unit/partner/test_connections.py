@@ -30,9 +30,11 @@ from keycourier.partner.connections.client import (
     CONNECTION_RETRY,
     ConnectionClient,
     HttpResponse,
+    UrllibTransport,
 )
 from keycourier.partner.connections.model import (
     MAX_RESPONSE_BYTES,
+    BusinessInfo,
     Connection,
     ConnectionStatus,
     Endpoint,
@@ -43,7 +45,6 @@ from keycourier.partner.connections.model import (
     parse_duration,
     parse_json_body,
     parse_uuid,
-    safe_text,
 )
 from keycourier.partner.connections.workflow import (
     WaitPolicy,
@@ -242,9 +243,96 @@ def test_parse_duration_rejects(bad: str) -> None:
         parse_duration(bad)
 
 
-def test_safe_text_neutralises_terminal_escapes() -> None:
-    assert safe_text("ok\x1b[31mred\u202e") == "ok?[31mred?"
-    assert safe_text("a" * 10, limit=4) == "aaaa…"
+# --------------------------------------------------------------------------- text shown to a user
+
+EVIL = "ok\x1b[31mred\u202e"  # an ANSI colour escape and a right-to-left override
+
+
+def _error(call: Callable[[], object]) -> Error:
+    with pytest.raises(Error) as info:
+        call()
+    return info.value
+
+
+def _body(doc: object) -> str:
+    return describe_error_body(json.dumps(doc).encode())
+
+
+def _business_info() -> BusinessInfo:
+    conn = parse_connection(conn_doc(business_info={"name": EVIL, "legal_name": EVIL}))
+    assert conn.business_info is not None
+    return conn.business_info
+
+
+def _refused_by_platform() -> Error:
+    c, _, _, _ = client([reply(409, {"error": {"message": EVIL}}, {"x-request-id": EVIL})])
+    return _error(lambda: c.list(ENTITY))
+
+
+def _wait_ends_with_errors() -> Error:
+    c, _, _, _ = client([reply(200, conn_doc(errors=[{"message": EVIL}]))])
+    clock = FakeClock()
+    return _error(
+        lambda: wait_for_connection(c, ENTITY, CID, timeout=60, clock=clock.now, sleep=clock.sleep)
+    )
+
+
+def _unreachable(monkeypatch: pytest.MonkeyPatch) -> Error:
+    import urllib.error
+    import urllib.request
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise urllib.error.URLError(EVIL)
+
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", refuse)
+    return _error(lambda: UrllibTransport().send("GET", "https://a.example/", {}, None))
+
+
+# each place that shows text from the platform (or from a user) -> what it shows
+SHOWN: dict[str, Callable[[pytest.MonkeyPatch], str | None]] = {
+    "bad UUID": lambda _: _error(lambda: parse_uuid(EVIL, "entity ID")).message,
+    "bad dialect": lambda _: (
+        _error(
+            lambda: make_endpoint(dialect=EVIL, base_url="https://a.example", version="2024-05-25")
+        ).message
+    ),
+    "unknown status": lambda _: _error(lambda: parse_connection(conn_doc(status=EVIL))).message,
+    "connection error": lambda _: parse_connection(conn_doc(errors=[{"message": EVIL}])).errors[0],
+    "wait on errors": lambda _: _wait_ends_with_errors().message,
+    "business name": lambda _: _business_info().name,
+    "business legal name": lambda _: _business_info().legal_name,
+    "error message": lambda _: _body({"error": {"message": EVIL}}),
+    "error detail": lambda _: _body({"detail": EVIL}),
+    "validation error": lambda _: _body({"detail": [{"loc": ["body", EVIL], "msg": EVIL}]}),
+    "refusal": lambda _: _refused_by_platform().message,
+    "request ID": lambda _: " ".join(_refused_by_platform().hints),
+    "network error": lambda monkeypatch: _unreachable(monkeypatch).message,
+}
+
+
+@pytest.mark.parametrize("place", list(SHOWN))
+def test_platform_text_reaches_no_terminal_unescaped(
+    place: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the platform (or a user) sent is shown with its controls escaped: no raw ESC
+    or bidi override reaches the terminal, and neither is hidden."""
+    shown = SHOWN[place](monkeypatch)
+    assert shown is not None
+    assert "\x1b" not in shown
+    assert "\u202e" not in shown
+    assert shown.isprintable()
+    assert "\\x1b[31mred" in shown
+    assert "\\u202e" in shown
+
+
+def test_platform_text_is_cut_where_it_is_shown() -> None:
+    long = "a" * 1000
+    assert _body({"error": {"message": long}}) == "a" * 300 + "…"
+    assert _body({"detail": long}) == "a" * 300 + "…"
+    assert _body({"detail": [{"msg": long}]}) == "a" * 400 + "…"
+    c, _, _, _ = client([reply(409, None, {"x-request-id": "r" * 100})])
+    refused = _error(lambda: c.list(ENTITY))
+    assert f"platform request ID: {'r' * 80}…" in refused.hints
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -335,7 +423,7 @@ def test_active_and_ready_by_status() -> None:
 
 def test_parse_connection_sanitises_error_messages() -> None:
     conn = parse_connection(conn_doc(errors=[{"message": "token \x1b[2Jrevoked"}]))
-    assert conn.errors == ("token ?[2Jrevoked",)
+    assert conn.errors == ("token \\x1b[2Jrevoked",)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import quote, urlsplit
 
 from keycourier import __version__
@@ -30,13 +30,10 @@ from keycourier.partner.connections.model import (
     parse_connection,
     parse_connection_list,
     parse_json_body,
-    safe_text,
 )
 from keycourier.partner.retry import RetryPolicy, retry_after
+from keycourier.redact import Secret, printable
 from keycourier.urls import is_loopback_host
-
-if TYPE_CHECKING:
-    from keycourier.redact import Secret
 
 # --------------------------------------------------------------------------- the token
 
@@ -141,7 +138,7 @@ class UrllibTransport:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             host = urlsplit(url).netloc
             raise UnavailableError(
-                f"cannot reach the platform at {host}: {safe_text(str(reason), 200)}",
+                f"cannot reach the platform at {host}: {printable(str(reason), 200)}",
                 hints=["check the profile's base URL and your network, then retry"],
             ) from None
 
@@ -359,7 +356,7 @@ class ConnectionClient:
     def _error(self, method: str, resp: HttpResponse, refreshed: bool) -> Error:
         status = resp.status
         said = describe_error_body(resp.body)
-        request_id = safe_text(resp.headers.get("x-request-id", ""), 80)
+        request_id = printable(resp.headers.get("x-request-id", ""), 80)
         hints = [f"platform request ID: {request_id}"] if request_id else []
         detail = f": {said}" if said else ""
         scope = self.endpoint.spec.scope_name

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from keycourier.durations import parse_seconds
 from keycourier.errors import ConfigError, Error, IntegrityError, UsageError
 from keycourier.partner.profiles import Dialect, get_profile
+from keycourier.redact import printable
 from keycourier.urls import base_url_problem, is_loopback_host
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def parse_uuid(value: str, what: str) -> str:
     if len(value) > MAX_ID_INPUT_CHARS or not _UUID_RE.match(value):
         shown = value if len(value) <= MAX_ID_INPUT_CHARS else value[:MAX_ID_INPUT_CHARS] + "…"
         raise UsageError(
-            f"{what} {safe_text(shown)!r} is not a UUID",
+            f"{what} {printable(shown, MAX_TEXT_CHARS)!r} is not a UUID",
             hints=[f"a {what} looks like 3fa85f64-5717-4562-b3fc-2c963f66afa6"],
         )
     return value.lower()
@@ -72,20 +73,6 @@ def parse_duration(value: str, what: str = "timeout") -> float:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def safe_text(value: str, limit: int = MAX_TEXT_CHARS) -> str:
-    """Make a platform-supplied string safe to show on a terminal.
-
-    Control and format characters (ANSI escapes, bidi overrides) become
-    ``?``; the result is cut at ``limit`` characters.
-    """
-    out = []
-    for ch in value[:limit]:
-        category = unicodedata.category(ch)
-        out.append("?" if category[0] == "C" else ch)
-    text = "".join(out)
-    return text + "…" if len(value) > limit else text
 
 
 # --------------------------------------------------------------------------- dialects and endpoints
@@ -147,7 +134,8 @@ def make_endpoint(
     if parsed_dialect is None:
         raise ConfigError(
             f"profile {profile}: connections support the dialects "
-            f"{', '.join(d.value for d in DIALECTS)}, not {safe_text(dialect[:40])!r}"
+            f"{', '.join(d.value for d in DIALECTS)}, "
+            f"not {printable(dialect[:40], MAX_TEXT_CHARS)!r}"
         )
     header = (version_header or DIALECTS[parsed_dialect].default_version_header).lower()
     if header not in VERSION_HEADERS:
@@ -398,7 +386,7 @@ def parse_connection(obj: object) -> Connection:
         except ValueError:
             raise IntegrityError(
                 "the platform reported an unknown connection status "
-                f"{safe_text(status_raw[:40])!r}",
+                f"{printable(status_raw[:40], MAX_TEXT_CHARS)!r}",
                 hints=["known: " + ", ".join(s.value for s in ConnectionStatus)],
             ) from None
     platform = _text(obj, "platform", what, required=False)
@@ -428,7 +416,7 @@ def _errors(value: object) -> tuple[str, ...]:
             raise _malformed("connection (errors)")
         message = _text(item, "message", "connection error", required=True)
         assert message is not None  # noqa: S101
-        out.append(safe_text(message))
+        out.append(printable(message, MAX_TEXT_CHARS))
     return tuple(out)
 
 
@@ -441,7 +429,7 @@ def _business_info(value: object) -> BusinessInfo | None:
 
     def pick(key: str) -> str | None:
         text = _text(value, key, what, required=False)
-        return safe_text(text) if text is not None else None
+        return printable(text, MAX_TEXT_CHARS) if text is not None else None
 
     return BusinessInfo(
         name=pick("name"),
@@ -475,10 +463,10 @@ def describe_error_body(body: bytes) -> str:
         return ""
     err = doc.get("error")
     if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return safe_text(err["message"], 300)
+        return printable(err["message"], 300)
     detail = doc.get("detail")
     if isinstance(detail, str):
-        return safe_text(detail, 300)
+        return printable(detail, 300)
     if isinstance(detail, list):
         parts = []
         for item in detail[:5]:
@@ -494,7 +482,7 @@ def describe_error_body(body: bytes) -> str:
                 parts.append(f"{where}: {msg}" if where else msg)
         if len(detail) > 5:
             parts.append(f"and {len(detail) - 5} more")
-        return safe_text("; ".join(parts), 400)
+        return printable("; ".join(parts), 400)
     return ""
 
 
