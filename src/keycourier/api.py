@@ -56,7 +56,7 @@ from keycourier.ledger.service import LedgerRecorder, open_recorder
 from keycourier.ledger.service import denied_lookup as deny_list
 from keycourier.policy import HandoverFacts, Policy, Report, SandboxContext, load_policy
 from keycourier.redact import Secret
-from keycourier.vault import VaultKv
+from keycourier.vault.kv import VaultKv
 
 __all__ = [
     "AuthError",

@@ -9,13 +9,15 @@ from pathlib import Path
 import hvac
 import pytest
 
-from keycourier import config, vault
+from keycourier import config
 from keycourier.config import Settings
 from keycourier.errors import IntegrityError, UnavailableError
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.mirror import bundle_events_dir, record_for
 from keycourier.ledger.service import bundle_state, open_recorder
 from keycourier.ledger.sqlite import SqliteLedger
+from keycourier.vault.errors import CasMismatchError
+from keycourier.vault.kv import kv_list, kv_read, kv_read_metadata, kv_read_version, kv_write
 from tests.support.openbao import BaoServer, free_port
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -75,24 +77,24 @@ def test_records_are_write_once_per_event(bao_dev: BaoServer, tmp_path: Path) ->
     assert report.vault_records_checked == 3
     client = root(bao_dev)
     folder = bundle_events_dir(bid)
-    assert sorted(vault.kv_list(client, "secret", folder)) == sorted(
+    assert sorted(kv_list(client, "secret", folder)) == sorted(
         p.rsplit("/", 1)[1] for p in paths.values()
     )
     for seq in (1, 2):
         assert paths[seq].startswith(f"{folder}/{ledger_id}-{seq:010d}-")
-        meta = vault.kv_read_metadata(client, "secret", paths[seq])
+        meta = kv_read_metadata(client, "secret", paths[seq])
         assert meta is not None
         assert meta.current_version == 1  # one record per event, one version
-        got = vault.kv_read_version(client, "secret", paths[seq], 1)
+        got = kv_read_version(client, "secret", paths[seq], 1)
         row = rows[seq]
         assert row is not None
         assert got is not None
         assert got.data == record_for(ledger_id, seq, *row)
     event_path = f"keycourier/events/token_issued/{ledger_id}-{3:010d}"
-    assert vault.kv_read(client, "secret", event_path) is not None
+    assert kv_read(client, "secret", event_path) is not None
     # write-once: a second create of the same record is refused by cas
-    with pytest.raises(vault.CasMismatchError):
-        vault.kv_write(client, "secret", paths[1], {"x": "y"}, cas=0)
+    with pytest.raises(CasMismatchError):
+        kv_write(client, "secret", paths[1], {"x": "y"}, cas=0)
 
 
 def test_other_ledger_sees_opened_by_another_identity(bao_dev: BaoServer, tmp_path: Path) -> None:
@@ -125,7 +127,7 @@ def test_other_ledger_sees_opened_by_another_identity(bao_dev: BaoServer, tmp_pa
         assert "does not trust" in state.ignored[0]
         report = rec.verify(vault=True)
     assert report.ok
-    assert len(vault.kv_list(root(bao_dev), "secret", bundle_events_dir(bid))) == 3
+    assert len(kv_list(root(bao_dev), "secret", bundle_events_dir(bid))) == 3
 
 
 def test_unreachable_vault_keeps_event_pending(tmp_path: Path) -> None:
@@ -162,7 +164,7 @@ def test_sync_counts_identical_record_as_delivered(bao_dev: BaoServer, tmp_path:
         first_path = path_of(rec, 1)
     assert row is not None
     # Someone (a crashed earlier sync) already wrote event #1.
-    vault.kv_write(root(bao_dev), "secret", first_path, record_for(ledger_id, 1, *row), cas=0)
+    kv_write(root(bao_dev), "secret", first_path, record_for(ledger_id, 1, *row), cas=0)
     up = settings_for(tmp_path, bao_dev.addr, bao_dev.token)
     with open_recorder(up) as rec:
         report = rec.sync()
@@ -184,7 +186,7 @@ def test_sync_conflict_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path)
         body, prev, digest = rec.ledger.event_row(1) or ("", "", "")
         first_path = path_of(rec, 1)
     forged = record_for(ledger_id, 1, body.replace("kc1:alice", "kc1:mallory"), prev, digest)
-    vault.kv_write(root(bao_dev), "secret", first_path, forged, cas=0)
+    kv_write(root(bao_dev), "secret", first_path, forged, cas=0)
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         report = rec.sync()
         assert report.delivered == 0
@@ -209,7 +211,7 @@ def test_altered_vault_versions_are_detected(bao_dev: BaoServer, tmp_path: Path)
     client = root(bao_dev)
     # An administrator (no keycourier role may) adds a version that rewrites event #2.
     altered = record_for(ledger_id, 2, body.replace("kc1:alice", "kc1:eve"), prev, digest)
-    vault.kv_write(client, "secret", paths[1], altered, cas=1)
+    kv_write(client, "secret", paths[1], altered, cas=1)
     with open_recorder(settings_for(tmp_path, bao_dev.addr, bao_dev.token)) as rec:
         report = rec.verify(vault=True)
     assert report.first_break is not None
@@ -247,7 +249,7 @@ def test_pending_then_sync_after_vault_restart(tmp_path: Path) -> None:
             assert report.delivered == 2
             assert report.remaining == 0
             # the in-memory server lost event #1; the two pending events have their records
-            names = vault.kv_list(root(second), "secret", bundle_events_dir("kcb-r"))
+            names = kv_list(root(second), "secret", bundle_events_dir("kcb-r"))
             assert len(names) == 2
             state = bundle_state(rec, "kcb-r")
             assert state.revoked == "lost"
@@ -276,7 +278,7 @@ def test_optional_transit_signatures(bao_dev: BaoServer, tmp_path: Path) -> None
         report = rec.verify(vault=True)
         assert report.ok, report.first_break
         assert rec.mirror is not None
-        got = vault.kv_read_version(admin, "secret", path_of(rec, 1), 1)
+        got = kv_read_version(admin, "secret", path_of(rec, 1), 1)
         assert got is not None
         assert got.data is not None
         signature = str(got.data["transit_signature"])
@@ -309,7 +311,7 @@ def test_transit_signature_removed_or_forged_breaks_at_its_seq(
             assert rec.record(ev(kind, bid, n)).vault_status == VaultStatus.RECORDED
         assert rec.verify(vault=True).ok
         paths = [path_of(rec, seq) for seq in (1, 2, 3)]
-    versions = [vault.kv_read_version(admin, "secret", path, 1) for path in paths]
+    versions = [kv_read_version(admin, "secret", path, 1) for path in paths]
     data = [dict(v.data) for v in versions if v is not None and v.data is not None]
     assert [d["seq"] for d in data] == [1, 2, 3]
     # an administrator rewrites the records: the records are kept identical, but
@@ -318,7 +320,7 @@ def test_transit_signature_removed_or_forged_breaks_at_its_seq(
     data[2]["transit_signature"] = data[0]["transit_signature"]
     for path, record in zip(paths, data, strict=True):
         admin.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
-        vault.kv_write(admin, "secret", path, record, cas=0)
+        kv_write(admin, "secret", path, record, cas=0)
     with open_recorder(settings) as rec:
         report = rec.verify(vault=True)
     assert report.chain.ok  # the local chain is intact: only Vault's signatures are wrong
@@ -375,5 +377,5 @@ def test_pending_event_of_the_older_layout_goes_to_its_own_record(
         assert rec.verify(vault=True).ok
     assert path.startswith(f"{bundle_events_dir(bid)}/{ledger_id}-0000000001-")
     client = root(bao_dev)
-    assert vault.kv_read(client, "secret", path) is not None
-    assert vault.kv_read(client, "secret", f"keycourier/handovers/{bid}") is None
+    assert kv_read(client, "secret", path) is not None
+    assert kv_read(client, "secret", f"keycourier/handovers/{bid}") is None

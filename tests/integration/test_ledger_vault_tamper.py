@@ -10,13 +10,14 @@ from pathlib import Path
 import hvac
 import pytest
 
-from keycourier import config, vault
+from keycourier import config
 from keycourier.config import Settings
 from keycourier.errors import IntegrityError
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.mirror import DENIED, LEDGERS, denied_events_dir
 from keycourier.ledger.service import bundle_state, denied_lookup, open_recorder, timeline
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
+from keycourier.vault.kv import kv_list, kv_read, kv_read_metadata, kv_write
 from tests.support.ledger_attacks import cut_tail, resign_with
 from tests.support.openbao import BaoServer
 
@@ -133,7 +134,7 @@ def test_deny_recorded_by_another_ledger_is_honoured(bao_dev: BaoServer, tmp_pat
         out = rec.record(ev(EventType.DENIED_FINGERPRINT, None, fingerprint=fp, reason="leaked"))
         assert out.vault_status == VaultStatus.RECORDED
         ledger_id = rec.ledger.ledger_id
-    names = vault.kv_list(root(bao_dev), "secret", denied_events_dir(fp))
+    names = kv_list(root(bao_dev), "secret", denied_events_dir(fp))
     assert [n.split("-")[0] for n in names] == [ledger_id]
     # a sender with no ledger file yet: Vault alone, and no file is created
     fresh = settings_for(tmp_path, bao_dev, "fresh.db")
@@ -180,10 +181,10 @@ def test_key_is_pinned_once_and_a_swapped_key_is_detected(
         rec.record(ev(EventType.OPENED, bid, 1))
         ledger_id = rec.ledger.ledger_id
         public = rec.ledger.public_key
-    pin = vault.kv_read_metadata(root(bao_dev), "secret", f"{LEDGERS}/{ledger_id}")
+    pin = kv_read_metadata(root(bao_dev), "secret", f"{LEDGERS}/{ledger_id}")
     assert pin is not None
     assert pin.current_version == 1  # written once, not once per event
-    assert vault.kv_read(root(bao_dev), "secret", f"{LEDGERS}/{ledger_id}") == {
+    assert kv_read(root(bao_dev), "secret", f"{LEDGERS}/{ledger_id}") == {
         "ledger": ledger_id,
         "public_key": public,
     }
@@ -213,7 +214,7 @@ def test_a_clashing_pin_is_an_integrity_alarm(bao_dev: BaoServer, tmp_path: Path
     led = SqliteLedger(settings.ledger_path)
     ledger_id = led.ledger_id
     led.close()
-    vault.kv_write(
+    kv_write(
         root(bao_dev),
         "secret",
         f"{LEDGERS}/{ledger_id}",

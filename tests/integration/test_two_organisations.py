@@ -480,14 +480,15 @@ def test_a_write_between_the_check_and_the_write_is_refused(orgs: tuple[Org, Org
     store refuses a stale one (the workflow turns that into exit 7, tests/unit/handover)."""
     import hvac
 
-    from keycourier import vault
+    from keycourier.vault.errors import CasMismatchError
+    from keycourier.vault.kv import VaultKv
 
     _, platform = orgs
-    store = vault.VaultKv(hvac.Client(url=platform.bao.addr, token=platform.bao.token), "secret")
+    store = VaultKv(hvac.Client(url=platform.bao.addr, token=platform.bao.token), "secret")
     path = "handed-over/cas/qbo"
     assert store.write(path, {"a": "1"}, cas=0) == 1
     platform.bao.bao("kv", "put", "-cas=1", f"secret/{path}", "a=2")  # someone else, meanwhile
-    with pytest.raises(vault.CasMismatchError):
+    with pytest.raises(CasMismatchError):
         store.write(path, {"a": "3"}, cas=1)
     assert _kv_get(platform, path, 2) == {"a": "2"}
     meta = store.read_metadata(path)

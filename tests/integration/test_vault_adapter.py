@@ -13,9 +13,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from keycourier import config, vault
+from keycourier import config
 from keycourier.errors import AuthError, ConfigError, UnavailableError
 from keycourier.redact import Secret
+from keycourier.vault.client import connect
+from keycourier.vault.errors import CasMismatchError
+from keycourier.vault.fastkv import FastKV, kv_read_direct
+from keycourier.vault.kv import kv_list, kv_read, kv_write
+from keycourier.vault.paths import check_path
 from tests.support.openbao import BaoServer, free_port
 
 
@@ -25,69 +30,65 @@ def load(tmp: Path, **env: str) -> config.Settings:
 
 def test_token_from_env_and_file(bao_dev: BaoServer, tmp_path: Path) -> None:
     path = "keycourier-adapter/" + uuid.uuid4().hex
-    client = vault.connect(load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token))
-    assert vault.kv_read(client, "secret", path) is None
-    assert vault.kv_write(client, "secret", path, {"a": "1"}, cas=0) == 1
+    client = connect(load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token))
+    assert kv_read(client, "secret", path) is None
+    assert kv_write(client, "secret", path, {"a": "1"}, cas=0) == 1
     token_file = tmp_path / "token"
     token_file.write_text(bao_dev.token + "\n")
     (tmp_path / ".config" / "keycourier").mkdir(parents=True)
     cfg = tmp_path / ".config" / "keycourier" / "config.toml"
     cfg.write_text(f'[vault]\naddr = "{bao_dev.addr}"\ntoken_file = "{token_file}"\n')
-    client = vault.connect(load(tmp_path))
-    assert vault.kv_read(client, "secret", path) == {"a": "1"}
-    with pytest.raises(vault.CasMismatchError):
-        vault.kv_write(client, "secret", path, {"a": "2"}, cas=0)
+    client = connect(load(tmp_path))
+    assert kv_read(client, "secret", path) == {"a": "1"}
+    with pytest.raises(CasMismatchError):
+        kv_write(client, "secret", path, {"a": "2"}, cas=0)
 
 
 def test_bad_token_is_auth_error(bao_dev: BaoServer, tmp_path: Path) -> None:
-    client = vault.connect(load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN="kc-wrong-token"))
+    client = connect(load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN="kc-wrong-token"))
     with pytest.raises(AuthError) as err:
-        vault.kv_read(client, "secret", "anything")
+        kv_read(client, "secret", "anything")
     assert "kc-wrong-token" not in str(err.value)
     assert err.value.exit_code == 5
 
 
 def test_no_token_is_auth_error(bao_dev: BaoServer, tmp_path: Path) -> None:
     with pytest.raises(AuthError, match="no Vault token"):
-        vault.connect(load(tmp_path, VAULT_ADDR=bao_dev.addr))
+        connect(load(tmp_path, VAULT_ADDR=bao_dev.addr))
 
 
 def test_unreachable_is_unavailable(tmp_path: Path) -> None:
-    client = vault.connect(
-        load(tmp_path, VAULT_ADDR=f"http://127.0.0.1:{free_port()}", VAULT_TOKEN="t")
-    )
+    client = connect(load(tmp_path, VAULT_ADDR=f"http://127.0.0.1:{free_port()}", VAULT_TOKEN="t"))
     with pytest.raises(UnavailableError) as err:
-        vault.kv_read(client, "secret", "x")
+        kv_read(client, "secret", "x")
     assert err.value.exit_code == 6
 
 
 def test_fast_transport_translates_like_hvac(bao_dev: BaoServer, tmp_path: Path) -> None:
     settings = load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token)
-    fast = vault.FastKV(settings.vault, Secret(bao_dev.token))
+    fast = FastKV(settings.vault, Secret(bao_dev.token))
     path = "keycourier-adapter/" + uuid.uuid4().hex
     assert fast.write("secret", path, {"n": 1}, cas=0) == 1
     assert fast.write("secret", path, {"n": 2}, cas=1) == 2
-    with pytest.raises(vault.CasMismatchError):
+    with pytest.raises(CasMismatchError):
         fast.write("secret", path, {"n": 3}, cas=1)
     assert bao_dev.token not in repr(fast)
     fast.close()
-    bad = vault.FastKV(settings.vault, Secret("nope"))
+    bad = FastKV(settings.vault, Secret("nope"))
     with pytest.raises(AuthError):
         bad.write("secret", path, {"n": 9}, cas=None)
-    dead = vault.FastKV(
-        load(tmp_path, VAULT_ADDR=f"http://127.0.0.1:{free_port()}").vault, Secret("t")
-    )
+    dead = FastKV(load(tmp_path, VAULT_ADDR=f"http://127.0.0.1:{free_port()}").vault, Secret("t"))
     with pytest.raises(UnavailableError):
         dead.write("secret", path, {"n": 9}, cas=None)
 
 
 def test_bad_inputs_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
-        vault.connect(load(tmp_path, VAULT_ADDR="ftp://vault", VAULT_TOKEN="t"))
+        connect(load(tmp_path, VAULT_ADDR="ftp://vault", VAULT_TOKEN="t"))
     with pytest.raises(ConfigError):
-        vault.connect(load(tmp_path))
+        connect(load(tmp_path))
     with pytest.raises(ConfigError, match="not a readable file"):
-        vault.connect(
+        connect(
             load(
                 tmp_path,
                 VAULT_ADDR="https://127.0.0.1:1",
@@ -97,7 +98,7 @@ def test_bad_inputs_are_config_errors(tmp_path: Path) -> None:
         )
     for bad in ("/abs", "a/../b", "a//b", "a b", ""):
         with pytest.raises(ConfigError):
-            vault.check_path(bad)
+            check_path(bad)
 
 
 def test_approle_login_with_secret_id_file(bao_dev: BaoServer, tmp_path: Path) -> None:
@@ -114,11 +115,11 @@ def test_approle_login_with_secret_id_file(bao_dev: BaoServer, tmp_path: Path) -
         f'[vault]\naddr = "{bao_dev.addr}"\nauth = "approle"\nauth_mount = "{mount}"\n'
         f'role_id = "{role_id}"\nsecret_id_file = "{sid}"\n'
     )
-    client = vault.connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
+    client = connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
     assert client.is_authenticated()
     sid.write_text("wrong-secret-id")
     with pytest.raises(AuthError) as err:
-        vault.connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
+        connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
     assert "wrong-secret-id" not in err.value.message
 
 
@@ -159,11 +160,11 @@ def test_jwt_login_for_ci(bao_dev: BaoServer, tmp_path: Path) -> None:
         f'[vault]\naddr = "{bao_dev.addr}"\nauth = "jwt"\nauth_mount = "{mount}"\n'
         f'jwt_role = "ci"\njwt_file = "{jwt_file}"\n'
     )
-    client = vault.connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
+    client = connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
     assert client.is_authenticated()
     jwt_file.write_text(f"{header}.{claims}.{_b64(b'x' * 256)}")
     with pytest.raises(AuthError):
-        vault.connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
+        connect(config.load(config_path=cfg, env={"HOME": str(tmp_path)}))
 
 
 def test_namespace_reaches_both_transports(bao_dev: BaoServer, tmp_path: Path) -> None:
@@ -193,33 +194,33 @@ def test_namespace_reaches_both_transports(bao_dev: BaoServer, tmp_path: Path) -
         assert rec.record(event).vault_status == VaultStatus.RECORDED
         assert rec.verify(vault=True).ok
     folder = f"keycourier/handovers/{bid}/events"
-    assert len(vault.kv_list(inner, "secret", folder)) == 1
-    assert vault.kv_list(admin, "secret", folder) == []
+    assert len(kv_list(inner, "secret", folder)) == 1
+    assert kv_list(admin, "secret", folder) == []
 
 
 def test_direct_read_answers_like_connect_and_kv_read(bao_dev: BaoServer, tmp_path: Path) -> None:
     """kv_read_direct (one http.client GET) gives kv_read's result and errors, without hvac."""
     settings = load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN=bao_dev.token)
-    client = vault.connect(settings)
+    client = connect(settings)
     path = "keycourier-adapter/" + uuid.uuid4().hex
-    assert vault.kv_read_direct(settings, "secret", path) is None  # never written
-    vault.kv_write(client, "secret", path, {"client_id": "a", "client_secret": "b"}, cas=0)
-    assert vault.kv_read_direct(settings, "secret", path) == {
+    assert kv_read_direct(settings, "secret", path) is None  # never written
+    kv_write(client, "secret", path, {"client_id": "a", "client_secret": "b"}, cas=0)
+    assert kv_read_direct(settings, "secret", path) == {
         "client_id": "a",
         "client_secret": "b",
     }
-    assert vault.kv_read_direct(settings, "secret", path) == vault.kv_read(client, "secret", path)
+    assert kv_read_direct(settings, "secret", path) == kv_read(client, "secret", path)
     client.secrets.kv.v2.delete_latest_version_of_secret(path=path, mount_point="secret")
-    assert vault.kv_read(client, "secret", path) is None
-    assert vault.kv_read_direct(settings, "secret", path) is None  # deleted: as kv_read
+    assert kv_read(client, "secret", path) is None
+    assert kv_read_direct(settings, "secret", path) is None  # deleted: as kv_read
     wrong = load(tmp_path, VAULT_ADDR=bao_dev.addr, VAULT_TOKEN="kc-wrong-direct-token")
     with pytest.raises(AuthError) as err:
-        vault.kv_read_direct(wrong, "secret", path)
+        kv_read_direct(wrong, "secret", path)
     assert "kc-wrong-direct-token" not in str(err.value)
     with pytest.raises(AuthError, match="no Vault token"):
-        vault.kv_read_direct(load(tmp_path, VAULT_ADDR=bao_dev.addr), "secret", path)
+        kv_read_direct(load(tmp_path, VAULT_ADDR=bao_dev.addr), "secret", path)
     down = load(tmp_path, VAULT_ADDR=f"http://127.0.0.1:{free_port()}", VAULT_TOKEN="t")
     with pytest.raises(UnavailableError):
-        vault.kv_read_direct(down, "secret", path)
+        kv_read_direct(down, "secret", path)
     with pytest.raises(ConfigError):
-        vault.kv_read_direct(settings, "secret", "../escape")
+        kv_read_direct(settings, "secret", "../escape")

@@ -11,9 +11,16 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from keycourier import config, vault
+from keycourier import config
 from keycourier.errors import AuthError
 from keycourier.ledger import doctor
+from keycourier.vault.kv import (
+    kv_list,
+    kv_read,
+    kv_read_metadata,
+    kv_write,
+    kv_write_custom_metadata,
+)
 from tests.support.openbao import BaoServer
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies" / "vault"
@@ -51,15 +58,15 @@ def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
     hand = f"{folder}/l1-0000000001-00aa"
     hand2 = f"{folder}/l2-0000000002-00bb"
     ev = f"keycourier/events/token_issued/x-{bid}"
-    vault.kv_write(admin, "secret", legacy, {"seq": 0}, cas=0)  # the older layout
+    kv_write(admin, "secret", legacy, {"seq": 0}, cas=0)  # the older layout
     # sender: create write-once event records, read them back and list them
-    assert vault.kv_write(send, "secret", hand, {"seq": 1}, cas=0) == 1
-    meta = vault.kv_read_metadata(send, "secret", hand)
+    assert kv_write(send, "secret", hand, {"seq": 1}, cas=0) == 1
+    meta = kv_read_metadata(send, "secret", hand)
     assert meta is not None
     assert meta.current_version == 1
-    assert vault.kv_read(send, "secret", hand) == {"seq": 1}
-    assert vault.kv_read(send, "secret", legacy) == {"seq": 0}
-    assert vault.kv_write(send, "secret", ev, {"seq": 3}, cas=0) == 1
+    assert kv_read(send, "secret", hand) == {"seq": 1}
+    assert kv_read(send, "secret", legacy) == {"seq": 0}
+    assert kv_write(send, "secret", ev, {"seq": 3}, cas=0) == 1
     # sender: pin a ledger key once, create deny events, witness checkpoints, pin the
     # machine's ledger, list what audit verify --vault walks
     pin = f"keycourier/ledgers/l{uuid.uuid4().hex[:16]}"
@@ -67,52 +74,50 @@ def test_allowed_operations(clients: dict[str, hvac.Client]) -> None:
     deny = f"keycourier/denied/{fp}/events/l1-0000000004-00cc"
     checkpoint = f"keycourier/checkpoints/l{uuid.uuid4().hex[:16]}/0000000004"
     machine = f"keycourier/machines/m{uuid.uuid4().hex[:16]}"
-    assert vault.kv_write(send, "secret", pin, {"public_key": "ab"}, cas=0) == 1
-    assert vault.kv_read(send, "secret", pin) == {"public_key": "ab"}
-    assert vault.kv_write(send, "secret", deny, {"seq": 4}, cas=0) == 1
-    assert vault.kv_write(send, "secret", checkpoint, {"seq": 4}, cas=0) == 1
-    assert vault.kv_write(send, "secret", machine, {"ledger": "l1"}, cas=0) == 1
-    assert vault.kv_read(send, "secret", checkpoint) == {"seq": 4}
-    assert f"{bid}/" in vault.kv_list(send, "secret", "keycourier/handovers")
-    assert hand.rsplit("/", 1)[1] in vault.kv_list(send, "secret", folder)
-    assert f"{fp}/" in vault.kv_list(send, "secret", "keycourier/denied")
-    assert "token_issued/" in vault.kv_list(send, "secret", "keycourier/events")
-    assert vault.kv_list(send, "secret", "keycourier/events/token_issued")
-    assert vault.kv_list(send, "secret", checkpoint.rsplit("/", 1)[0]) == ["0000000004"]
+    assert kv_write(send, "secret", pin, {"public_key": "ab"}, cas=0) == 1
+    assert kv_read(send, "secret", pin) == {"public_key": "ab"}
+    assert kv_write(send, "secret", deny, {"seq": 4}, cas=0) == 1
+    assert kv_write(send, "secret", checkpoint, {"seq": 4}, cas=0) == 1
+    assert kv_write(send, "secret", machine, {"ledger": "l1"}, cas=0) == 1
+    assert kv_read(send, "secret", checkpoint) == {"seq": 4}
+    assert f"{bid}/" in kv_list(send, "secret", "keycourier/handovers")
+    assert hand.rsplit("/", 1)[1] in kv_list(send, "secret", folder)
+    assert f"{fp}/" in kv_list(send, "secret", "keycourier/denied")
+    assert "token_issued/" in kv_list(send, "secret", "keycourier/events")
+    assert kv_list(send, "secret", "keycourier/events/token_issued")
+    assert kv_list(send, "secret", checkpoint.rsplit("/", 1)[0]) == ["0000000004"]
     # receiver: the same record rights (it records opened/ingested and reads denies)
-    assert vault.kv_read(recv, "secret", deny) == {"seq": 4}
-    assert vault.kv_read(recv, "secret", pin) == {"public_key": "ab"}
-    assert f"{bid}/" in vault.kv_list(recv, "secret", "keycourier/handovers")
-    assert vault.kv_read(recv, "secret", hand) == {"seq": 1}
-    assert vault.kv_write(recv, "secret", hand2, {"seq": 2}, cas=0) == 1
-    assert vault.kv_write(recv, "secret", f"{checkpoint}1", {"seq": 5}, cas=0) == 1
+    assert kv_read(recv, "secret", deny) == {"seq": 4}
+    assert kv_read(recv, "secret", pin) == {"public_key": "ab"}
+    assert f"{bid}/" in kv_list(recv, "secret", "keycourier/handovers")
+    assert kv_read(recv, "secret", hand) == {"seq": 1}
+    assert kv_write(recv, "secret", hand2, {"seq": 2}, cas=0) == 1
+    assert kv_write(recv, "secret", f"{checkpoint}1", {"seq": 5}, cas=0) == 1
     # receiver: write handed-over credentials with check-and-set, read their versions
     # (metadata, never the data) and set their custom_metadata
-    assert vault.kv_read_metadata(recv, "secret", creds) is None
-    assert vault.kv_write(recv, "secret", creds, {"client_id": "A", "client_secret": "B"}, cas=0)
-    meta = vault.kv_read_metadata(recv, "secret", creds)
+    assert kv_read_metadata(recv, "secret", creds) is None
+    assert kv_write(recv, "secret", creds, {"client_id": "A", "client_secret": "B"}, cas=0)
+    meta = kv_read_metadata(recv, "secret", creds)
     assert meta is not None
     assert meta.current_version == 1
-    assert (
-        vault.kv_write(recv, "secret", creds, {"client_id": "A", "client_secret": "C"}, cas=1) == 2
-    )
-    vault.kv_write_custom_metadata(recv, "secret", creds, {"bundle_id": bid})
+    assert kv_write(recv, "secret", creds, {"client_id": "A", "client_secret": "C"}, cas=1) == 2
+    kv_write_custom_metadata(recv, "secret", creds, {"bundle_id": bid})
     # auditor: read records, checkpoints and metadata (also of handed-over credentials), list
-    assert vault.kv_read(aud, "secret", hand) == {"seq": 1}
-    assert vault.kv_read(aud, "secret", legacy) == {"seq": 0}
-    assert vault.kv_read(aud, "secret", ev) == {"seq": 3}
-    assert vault.kv_read(aud, "secret", pin) == {"public_key": "ab"}
-    assert vault.kv_read(aud, "secret", deny) == {"seq": 4}
-    assert vault.kv_read(aud, "secret", checkpoint) == {"seq": 4}
-    assert vault.kv_read(aud, "secret", machine) == {"ledger": "l1"}
-    pmeta = vault.kv_read_metadata(aud, "secret", creds)
+    assert kv_read(aud, "secret", hand) == {"seq": 1}
+    assert kv_read(aud, "secret", legacy) == {"seq": 0}
+    assert kv_read(aud, "secret", ev) == {"seq": 3}
+    assert kv_read(aud, "secret", pin) == {"public_key": "ab"}
+    assert kv_read(aud, "secret", deny) == {"seq": 4}
+    assert kv_read(aud, "secret", checkpoint) == {"seq": 4}
+    assert kv_read(aud, "secret", machine) == {"ledger": "l1"}
+    pmeta = kv_read_metadata(aud, "secret", creds)
     assert pmeta is not None
     assert pmeta.custom_metadata == {"bundle_id": bid}
     listed = aud.secrets.kv.v2.list_secrets(path="keycourier/handovers", mount_point="secret")
     assert f"{bid}/" in listed["data"]["keys"]
     # token helper: read the platform API credentials (an administrator stores them)
-    vault.kv_write(admin, "secret", platform, {"client_id": "M", "client_secret": "N"}, cas=None)
-    assert vault.kv_read(helper, "secret", platform) == {"client_id": "M", "client_secret": "N"}
+    kv_write(admin, "secret", platform, {"client_id": "M", "client_secret": "N"}, cas=None)
+    assert kv_read(helper, "secret", platform) == {"client_id": "M", "client_secret": "N"}
     # optional Transit signing: sender and receiver sign, the auditor verifies
     if "transit/" not in admin.sys.list_mounted_secrets_engines()["data"]:
         admin.sys.enable_secrets_engine("transit", path="transit")
@@ -139,14 +144,14 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
     checkpoint = f"keycourier/checkpoints/l{uuid.uuid4().hex[:16]}/0000000001"
     machine = f"keycourier/machines/m{uuid.uuid4().hex[:16]}"
     admin = clients["root"]
-    vault.kv_write(admin, "secret", legacy, {"seq": 0}, cas=0)
-    vault.kv_write(admin, "secret", hand, {"seq": 1}, cas=0)
-    vault.kv_write(admin, "secret", ev, {"seq": 1}, cas=0)
-    vault.kv_write(admin, "secret", checkpoint, {"seq": 1}, cas=0)
-    vault.kv_write(admin, "secret", machine, {"ledger": "l1"}, cas=0)
+    kv_write(admin, "secret", legacy, {"seq": 0}, cas=0)
+    kv_write(admin, "secret", hand, {"seq": 1}, cas=0)
+    kv_write(admin, "secret", ev, {"seq": 1}, cas=0)
+    kv_write(admin, "secret", checkpoint, {"seq": 1}, cas=0)
+    kv_write(admin, "secret", machine, {"ledger": "l1"}, cas=0)
     pin = f"keycourier/ledgers/l{uuid.uuid4().hex[:16]}"
-    vault.kv_write(admin, "secret", pin, {"public_key": "ab"}, cas=0)
-    vault.kv_write(admin, "secret", creds, {"client_id": "A", "client_secret": "B"}, cas=None)
+    kv_write(admin, "secret", pin, {"public_key": "ab"}, cas=0)
+    kv_write(admin, "secret", creds, {"client_id": "A", "client_secret": "B"}, cas=None)
     send, recv, aud, helper = (clients[r] for r in ROLES)
     kv = {r: clients[r].secrets.kv.v2 for r in ROLES}
 
@@ -300,20 +305,20 @@ def test_denied_operations(clients: dict[str, hvac.Client]) -> None:
         except BaseException as exc:
             raise AssertionError(f"not denied: {name}") from exc
     # nothing changed
-    assert vault.kv_read(admin, "secret", hand) == {"seq": 1}
-    assert vault.kv_read(admin, "secret", legacy) == {"seq": 0}
-    assert vault.kv_read(admin, "secret", checkpoint) == {"seq": 1}
-    assert vault.kv_read(admin, "secret", pin) == {"public_key": "ab"}
-    assert vault.kv_read(admin, "secret", creds) == {"client_id": "A", "client_secret": "B"}
+    assert kv_read(admin, "secret", hand) == {"seq": 1}
+    assert kv_read(admin, "secret", legacy) == {"seq": 0}
+    assert kv_read(admin, "secret", checkpoint) == {"seq": 1}
+    assert kv_read(admin, "secret", pin) == {"public_key": "ab"}
+    assert kv_read(admin, "secret", creds) == {"client_id": "A", "client_secret": "B"}
     for path in (hand, legacy):
-        meta = vault.kv_read_metadata(admin, "secret", path)
+        meta = kv_read_metadata(admin, "secret", path)
         assert meta is not None
         assert meta.current_version == 1
 
 
 def test_adapter_translates_denial_to_auth_error(clients: dict[str, hvac.Client]) -> None:
     with pytest.raises(AuthError, match="permission denied"):
-        vault.kv_read(clients["auditor"], "secret", "handed-over/x/y")
+        kv_read(clients["auditor"], "secret", "handed-over/x/y")
 
 
 @pytest.mark.parametrize("role", ROLES)

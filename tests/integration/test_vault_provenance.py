@@ -20,7 +20,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from keycourier import config, vault
+from keycourier import config
 from keycourier.bundle.identity import KeycourierIdentity
 from keycourier.config import Settings
 from keycourier.ledger import chain
@@ -30,6 +30,7 @@ from keycourier.ledger.service import open_recorder
 from keycourier.ledger.sqlite import key_path_for
 from keycourier.tlog import checkpoint as tlog_checkpoint
 from keycourier.tlog import note as tlog_note
+from keycourier.vault.kv import kv_list, kv_read, kv_read_metadata, kv_write
 from tests.support import cli
 from tests.support.openbao import BaoServer, start_dev_server
 
@@ -217,11 +218,10 @@ def test_a_sender_role_token_cannot_erase_a_signed_revocation(
     attacker = client(bao, tokens["sender"])
     kv = attacker.secrets.kv.v2
     folder = bundle_events_dir(bid)
-    names = vault.kv_list(attacker, "secret", folder)
+    names = kv_list(attacker, "secret", folder)
     assert len(names) == 2  # sealed, revoked
     bodies = [
-        json.loads(str((vault.kv_read(attacker, "secret", f"{folder}/{n}") or {})["body"]))
-        for n in names
+        json.loads(str((kv_read(attacker, "secret", f"{folder}/{n}") or {})["body"])) for n in names
     ]
     assert sorted(b["type"] for b in bodies) == ["revoked", "sealed"]
     for body in bodies:  # both signed by the partner's identity
@@ -260,7 +260,7 @@ def test_a_sender_role_token_cannot_erase_a_signed_revocation(
         assert refused(
             lambda p=path: kv.delete_metadata_and_all_versions(path=p, mount_point="secret")
         )
-        meta = vault.kv_read_metadata(client(bao, tokens["root"]), "secret", path)
+        meta = kv_read_metadata(client(bao, tokens["root"]), "secret", path)
         assert meta is not None
         assert meta.current_version == 1
     # a receiver on another machine still refuses the bundle
@@ -282,7 +282,7 @@ def test_unsigned_or_foreign_revocations_are_ignored(
     folder = bundle_events_dir(bid)
     # an unsigned revocation, created by a sender-role token in the current layout
     unsigned = forged_record(EventType.REVOKED, bid, reason="forged")
-    vault.kv_write(
+    kv_write(
         attacker, "secret", f"{folder}/f0rged-0000000001-{secrets.token_hex(8)}", unsigned, cas=0
     )
     # one signed by a key nobody trusts (mallory's own identity)
@@ -301,12 +301,12 @@ def test_unsigned_or_foreign_revocations_are_ignored(
     )
     body = chain.event_body(event, seq=1, ledger_id="m4llory")
     signed = record_for("m4llory", 1, body, chain.GENESIS, chain.link_hash(chain.GENESIS, body))
-    vault.kv_write(
+    kv_write(
         attacker, "secret", f"{folder}/m4llory-0000000001-{secrets.token_hex(8)}", signed, cas=0
     )
     # and one in the older one-record-per-bundle layout (only an administrator can still
     # write there: it stands for a record left from an older version)
-    vault.kv_write(
+    kv_write(
         client(bao, tokens["root"]),
         "secret",
         f"keycourier/handovers/{bid}",
@@ -371,7 +371,7 @@ def test_ingest_works_with_cas_required_and_the_token_helper_cannot_read_it(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["kv_version"] == 2
     admin = client(bao, tokens["root"])
-    stored = vault.kv_read(admin, "secret", path)
+    stored = kv_read(admin, "secret", path)
     assert stored is not None
     assert stored["client_secret"] == second["secret"]
     # a token made from token-helper.hcl cannot read what ingest wrote, nor list or see it
@@ -391,7 +391,7 @@ def test_ingest_works_with_cas_required_and_the_token_helper_cannot_read_it(
                 path=path, mount_point="secret", raise_on_deleted_version=True
             )
         )
-    meta = vault.kv_read_metadata(client(bao, tokens["auditor"]), "secret", path)
+    meta = kv_read_metadata(client(bao, tokens["auditor"]), "secret", path)
     assert meta is not None
     assert meta.custom_metadata["bundle_id"] == second["bundle_id"]
     assert second["secret"] not in json.dumps(dict(meta.custom_metadata))
@@ -437,7 +437,7 @@ def test_ingest_refuses_paths_other_roles_can_read(
     assert sealed["secret"] not in out.stdout + out.stderr
     # refused before anything was opened or written
     assert not (tmp_path / "platform.db").exists()
-    assert vault.kv_read(client(bao, tokens["root"]), "secret", where) is None
+    assert kv_read(client(bao, tokens["root"]), "secret", where) is None
 
 
 # -- checkpoints witnessed in Vault ---------------------------------------------------------
@@ -468,7 +468,7 @@ def record(settings: Settings, count: int) -> str:
 
 
 def witnessed(bao: BaoServer, tokens: dict[str, str], ledger_id: str) -> list[str]:
-    return vault.kv_list(client(bao, tokens["auditor"]), "secret", f"{CHECKPOINTS}/{ledger_id}")
+    return kv_list(client(bao, tokens["auditor"]), "secret", f"{CHECKPOINTS}/{ledger_id}")
 
 
 def test_checkpoints_are_witnessed_and_kept_pending_while_vault_is_down(
@@ -477,9 +477,7 @@ def test_checkpoints_are_witnessed_and_kept_pending_while_vault_is_down(
     settings = settings_for(tmp_path, bao, tokens["sender"])
     ledger_id = record(settings, 2)
     assert witnessed(bao, tokens, ledger_id) == [f"{2:010d}"]
-    got = vault.kv_read(
-        client(bao, tokens["auditor"]), "secret", f"{CHECKPOINTS}/{ledger_id}/{2:010d}"
-    )
+    got = kv_read(client(bao, tokens["auditor"]), "secret", f"{CHECKPOINTS}/{ledger_id}/{2:010d}")
     assert got is not None
     assert got["ledger"] == ledger_id
     assert got["seq"] == 2
@@ -589,7 +587,7 @@ def test_a_checkpoint_that_differs_from_the_chain_is_exit_4(
     )
     with open_recorder(settings) as rec:
         public = rec.ledger.public_key
-    vault.kv_write(
+    kv_write(
         client(bao, tokens["sender"]),
         "secret",
         f"{CHECKPOINTS}/{ledger_id}/{1:010d}",

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from keycourier import config, vault
+from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.mirror import HANDOVERS
 from keycourier.ledger.service import bundle_state, open_recorder
+from keycourier.vault.client import connect
+from keycourier.vault.kv import kv_list
 from tests.support.openbao import (
     BaoServer,
     _launch_raft,
@@ -50,8 +52,8 @@ def test_records_survive_a_restart(raft: BaoServer, tmp_path: Path) -> None:
         report = rec.verify(vault=True)
         assert report.ok, report.first_break
         assert report.vault_records_checked == 3
-    client = vault.connect(settings)
-    assert len(vault.kv_list(client, "secret", f"{HANDOVERS}/kcb-raft/events")) == 3
+    client = connect(settings)
+    assert len(kv_list(client, "secret", f"{HANDOVERS}/kcb-raft/events")) == 3
 
 
 def test_stopped_server_then_sync(raft: BaoServer, tmp_path: Path) -> None:

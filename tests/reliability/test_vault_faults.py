@@ -308,8 +308,9 @@ def test_lost_reply_then_sync_counts_the_record_once(bao_dev: BaoServer, tmp_pat
     """The write of an event record reached Vault but its reply was lost (the kill window
     above): ``sync`` finds the identical record, counts it as delivered and adds nothing
     (the record keeps its one version)."""
-    from keycourier import vault
     from keycourier.ledger.mirror import record_for
+    from keycourier.vault.client import connect
+    from keycourier.vault.kv import kv_read_metadata, kv_write
 
     bid = f"kcb-lost-reply-{secrets.token_hex(6)}"
     event = Event(
@@ -342,13 +343,13 @@ def test_lost_reply_then_sync_counts_the_record_once(bao_dev: BaoServer, tmp_pat
         ledger_path=ledger,
         env={"HOME": str(tmp_path), "VAULT_ADDR": bao_dev.addr, "VAULT_TOKEN": bao_dev.token},
     )
-    client = vault.connect(up)
-    vault.kv_write(client, "secret", path, record_for(ledger_id, 1, *row), cas=0)
+    client = connect(up)
+    kv_write(client, "secret", path, record_for(ledger_id, 1, *row), cas=0)
     with open_recorder(up) as rec:
         report = rec.sync()
         assert report.remaining == 0
         assert report.already_present == 1
         assert rec.verify(vault=True).ok
-    meta = vault.kv_read_metadata(client, "secret", path)
+    meta = kv_read_metadata(client, "secret", path)
     assert meta is not None
     assert meta.current_version == 1

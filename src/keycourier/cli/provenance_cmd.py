@@ -35,11 +35,13 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+from keycourier.vault.client import connect, ping
+from keycourier.vault.paths import check_ingest_path
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.handover import Ingested, IngestRequest
-    from keycourier.vault import VaultKv
+    from keycourier.vault.kv import VaultKv
 
 MAX_SHOW_KEY_CHARS = 512
 
@@ -172,24 +174,22 @@ def ingest(
 def _check_ingest_target(settings: Settings, vault_path: str, receipt_path: str | None) -> None:
     """Refuse, before anything else, an ingest with no Vault, a path outside handed-over/
     or a receipt file that cannot be written."""
-    from keycourier import vault
-
     if not settings.vault.addr:
         raise ConfigError(
             "ingest writes to Vault, but no Vault is configured", hints=["set VAULT_ADDR"]
         )
-    vault.check_ingest_path(vault_path)
+    check_ingest_path(vault_path)
     check_receipt_target(receipt_path)
 
 
 def _connect_store(settings: Settings, vault_path: str) -> VaultKv:
     """The KV mount, reachable (exit 5/6 otherwise) and able to read ``vault_path``'s
     versions (for check-and-set), before anything is opened or recorded."""
-    from keycourier import vault
+    from keycourier.vault.kv import VaultKv  # dataclasses: for ingest only
 
-    client = vault.connect(settings)
-    vault.ping(client)
-    store = vault.VaultKv(client, settings.vault.mount)
+    client = connect(settings)
+    ping(client)
+    store = VaultKv(client, settings.vault.mount)
     store.read_metadata(vault_path)
     return store
 

@@ -117,7 +117,8 @@ def store_receipt(
     section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
     value), its line ends written as ``|``. A failure is a warning: the credentials are
     stored and the event recorded."""
-    from keycourier import receipt, vault
+    from keycourier import receipt
+    from keycourier.vault.kv import kv_write_custom_metadata
 
     # Vault refuses a metadata value with a newline: lines are joined with "|", which
     # a receipt (version line, markers, base64) never holds
@@ -125,7 +126,7 @@ def store_receipt(
     chunks = {f"receipt_{i // 500}": text[i : i + 500] for i in range(0, len(text), 500)}
     receipt_id = receipt.parse(receipt_text).receipt.receipt_id
     try:
-        vault.kv_write_custom_metadata(
+        kv_write_custom_metadata(
             client, mount, path, {**provenance, "receipt_id": receipt_id, **chunks}
         )
     except Error as exc:
@@ -368,14 +369,16 @@ def get_receipt(ctx: click.Context, vault_path: str, output: str | None) -> None
     Example:
       keycourier receipt get --vault-path handed-over/acme/quickbooks -o receipt.kcr
     """
-    from keycourier import vault
+    from keycourier.vault.client import connect
+    from keycourier.vault.kv import kv_read_metadata
+    from keycourier.vault.paths import check_ingest_path
 
     settings = settings_from(ctx)
     if not settings.vault.addr:
         raise ConfigError("the receipt is kept in Vault, but no Vault is configured")
-    vault.check_ingest_path(vault_path)
-    client = vault.connect(settings)
-    meta = vault.kv_read_metadata(client, settings.vault.mount, vault_path)
+    check_ingest_path(vault_path)
+    client = connect(settings)
+    meta = kv_read_metadata(client, settings.vault.mount, vault_path)
     text = receipt_from_metadata(meta.custom_metadata) if meta is not None else None
     if text is None:
         raise UsageError(

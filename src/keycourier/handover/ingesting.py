@@ -2,7 +2,7 @@
 holds, with provenance metadata, then record `ingested` (and `superseded` for a rotation).
 
 The occupancy and rotation rules are docs/rotation.md's (``ledger.rotation``); the store is
-a ``KvStore`` (``vault.VaultKv`` over a Vault client, or a fake in tests).
+a ``KvStore`` (``vault.kv.VaultKv`` over a Vault client, or a fake in tests).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from keycourier.ledger.rotation import (
 )
 from keycourier.ledger.signed import sign_event
 from keycourier.policy import Policy
+from keycourier.vault.errors import CasMismatchError
+from keycourier.vault.paths import check_ingest_path
 
 
 class KvMetadataView(Protocol):
-    """What ingest reads of a KV v2 path's metadata (``vault.KvMetadata``)."""
+    """What ingest reads of a KV v2 path's metadata (``vault.kv.KvMetadata``)."""
 
     @property
     def current_version(self) -> int: ...
@@ -43,7 +45,7 @@ class KvMetadataView(Protocol):
 
 
 class KvStore(Protocol):
-    """The KV v2 operations ingest needs, on one mount (``vault.VaultKv``)."""
+    """The KV v2 operations ingest needs, on one mount (``vault.kv.VaultKv``)."""
 
     @property
     def mount(self) -> str: ...
@@ -52,7 +54,7 @@ class KvStore(Protocol):
 
     def write(self, path: str, data: Mapping[str, str], *, cas: int) -> int:
         """A new version of ``path`` (check-and-set against ``cas``): the version number.
-        Raises ``vault.CasMismatchError`` when ``path`` is no longer at version ``cas``."""
+        Raises ``vault.errors.CasMismatchError`` when ``path`` is no longer at version ``cas``."""
         ...
 
     def write_metadata(self, path: str, custom: Mapping[str, str]) -> None: ...
@@ -123,7 +125,7 @@ def ingest(
     Once the credentials are written, `ingested` is always recorded; a failed metadata
     write is a warning.
     """
-    from keycourier import bundle, vault
+    from keycourier import bundle
 
     notes: list[str] = []
 
@@ -131,7 +133,7 @@ def ingest(
         notes.append(message)
         warn(message)
 
-    vault.check_ingest_path(request.vault_path)
+    check_ingest_path(request.vault_path)
     ident = request.identity
     me = ident.public().signing_fingerprint
     full_path = f"{store.mount}/{request.vault_path}"
@@ -178,7 +180,7 @@ def ingest(
         }
         try:
             version = store.write(request.vault_path, secret, cas=claim.cas)
-        except vault.CasMismatchError:
+        except CasMismatchError:
             raise PolicyError(
                 f"{full_path} was written by someone else while this ingest ran (it was at "
                 f"version {claim.cas}); nothing was written",

@@ -61,12 +61,17 @@ def _from_vault(
 
 
 def _kv_read(settings: Settings, mount: str, path: str, where: str) -> Mapping[str, Any]:
-    from keycourier import vault
-
+    # Imported here: a cached `token` imports this module and must not load the Vault
+    # modules (nor fastkv's http.client and ssl, nor kv's dataclasses) it does not use.
     if settings.vault.auth == "token":  # one GET, without importing hvac and requests
-        data = vault.kv_read_direct(settings, mount, path)
+        from keycourier.vault.fastkv import kv_read_direct
+
+        data = kv_read_direct(settings, mount, path)
     else:
-        data = vault.kv_read(vault.connect(settings), mount, path)
+        from keycourier.vault.client import connect
+        from keycourier.vault.kv import kv_read
+
+        data = kv_read(connect(settings), mount, path)
     if data is None:
         raise ConfigError(f"{where}: no such secret")
     return data

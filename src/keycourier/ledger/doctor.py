@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from keycourier._record import record
 from keycourier.errors import AuthError, Error, ExitCode, UnavailableError
+from keycourier.vault.client import connect
+from keycourier.vault.errors import translate
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -95,8 +97,6 @@ def _get(client: Any, url: str) -> Any:  # noqa: ANN401 - hvac returns dicts or 
 
 
 def run(settings: Settings, role: Role | None) -> DoctorReport:
-    from keycourier import vault
-
     vs = settings.vault
     if not vs.addr:
         return DoctorReport(
@@ -119,7 +119,7 @@ def run(settings: Settings, role: Role | None) -> DoctorReport:
     try:
         seal = probe.sys.read_seal_status()
     except Exception as exc:  # noqa: BLE001 - adapter boundary
-        err = vault.translate(exc, "the seal-status check")
+        err = translate(exc, "the seal-status check")
         checks.append(Check("reachable", Status.FAIL, err.message, err.exit_code))
         return DoctorReport(vs.addr, tuple(checks))
     version = str(seal.get("version", "?"))
@@ -137,13 +137,13 @@ def run(settings: Settings, role: Role | None) -> DoctorReport:
     checks.append(Check("sealed", Status.OK, "unsealed"))
 
     try:
-        client = vault.connect(settings)
+        client = connect(settings)
         me = client.auth.token.lookup_self()["data"]
     except Error as err:
         checks.append(Check("token", Status.FAIL, err.message, err.exit_code))
         return DoctorReport(vs.addr, tuple(checks))
     except Exception as exc:  # noqa: BLE001 - adapter boundary
-        bad = vault.translate(exc, "the token look-up")
+        bad = translate(exc, "the token look-up")
         checks.append(Check("token", Status.FAIL, bad.message, bad.exit_code))
         return DoctorReport(vs.addr, tuple(checks))
     policies = ", ".join(
@@ -164,12 +164,10 @@ def run(settings: Settings, role: Role | None) -> DoctorReport:
 
 
 def _kv_check(client: Any, mount: str) -> Check:  # noqa: ANN401
-    from keycourier import vault
-
     try:
         resp = _get(client, f"/v1/sys/internal/ui/mounts/{mount}")
     except Exception as exc:  # noqa: BLE001 - adapter boundary
-        err = vault.translate(exc, f"the mount check of {mount}/")
+        err = translate(exc, f"the mount check of {mount}/")
         status = Status.WARN if isinstance(err, AuthError) else Status.FAIL
         code = ExitCode.OK if status == Status.WARN else err.exit_code
         return Check("kv mount", status, err.message, code)
@@ -191,12 +189,10 @@ def _kv_check(client: Any, mount: str) -> Check:  # noqa: ANN401
 
 
 def _audit_check(client: Any) -> Check:  # noqa: ANN401
-    from keycourier import vault
-
     try:
         resp = _get(client, "/v1/sys/audit")
     except Exception as exc:  # noqa: BLE001 - adapter boundary
-        err = vault.translate(exc, "the audit-device listing")
+        err = translate(exc, "the audit-device listing")
         if isinstance(err, UnavailableError):
             return Check("audit device", Status.FAIL, err.message, err.exit_code)
         return Check(
@@ -216,14 +212,12 @@ def _audit_check(client: Any) -> Check:  # noqa: ANN401
 
 
 def _capability_check(client: Any, mount: str, role: Role) -> Check:  # noqa: ANN401
-    from keycourier import vault
-
     needs = ROLE_NEEDS[role]
     paths = [f"{mount}/{p}" for p, _ in needs]
     try:
         resp = client.adapter.post("/v1/sys/capabilities-self", json={"paths": paths})
     except Exception as exc:  # noqa: BLE001 - adapter boundary
-        err = vault.translate(exc, "sys/capabilities-self")
+        err = translate(exc, "sys/capabilities-self")
         return Check(f"role {role}", Status.FAIL, err.message, err.exit_code)
     body = (resp or {}).get("data") or resp or {}
     missing: list[str] = []

@@ -42,12 +42,19 @@ from keycourier._record import record
 from keycourier.errors import AuthError, IntegrityError, UnavailableError, UsageError
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType
+from keycourier.vault.client import connect, token_of
+from keycourier.vault.errors import CasMismatchError
 
 if TYPE_CHECKING:
     import hvac
 
     from keycourier.config import Settings
-    from keycourier.vault import FastKV, KvVersion
+    from keycourier.vault.fastkv import FastKV
+    from keycourier.vault.kv import KvVersion
+
+# Every recorded event imports this module (for path_for and record_for), with a Vault or
+# without: vault.kv (dataclasses) and vault.fastkv (http.client, ssl) are imported by the
+# methods that talk to Vault, so that a local-only recording does not pay for them.
 
 HANDOVERS = "keycourier/handovers"
 DENIED = "keycourier/denied"
@@ -266,17 +273,15 @@ class VaultMirror:
     def client(self) -> hvac.Client:
         with self._lock:
             if self._client is None:
-                from keycourier import vault
-
-                self._client = vault.connect(self.settings)
+                self._client = connect(self.settings)
             return self._client
 
     def fast(self) -> FastKV:
         kv: FastKV | None = getattr(self._local, "kv", None)
         if kv is None:
-            from keycourier import vault
+            from keycourier.vault.fastkv import FastKV
 
-            kv = vault.FastKV(self.settings.vault, vault.token_of(self.client))
+            kv = FastKV(self.settings.vault, token_of(self.client))
             self._local.kv = kv
             with self._lock:
                 self._fasts.append(kv)
@@ -295,8 +300,6 @@ class VaultMirror:
         self, path: str, record: Mapping[str, Any], *, known_version: int | None, event: Event
     ) -> tuple[int, bool]:
         """Write one record; return (version, already_there). IntegrityError on a conflict."""
-        from keycourier.vault import CasMismatchError
-
         fast = self.fast()
         if self.transit_key:
             record = {**record, SIGNATURE: self.sign(str(record["hash"]))}
@@ -323,7 +326,7 @@ class VaultMirror:
     def _reconcile_locked(
         self, path: str, record: Mapping[str, Any], event: Event
     ) -> tuple[int, bool]:
-        from keycourier import vault
+        from keycourier.vault.kv import kv_write
 
         write_once = not appendable(path)
         for _ in range(8):
@@ -350,8 +353,8 @@ class VaultMirror:
                         hints=["run 'keycourier audit verify --vault' and investigate first"],
                     )
             try:
-                version = vault.kv_write(self.client, self.mount, path, record, cas=current)
-            except vault.CasMismatchError:
+                version = kv_write(self.client, self.mount, path, record, cas=current)
+            except CasMismatchError:
                 continue
             if version == 1 and not write_once:
                 self._custom(path, event)
@@ -364,16 +367,16 @@ class VaultMirror:
 
     def versions(self, path: str) -> dict[int, KvVersion]:
         """Every version of a record (deleted ones with data None). Empty when absent."""
-        from keycourier import vault
+        from keycourier.vault.kv import kv_read_metadata, kv_read_version
 
         client = self.client
         with self._hvac_lock:
-            meta = vault.kv_read_metadata(client, self.mount, path)
+            meta = kv_read_metadata(client, self.mount, path)
             if meta is None:
                 return {}
             out: dict[int, KvVersion] = {}
             for number in sorted(meta.versions):
-                found = vault.kv_read_version(client, self.mount, path, number)
+                found = kv_read_version(client, self.mount, path, number)
                 if found is not None:
                     out[number] = found
             return out
@@ -410,11 +413,11 @@ class VaultMirror:
         return sorted(found, key=lambda v: v.event.at)
 
     def list_names(self, path: str) -> list[str]:
-        from keycourier import vault
+        from keycourier.vault.kv import kv_list
 
         client = self.client
         with self._hvac_lock:
-            return vault.kv_list(client, self.mount, path)
+            return kv_list(client, self.mount, path)
 
     def ledger_paths(self, ledger_id: str) -> tuple[list[str], list[str]]:
         """(older shared records any ledger may have appended to, this ledger's own
@@ -458,8 +461,6 @@ class VaultMirror:
         Read first: the shipped policies grant "create" only, so a second write is refused
         with 403 rather than a check-and-set error.
         """
-        from keycourier.vault import CasMismatchError
-
         path = pin_path(ledger_id)
         pinned = self.pinned_key(ledger_id)
         if pinned is None:
@@ -482,11 +483,11 @@ class VaultMirror:
 
     def pinned_key(self, ledger_id: str) -> str | None:
         """The public key pinned for a ledger ("" when the record is unreadable), None if none."""
-        from keycourier import vault
+        from keycourier.vault.kv import kv_read_version
 
         client = self.client
         with self._hvac_lock:
-            found = vault.kv_read_version(client, self.mount, pin_path(ledger_id))
+            found = kv_read_version(client, self.mount, pin_path(ledger_id))
         if found is None:
             return None
         if found.data is None:
@@ -499,8 +500,7 @@ class VaultMirror:
     def _write_once(self, path: str, data: Mapping[str, Any], what: str) -> bool:
         """Create ``path`` with cas=0; True when written now, False when the same data
         was already there. IntegrityError when different data holds the name."""
-        from keycourier import vault
-        from keycourier.vault import CasMismatchError
+        from keycourier.vault.kv import kv_read_version
 
         try:
             self.fast().write(self.mount, path, data, cas=0)
@@ -508,7 +508,7 @@ class VaultMirror:
         except (CasMismatchError, AuthError):
             client = self.client
             with self._hvac_lock:
-                found = vault.kv_read_version(client, self.mount, path)
+                found = kv_read_version(client, self.mount, path)
             if found is None:
                 raise  # a real refusal, not an existing record
         if found.data is not None and dict(found.data) == dict(data):
@@ -525,7 +525,7 @@ class VaultMirror:
 
     def checkpoints(self, ledger_id: str) -> list[tuple[str, KvVersion | None]]:
         """(path, latest version) of every checkpoint witnessed for a ledger."""
-        from keycourier import vault
+        from keycourier.vault.kv import kv_read_version
 
         folder = f"{CHECKPOINTS}/{_segment(ledger_id, 'ledger ID')}"
         out: list[tuple[str, KvVersion | None]] = []
@@ -537,7 +537,7 @@ class VaultMirror:
                 out.append(
                     (
                         f"{folder}/{name}",
-                        vault.kv_read_version(client, self.mount, f"{folder}/{name}"),
+                        kv_read_version(client, self.mount, f"{folder}/{name}"),
                     )
                 )
         return out
@@ -557,11 +557,11 @@ class VaultMirror:
             )
 
     def machine_record(self, name: str) -> Mapping[str, Any] | None:
-        from keycourier import vault
+        from keycourier.vault.kv import kv_read_version
 
         client = self.client
         with self._hvac_lock:
-            found = vault.kv_read_version(client, self.mount, machine_path(name))
+            found = kv_read_version(client, self.mount, machine_path(name))
         if found is None:
             return None
         return found.data or {}

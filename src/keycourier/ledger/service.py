@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.ledger.mirror import VaultEvent, VaultMirror
     from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
-    from keycourier.vault import KvVersion
+    from keycourier.vault.kv import KvVersion
 
 DEFAULT_SYNC_WORKERS = 8
 

@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from keycourier import api, handover, vault
+from keycourier import api, handover
+from keycourier.vault.errors import CasMismatchError
+from keycourier.vault.kv import KvMetadata
 from tests.support.handover import nothing_denied
 
 ALNUM = string.ascii_letters + string.digits
@@ -27,11 +29,11 @@ class MemoryKv:
         self.custom: dict[str, dict[str, str]] = {}
         self.before_write: Callable[[], None] | None = None
 
-    def read_metadata(self, path: str) -> vault.KvMetadata | None:
+    def read_metadata(self, path: str) -> KvMetadata | None:
         stored = self.versions.get(path)
         if not stored:
             return None
-        return vault.KvMetadata(
+        return KvMetadata(
             current_version=len(stored),
             versions={i + 1: {} for i in range(len(stored))},
             custom_metadata=dict(self.custom.get(path, {})),
@@ -43,7 +45,7 @@ class MemoryKv:
             meanwhile()
         stored = self.versions.setdefault(path, [])
         if cas != len(stored):
-            raise vault.CasMismatchError("check-and-set parameter did not match")
+            raise CasMismatchError("check-and-set parameter did not match")
         stored.append(dict(data))
         return len(stored)
 
