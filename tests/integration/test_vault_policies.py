@@ -13,7 +13,7 @@ import pytest
 
 from keycourier import config
 from keycourier.errors import AuthError
-from keycourier.ledger import doctor
+from keycourier.vault import doctor
 from keycourier.vault.kv import (
     kv_list,
     kv_read,

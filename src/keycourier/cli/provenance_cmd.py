@@ -35,6 +35,7 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+from keycourier.vault import doctor as vault_doctor
 from keycourier.vault.client import connect, ping
 from keycourier.vault.paths import check_ingest_path
 
@@ -969,10 +970,8 @@ def doctor(ctx: click.Context, role: str | None, as_json: bool) -> None:
     Example:
       VAULT_ADDR=https://vault:8200 keycourier doctor --role receiver
     """
-    from keycourier.ledger import doctor as doc
-
     settings = settings_from(ctx)
-    report = doc.run(settings, doc.Role(role) if role else None)
+    report = vault_doctor.run(settings, vault_doctor.Role(role) if role else None)
     if as_json:
         emit_json(
             {
@@ -987,6 +986,6 @@ def doctor(ctx: click.Context, role: str | None, as_json: bool) -> None:
     else:
         for c in report.checks:
             click.echo(f"[{c.status.upper():<4}] {c.name:<14} {c.detail}")
-    failed = [c for c in report.checks if c.status == doc.Status.FAIL]
+    failed = [c for c in report.checks if c.status == vault_doctor.Status.FAIL]
     if failed:
         _fail(report.exit_code, f"doctor: {failed[0].name}: {failed[0].detail}")

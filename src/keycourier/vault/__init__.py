@@ -12,6 +12,9 @@
   ``KvVersion``, ``KvMetadata`` and ``VaultKv`` (ingest's ``handover.KvStore``).
 - ``keycourier.vault.fastkv``: ``FastKV``, KV v2 over a keep-alive ``http.client``
   connection for the hot paths (the ledger mirror's writes, ``kv_read_direct``).
+- ``keycourier.vault.doctor``: ``keycourier doctor``, the check that Vault is reachable,
+  unsealed, has a KV v2 mount and an audit device, and that the token can do what a role
+  needs.
 
 The token helper's check of a client's Vault token (``auth/token/lookup-self``) is Vault
 code too and belongs in this package.
