@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from keycourier.config import Settings
 from keycourier.errors import AuthError, ConfigError, Error
+from keycourier.files import read_limited
 from keycourier.redact import Secret
 from keycourier.vault.errors import call, translate
 
@@ -40,13 +41,9 @@ def check_addr(addr: str) -> urllib.parse.SplitResult:
 
 
 def _read_credential_file(path: Path, what: str) -> Secret:
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_CREDENTIAL_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the Vault {what} file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_CREDENTIAL_FILE_BYTES:
-        raise ConfigError(f"the Vault {what} file {path} is too large")
+    raw = read_limited(
+        path, f"the Vault {what} file {path}", MAX_CREDENTIAL_FILE_BYTES, error=ConfigError
+    )
     value = raw.decode("utf-8", errors="replace").strip()
     if not value:
         raise ConfigError(f"the Vault {what} file {path} is empty")
