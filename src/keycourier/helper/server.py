@@ -51,8 +51,10 @@ from keycourier.errors import AuthError, ConfigError, Error, UnavailableError, U
 from keycourier.helper.cache import TokenCache, fresh_until
 from keycourier.helper.clients import ClientStore
 from keycourier.helper.connections import ConnectionGuard, Limits
+from keycourier.helper.vault_lookup import lookup_self
 from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, json_payload
+from keycourier.redact import Secret
 from keycourier.urls import is_loopback_host
 
 if TYPE_CHECKING:
@@ -543,7 +545,7 @@ class HelperState:
         wait = self.take(_VAULT_LOOKUPS)
         if wait is not None:
             raise LookupThrottledError(wait)
-        principal, ttl = await self._lookup_self(token)
+        principal, ttl = await self._ask_vault(token)
         if len(self._vault_cache) > 10_000:
             self._vault_cache = {k: v for k, v in self._vault_cache.items() if v[0] > now}
         keep = (
@@ -554,50 +556,29 @@ class HelperState:
         self._vault_cache[digest] = (now + keep, principal)
         return principal
 
-    async def _lookup_self(self, token: str) -> tuple[Principal | None, float]:
-        import aiohttp
-
-        addr = self.settings.vault.addr
-        if not addr or self.session is None:
+    async def _ask_vault(self, token: str) -> tuple[Principal | None, float]:
+        """The principal of a Vault token carrying ``vault_policy`` and Vault's TTL for it;
+        (None, 0.0) for any other token."""
+        vault = self.settings.vault
+        if not vault.addr or self.session is None:
             return None, 0.0
-        headers = {"X-Vault-Token": token}
-        if self.settings.vault.namespace:
-            headers["X-Vault-Namespace"] = self.settings.vault.namespace
-        try:
-            async with self.session.get(
-                addr.rstrip("/") + "/v1/auth/token/lookup-self",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.settings.vault.timeout),
-                ssl=self._vault_ssl(),
-            ) as resp:
-                if resp.status in (400, 401, 403):
-                    return None, 0.0
-                if resp.status != 200:
-                    raise UnavailableError(f"Vault answered HTTP {resp.status} to lookup-self")
-                doc = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise UnavailableError(
-                f"cannot verify the Vault token ({type(exc).__name__})"
-            ) from None
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if not isinstance(data, dict):
+        info = await lookup_self(
+            self.session,
+            vault.addr,
+            Secret(token),
+            namespace=vault.namespace,
+            cacert=vault.cacert,
+            timeout=vault.timeout,
+        )
+        if info is None or self.cfg.vault_policy not in info.policies:
             return None, 0.0
-        policies = set(data.get("policies") or []) | set(data.get("identity_policies") or [])
-        if self.cfg.vault_policy not in policies:
-            return None, 0.0
-        ttl = data.get("ttl")
-        ttl_s = float(ttl) if isinstance(ttl, int) and ttl > 0 else self.cfg.vault_cache_seconds
-        name = str(data.get("display_name") or data.get("accessor") or "token")[:64]
-        accessor = str(data.get("accessor") or name)
+        ttl_s = float(info.ttl) if info.ttl is not None else self.cfg.vault_cache_seconds
         return Principal(
-            f"vault:{name}", f"vault:{accessor}", self.cfg.vault_profiles, self.cfg.vault_rate
+            f"vault:{info.display_name}",
+            f"vault:{info.accessor}",
+            self.cfg.vault_profiles,
+            self.cfg.vault_rate,
         ), ttl_s
-
-    def _vault_ssl(self) -> ssl.SSLContext | bool:
-        cacert = self.settings.vault.cacert
-        if cacert is None:
-            return True
-        return ssl.create_default_context(cafile=str(cacert))
 
     # -- metrics
 
