@@ -24,7 +24,7 @@ import pytest
 
 from keycourier import config
 from keycourier.errors import ConfigError
-from keycourier.helper.server import DEFAULT_MAX_BODY
+from keycourier.helper.server_config import DEFAULT_MAX_BODY
 from tests.fuzz.bounds import measure
 from tests.support.helper_server import (
     MONITE_ID,

@@ -178,7 +178,8 @@ def serve(
         keycourier token --profile ci
     """
     from keycourier.cli.common import info
-    from keycourier.helper.server import run, server_config
+    from keycourier.helper.server import run
+    from keycourier.helper.server_config import server_config
     from keycourier.helper.workers import parse_workers, run_supervised
 
     count = parse_workers(workers)

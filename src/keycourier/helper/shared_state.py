@@ -118,7 +118,8 @@ class SharedBuckets:
 
 
 class SharedBucket:
-    """One key's bucket in the shared table: ``rate`` and ``take(now)`` like the server's own."""
+    """One key's bucket in the shared table: ``rate`` and ``take(now)`` like the one-process
+    ``principals.LocalBucket``."""
 
     __slots__ = (
         "_batch",

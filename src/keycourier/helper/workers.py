@@ -61,17 +61,14 @@ from keycourier.helper.clients import ClientStore, default_store_path
 from keycourier.helper.connections import Limits
 from keycourier.helper.credentials import load_credentials
 from keycourier.helper.execrun import child_environment, credential_env_names
+from keycourier.helper.listen import prepare_socket, tls_context
+from keycourier.helper.metrics import EVERY_PROFILE, metrics_text
+from keycourier.helper.principals import Principal, RateBucket
 from keycourier.helper.recording import BatchRecorder, issued_event, open_recorder
-from keycourier.helper.server import (
-    EVERY_PROFILE,
-    HelperState,
-    Principal,
-    RateBucket,
-    ServerConfig,
-    _prepare_socket,
-    _serve,
-)
+from keycourier.helper.server import serve
+from keycourier.helper.server_config import ServerConfig
 from keycourier.helper.shared_state import SharedBuckets
+from keycourier.helper.state import HelperState
 from keycourier.ledger.interface import Event, EventType
 from keycourier.partner.profiles import Profile, load_profiles
 from keycourier.partner.tokens import Token, UpstreamUnavailableError, fetch_token
@@ -136,7 +133,7 @@ def bind(cfg: ServerConfig, workers: int) -> tuple[socket.socket, str]:
     """
     backlog = min(4096, BACKLOG_PER_WORKER * workers)
     if cfg.socket_path is not None:
-        _prepare_socket(cfg.socket_path)
+        prepare_socket(cfg.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -331,7 +328,8 @@ class _SupervisorLink:
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
                 elif op == "snap" and self.state is not None:
-                    page = self.state.metrics_text(EVERY_PROFILE)  # scoped by the worker that asked
+                    # every profile: scoped by the worker that asked
+                    page = metrics_text(self.state, EVERY_PROFILE)
                     _send(self.writer, {"id": msg.get("id"), "text": page})
         except (ValueError, ConnectionError) as exc:
             _warn(f"worker {os.getpid()}: bad message from the supervisor ({type(exc).__name__})")
@@ -443,7 +441,7 @@ async def _worker(chan: socket.socket, listener: socket.socket, table: SharedBuc
     loop.add_signal_handler(signal.SIGHUP, reload_clients)
     reading = loop.create_task(link.read_loop())
     try:
-        await _serve(state, lambda _where: _send(writer, {"op": "ready"}), sock=listener)
+        await serve(state, lambda _where: _send(writer, {"op": "ready"}), sock=listener)
     finally:
         link.closing = True  # every request has been answered: send what is left and go
         with contextlib.suppress(ConnectionError):
@@ -851,9 +849,7 @@ def run_supervised(
         )
     ClientStore(default_store_path(settings)).refresh(max_age=0)  # fail now if malformed
     if cfg.tls_cert is not None:
-        from keycourier.helper.server import _tls_context
-
-        _tls_context(cfg)  # fail now on an unreadable certificate or key
+        tls_context(cfg)  # fail now on an unreadable certificate or key
     listener, where = bind(cfg, workers)
     table = SharedBuckets.create()
     recorder: BatchRecorder | None = None

@@ -8,7 +8,7 @@ import pytest
 
 from keycourier import config
 from keycourier.errors import ConfigError, UsageError
-from keycourier.helper.server import parse_listen, server_config
+from keycourier.helper.server_config import parse_listen, server_config
 
 
 def _settings(tmp_path: Path, helper: str = "") -> config.Settings:

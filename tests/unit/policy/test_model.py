@@ -186,13 +186,13 @@ def test_policy_package_is_core() -> None:
 )
 def test_one_loopback_check_for_every_caller(host: str | None, loopback: bool) -> None:
     """Policies, token and connection profiles and the helper all ask keycourier.urls."""
-    from keycourier.helper import client, server
+    from keycourier.helper import client, server_config
     from keycourier.partner import profiles
     from keycourier.partner.connections import client as connection_client
     from keycourier.partner.connections import model as connection_model
     from keycourier.urls import is_loopback_host
 
     assert is_loopback_host(host) is loopback
-    for module in (server, client, connection_model, connection_client):
+    for module in (server_config, client, connection_model, connection_client):
         assert vars(module)["is_loopback_host"] is is_loopback_host
     assert vars(profiles)["base_url_problem"] is vars(connection_model)["base_url_problem"]
