@@ -3,7 +3,7 @@
 ``HelperState`` fetches tokens through ``TokenCache`` (or, in a ``serve --workers N``
 worker, through the supervisor), renders the ``POST /v1/token`` reply once per token,
 records hand-outs, authenticates callers (client keys, or Vault tokens checked with
-``keycourier.helper.vault_lookup`` and cached briefly) and keeps their rate limits and
+``keycourier.vault.token_lookup`` and cached briefly) and keeps their rate limits and
 the request counters that ``/metrics`` shows.
 """
 
@@ -28,10 +28,10 @@ from keycourier.helper.credentials import load_credentials
 from keycourier.helper.principals import LocalBucket, Principal, RateBucket
 from keycourier.helper.recording import EventSink, handed_out_event, issued_event
 from keycourier.helper.server_config import ServerConfig
-from keycourier.helper.vault_lookup import lookup_self
 from keycourier.partner.profiles import Profile
 from keycourier.partner.tokens import Token, fetch_token, json_payload
 from keycourier.redact import Secret
+from keycourier.vault.token_lookup import lookup_self
 
 if TYPE_CHECKING:
     import aiohttp

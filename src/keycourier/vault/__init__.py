@@ -15,14 +15,14 @@
 - ``keycourier.vault.doctor``: ``keycourier doctor``, the check that Vault is reachable,
   unsealed, has a KV v2 mount and an audit device, and that the token can do what a role
   needs.
+- ``keycourier.vault.token_lookup``: ``lookup_self``, the token helper's question to
+  Vault about a client's Vault token (``auth/token/lookup-self``, over the helper's
+  aiohttp session); the helper keeps the cache and the rate limit.
 
-The token helper's check of a client's Vault token (``auth/token/lookup-self``) is Vault
-code too and belongs in this package.
-
-hvac is imported inside the functions that need it (about 150 ms), and only ``fastkv``
-imports ``http.client`` and ``ssl``: importing ``keycourier.vault.paths`` or
-``keycourier.vault.errors`` costs those modules and nothing else, which is why this file
-re-exports nothing.
+hvac is imported inside the functions that need it (about 150 ms), only ``fastkv``
+imports ``http.client`` and ``ssl``, and only ``token_lookup`` imports aiohttp: importing
+``keycourier.vault.paths`` or ``keycourier.vault.errors`` costs those modules and nothing
+else, which is why this file re-exports nothing.
 
 Every failure leaves the package as a keycourier error:
 :class:`~keycourier.errors.AuthError` (exit 5) for 401/403 and log-in failures,

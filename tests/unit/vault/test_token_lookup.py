@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from keycourier.errors import UnavailableError
-from keycourier.helper.vault_lookup import TokenInfo, lookup_self
 from keycourier.redact import Secret
+from keycourier.vault.token_lookup import TokenInfo, lookup_self
 
 TOKEN = "hvs.caller-token-0123456789"  # made up
 
