@@ -28,28 +28,12 @@ from keycourier.errors import (
     UsageError,
 )
 from keycourier.files import write_private
-from keycourier.handover import (
-    CheckRequest,
-    DecidingRecorder,
-    Denied,
-    DenyRequest,
-    Ingested,
-    IngestRequest,
-    KvStore,
-    Opened,
-    OpenRequest,
-    RejectedError,
-    Revoked,
-    RevokeRequest,
-    Sealed,
-    SealRequest,
-    check,
-    deny,
-    ingest,
-    open_bundle,
-    revoke,
-    seal,
-)
+from keycourier.handover.checking import CheckRequest, check
+from keycourier.handover.denying import Denied, DenyRequest, deny
+from keycourier.handover.ingesting import Ingested, IngestRequest, KvStore, ingest
+from keycourier.handover.opening import DecidingRecorder, Opened, OpenRequest, open_bundle
+from keycourier.handover.revoking import Revoked, RevokeRequest, revoke
+from keycourier.handover.sealing import RejectedError, Sealed, SealRequest, seal
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import LedgerRecorder, open_recorder

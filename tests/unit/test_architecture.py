@@ -172,3 +172,55 @@ def test_no_test_module_is_imported_by_another() -> None:
                 if name.startswith("tests.") and (last.startswith("test_") or last == "conftest"):
                     offenders.append(f"{path.relative_to(TESTS)} imports {name}")
     assert offenders == [], "; ".join(offenders)
+
+
+# The click-free fast paths of cli/entry.py: each import there is paid by `token`, `exec`,
+# `inspect`, `audit verify` or `age` on every run, so these modules import on first use.
+FAST_PATH_MODULES = {"cli/entry.py", "cli/age_ops.py", "cli/helper_ops.py", "cli/bundle_ops.py",
+                     "cli/provenance_ops.py", "__main__.py"}  # fmt: skip
+
+
+def _function_level_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of each import of a keycourier module made inside a function without
+    a ``lazy:`` comment on its line or the line above saying why."""
+    source = path.read_text()
+    lines = source.splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(source, filename=str(path))):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                module = node.module
+            elif isinstance(node, ast.Import):
+                module = node.names[0].name
+            else:
+                continue
+            if module.split(".")[0] != "keycourier":
+                continue
+            said = " ".join(lines[max(node.lineno - 2, 0) : node.end_lineno or node.lineno])
+            if "lazy:" not in said:
+                found.append((node.lineno, module))
+    return found
+
+
+def test_keycouriers_own_modules_are_imported_at_the_top() -> None:
+    """The structure reads from the top of each file. An import inside a function is for
+    start-up time only: on a fast path, or with a ``# lazy: <why>`` comment."""
+    hidden = [
+        f"{path.relative_to(SRC)}:{line} {module}"
+        for path in sorted(SRC.rglob("*.py"))
+        if str(path.relative_to(SRC)) not in FAST_PATH_MODULES
+        for line, module in _function_level_imports(path)
+    ]
+    assert hidden == [], "import at the top, or say why not with '# lazy:': " + ", ".join(hidden)
+
+
+def test_the_hidden_import_finder_finds_them(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "def f():\n    from keycourier import vault\n\n"
+        "def g():\n    # lazy: costs 10 ms\n    from keycourier.policy import probe\n"
+        "def h():\n    import json\n"
+    )
+    assert _function_level_imports(module) == [(2, "keycourier")]

@@ -11,8 +11,10 @@ from datetime import datetime
 
 import click
 
+from keycourier import age as agelib
 from keycourier.cli.age_ops import decrypt_files, encrypt_files
 from keycourier.errors import UsageError
+from keycourier.files import create_private
 
 
 @click.group(name="age")
@@ -45,8 +47,6 @@ def keygen(pq: bool, output: str | None) -> None:
       keycourier age keygen -o key.txt
       keycourier age keygen --pq -o pq-key.txt
     """
-    from keycourier import age as agelib
-    from keycourier.files import create_private
 
     ident: agelib.Identity = (
         agelib.HybridIdentity.generate() if pq else agelib.X25519Identity.generate()

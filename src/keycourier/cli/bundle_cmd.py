@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from keycourier import age, handover, receipt
+from keycourier import age, receipt
 from keycourier import bundle as _bundle
 from keycourier.bundle.identity import read_identity_file, read_public
 from keycourier.cli.bundle_ops import read_bundle as read_bundle
@@ -42,6 +42,7 @@ from keycourier.cli.receipt_cmd import (
 )
 from keycourier.cli.record import recording, report_outcome, write_release
 from keycourier.errors import UsageError
+from keycourier.handover import opening, sealing
 from keycourier.policy import load_policy
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def seal(
 
     if as_json and (output is None or output == "-"):
         raise UsageError("--json prints a summary on stdout, so the bundle needs -o FILE")
-    handover.check_bundle_id(supersedes, what="--supersedes")
+    sealing.check_bundle_id(supersedes, what="--supersedes")
     policy_opt = options.pop("policy", None)
     settings = settings_from(ctx, policy_path=str(policy_opt) if policy_opt else None)
     request = _seal_request(
@@ -166,14 +167,14 @@ def _seal_request(
     recipients: list[str],
     partner: str | None,
     supersedes: str | None,
-) -> handover.SealRequest:
+) -> sealing.SealRequest:
     """The request `seal` options describe: the identity (its passphrase asked for only
     when the secret is not on stdin), the facts and secret read, the policy in force."""
 
     probe = bool(options.pop("probe", False))
     secret_on_stdin = options.get("client_secret_file") == "-"
     sender = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=secret_on_stdin)
-    return handover.SealRequest(
+    return sealing.SealRequest(
         facts=facts_from_options(options),
         sender=sender,
         recipients=recipients,
@@ -186,14 +187,14 @@ def _seal_request(
 
 
 def _run_seal(
-    settings: Settings, request: handover.SealRequest, *, require_vault: bool
-) -> handover.Sealed:
-    """``handover.seal`` on this command's ledger; a rejection's report goes to stderr."""
+    settings: Settings, request: sealing.SealRequest, *, require_vault: bool
+) -> sealing.Sealed:
+    """``sealing.seal`` on this command's ledger; a rejection's report goes to stderr."""
 
     try:
         with recording(settings, require_vault=require_vault) as recorder:
-            sealed = handover.seal(request, recorder=recorder)
-    except handover.RejectedError as exc:
+            sealed = sealing.seal(request, recorder=recorder)
+    except sealing.RejectedError as exc:
         report_outcome(exc.event, exc.outcome)
         with contextlib.redirect_stdout(sys.stderr):
             render_report(exc.report, as_json=False)
@@ -205,7 +206,7 @@ def _run_seal(
 
 
 def _release_sealed(
-    settings: Settings, sealed: handover.Sealed, output: str | None, *, as_json: bool
+    settings: Settings, sealed: sealing.Sealed, output: str | None, *, as_json: bool
 ) -> None:
     """Hand out a sealed bundle (stdout, or -o FILE with the release rules) and say so."""
     m = sealed.manifest
@@ -290,7 +291,7 @@ def rotate(
 
     old_text = read_bundle(old_bundle)
     me = _signing_fingerprint(str(options["identity_path"]))
-    m = handover.rotation_source(old_text, sender=me, name=old_bundle)
+    m = sealing.rotation_source(old_text, sender=me, name=old_bundle)
     if receipt_path:
         _show_receiver(receipt_path, old_text, trusted_senders(trust, trust_file), m.bundle_id)
     chosen = recipient if recipient or recipients_file else m.recipients
@@ -481,10 +482,10 @@ def open_for_cli(
     require_vault: bool,
     allow_superseded: bool = False,
 ) -> tuple[CheckedBundle, Event, RecordOutcome]:
-    """``handover.open_bundle`` under this command's settings (shared by open and ingest):
+    """``opening.open_bundle`` under this command's settings (shared by open and ingest):
     the opened bundle and the `opened` event as recorded, with the outcome reported."""
 
-    request = handover.OpenRequest(
+    request = opening.OpenRequest(
         text=text,
         identity=ident,
         trusted=trusted,
@@ -494,7 +495,7 @@ def open_for_cli(
         denied=denied_lookup(settings),
     )
     with recording(settings, require_vault=require_vault) as recorder:
-        opened = handover.open_bundle(request, recorder=recorder, warn=warn)
+        opened = opening.open_bundle(request, recorder=recorder, warn=warn)
     report_outcome(opened.event, opened.outcome)
     return opened.bundle, opened.event, opened.outcome
 

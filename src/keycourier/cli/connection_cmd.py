@@ -17,9 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from keycourier.cli.common import emit_json, info
+from keycourier.cli.common import emit_json, info, read_secret_source, warn
 from keycourier.cli.main import settings_from
+from keycourier.cli.record import WarnOnClose
 from keycourier.errors import ConfigError, PolicyError, UnavailableError, UsageError
+from keycourier.helper.service import ProfileTokenSource
+from keycourier.ledger.interface import VaultStatus
+from keycourier.partner.connections.client import ConnectionClient, StaticTokenSource
+from keycourier.partner.connections.model import endpoint_for_profile, parse_duration, parse_uuid
+from keycourier.partner.connections.workflow import (
+    WaitPolicy,
+    create_connection,
+    describe,
+    disconnect_connection,
+    wait_for_connection,
+)
+from keycourier.redact import Secret
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -54,7 +67,6 @@ class _Call:
 def _recorder_factory(settings: Settings) -> Callable[[], Recorder]:
     """``keycourier.ledger.service.open_recorder(settings)``, opened at the first event;
     closing it (after the connection changed on the platform) warns instead of failing."""
-    from keycourier.cli.record import WarnOnClose
     from keycourier.ledger.service import open_recorder
 
     def factory() -> Recorder:
@@ -83,18 +95,13 @@ def _pick_profile(settings: Settings, name: str | None) -> str:
 def _token_source(
     settings: Settings, profile: str, token_file: str | None, deadline: float | None = None
 ) -> TokenSource:
-    from keycourier.partner.connections.client import StaticTokenSource
-    from keycourier.redact import Secret
 
     if token_file is not None:
-        from keycourier.cli.common import read_secret_source
-
         raw = read_secret_source(token_file, "partner token").strip()
         if not raw or b"\n" in raw:
             raise UsageError("the partner token file must hold exactly one token")
         where = "standard input" if token_file == "-" else f"the file {token_file}"  # noqa: S105
         return StaticTokenSource(Secret(raw), f"the partner token from {where} (--token-file)")
-    from keycourier.helper.service import ProfileTokenSource
 
     return _Warned(ProfileTokenSource(settings, profile, deadline=deadline))
 
@@ -106,7 +113,6 @@ class _Warned:
         self._inner = inner
 
     def get(self) -> Secret:
-        from keycourier.cli.common import warn
 
         token = self._inner.get()
         for message in self._inner.warnings:
@@ -126,8 +132,6 @@ def _call(
     deadline: float | None = None,
 ) -> _Call:
     """``deadline`` (``time.monotonic()`` time) bounds the partner token fetch (``wait``)."""
-    from keycourier.partner.connections.client import ConnectionClient
-    from keycourier.partner.connections.model import endpoint_for_profile, parse_uuid
 
     settings: Settings = settings_from(ctx)
     name = _pick_profile(settings, profile)
@@ -138,7 +142,6 @@ def _call(
 
 
 def _conn_id(value: str) -> str:
-    from keycourier.partner.connections.model import parse_uuid
 
     return parse_uuid(value, "connection ID")
 
@@ -170,7 +173,6 @@ def _recorded_json(items: Sequence[Recorded]) -> list[dict[str, Any]]:
 
 
 def _say_recorded(items: Sequence[Recorded]) -> None:
-    from keycourier.ledger.interface import VaultStatus
 
     for r in items:
         where = {
@@ -185,7 +187,6 @@ def _say_recorded(items: Sequence[Recorded]) -> None:
 
 def _confirmer(yes: bool) -> Callable[[Sequence[Connection]], bool]:
     def confirm(active: Sequence[Connection]) -> bool:
-        from keycourier.partner.connections.workflow import describe
 
         if yes:
             return True
@@ -388,7 +389,6 @@ def create(
       keycourier connection create --profile prod --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 \\
           --replace --yes --json
     """
-    from keycourier.partner.connections.workflow import create_connection
 
     call = _call(ctx, profile, entity, token_file)
     result = create_connection(
@@ -493,7 +493,6 @@ def disconnect(
       keycourier connection disconnect 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
           --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6
     """
-    from keycourier.partner.connections.workflow import disconnect_connection
 
     cid = _conn_id(connection_id)
     call = _call(ctx, profile, entity, token_file)
@@ -543,8 +542,6 @@ def wait(
       keycourier connection wait 9b2c7e1a-41f0-4c55-a0f1-6f3b8f2d9e10 --profile prod \\
           --entity 3fa85f64-5717-4562-b3fc-2c963f66afa6 --timeout 30m
     """
-    from keycourier.partner.connections.model import parse_duration
-    from keycourier.partner.connections.workflow import WaitPolicy, wait_for_connection
 
     cid = _conn_id(connection_id)
     watch = _WaitWatch(cid, parse_duration(timeout, "--timeout"))

@@ -69,7 +69,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "serve",
         "Run the authenticated token helper on loopback.",
     ),
-    "helper": ("keycourier.cli.helper_cmd", "helper", "Manage token helper client keys."),
+    "helper": ("keycourier.cli.helper_keys_cmd", "helper", "Manage token helper client keys."),
     "connection": (
         "keycourier.cli.connection_cmd",
         "connection",

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keycourier.bundle.model import format_time
+from keycourier.cli import timeline_view
+from keycourier.cli.bundle_cmd import read_bundle, trusted_senders
 from keycourier.cli.common import (
     default_actor,
     emit_json,
@@ -17,7 +20,9 @@ from keycourier.cli.common import (
     trust_option,
     warn,
 )
+from keycourier.cli.identity_cmd import load_identity_for_cli
 from keycourier.cli.main import settings_from
+from keycourier.cli.policy_cmd import denied_lookup
 from keycourier.cli.provenance_ops import verify_ledger
 from keycourier.cli.receipt_cmd import (
     check_receipt_target,
@@ -26,6 +31,7 @@ from keycourier.cli.receipt_cmd import (
     store_receipt,
     write_receipt,
 )
+from keycourier.cli.record import recording, report_outcome
 from keycourier.errors import (
     AuthError,
     ConfigError,
@@ -35,13 +41,18 @@ from keycourier.errors import (
     UnavailableError,
     UsageError,
 )
+from keycourier.handover import ingesting, revoking
+from keycourier.policy import load_policy
+from keycourier.policy.model import parse_duration
+from keycourier.receipt import IssuedVault, Replaced
 from keycourier.vault import doctor as vault_doctor
 from keycourier.vault.client import connect, ping
+from keycourier.vault.kv import VaultKv
 from keycourier.vault.paths import check_ingest_path
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
-    from keycourier.handover import Ingested, IngestRequest
+    from keycourier.handover.ingesting import Ingested, IngestRequest
     from keycourier.vault.kv import VaultKv
 
 MAX_SHOW_KEY_CHARS = 512
@@ -146,9 +157,6 @@ def ingest(
         --trust kc1:0123... --vault-path handed-over/acme/quickbooks \\
         --receipt receipt.kcr
     """
-    from keycourier import handover
-    from keycourier.cli.bundle_cmd import trusted_senders
-    from keycourier.cli.record import recording
 
     settings = settings_from(ctx, policy_path=policy, ledger_path=ledger_path)
     _check_ingest_target(settings, vault_path, receipt_path)
@@ -166,7 +174,7 @@ def ingest(
         allow_overwrite=allow_overwrite,
     )
     with recording(settings, require_vault=require_vault) as recorder:
-        done = handover.ingest(request, recorder=recorder, store=store, warn=warn)
+        done = ingesting.ingest(request, recorder=recorder, store=store, warn=warn)
     _report_events(done)
     _issue_receipt(settings, store, done, request, receipt_path, shows_path=receipt_shows_path)
     _render_ingest(done, as_json=as_json)
@@ -186,7 +194,6 @@ def _check_ingest_target(settings: Settings, vault_path: str, receipt_path: str 
 def _connect_store(settings: Settings, vault_path: str) -> VaultKv:
     """The KV mount, reachable (exit 5/6 otherwise) and able to read ``vault_path``'s
     versions (for check-and-set), before anything is opened or recorded."""
-    from keycourier.vault.kv import VaultKv  # dataclasses: for ingest only
 
     client = connect(settings)
     ping(client)
@@ -207,15 +214,10 @@ def _ingest_request(
     allow_superseded: bool,
     allow_overwrite: bool,
 ) -> IngestRequest:
-    from keycourier import handover
-    from keycourier.cli.bundle_cmd import read_bundle
-    from keycourier.cli.identity_cmd import load_identity_for_cli
-    from keycourier.cli.policy_cmd import denied_lookup
-    from keycourier.policy import load_policy
 
     text = read_bundle(bundle_file)
     ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=bundle_file == "-")
-    return handover.IngestRequest(
+    return ingesting.IngestRequest(
         text=text,
         identity=ident,
         trusted=trusted,
@@ -230,7 +232,6 @@ def _ingest_request(
 
 def _report_events(done: Ingested) -> None:
     """Where each event of an ingest went."""
-    from keycourier.cli.record import report_outcome
 
     for event, outcome in (
         (done.opened.event, done.opened.outcome),
@@ -271,7 +272,6 @@ def _issue_receipt(
 ) -> None:
     """Sign the receipt of an ingest, keep it in the path's metadata and, when asked, in
     ``receipt_path`` (docs/receipts.md)."""
-    from keycourier.receipt import IssuedVault, Replaced
 
     rotation = done.claim.rotation
     receipt_text = write_receipt(
@@ -345,19 +345,16 @@ def revoke(
       keycourier revoke 01J9Z8... --reason "sent to the wrong address" \\
         --identity partner.kcid
     """
-    from keycourier import handover
-    from keycourier.cli.identity_cmd import load_identity_for_cli
-    from keycourier.cli.record import recording, report_outcome
 
-    handover.check_revocation(bundle_id, reason)
+    revoking.check_revocation(bundle_id, reason)
     settings = settings_from(ctx, ledger_path=ledger_path)
     ident = None
     if identity_path:
         ident = load_identity_for_cli(identity_path, passphrase_file, stdin_busy=False)
     who = actor or (ident.public().signing_fingerprint if ident else default_actor())
-    request = handover.RevokeRequest(bundle_id, reason, who, ident)
+    request = revoking.RevokeRequest(bundle_id, reason, who, ident)
     with recording(settings, require_vault=require_vault) as recorder:
-        done = handover.revoke(request, recorder=recorder)
+        done = revoking.revoke(request, recorder=recorder)
     for message in done.warnings:
         warn(message)
     report_outcome(done.event, done.outcome)
@@ -576,7 +573,6 @@ def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | N
       keycourier audit show 01J9Z8...
       keycourier audit show 01J9Z8... --json
     """
-    from keycourier.cli import timeline_view
     from keycourier.ledger.service import open_recorder, printable, timeline
 
     if not key or len(key) > MAX_SHOW_KEY_CHARS:
@@ -624,7 +620,6 @@ def audit_unconfirmed(
       keycourier audit unconfirmed --older-than 2d
       keycourier audit unconfirmed --older-than 0m --json
     """
-    from keycourier.bundle.model import format_time
     from keycourier.ledger.service import open_recorder, unconfirmed
 
     age_limit = _age_limit(older_than)
@@ -669,7 +664,6 @@ def audit_stale(
       keycourier audit stale --older-than 365d
       keycourier audit stale --older-than 90d --json
     """
-    from keycourier.bundle.model import format_time
     from keycourier.ledger.service import open_recorder, stale
 
     age_limit = _age_limit(older_than)
@@ -695,7 +689,6 @@ def audit_stale(
 
 def _age_limit(value: str) -> timedelta:
     """--older-than: 14d, 36h, 90m, or 0 (everything)."""
-    from keycourier.policy.model import parse_duration
 
     if value.strip() in {"0", "0d", "0h", "0m", "0s"}:
         return timedelta(0)
@@ -792,13 +785,15 @@ def audit_prove(
     Example:
       keycourier audit prove --seq 1 --json
     """
-    from keycourier.audit.evidence import proofs_for, proofs_json
     from keycourier.ledger.service import open_recorder, read_checkpoint
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     _ledger_must_exist(settings)
     text = None if checkpoint_file is None else read_checkpoint(Path(checkpoint_file))
     with open_recorder(settings) as recorder:
+        # lazy: the evidence pack's zipfile, only for these commands
+        from keycourier.audit.evidence import proofs_for, proofs_json
+
         proofs = proofs_for(recorder, bundle_id=bundle_id, seq=seq, checkpoint=text)
     if as_json:
         sys.stdout.write(proofs_json(proofs))
@@ -839,13 +834,15 @@ def audit_pack(
     Example:
       keycourier audit pack -o evidence.zip --since 2026-01-01
     """
-    from keycourier.audit.evidence import build_pack
     from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     _ledger_must_exist(settings)
     start = _parse_since(since)
     with open_recorder(settings) as recorder:
+        # lazy: the evidence pack's zipfile, only for these commands
+        from keycourier.audit.evidence import build_pack
+
         data, count = build_pack(
             recorder, bundles=bundles, partner=partner, since=start, now=datetime.now(UTC)
         )
@@ -873,6 +870,8 @@ def audit_verify_pack(ctx: click.Context, pack_file: str, key: str | None, as_js
     Example:
       keycourier audit verify-pack evidence.zip --key "$(cat ledger.vkey)"
     """
+
+    # lazy: the evidence pack's zipfile, only for these commands
     from keycourier.audit.evidence import verify_pack
 
     result = verify_pack(Path(pack_file), key=key)
@@ -928,13 +927,15 @@ def audit_report(
     Example:
       keycourier audit report -o report.html
     """
-    from keycourier.audit.report import report_html
     from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     _ledger_must_exist(settings)
     start = _parse_since(since)
     with open_recorder(settings) as recorder:
+        # lazy: jinja2, only for the report
+        from keycourier.audit.report import report_html
+
         page, verification = report_html(
             recorder, vault=with_vault, since=start, partner=partner, now=datetime.now(UTC)
         )

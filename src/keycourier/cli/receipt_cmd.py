@@ -29,6 +29,9 @@ from keycourier.errors import ConfigError, Error, IntegrityError, UsageError
 from keycourier.files import read_limited, write_private
 from keycourier.ledger.interface import Event, EventType
 from keycourier.receipt import check_ledger_key
+from keycourier.vault.client import connect
+from keycourier.vault.kv import kv_read_metadata, kv_write_custom_metadata
+from keycourier.vault.paths import check_ingest_path
 
 if TYPE_CHECKING:
     from keycourier.bundle.identity import KeycourierIdentity
@@ -118,7 +121,6 @@ def store_receipt(
     value), its line ends written as ``|``. A failure is a warning: the credentials are
     stored and the event recorded."""
     from keycourier import receipt
-    from keycourier.vault.kv import kv_write_custom_metadata
 
     # Vault refuses a metadata value with a newline: lines are joined with "|", which
     # a receipt (version line, markers, base64) never holds
@@ -369,9 +371,6 @@ def get_receipt(ctx: click.Context, vault_path: str, output: str | None) -> None
     Example:
       keycourier receipt get --vault-path handed-over/acme/quickbooks -o receipt.kcr
     """
-    from keycourier.vault.client import connect
-    from keycourier.vault.kv import kv_read_metadata
-    from keycourier.vault.paths import check_ingest_path
 
     settings = settings_from(ctx)
     if not settings.vault.addr:

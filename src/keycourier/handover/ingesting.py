@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from keycourier import bundle
 from keycourier._record import field, record, replace
 from keycourier.bundle import KeycourierIdentity, Manifest
 from keycourier.errors import Error, PolicyError
@@ -125,7 +126,6 @@ def ingest(
     Once the credentials are written, `ingested` is always recorded; a failed metadata
     write is a warning.
     """
-    from keycourier import bundle
 
     notes: list[str] = []
 

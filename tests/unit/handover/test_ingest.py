@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from keycourier import api, handover
+from keycourier import api
+from keycourier.handover import ingesting
 from keycourier.vault.errors import CasMismatchError
 from keycourier.vault.kv import KvMetadata
 from tests.support.handover import nothing_denied
@@ -104,8 +105,8 @@ def request(
     platform: api.KeycourierIdentity,
     senders: list[api.KeycourierIdentity],
     **changes: object,
-) -> handover.IngestRequest:
-    return handover.IngestRequest(
+) -> ingesting.IngestRequest:
+    return ingesting.IngestRequest(
         text=sealed.text,
         identity=platform,
         trusted=[s.public().signing_fingerprint for s in senders],
@@ -125,7 +126,7 @@ def test_ingest_stores_the_credentials_and_records_open_then_ingest(
 ) -> None:
     recorder, store = api.MemoryRecorder(), MemoryKv()
     sealed = sealed_by(acme, platform)
-    done = handover.ingest(request(sealed, platform, [acme]), recorder=recorder, store=store)
+    done = ingesting.ingest(request(sealed, platform, [acme]), recorder=recorder, store=store)
     assert kinds(recorder) == ["opened", "ingested"]
     assert (done.vault_path, done.kv_version) == (f"secret/{PATH}", 1)
     stored = store.versions[PATH][0]
@@ -145,7 +146,7 @@ def test_the_same_sender_may_replace_what_it_stored(
     recorder, store = api.MemoryRecorder(), MemoryKv()
     for _ in range(2):
         sealed = sealed_by(acme, platform)
-        done = handover.ingest(request(sealed, platform, [acme]), recorder=recorder, store=store)
+        done = ingesting.ingest(request(sealed, platform, [acme]), recorder=recorder, store=store)
     assert done.kv_version == 2
     assert done.event.data["replaced"]["overwrite"] is False
 
@@ -155,16 +156,16 @@ def test_another_senders_path_is_refused_before_anything_is_opened(
 ) -> None:
     recorder, store = api.MemoryRecorder(), MemoryKv()
     first = sealed_by(acme, platform)
-    handover.ingest(request(first, platform, [acme, other]), recorder=recorder, store=store)
+    ingesting.ingest(request(first, platform, [acme, other]), recorder=recorder, store=store)
     theirs = sealed_by(other, platform, partner="Other Inc")
     with pytest.raises(api.PolicyError) as caught:
-        handover.ingest(request(theirs, platform, [acme, other]), recorder=recorder, store=store)
+        ingesting.ingest(request(theirs, platform, [acme, other]), recorder=recorder, store=store)
     assert caught.value.exit_code == api.ExitCode.POLICY
     assert kinds(recorder) == ["opened", "ingested"]  # the second bundle was not opened
     assert len(store.versions[PATH]) == 1
 
     warnings: list[str] = []
-    done = handover.ingest(
+    done = ingesting.ingest(
         request(theirs, platform, [acme, other], allow_overwrite=True),
         recorder=recorder,
         store=store,
@@ -183,7 +184,7 @@ def test_a_write_by_someone_else_meanwhile_is_refused(
     store.before_write = lambda: store.versions.setdefault(PATH, []).append({"x": "1"})
     sealed = sealed_by(acme, platform)
     with pytest.raises(api.PolicyError) as caught:
-        handover.ingest(request(sealed, platform, [acme]), recorder=recorder, store=store)
+        ingesting.ingest(request(sealed, platform, [acme]), recorder=recorder, store=store)
     assert "written by someone else" in caught.value.message
     assert any("--allow-reopen" in hint for hint in caught.value.hints)
     assert kinds(recorder) == ["opened"]  # opened, but nothing stored or claimed
@@ -195,9 +196,9 @@ def test_a_rotation_records_the_superseded_bundle(
 ) -> None:
     recorder, store = api.MemoryRecorder(), MemoryKv()
     old = sealed_by(acme, platform)
-    handover.ingest(request(old, platform, [acme]), recorder=recorder, store=store)
+    ingesting.ingest(request(old, platform, [acme]), recorder=recorder, store=store)
     new = sealed_by(acme, platform, supersedes=old.manifest.bundle_id)
-    done = handover.ingest(request(new, platform, [acme]), recorder=recorder, store=store)
+    done = ingesting.ingest(request(new, platform, [acme]), recorder=recorder, store=store)
     assert kinds(recorder) == ["opened", "ingested", "opened", "ingested", "superseded"]
     assert done.superseded is not None
     retired, _ = done.superseded
@@ -217,7 +218,7 @@ def test_a_path_outside_handed_over_is_refused_first(
     recorder, store = api.MemoryRecorder(), MemoryKv()
     sealed = sealed_by(acme, platform)
     with pytest.raises(api.UsageError):
-        handover.ingest(
+        ingesting.ingest(
             request(sealed, platform, [acme], vault_path=where), recorder=recorder, store=store
         )
     assert recorder.events == []

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from keycourier import api
-from keycourier.handover import check_bundle_id
+from keycourier.handover.sealing import check_bundle_id
 from keycourier.ledger.interface import Event, RecordOutcome
 from tests.support.handover import nothing_denied
 
