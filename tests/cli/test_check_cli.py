@@ -575,7 +575,7 @@ def test_shipped_sample_fingerprints_are_well_formed() -> None:
 def test_handover_options_give_seal_the_documented_keys() -> None:
     import click
 
-    from keycourier.cli.policy_cmd import facts_from_options, handover_options
+    from keycourier.cli.handover_args import facts_from_options, handover_options
 
     seen: dict[str, object] = {}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from keycourier.cli.receipt_cmd import receipt_from_metadata
+from keycourier.cli.receipt_files import receipt_from_metadata
 from tests.support.openbao import BaoServer, start_dev_server
 
 KC = str(Path(sys.executable).with_name("keycourier"))

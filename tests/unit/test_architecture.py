@@ -224,3 +224,16 @@ def test_the_hidden_import_finder_finds_them(tmp_path: Path) -> None:
         "def h():\n    import json\n"
     )
     assert _function_level_imports(module) == [(2, "keycourier")]
+
+
+def test_no_command_module_imports_another() -> None:
+    """What several commands share lives in a module of its own (cli/common.py,
+    cli/handover_args.py, cli/receipt_files.py, cli/record.py, the *_ops modules), so one
+    command's module can change without another noticing."""
+    offenders = [
+        f"{path.name} imports {module}"
+        for path in sorted((SRC / "cli").glob("*_cmd.py"))
+        for module in _imports(path)
+        if module.startswith("keycourier.cli.") and module.endswith("_cmd")
+    ]
+    assert offenders == [], "; ".join(offenders)

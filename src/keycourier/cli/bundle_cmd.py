@@ -11,29 +11,26 @@ import click
 from keycourier import age, receipt
 from keycourier import bundle as _bundle
 from keycourier.bundle.identity import read_identity_file, read_public
-from keycourier.cli.bundle_ops import read_bundle as read_bundle
-from keycourier.cli.bundle_ops import show_inspection
+from keycourier.cli.bundle_ops import read_bundle, show_inspection
 from keycourier.cli.common import (
     emit_json,
     identity_option,
     info,
     receiver_trust_option,
     trust_option,
+    trusted_senders,
     warn,
     write_output,
 )
-from keycourier.cli.common import (
-    trusted_senders as trusted_senders,
-)
-from keycourier.cli.identity_cmd import load_identity_for_cli
-from keycourier.cli.main import settings_from
-from keycourier.cli.policy_cmd import (
+from keycourier.cli.handover_args import (
     denied_lookup,
     facts_from_options,
     handover_options,
+    load_identity_for_cli,
     render_report,
 )
-from keycourier.cli.receipt_cmd import (
+from keycourier.cli.main import settings_from
+from keycourier.cli.receipt_files import (
     check_receipt_target,
     read_receipt,
     receipt_option,

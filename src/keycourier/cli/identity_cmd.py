@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from keycourier.bundle import KeycourierIdentity, is_protected, load_identity, read_public
+from keycourier.bundle import KeycourierIdentity, is_protected, read_public
 from keycourier.bundle.identity import read_identity_file
 from keycourier.cli.common import emit_json, get_passphrase, write_private
 from keycourier.errors import UsageError
 
 if TYPE_CHECKING:
     from keycourier.bundle import PublicIdentity
+from keycourier.cli.handover_args import load_identity_for_cli
 
 
 def _refuse_existing(path: str) -> None:
     if os.path.lexists(path):
         raise UsageError(f"{path} already exists; refusing to overwrite an identity")
-
-
-def load_identity_for_cli(
-    path: str, passphrase_file: str | None, *, stdin_busy: bool = False
-) -> KeycourierIdentity:
-    """Load a keycourier identity, asking for the passphrase only if the file needs one."""
-
-    data = read_identity_file(path)
-    passphrase = None
-    if is_protected(data):
-        passphrase = get_passphrase(
-            passphrase_file, stdin_busy=stdin_busy, what=f"passphrase for {Path(path).name}"
-        )
-    return load_identity(data, passphrase)
 
 
 @click.group()

@@ -11,20 +11,20 @@ import click
 
 from keycourier.bundle.model import format_time
 from keycourier.cli import timeline_view
-from keycourier.cli.bundle_cmd import read_bundle, trusted_senders
+from keycourier.cli.bundle_ops import read_bundle
 from keycourier.cli.common import (
     default_actor,
     emit_json,
     identity_option,
     info,
     trust_option,
+    trusted_senders,
     warn,
 )
-from keycourier.cli.identity_cmd import load_identity_for_cli
+from keycourier.cli.handover_args import denied_lookup, load_identity_for_cli
 from keycourier.cli.main import settings_from
-from keycourier.cli.policy_cmd import denied_lookup
 from keycourier.cli.provenance_ops import verify_ledger
-from keycourier.cli.receipt_cmd import (
+from keycourier.cli.receipt_files import (
     check_receipt_target,
     receipt_option,
     save_receipt,
