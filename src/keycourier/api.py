@@ -34,10 +34,22 @@ from keycourier.handover.ingesting import Ingested, IngestRequest, KvStore, inge
 from keycourier.handover.opening import DecidingRecorder, Opened, OpenRequest, open_bundle
 from keycourier.handover.revoking import Revoked, RevokeRequest, revoke
 from keycourier.handover.sealing import RejectedError, Sealed, SealRequest, seal
+from keycourier.helper.service import Obtained, ProfileTokenSource, obtain_token
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.service import LedgerRecorder, open_recorder
 from keycourier.ledger.service import denied_lookup as deny_list
+from keycourier.partner.connections.client import ConnectionClient, StaticTokenSource
+from keycourier.partner.connections.model import Connection, ConnectionStatus, endpoint_for_profile
+from keycourier.partner.connections.workflow import (
+    CreateResult,
+    DisconnectResult,
+    WaitPolicy,
+    WaitResult,
+    create_connection,
+    disconnect_connection,
+    wait_for_connection,
+)
 from keycourier.policy import HandoverFacts, Policy, Report, SandboxContext, load_policy
 from keycourier.redact import Secret
 from keycourier.vault.kv import VaultKv
@@ -47,9 +59,14 @@ __all__ = [
     "CheckRequest",
     "CheckedBundle",
     "ConfigError",
+    "Connection",
+    "ConnectionClient",
+    "ConnectionStatus",
+    "CreateResult",
     "DecidingRecorder",
     "Denied",
     "DenyRequest",
+    "DisconnectResult",
     "Error",
     "Event",
     "EventType",
@@ -63,10 +80,12 @@ __all__ = [
     "KvStore",
     "LedgerRecorder",
     "MemoryRecorder",
+    "Obtained",
     "OpenRequest",
     "Opened",
     "Policy",
     "PolicyError",
+    "ProfileTokenSource",
     "PublicIdentity",
     "ReceiverPolicyError",
     "RecordOutcome",
@@ -80,21 +99,29 @@ __all__ = [
     "Sealed",
     "Secret",
     "Settings",
+    "StaticTokenSource",
     "UnavailableError",
     "UsageError",
     "VaultKv",
     "VaultSettings",
     "VaultStatus",
+    "WaitPolicy",
+    "WaitResult",
     "check",
+    "create_connection",
     "deny",
     "deny_list",
+    "disconnect_connection",
+    "endpoint_for_profile",
     "ingest",
     "inspect_bundle",
     "load_policy",
+    "obtain_token",
     "open_bundle",
     "open_recorder",
     "read_identity",
     "revoke",
     "seal",
+    "wait_for_connection",
     "write_private",
 ]
