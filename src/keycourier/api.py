@@ -12,8 +12,10 @@ with.
 
 from __future__ import annotations
 
+from keycourier.audit.evidence import build_pack, verify_pack
+from keycourier.audit.report import report_html
 from keycourier.bundle.identity import KeycourierIdentity, PublicIdentity
-from keycourier.bundle.parsing import Inspection
+from keycourier.bundle.parsing import Inspection, extract_age
 from keycourier.bundle.parsing import inspect as inspect_bundle
 from keycourier.bundle.service import CheckedBundle, ReceiverPolicyError, read_identity
 from keycourier.config import Settings, VaultSettings
@@ -33,11 +35,21 @@ from keycourier.handover.denying import Denied, DenyRequest, deny
 from keycourier.handover.ingesting import Ingested, IngestRequest, KvStore, ingest
 from keycourier.handover.opening import DecidingRecorder, Opened, OpenRequest, open_bundle
 from keycourier.handover.revoking import Revoked, RevokeRequest, revoke
-from keycourier.handover.sealing import RejectedError, Sealed, SealRequest, seal
+from keycourier.handover.sealing import RejectedError, Sealed, SealRequest, rotation_source, seal
 from keycourier.helper.service import Obtained, ProfileTokenSource, obtain_token
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
-from keycourier.ledger.service import LedgerRecorder, open_recorder
+from keycourier.ledger.service import (
+    LedgerRecorder,
+    export,
+    export_checkpoint,
+    ledger_verifier_key,
+    open_recorder,
+    prove_events,
+    stale,
+    timeline,
+    unconfirmed,
+)
 from keycourier.ledger.service import denied_lookup as deny_list
 from keycourier.partner.connections.client import ConnectionClient, StaticTokenSource
 from keycourier.partner.connections.model import Connection, ConnectionStatus, endpoint_for_profile
@@ -51,7 +63,11 @@ from keycourier.partner.connections.workflow import (
     wait_for_connection,
 )
 from keycourier.policy import HandoverFacts, Policy, Report, SandboxContext, load_policy
+from keycourier.receipt.service import inspect as inspect_receipt
+from keycourier.receipt.service import verify as verify_receipt
 from keycourier.redact import Secret
+from keycourier.vault.doctor import DoctorReport, Role
+from keycourier.vault.doctor import run as doctor
 from keycourier.vault.kv import VaultKv
 
 __all__ = [
@@ -67,6 +83,7 @@ __all__ = [
     "Denied",
     "DenyRequest",
     "DisconnectResult",
+    "DoctorReport",
     "Error",
     "Event",
     "EventType",
@@ -94,6 +111,7 @@ __all__ = [
     "Report",
     "RevokeRequest",
     "Revoked",
+    "Role",
     "SandboxContext",
     "SealRequest",
     "Sealed",
@@ -107,21 +125,36 @@ __all__ = [
     "VaultStatus",
     "WaitPolicy",
     "WaitResult",
+    "build_pack",
     "check",
     "create_connection",
     "deny",
     "deny_list",
     "disconnect_connection",
+    "doctor",
     "endpoint_for_profile",
+    "export",
+    "export_checkpoint",
+    "extract_age",
     "ingest",
     "inspect_bundle",
+    "inspect_receipt",
+    "ledger_verifier_key",
     "load_policy",
     "obtain_token",
     "open_bundle",
     "open_recorder",
+    "prove_events",
     "read_identity",
+    "report_html",
     "revoke",
+    "rotation_source",
     "seal",
+    "stale",
+    "timeline",
+    "unconfirmed",
+    "verify_pack",
+    "verify_receipt",
     "wait_for_connection",
     "write_private",
 ]

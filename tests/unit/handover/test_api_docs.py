@@ -36,6 +36,26 @@ def test_the_doc_holds_the_three_scripts() -> None:
     assert "api.ingest(" in blocks[3]
 
 
+def command_table() -> dict[str, str]:
+    """docs/api.md's "Every command, as a function": command name -> its Python column."""
+    section = DOC.read_text().split("## Every command, as a function", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`[^|]*`) \| (.*) \|$", section, flags=re.M)
+    return {name: python for names, python in rows for name in re.findall(r"`([^`]+)`", names)}
+
+
+def test_every_command_has_its_row_in_the_api_table() -> None:
+    from keycourier.cli.main import COMMANDS
+
+    assert set(command_table()) == set(COMMANDS)
+
+
+def test_every_api_name_the_table_uses_is_exported() -> None:
+    named = {n for python in command_table().values() for n in re.findall(r"api\.(\w+)", python)}
+    assert named, "the walker found no api names"
+    assert sorted(named - set(api.__all__)) == []
+    assert all(hasattr(api, name) for name in api.__all__)
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """The files the scripts name: three identities, the recipients, the credential."""
