@@ -19,7 +19,7 @@ import click
 
 from keycourier.cli.common import emit_json, info, read_secret_source, warn
 from keycourier.cli.main import settings_from
-from keycourier.cli.record import WarnOnClose
+from keycourier.cli.record import WarnOnClose, open_recorder
 from keycourier.errors import ConfigError, PolicyError, UnavailableError, UsageError
 from keycourier.helper.service import ProfileTokenSource
 from keycourier.ledger.interface import VaultStatus
@@ -65,9 +65,8 @@ class _Call:
 
 
 def _recorder_factory(settings: Settings) -> Callable[[], Recorder]:
-    """``keycourier.ledger.service.open_recorder(settings)``, opened at the first event;
+    """The command's ledger (``cli.record.open_recorder``), opened at the first event;
     closing it (after the connection changed on the platform) warns instead of failing."""
-    from keycourier.ledger.service import open_recorder
 
     def factory() -> Recorder:
         return WarnOnClose(open_recorder(settings))

@@ -10,6 +10,7 @@ from keycourier import files
 from keycourier.cli.common import info, warn
 from keycourier.errors import Error, UsageError
 from keycourier.ledger.interface import VaultStatus
+from keycourier.policy import policy_in_force
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -18,9 +19,12 @@ if TYPE_CHECKING:
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:
+    """The command's ledger, stamping events that name no policy with the policy in force
+    (the recorder never loads one itself)."""
     from keycourier.ledger.service import open_recorder as _open
 
-    return _open(settings, require_vault=require_vault)
+    policy = policy_in_force(settings.policy_path)
+    return _open(settings, require_vault=require_vault, policy=policy)
 
 
 @contextlib.contextmanager

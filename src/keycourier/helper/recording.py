@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from keycourier.errors import Error
 from keycourier.ledger.interface import Event, EventType
+from keycourier.policy import policy_in_force
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
@@ -54,10 +55,11 @@ def handed_out_event(client: str, profile: str, token: Token) -> Event:
 
 
 def open_recorder(settings: Settings) -> Recorder:
-    """The ledger's recorder (SQLite + Vault). Imported lazily: heavy dependencies."""
+    """The ledger's recorder (SQLite + Vault), stamping token events with the policy in
+    force. Imported lazily: heavy dependencies."""
     from keycourier.ledger import service
 
-    return service.open_recorder(settings)
+    return service.open_recorder(settings, policy=policy_in_force(settings.policy_path))
 
 
 class EventSink(Protocol):

@@ -12,17 +12,27 @@ import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import TYPE_CHECKING
 
+from keycourier._record import replace
 from keycourier.errors import UnavailableError
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, RecordOutcome, StoredEvent, VaultStatus
 
+if TYPE_CHECKING:
+    from keycourier.policy import Policy
+
 
 class MemoryRecorder:
     def __init__(
-        self, *, vault_status: VaultStatus = VaultStatus.DISABLED, require_vault: bool = False
+        self,
+        *,
+        vault_status: VaultStatus = VaultStatus.DISABLED,
+        require_vault: bool = False,
+        policy: Policy | None = None,
     ) -> None:
         self.vault_status = vault_status
+        self.policy = policy  # stamps events that name no policy, as LedgerRecorder does
         self.require_vault = require_vault
         self.events: list[StoredEvent] = []
         self.closed = False
@@ -40,6 +50,8 @@ class MemoryRecorder:
         self.close()
 
     def record(self, event: Event) -> RecordOutcome:
+        if event.policy_digest is None and self.policy is not None:
+            event = replace(event, policy_digest=self.policy.digest)
         seq = len(self.events) + 1
         prev = self.events[-1].hash if self.events else chain.GENESIS
         body = chain.event_body(event, seq=seq, ledger_id=self.ledger_id)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.ledger.mirror import VaultEvent, VaultMirror
     from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
+    from keycourier.policy import Policy
     from keycourier.vault.kv import KvVersion
 
 DEFAULT_SYNC_WORKERS = 8
@@ -118,8 +119,18 @@ class AuditReport:
 class LedgerRecorder:
     """The SQLite ledger plus (when configured) the Vault mirror."""
 
-    def __init__(self, settings: Settings, ledger: SqliteLedger, *, require_vault: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: SqliteLedger,
+        *,
+        require_vault: bool,
+        policy: Policy | None = None,
+    ) -> None:
         self.settings = settings
+        # the policy in force, loaded by the caller: it stamps events that name none, and
+        # its text is kept once in the ledger for evidence packs
+        self.policy = policy
         self.ledger = ledger
         self.require_vault = require_vault
         self.mirror: VaultMirror | None = None
@@ -129,8 +140,6 @@ class LedgerRecorder:
         self._versions: dict[str, int] = {}
         self._pinned = False
         self._recorded = False
-        self._policy_digest: str | None = None
-        self._policy_canonical: str | None = None
         self._policy_kept = False
         if settings.vault.addr:
             from keycourier.ledger.mirror import VaultMirror
@@ -152,45 +161,28 @@ class LedgerRecorder:
         ledger's state and the event recorded from it."""
         return decision_lock(self.settings)
 
-    def policy_digest(self) -> str | None:
-        """The digest of the handover policy in force, loaded once per recorder; None
-        when the policy file cannot be loaded. Commands that apply the policy have
-        already failed with exit 3 then; the others (tokens, connections) must not
-        lose their events over it."""
-        if self._policy_digest is None:
-            from keycourier.policy import load_policy
-
-            try:
-                policy = load_policy(self.settings.policy_path)
-            except ConfigError:
-                self._policy_digest = ""
-            else:
-                self._policy_digest = policy.digest
-                self._policy_canonical = policy.canonical
-        return self._policy_digest or None
-
     def _remember_policy(self, digest: str | None) -> None:
         """Keep the text of the policy in force in the ledger once per recorder, for
         evidence packs (an event names it by digest)."""
-        if digest is None or self._policy_kept or self.policy_digest() != digest:
+        if self._policy_kept or self.policy is None or digest != self.policy.digest:
             return
         self._policy_kept = True
-        if self._policy_canonical is not None:
-            self.ledger.remember_policy(digest, self._policy_canonical)
+        self.ledger.remember_policy(digest, self.policy.canonical)
 
     def record(self, event: Event) -> RecordOutcome:
         """Append locally (always, first), then deliver to Vault when configured.
 
-        An event that names no policy digest gets the digest of the policy in
-        force, so every ledger event says under which policy it happened (none
-        when the policy file cannot be loaded).
+        An event that names no policy digest gets the digest of the policy the
+        recorder was opened with, so every ledger event says under which policy it
+        happened. The recorder never loads a policy itself: the caller does (none when
+        it could not be loaded).
         """
         from keycourier.ledger.mirror import path_for, record_for
 
-        if event.policy_digest is None and (digest := self.policy_digest()) is not None:
+        if event.policy_digest is None and self.policy is not None:
             from keycourier._record import replace
 
-            event = replace(event, policy_digest=digest)
+            event = replace(event, policy_digest=self.policy.digest)
         ledger_id = self.ledger.ledger_id
         self._remember_policy(event.policy_digest)
         if self.mirror is None:
@@ -980,11 +972,16 @@ def prove_event(recorder: LedgerRecorder, seq: int) -> EventProof:
     return prove_events(recorder, [seq])[0]
 
 
-def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:
-    """The ledger at ``settings.ledger_path`` (created on first use) plus the Vault mirror."""
+def open_recorder(
+    settings: Settings, *, require_vault: bool = False, policy: Policy | None = None
+) -> LedgerRecorder:
+    """The ledger at ``settings.ledger_path`` (created on first use) plus the Vault mirror.
+    ``policy`` is the policy in force, loaded by the caller: events that name no policy are
+    stamped with it (``LedgerRecorder.record``)."""
     from keycourier.ledger.sqlite import SqliteLedger
 
-    return LedgerRecorder(settings, SqliteLedger(settings.ledger_path), require_vault=require_vault)
+    ledger = SqliteLedger(settings.ledger_path)
+    return LedgerRecorder(settings, ledger, require_vault=require_vault, policy=policy)
 
 
 _LOCKS_HELD: dict[Path, int] = {}  # lock path -> depth, in this process

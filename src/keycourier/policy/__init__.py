@@ -18,6 +18,7 @@ from keycourier.policy.model import (
     builtin_text,
     load_policy,
     parse_duration,
+    policy_in_force,
 )
 from keycourier.policy.rules import (
     Finding,
@@ -51,4 +52,5 @@ __all__ = [
     "parse_context",
     "parse_context_file",
     "parse_duration",
+    "policy_in_force",
 ]

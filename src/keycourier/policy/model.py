@@ -334,6 +334,16 @@ def _builtin_doc() -> dict[str, Any]:
     return doc
 
 
+def policy_in_force(path: Path | None) -> Policy | None:
+    """The policy in force for stamping the events of commands that do not apply it
+    (tokens, connections, receipts, revocations): ``load_policy(path)``, or None when it
+    cannot be loaded, so that those commands never lose their events over a policy file."""
+    try:
+        return load_policy(path)
+    except ConfigError:
+        return None
+
+
 def load_policy(path: Path | None) -> Policy:
     """Load the policy in force: the packaged default, overridden by ``path`` if given."""
     base = _builtin_doc()
