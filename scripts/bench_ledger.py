@@ -50,7 +50,7 @@ from keycourier.config import Settings  # noqa: E402
 from keycourier.ledger import chain  # noqa: E402
 from keycourier.ledger.interface import Event, EventType, VaultStatus  # noqa: E402
 from keycourier.ledger.mirror import custom_metadata_for, record_for  # noqa: E402
-from keycourier.ledger.service import open_recorder  # noqa: E402
+from keycourier.ledger.recorder import open_recorder  # noqa: E402
 from keycourier.ledger.sqlite import CHECKPOINT_EVERY, SqliteLedger  # noqa: E402
 from keycourier.tlog import checkpoint as tlog_checkpoint  # noqa: E402
 from keycourier.tlog import merkle, note  # noqa: E402

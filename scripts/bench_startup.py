@@ -55,7 +55,7 @@ from keycourier.bundle import Credentials, PolicyStamp  # noqa: E402
 from keycourier.helper.credentials import load_credentials  # noqa: E402
 from keycourier.helper.filecache import FileCache, cache_dir  # noqa: E402
 from keycourier.ledger.interface import Event, EventType  # noqa: E402
-from keycourier.ledger.service import open_recorder  # noqa: E402
+from keycourier.ledger.recorder import open_recorder  # noqa: E402
 from keycourier.partner.profiles import get_profile  # noqa: E402
 from keycourier.partner.tokens import Token  # noqa: E402
 from keycourier.redact import Secret  # noqa: E402

@@ -37,20 +37,13 @@ from keycourier.handover.opening import DecidingRecorder, Opened, OpenRequest, o
 from keycourier.handover.revoking import Revoked, RevokeRequest, revoke
 from keycourier.handover.sealing import RejectedError, Sealed, SealRequest, rotation_source, seal
 from keycourier.helper.service import Obtained, ProfileTokenSource, obtain_token
+from keycourier.ledger.checkpoints import export_checkpoint, ledger_verifier_key, prove_events
+from keycourier.ledger.export import export, timeline
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
-from keycourier.ledger.service import (
-    LedgerRecorder,
-    export,
-    export_checkpoint,
-    ledger_verifier_key,
-    open_recorder,
-    prove_events,
-    stale,
-    timeline,
-    unconfirmed,
-)
-from keycourier.ledger.service import denied_lookup as deny_list
+from keycourier.ledger.recorder import LedgerRecorder, open_recorder
+from keycourier.ledger.state import denied_lookup as deny_list
+from keycourier.ledger.state import stale, unconfirmed
 from keycourier.partner.connections.client import ConnectionClient, StaticTokenSource
 from keycourier.partner.connections.model import Connection, ConnectionStatus, endpoint_for_profile
 from keycourier.partner.connections.workflow import (

@@ -60,7 +60,7 @@ def test_json_format(env: dict[str, str], standin: RunningStandin) -> None:
     # token_issued is in the ledger, with the fingerprint and never the token
     from keycourier import config
     from keycourier.ledger.interface import EventType
-    from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.recorder import open_recorder
     from keycourier.partner.tokens import Token
     from keycourier.redact import Secret
 

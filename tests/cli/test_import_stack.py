@@ -25,7 +25,7 @@ from keycourier.bundle import Credentials, PolicyStamp
 from keycourier.helper.credentials import load_credentials
 from keycourier.helper.filecache import FileCache, cache_dir
 from keycourier.ledger.interface import Event, EventType
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 from keycourier.partner.profiles import get_profile
 from keycourier.partner.tokens import Token
 from keycourier.redact import Secret

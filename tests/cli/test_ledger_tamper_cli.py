@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 from keycourier import config
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType, VaultStatus
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 from keycourier.ledger.sqlite import CHECKPOINT_EVERY, KEY_HEADER, SqliteLedger, key_path_for
 from keycourier.tlog import checkpoint as tlog_checkpoint
 from keycourier.tlog import merkle, note

@@ -18,7 +18,7 @@ from keycourier.bundle import Credentials, KeycourierIdentity, PolicyStamp, seal
 from keycourier.redact import Secret
 
 if TYPE_CHECKING:
-    from keycourier.ledger.service import EventProof
+    from keycourier.ledger.checkpoints import EventProof
 
 ALNUM = string.ascii_letters + string.digits
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -158,7 +158,7 @@ def log_proof(
 ) -> EventProof:
     """A signed checkpoint over ``bodies`` (leaves 0..n-1) and the proof of leaf ``index``,
     in the form of a keycourier ledger (origin ``keycourier/ledger/<ledger_id>``)."""
-    from keycourier.ledger.service import EventProof
+    from keycourier.ledger.checkpoints import EventProof
     from keycourier.tlog import checkpoint, merkle, note
 
     levels = merkle.levels_of([merkle.leaf_hash(b.encode()) for b in bodies])

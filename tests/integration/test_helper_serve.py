@@ -268,7 +268,7 @@ def test_events_are_recorded_once_per_client_and_nothing_is_lost_on_shutdown(
     assert "3 events recorded, 0 failed" in err
     token = next(iter(standin.state.issued))
     settings = config.load(env=env)
-    from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.recorder import open_recorder
     from keycourier.partner.tokens import Token
     from keycourier.redact import Secret
 

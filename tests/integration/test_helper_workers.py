@@ -220,7 +220,7 @@ def test_handed_out_is_recorded_once_per_client_and_token_across_workers(
     assert not any(alive(pid) for pid in workers)
     assert standin.state.token_calls == 1
     token = next(iter(standin.state.issued))
-    from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.recorder import open_recorder
     from keycourier.partner.tokens import Token
     from keycourier.redact import Secret
 

@@ -14,8 +14,9 @@ from keycourier.config import Settings
 from keycourier.errors import IntegrityError, UnavailableError
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.mirror import bundle_events_dir, record_for
-from keycourier.ledger.service import bundle_state, open_recorder
+from keycourier.ledger.recorder import open_recorder
 from keycourier.ledger.sqlite import SqliteLedger
+from keycourier.ledger.state import bundle_state
 from keycourier.vault.errors import CasMismatchError
 from keycourier.vault.kv import kv_list, kv_read, kv_read_metadata, kv_read_version, kv_write
 from tests.support.openbao import BaoServer, free_port
@@ -51,7 +52,7 @@ def root(server: BaoServer) -> hvac.Client:
 
 
 def path_of(rec: object, seq: int) -> str:
-    from keycourier.ledger.service import LedgerRecorder
+    from keycourier.ledger.recorder import LedgerRecorder
 
     assert isinstance(rec, LedgerRecorder)
     rec.flush()

@@ -13,10 +13,12 @@ import pytest
 from keycourier import config
 from keycourier.config import Settings
 from keycourier.errors import IntegrityError
+from keycourier.ledger.export import timeline
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.mirror import DENIED, LEDGERS, denied_events_dir
-from keycourier.ledger.service import bundle_state, denied_lookup, open_recorder, timeline
+from keycourier.ledger.recorder import open_recorder
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
+from keycourier.ledger.state import bundle_state, denied_lookup
 from keycourier.vault.kv import kv_list, kv_read, kv_read_metadata, kv_write
 from tests.support.ledger_attacks import cut_tail, resign_with
 from tests.support.openbao import BaoServer

@@ -172,7 +172,7 @@ def test_namespace_reaches_both_transports(bao_dev: BaoServer, tmp_path: Path) -
     from datetime import UTC, datetime
 
     from keycourier.ledger.interface import Event, EventType, VaultStatus
-    from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.recorder import open_recorder
 
     admin = hvac.Client(url=bao_dev.addr, token=bao_dev.token)
     ns = "kc-ns-" + uuid.uuid4().hex[:8]

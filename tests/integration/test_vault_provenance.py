@@ -26,7 +26,7 @@ from keycourier.config import Settings
 from keycourier.ledger import chain
 from keycourier.ledger.interface import Event, EventType
 from keycourier.ledger.mirror import record_for
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 from keycourier.ledger.sqlite import key_path_for
 from keycourier.tlog import checkpoint as tlog_checkpoint
 from keycourier.tlog import note as tlog_note

@@ -11,7 +11,8 @@ import pytest
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.mirror import HANDOVERS
-from keycourier.ledger.service import bundle_state, open_recorder
+from keycourier.ledger.recorder import open_recorder
+from keycourier.ledger.state import bundle_state
 from keycourier.vault.client import connect
 from keycourier.vault.kv import kv_list
 from tests.support.openbao import (

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 
 
 def main() -> None:

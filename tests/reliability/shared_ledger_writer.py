@@ -21,7 +21,7 @@ from pathlib import Path
 from keycourier import config
 from keycourier.ledger import sqlite
 from keycourier.ledger.interface import Event, EventType
-from keycourier.ledger.service import LedgerRecorder, open_recorder
+from keycourier.ledger.recorder import LedgerRecorder, open_recorder
 
 KINDS = (
     EventType.SEALED,

@@ -35,7 +35,7 @@ import pytest
 
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 from tests.support import cli
 from tests.support.openbao import BaoServer, free_port
 from tests.support.raft_cluster import Node, RaftCluster, census

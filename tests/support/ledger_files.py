@@ -9,7 +9,7 @@ from pathlib import Path
 
 from keycourier import config
 from keycourier.ledger.interface import Event, EventType, VaultStatus
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

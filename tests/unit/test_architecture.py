@@ -180,6 +180,22 @@ FAST_PATH_MODULES = {"cli/entry.py", "cli/age_ops.py", "cli/helper_ops.py", "cli
                      "cli/provenance_ops.py", "__main__.py"}  # fmt: skip
 
 
+def _said_lazy(lines: list[str], lineno: int) -> bool:
+    """Whether a ``lazy:`` comment is on the import's line, or above the block of imports
+    (and blank lines) the import ends."""
+    if "lazy:" in lines[lineno - 1]:
+        return True
+    i = lineno - 2
+    while i >= 0:
+        text = lines[i].strip()
+        if text.startswith("#"):
+            return "lazy:" in text
+        if text and not text.startswith(("from ", "import ", ")")) and not text.endswith(","):
+            return False
+        i -= 1
+    return False
+
+
 def _function_level_imports(path: Path) -> list[tuple[int, str]]:
     """(line, module) of each import of a keycourier module made inside a function without
     a ``lazy:`` comment on its line or the line above saying why."""
@@ -198,8 +214,7 @@ def _function_level_imports(path: Path) -> list[tuple[int, str]]:
                 continue
             if module.split(".")[0] != "keycourier":
                 continue
-            said = " ".join(lines[max(node.lineno - 2, 0) : node.end_lineno or node.lineno])
-            if "lazy:" not in said:
+            if not _said_lazy(lines, node.lineno):
                 found.append((node.lineno, module))
     return found
 
@@ -221,9 +236,10 @@ def test_the_hidden_import_finder_finds_them(tmp_path: Path) -> None:
     module.write_text(
         "def f():\n    from keycourier import vault\n\n"
         "def g():\n    # lazy: costs 10 ms\n    from keycourier.policy import probe\n"
-        "def h():\n    import json\n"
+        "    from keycourier.policy import (\n        rules,\n    )\n\n    import keycourier.age\n"
+        "def h():\n    import json\n    x = 1\n    from keycourier import bundle\n"
     )
-    assert _function_level_imports(module) == [(2, "keycourier")]
+    assert _function_level_imports(module) == [(2, "keycourier"), (15, "keycourier")]
 
 
 def test_no_command_module_imports_another() -> None:

@@ -186,7 +186,7 @@ def test_write_release_keeps_the_event_when_part_went_out(
     from keycourier import config
     from keycourier.cli.record import record_event, write_release
     from keycourier.ledger.interface import Event, EventType
-    from keycourier.ledger.service import open_recorder
+    from keycourier.ledger.recorder import open_recorder
 
     settings = config.load(ledger_path=tmp_path / "l.db", env={"HOME": str(tmp_path)})
     event = Event(type=EventType.SEALED, at=datetime.now(UTC), actor="kc1:" + "a" * 32,

@@ -115,7 +115,8 @@ def test_a_field_without_default_after_one_with_default_is_refused() -> None:
     [
         "keycourier.cli.entry, keycourier.cli.helper_ops",  # token and exec
         "keycourier.cli.entry, keycourier.cli.provenance_ops, keycourier.ledger.sqlite, "
-        "keycourier.ledger.service, keycourier.ledger.mirror",  # audit verify
+        # audit verify
+        "keycourier.ledger.recorder, keycourier.ledger.checkpoints, keycourier.ledger.mirror",
     ],
 )
 def test_the_everyday_paths_do_not_import_dataclasses(imports: str) -> None:

@@ -258,7 +258,7 @@ def decrypt_payload(
         readinto = reader.readinto
         _decrypt_blocks(key, lambda: buf[: readinto(buf)], ENC_CHUNK_SIZE, write)
         return
-    # Imported here: threading and queue cost about 1.4 ms of every `age` start-up.
+    # lazy: threading and queue cost about 1.4 ms of every `age` start-up.
     from keycourier.age import _readahead
 
     size = READ_AHEAD_CHUNKS * ENC_CHUNK_SIZE

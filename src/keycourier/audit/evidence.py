@@ -13,8 +13,9 @@ from pathlib import Path
 
 from keycourier.audit import pack
 from keycourier.errors import UsageError
+from keycourier.ledger.checkpoints import EventProof, prove_events
 from keycourier.ledger.interface import StoredEvent
-from keycourier.ledger.service import EventProof, LedgerRecorder, prove_events
+from keycourier.ledger.recorder import LedgerRecorder
 from keycourier.tlog import merkle
 
 

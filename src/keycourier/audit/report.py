@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from keycourier.ledger.interface import EventType, StoredEvent
-from keycourier.ledger.service import LedgerRecorder
+from keycourier.ledger.recorder import LedgerRecorder
 from keycourier.redact import printable
 
 MAX_TEXT = 200  # characters shown of any value from the ledger

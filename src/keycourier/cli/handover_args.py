@@ -150,7 +150,8 @@ def denied_lookup(settings: Settings) -> Callable[[str], str | None]:
     With no ledger file yet no file is created; a deny another ledger recorded in
     Vault still counts when Vault is configured and reachable.
     """
-    from keycourier.ledger.service import denied_lookup as lookup
+    # lazy: the ledger and its checkpoints, for the commands that check a credential only
+    from keycourier.ledger.state import denied_lookup as lookup
 
     return lookup(settings)
 

@@ -178,6 +178,7 @@ def settings_from(
     ctx: click.Context, *, policy_path: str | None = None, ledger_path: str | None = None
 ) -> Settings:
     """Load settings once per invocation, honouring the global --config flag."""
+    # lazy: tomllib and the config parser stay off --help and --version
     from keycourier import config
 
     root = ctx.find_root()

@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from keycourier.cli.common import emit_json
+from keycourier.cli.handover_args import (
+    denied_lookup,
+    facts_from_options,
+    handover_options,
+    rejection_error,
+    render_report,
+)
 from keycourier.cli.main import settings_from
 from keycourier.cli.record import recording, report_outcome
 from keycourier.handover.checking import CheckRequest
@@ -23,13 +30,6 @@ from keycourier.policy import (
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.policy import Policy
-from keycourier.cli.handover_args import (
-    denied_lookup,
-    facts_from_options,
-    handover_options,
-    rejection_error,
-    render_report,
-)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -42,9 +42,14 @@ from keycourier.errors import (
     UsageError,
 )
 from keycourier.handover import ingesting, revoking
+from keycourier.ledger.checkpoints import export_checkpoint, ledger_verifier_key, read_checkpoint
+from keycourier.ledger.export import export, timeline
+from keycourier.ledger.recorder import open_recorder
+from keycourier.ledger.state import stale, unconfirmed
 from keycourier.policy import load_policy
 from keycourier.policy.model import parse_duration
 from keycourier.receipt import IssuedVault, Replaced
+from keycourier.redact import printable
 from keycourier.vault import doctor as vault_doctor
 from keycourier.vault.client import connect, ping
 from keycourier.vault.kv import VaultKv
@@ -389,7 +394,6 @@ def sync(ctx: click.Context, workers: int, as_json: bool, ledger_path: str | Non
     Example:
       keycourier sync && keycourier audit verify --vault
     """
-    from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     if not settings.vault.addr:
@@ -501,7 +505,6 @@ def audit_checkpoint(ctx: click.Context, output: str | None, ledger_path: str | 
     Example:
       keycourier audit checkpoint -o ledger-2026-12-03.checkpoint
     """
-    from keycourier.ledger.service import export_checkpoint, open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     if not settings.ledger_path.exists():
@@ -537,7 +540,6 @@ def audit_key(ctx: click.Context, as_json: bool, ledger_path: str | None) -> Non
     Example:
       keycourier audit key
     """
-    from keycourier.ledger.service import ledger_verifier_key, open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     if not settings.ledger_path.exists():
@@ -573,7 +575,6 @@ def audit_show(ctx: click.Context, key: str, as_json: bool, ledger_path: str | N
       keycourier audit show 01J9Z8...
       keycourier audit show 01J9Z8... --json
     """
-    from keycourier.ledger.service import open_recorder, printable, timeline
 
     if not key or len(key) > MAX_SHOW_KEY_CHARS:
         raise UsageError(f"ID must be 1-{MAX_SHOW_KEY_CHARS} characters")
@@ -620,7 +621,6 @@ def audit_unconfirmed(
       keycourier audit unconfirmed --older-than 2d
       keycourier audit unconfirmed --older-than 0m --json
     """
-    from keycourier.ledger.service import open_recorder, unconfirmed
 
     age_limit = _age_limit(older_than)
     settings = settings_from(ctx, ledger_path=ledger_path)
@@ -664,7 +664,6 @@ def audit_stale(
       keycourier audit stale --older-than 365d
       keycourier audit stale --older-than 90d --json
     """
-    from keycourier.ledger.service import open_recorder, stale
 
     age_limit = _age_limit(older_than)
     now = datetime.now(UTC)
@@ -731,7 +730,6 @@ def audit_export(
     Example:
       keycourier audit export --format csv --since 2026-01-01 -o ledger.csv
     """
-    from keycourier.ledger.service import export, open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     start = _parse_since(since)
@@ -785,7 +783,6 @@ def audit_prove(
     Example:
       keycourier audit prove --seq 1 --json
     """
-    from keycourier.ledger.service import open_recorder, read_checkpoint
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     _ledger_must_exist(settings)
@@ -834,7 +831,6 @@ def audit_pack(
     Example:
       keycourier audit pack -o evidence.zip --since 2026-01-01
     """
-    from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     _ledger_must_exist(settings)
@@ -927,7 +923,6 @@ def audit_report(
     Example:
       keycourier audit report -o report.html
     """
-    from keycourier.ledger.service import open_recorder
 
     settings = settings_from(ctx, ledger_path=ledger_path)
     _ledger_must_exist(settings)

@@ -16,7 +16,8 @@ from pathlib import Path
 from keycourier.cli.outcome import say
 from keycourier.config import Settings
 from keycourier.errors import ConfigError, IntegrityError
-from keycourier.ledger.service import open_recorder, printable
+from keycourier.ledger.recorder import open_recorder
+from keycourier.redact import printable
 
 
 def _echo(line: str) -> None:

@@ -19,9 +19,11 @@ from keycourier.cli.common import (
     write_output,
 )
 from keycourier.cli.main import settings_from
+from keycourier.cli.receipt_files import read_receipt, receipt_from_metadata
 from keycourier.cli.record import recording, report_outcome
 from keycourier.errors import ConfigError, IntegrityError, UsageError
 from keycourier.ledger.interface import Event, EventType
+from keycourier.ledger.recorder import decision_lock
 from keycourier.receipt import check_ledger_key
 from keycourier.vault.client import connect
 from keycourier.vault.kv import kv_read_metadata
@@ -30,7 +32,6 @@ from keycourier.vault.paths import check_ingest_path
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.receipt import Receipt
-from keycourier.cli.receipt_files import read_receipt, receipt_from_metadata
 
 
 @click.group()
@@ -111,7 +112,6 @@ def verify(
 def _record_verified(settings: Settings, r: Receipt, pinned: str | None) -> tuple[int, bool]:
     """Record ``receipt_verified`` unless this receipt is already on record: (seq, new?).
     The receiver's ledger key is checked against its earlier receipts first."""
-    from keycourier.ledger.service import decision_lock
 
     with decision_lock(settings), recording(settings) as recorder:
         seen = [

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keycourier import receipt
 from keycourier.bundle import parsing
 from keycourier.cli.common import (
     info,
@@ -17,7 +18,9 @@ from keycourier.cli.common import (
 )
 from keycourier.errors import Error, UsageError
 from keycourier.files import read_limited, write_private
+from keycourier.ledger.checkpoints import prove_event
 from keycourier.ledger.interface import Event
+from keycourier.ledger.recorder import open_recorder
 from keycourier.vault.kv import kv_write_custom_metadata
 
 if TYPE_CHECKING:
@@ -63,8 +66,6 @@ def write_receipt(
     event ``proved_seq`` (default ``seq``; an ingest whose receipt must not show the Vault
     path proves its `opened` event, docs/receipts.md section 4); None, with a warning, when
     it cannot be made: the release already happened, so that is not a failed command."""
-    from keycourier import receipt
-    from keycourier.ledger.service import open_recorder, prove_event
 
     try:
         with open_recorder(settings) as recorder:
@@ -108,7 +109,6 @@ def store_receipt(
     section 6): ``receipt_0`` ... in chunks of at most 512 characters (Vault's limit on a
     value), its line ends written as ``|``. A failure is a warning: the credentials are
     stored and the event recorded."""
-    from keycourier import receipt
 
     # Vault refuses a metadata value with a newline: lines are joined with "|", which
     # a receipt (version line, markers, base64) never holds

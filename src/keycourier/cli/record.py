@@ -15,13 +15,15 @@ from keycourier.policy import policy_in_force
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.ledger.interface import Event, Recorder, RecordOutcome, StoredEvent
-    from keycourier.ledger.service import LedgerRecorder
+    from keycourier.ledger.recorder import LedgerRecorder
 
 
 def open_recorder(settings: Settings, *, require_vault: bool = False) -> LedgerRecorder:
     """The command's ledger, stamping events that name no policy with the policy in force
     (the recorder never loads one itself)."""
-    from keycourier.ledger.service import open_recorder as _open
+
+    # lazy: the ledger, opened at a command's first event (see recording)
+    from keycourier.ledger.recorder import open_recorder as _open
 
     policy = policy_in_force(settings.policy_path)
     return _open(settings, require_vault=require_vault, policy=policy)
@@ -160,7 +162,6 @@ def write_release(
     device or pipe is written in place: a failure there after part of the data
     went out (``PartialWriteError``) keeps the event, as on stdout.
     """
-    from keycourier.ledger.service import abort_event
 
     try:
         files.write_private(output, data)
@@ -172,6 +173,8 @@ def write_release(
         reason = exc.message
     else:
         return
+    from keycourier.ledger.recorder import abort_event  # lazy: as open_recorder above
+
     aborted = record_event(settings, abort_event(event, outcome.seq, reason))
     raise UsageError(
         f"{reason}; nothing was released (event #{outcome.seq} is voided by event #{aborted.seq})",

@@ -10,7 +10,7 @@ from typing import Any
 
 from keycourier.ledger.chain import format_time
 from keycourier.ledger.interface import Event, EventType
-from keycourier.ledger.service import printable
+from keycourier.redact import printable
 
 MAX_WIDTH = 100  # the widest line, and the width when stdout is not a terminal
 MIN_WIDTH = 60  # a narrower terminal still gets lines this wide

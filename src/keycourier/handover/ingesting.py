@@ -27,6 +27,7 @@ from keycourier.ledger.rotation import (
     holders,
 )
 from keycourier.ledger.signed import sign_event
+from keycourier.ledger.state import bundle_state
 from keycourier.policy import Policy
 from keycourier.vault.errors import CasMismatchError
 from keycourier.vault.paths import check_ingest_path
@@ -270,7 +271,6 @@ def claim_path(
     credentials to ``vault_path``, checked on the manifest (its signature is verified by
     the open that follows) before anything is opened or recorded. Call it under the
     decision lock and write with ``cas``."""
-    from keycourier.ledger.service import bundle_state
 
     full_path = f"{store.mount}/{vault_path}"
     new = BundleFacts(

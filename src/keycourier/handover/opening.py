@@ -12,8 +12,8 @@ from keycourier._record import field, record
 from keycourier.bundle import CheckedBundle, KeycourierIdentity
 from keycourier.errors import IntegrityError, PolicyError
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome
-from keycourier.ledger.service import BundleState, bundle_state
 from keycourier.ledger.signed import sign_event
+from keycourier.ledger.state import BundleState, bundle_state
 from keycourier.policy import Policy
 
 

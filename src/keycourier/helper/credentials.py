@@ -61,13 +61,14 @@ def _from_vault(
 
 
 def _kv_read(settings: Settings, mount: str, path: str, where: str) -> Mapping[str, Any]:
-    # Imported here: a cached `token` imports this module and must not load the Vault
-    # modules (nor fastkv's http.client and ssl, nor kv's dataclasses) it does not use.
+    # lazy: a cached `token` imports this module and must not load the Vault modules (nor
+    # fastkv's http.client and ssl, nor kv's dataclasses) it does not use.
     if settings.vault.auth == "token":  # one GET, without importing hvac and requests
-        from keycourier.vault.fastkv import kv_read_direct
+        from keycourier.vault.fastkv import kv_read_direct  # lazy: see above
 
         data = kv_read_direct(settings, mount, path)
     else:
+        # lazy: see above
         from keycourier.vault.client import connect
         from keycourier.vault.kv import kv_read
 

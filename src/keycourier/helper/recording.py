@@ -5,7 +5,7 @@ Events carry the profile, the client name, the token's fingerprint
 
 ``BatchRecorder`` takes events off the request path: ``submit()`` only puts
 them on a queue; a worker thread hands them to the real ``Recorder`` (SQLite
-and Vault, ``keycourier.ledger.service.open_recorder``) in order. ``close()``
+and Vault, ``keycourier.ledger.recorder.open_recorder``) in order. ``close()``
 drains the queue before returning, so a clean shutdown loses nothing.
 """
 
@@ -57,9 +57,10 @@ def handed_out_event(client: str, profile: str, token: Token) -> Event:
 def open_recorder(settings: Settings) -> Recorder:
     """The ledger's recorder (SQLite + Vault), stamping token events with the policy in
     force. Imported lazily: heavy dependencies."""
-    from keycourier.ledger import service
+    # lazy: the ledger's sqlite3 and threading, only when a token event is recorded
+    from keycourier.ledger.recorder import open_recorder as open_ledger
 
-    return service.open_recorder(settings, policy=policy_in_force(settings.policy_path))
+    return open_ledger(settings, policy=policy_in_force(settings.policy_path))
 
 
 class EventSink(Protocol):

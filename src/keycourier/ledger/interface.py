@@ -92,7 +92,7 @@ class Recorder(Protocol):
         """The bundle's events that only the shared store (Vault) holds: recorded by other
         ledgers, or missing from or different in this one. None when there is no shared
         store; UnavailableError or AuthError when it cannot be read. They are not trusted
-        as they are: ``ledger.service.bundle_state`` checks their signatures."""
+        as they are: ``ledger.state.bundle_state`` checks their signatures."""
         ...
 
     def close(self) -> None: ...

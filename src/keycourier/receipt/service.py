@@ -37,7 +37,7 @@ from keycourier.tlog import merkle
 
 if TYPE_CHECKING:
     from keycourier.bundle.identity import KeycourierIdentity
-    from keycourier.ledger.service import EventProof
+    from keycourier.ledger.checkpoints import EventProof
 
 SKEW_SECONDS = 300
 

@@ -1,4 +1,5 @@
-"""`import keycourier.ledger` and the service facade stay cheap (no sqlite_utils, hvac, nacl)."""
+"""`import keycourier.ledger` and its recorder, checkpoints, state and export modules stay
+cheap (no sqlite_utils, hvac, nacl)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 
 def test_ledger_import_is_cheap() -> None:
     code = (
-        "import sys, keycourier.ledger, keycourier.ledger.service, keycourier.ledger.interface;"
+        "import sys, keycourier.ledger, keycourier.ledger.recorder, keycourier.ledger.checkpoints,"
+        "keycourier.ledger.state, keycourier.ledger.export, keycourier.ledger.interface;"
         "heavy = ('sqlite_utils', 'hvac', 'requests', 'nacl');"
         "print(','.join(m for m in heavy if m in sys.modules))"
     )

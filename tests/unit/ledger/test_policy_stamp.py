@@ -11,7 +11,7 @@ from keycourier import config
 from keycourier.cli import record as cli_record
 from keycourier.helper import recording as helper_recording
 from keycourier.ledger.interface import Event, EventType
-from keycourier.ledger.service import open_recorder
+from keycourier.ledger.recorder import open_recorder
 from keycourier.policy import load_policy
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

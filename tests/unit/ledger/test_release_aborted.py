@@ -16,7 +16,8 @@ from typing import Any
 from keycourier.ledger.interface import Event, EventType, StoredEvent
 from keycourier.ledger.memory import MemoryRecorder
 from keycourier.ledger.mirror import VaultEvent
-from keycourier.ledger.service import LedgerRecorder, bundle_state
+from keycourier.ledger.recorder import LedgerRecorder
+from keycourier.ledger.state import bundle_state
 
 B = "11111111-2222-4333-8444-555555555555"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -21,8 +21,8 @@ from keycourier.ledger.rotation import (
     check_supersession,
     holders,
 )
-from keycourier.ledger.service import BundleState, unconfirmed
 from keycourier.ledger.signed import sign_event
+from keycourier.ledger.state import BundleState, unconfirmed
 
 RECEIVER = KeycourierIdentity.generate()
 SENDER = KeycourierIdentity.generate()

@@ -17,10 +17,12 @@ import pytest
 from keycourier import config
 from keycourier.errors import ConfigError, IntegrityError, UnavailableError, UsageError
 from keycourier.ledger import chain
+from keycourier.ledger.export import export
 from keycourier.ledger.interface import Event, EventType, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
-from keycourier.ledger.service import bundle_state, export, open_recorder
+from keycourier.ledger.recorder import open_recorder
 from keycourier.ledger.sqlite import KEY_HEADER, SqliteLedger, key_path_for
+from keycourier.ledger.state import bundle_state
 from tests.support.ledger_files import T0, ev, fill, raw
 
 

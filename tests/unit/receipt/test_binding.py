@@ -18,7 +18,7 @@ from keycourier.bundle import KeycourierIdentity, parsing
 from keycourier.bundle.canonical import canonical_json
 from keycourier.bundle.model import StructureError
 from keycourier.errors import IntegrityError
-from keycourier.ledger.service import EventProof
+from keycourier.ledger.checkpoints import EventProof
 from keycourier.receipt.model import write
 from tests.fuzz.samples import (
     NOW,
