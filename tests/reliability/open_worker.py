@@ -16,7 +16,7 @@ from pathlib import Path
 
 from keycourier import config
 from keycourier.cli.bundle_cmd import open_for_cli
-from keycourier.cli.handover_args import load_identity_for_cli
+from keycourier.cli.identities import load_identity_for_cli
 from keycourier.errors import PolicyError
 
 

@@ -26,9 +26,9 @@ from keycourier.cli.handover_args import (
     denied_lookup,
     facts_from_options,
     handover_options,
-    load_identity_for_cli,
     render_report,
 )
+from keycourier.cli.identities import load_identity_for_cli
 from keycourier.cli.main import settings_from
 from keycourier.cli.receipt_files import (
     check_receipt_target,

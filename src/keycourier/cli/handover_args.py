@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
-from keycourier.bundle import KeycourierIdentity, is_protected, load_identity
-from keycourier.bundle.identity import read_identity_file
-from keycourier.cli.common import emit_json, get_passphrase, read_secret_source
+from keycourier.cli.common import emit_json, read_secret_source
 from keycourier.errors import PolicyError, UsageError
 from keycourier.policy import (
     HandoverFacts,
@@ -194,17 +192,3 @@ def rejection_error(report: Report) -> PolicyError:
         f"the handover is rejected by the policy (rules: {rules})",
         hints=["see the report above: each rejected rule has a hint"],
     )
-
-
-def load_identity_for_cli(
-    path: str, passphrase_file: str | None, *, stdin_busy: bool = False
-) -> KeycourierIdentity:
-    """Load a keycourier identity, asking for the passphrase only if the file needs one."""
-
-    data = read_identity_file(path)
-    passphrase = None
-    if is_protected(data):
-        passphrase = get_passphrase(
-            passphrase_file, stdin_busy=stdin_busy, what=f"passphrase for {Path(path).name}"
-        )
-    return load_identity(data, passphrase)

@@ -11,7 +11,7 @@ import click
 from keycourier.bundle import KeycourierIdentity, is_protected, read_public
 from keycourier.bundle.identity import read_identity_file
 from keycourier.cli.common import emit_json, get_passphrase, write_private
-from keycourier.cli.handover_args import load_identity_for_cli
+from keycourier.cli.identities import load_identity_for_cli
 from keycourier.errors import UsageError
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from keycourier.cli.common import (
     trusted_senders,
     warn,
 )
-from keycourier.cli.handover_args import denied_lookup, load_identity_for_cli
+from keycourier.cli.handover_args import denied_lookup
+from keycourier.cli.identities import load_identity_for_cli
 from keycourier.cli.main import settings_from
 from keycourier.cli.provenance_ops import verify_ledger
 from keycourier.cli.receipt_files import (
