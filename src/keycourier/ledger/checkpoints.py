@@ -153,7 +153,7 @@ def export_checkpoint(recorder: LedgerRecorder) -> ExportedCheckpoint:
     ledger = _verified(recorder)
     ledger.checkpoint()
     if recorder.mirror is not None:  # witness it now; kept pending for sync if Vault is down
-        recorder._witness_quietly(alarms=False)
+        recorder.witness_quietly(alarms=False)
     latest = ledger.latest_note()
     if latest is None:
         raise UsageError(f"the ledger {ledger.path} has no events yet: nothing to checkpoint")

@@ -7,25 +7,21 @@ imported only when a recorder is opened."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from keycourier._record import field, record, replace
+from keycourier._record import replace
 from keycourier.errors import (
     AuthError,
     ConfigError,
     Error,
     IntegrityError,
     UnavailableError,
-    UsageError,
 )
 from keycourier.ledger.checkpoints import (
-    check_exported,
-    checkpoint_signed,
-    read_checkpoint,
     witness_name,
 )
 from keycourier.ledger.interface import (
@@ -36,67 +32,14 @@ from keycourier.ledger.interface import (
     StoredEvent,
     VaultStatus,
 )
-from keycourier.redact import printable
 
 if TYPE_CHECKING:
     from keycourier.config import Settings
     from keycourier.ledger.mirror import VaultEvent, VaultMirror
-    from keycourier.ledger.sqlite import ChainReport, Delivery, SqliteLedger
+    from keycourier.ledger.sqlite import SqliteLedger
     from keycourier.policy import Policy
-    from keycourier.vault.kv import KvVersion
-
-
-DEFAULT_SYNC_WORKERS = 8
-
-
-@record
-class SyncConflict:
-    seq: int
-    path: str
-    bundle_id: str | None
-    message: str
-
-
-@record
-class SyncReport:
-    attempted: int
-    delivered: int
-    already_present: int
-    remaining: int
-    conflicts: tuple[SyncConflict, ...] = ()
-    unavailable: str = ""
-
-
-@record
-class VaultBreak:
-    seq: int
-    reason: str
-
-
-@record
-class AuditReport:
-    chain: ChainReport
-    vault_checked: bool = False
-    vault_breaks: tuple[VaultBreak, ...] = ()
-    vault_records_checked: int = 0
-    foreign_records: int = 0
-    pending: int = 0
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    # (seq, reason) where the ledger contradicts an exported checkpoint (--since)
-    since_breaks: tuple[tuple[int, str], ...] = ()
-
-    @property
-    def first_break(self) -> tuple[int, str] | None:
-        candidates: list[tuple[int, str]] = []
-        if self.chain.first_break is not None:
-            candidates.append((self.chain.first_break.seq, self.chain.first_break.reason))
-        candidates.extend((b.seq, "Vault: " + b.reason) for b in self.vault_breaks)
-        candidates.extend(self.since_breaks)
-        return min(candidates) if candidates else None
-
-    @property
-    def ok(self) -> bool:
-        return self.first_break is None
+from keycourier.ledger.sync import DEFAULT_SYNC_WORKERS, SyncReport, sync_pending
+from keycourier.ledger.verify import AuditReport, verify_ledger
 
 
 class LedgerRecorder:
@@ -181,7 +124,7 @@ class LedgerRecorder:
         try:
             if self._vault_error is not None:
                 raise self._vault_error
-            self._ensure_pinned()
+            self.ensure_pinned()
             known, _ = self.ledger.path_state(path, stored.seq)
             # earlier events of the same bundle (or fingerprint) still pending go first, in
             # ledger order; events delivered in this session but not yet marked are not
@@ -225,7 +168,7 @@ class LedgerRecorder:
             return RecordOutcome(stored.seq, VaultStatus.PENDING, detail)
         if self.ledger.appended_since_checkpoint == 0:
             # this append signed a periodic checkpoint: witness it now, not only at close
-            self._witness_quietly(alarms=False)
+            self.witness_quietly(alarms=False)
         return RecordOutcome(stored.seq, VaultStatus.RECORDED)
 
     def _pending_related(self, path: str, seq: int) -> set[str]:
@@ -275,7 +218,7 @@ class LedgerRecorder:
         todo = self.unwitnessed_checkpoints()
         if not todo:
             return 0
-        self._ensure_pinned()
+        self.ensure_pinned()
         for seq, head_hash, signed_at, signature in todo:
             record: dict[str, Any] = {
                 "ledger": self.ledger.ledger_id,
@@ -291,7 +234,7 @@ class LedgerRecorder:
             self.ledger.set_meta_value(self._witness_key(), str(seq))
         return len(todo)
 
-    def _witness_quietly(self, *, alarms: bool = True) -> str:
+    def witness_quietly(self, *, alarms: bool = True) -> str:
         """Witness pending checkpoints; why Vault did not take them ("" when it did).
 
         With ``alarms`` (sync) a conflicting record in Vault raises IntegrityError; without
@@ -311,7 +254,7 @@ class LedgerRecorder:
         vs = self.settings.vault
         return f"{vs.addr}|{vs.namespace or ''}|{vs.mount}"
 
-    def _ensure_pinned(self) -> None:
+    def ensure_pinned(self) -> None:
         """Pin this ledger's checkpoint key in Vault once per Vault (cas=0; a clash is exit 4)."""
         if self.mirror is None or self._pinned:
             return
@@ -365,337 +308,24 @@ class LedgerRecorder:
                 self.ledger.checkpoint()
             if self._recorded and self.mirror is not None and self._vault_error is None:
                 # kept pending when Vault is unavailable: the next recording or sync witnesses it
-                self._witness_quietly(alarms=False)
+                self.witness_quietly(alarms=False)
         finally:
             if self.mirror is not None:
                 self.mirror.close()
             self.ledger.close()
 
-    # -- sync --------------------------------------------------------------------------
+    # -- sync and verify (keycourier.ledger.sync, keycourier.ledger.verify) -------------
 
     def sync(
         self, *, paths: set[str] | None = None, workers: int = DEFAULT_SYNC_WORKERS
     ) -> SyncReport:
-        """Deliver pending events, per record path in ledger order, several paths in parallel."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        # lazy: threading and the Vault client, only when there is a Vault to talk to
-        from keycourier.ledger.mirror import current_path, record_for
-
-        pending = [
-            d for d in self.ledger.pending() if d.path and (paths is None or d.path in paths)
-        ]
-        if not pending:
-            why = self._witness_quietly() if paths is None and self.mirror is not None else ""
-            return SyncReport(0, 0, 0, self.ledger.pending_count(), unavailable=why)
-        if self.mirror is None:
-            raise UsageError(
-                f"{len(pending)} event(s) are pending but no Vault is configured",
-                hints=["set VAULT_ADDR (and a token) to deliver them"],
-            )
-        mirror = self.mirror
-        try:
-            mirror.fast()  # log in once, before the threads start
-            self._ensure_pinned()
-        except (UnavailableError, AuthError, ConfigError) as exc:
-            return SyncReport(
-                len(pending), 0, 0, self.ledger.pending_count(), unavailable=exc.message
-            )
-
-        groups: dict[str, list[Delivery]] = {}
-        for d in pending:
-            path = current_path(
-                str(d.path), d.stored.event, ledger_id=self.ledger.ledger_id, seq=d.stored.seq
-            )
-            if path != d.path:  # recorded under the older appendable layout
-                self.ledger.set_path(d.stored.seq, path)
-            groups.setdefault(path, []).append(d)
-        known = {path: self.ledger.known_version(path) for path in groups}
-        ledger_id = self.ledger.ledger_id
-
-        def run(path: str) -> tuple[list[tuple[int, int]], int, SyncConflict | None, str]:
-            done: list[tuple[int, int]] = []
-            reused = 0
-            version = known[path]
-            for d in groups[path]:
-                seq = d.stored.seq
-                s = d.stored
-                record = record_for(ledger_id, seq, d.body, s.prev_hash, s.hash, str(s.event.type))
-                try:
-                    version, again = mirror.deliver(
-                        path, record, known_version=version, event=d.stored.event
-                    )
-                except IntegrityError as exc:
-                    return (
-                        done,
-                        reused,
-                        SyncConflict(seq, path, d.stored.event.bundle_id, exc.message),
-                        "",
-                    )
-                except (UnavailableError, AuthError) as exc:
-                    return done, reused, None, exc.message
-                done.append((seq, version))
-                reused += int(again)
-            return done, reused, None, ""
-
-        delivered: list[tuple[int, int]] = []
-        reused_total = 0
-        conflicts: list[SyncConflict] = []
-        unavailable = ""
-        n = max(1, min(workers, len(groups)))
-        if n == 1:
-            results: Iterator[tuple[list[tuple[int, int]], int, SyncConflict | None, str]] = map(
-                run, groups
-            )
-            outcomes = list(results)
-        else:
-            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="kc-sync") as pool:
-                outcomes = list(pool.map(run, groups))
-        for done, reused, conflict, why in outcomes:
-            delivered.extend(done)
-            reused_total += reused
-            if conflict is not None:
-                conflicts.append(conflict)
-            if why and not unavailable:
-                unavailable = why
-        self.ledger.mark_delivered(delivered)
-        if paths is None:
-            unavailable = unavailable or self._witness_quietly()
-        return SyncReport(
-            attempted=len(pending),
-            delivered=len(delivered),
-            already_present=reused_total,
-            remaining=self.ledger.pending_count(),
-            conflicts=tuple(sorted(conflicts, key=lambda c: c.seq)),
-            unavailable=unavailable,
-        )
-
-    # -- audit -------------------------------------------------------------------------
+        """Deliver pending events to Vault (``ledger.sync.sync_pending``)."""
+        return sync_pending(self, paths=paths, workers=workers)
 
     def verify(self, *, vault: bool = False, since: Path | None = None) -> AuditReport:
         """The chain, and with ``vault`` its Vault records, and with ``since`` an exported
-        checkpoint (``audit checkpoint``) that the ledger must still contain."""
-
-        exported = None if since is None else read_checkpoint(since)
-        self.flush()
-        chain_report = self.ledger.verify()
-        pending = self.ledger.pending_count()
-        if not vault:
-            report = AuditReport(chain=chain_report, pending=pending)
-        elif self.mirror is None:
-            raise UsageError("--vault needs a configured Vault", hints=["set VAULT_ADDR"])
-        else:
-            report = self._cross_check(chain_report, pending)
-        if exported is None or since is None:
-            return report
-        return replace(report, since_breaks=check_exported(self.ledger, exported, str(since)))
-
-    def _cross_check(self, chain_report: ChainReport, pending: int) -> AuditReport:
-        """Both directions: every delivered event is in Vault as recorded, and every Vault
-        record of this ledger is in the local ledger, identical (a removed tail shows here)."""
-        # lazy: threading and the Vault client, only when there is a Vault to talk to
-        from keycourier.ledger.mirror import event_path_seq, record_for, same_record
-
-        assert self.mirror is not None  # noqa: S101 - checked by the caller
-        mirror = self.mirror
-        ledger_id = self.ledger.ledger_id
-        local_head = self.ledger.head()[0]
-        breaks: list[VaultBreak] = []
-        notes: list[str] = []
-        self._check_pin(breaks, notes)
-        self._check_witnessed(breaks, notes)
-        by_path: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-        for seq, path, version, body, prev, digest in self.ledger.delivered():
-            by_path.setdefault(path, []).append(
-                (seq, version, record_for(ledger_id, seq, body, prev, digest))
-            )
-        shared, own = mirror.ledger_paths(ledger_id)
-        checked = 0
-        foreign = 0
-        beyond: list[int] = []
-        for path in sorted({*by_path, *shared, *own}):
-            versions = mirror.versions(path)
-            rows = by_path.get(path, [])
-            name_seq = event_path_seq(path, ledger_id)
-            if (
-                not rows
-                and name_seq is None
-                and not any(v.data and v.data.get("ledger") == ledger_id for v in versions.values())
-            ):
-                continue  # another ledger's record: not this audit's business
-            checked += len(versions)
-            mine = self._check_delivered(path, versions, rows, breaks)
-            for number, found in sorted(versions.items()):
-                if number in mine:
-                    continue
-                data = found.data
-                where = f"{path} version {number}"
-                if data is None:
-                    if name_seq is not None:  # our own write-once record, gone
-                        why = "destroyed" if found.destroyed else "deleted"
-                        breaks.append(VaultBreak(name_seq, f"{where} was {why}"))
-                    continue
-                if data.get("ledger") != ledger_id:
-                    foreign += 1
-                    continue
-                seq_raw = data.get("seq")
-                seq = seq_raw if isinstance(seq_raw, int) and not isinstance(seq_raw, bool) else 0
-                if name_seq is not None and seq != name_seq:
-                    breaks.append(
-                        VaultBreak(
-                            min(seq, name_seq),
-                            f"{where} holds event #{seq} under the name of event #{name_seq}",
-                        )
-                    )
-                    continue
-                row = self.ledger.event_row(seq)
-                if row is None:
-                    if seq > local_head:
-                        beyond.append(seq)
-                        breaks.append(
-                            VaultBreak(
-                                seq,
-                                f"{where} holds event #{seq} of this ledger, but the local "
-                                f"ledger ends at #{local_head}: its tail is missing",
-                            )
-                        )
-                    else:
-                        breaks.append(
-                            VaultBreak(seq, f"{where} holds event #{seq}, absent from the ledger")
-                        )
-                elif not same_record(data, record_for(ledger_id, seq, *row)):
-                    breaks.append(
-                        VaultBreak(seq, f"{where} claims event #{seq} with different content")
-                    )
-                else:
-                    status, _, local_version = self.ledger.delivery_of(seq)
-                    if status == "recorded" and local_version != number:
-                        notes.append(f"{where} duplicates event #{seq}")
-        if beyond:
-            notes.append(
-                f"Vault holds {len(beyond)} event(s) of this ledger after the local head "
-                f"#{local_head} (up to #{max(beyond)}): the ledger was truncated or replaced"
-            )
-        return AuditReport(
-            chain=chain_report,
-            vault_checked=True,
-            vault_breaks=tuple(sorted(breaks, key=lambda b: b.seq)),
-            vault_records_checked=checked,
-            foreign_records=foreign,
-            pending=pending,
-            notes=tuple(notes),
-        )
-
-    def _check_pin(self, breaks: list[VaultBreak], notes: list[str]) -> None:
-        """The checkpoint key in the ledger must be the one pinned in Vault."""
-        assert self.mirror is not None  # noqa: S101 - checked by the caller
-        ledger_id = self.ledger.ledger_id
-        pinned = self.mirror.pinned_key(ledger_id)
-        if pinned is None:
-            notes.append(
-                f"no checkpoint key is pinned in Vault for ledger {ledger_id} yet "
-                "(the next recorded event or 'keycourier sync' pins it)"
-            )
-        elif pinned != self.ledger.public_key:
-            breaks.append(
-                VaultBreak(
-                    0,
-                    f"the ledger's checkpoint key differs from the one pinned in Vault for "
-                    f"ledger {ledger_id}: the ledger was rewritten with another key",
-                )
-            )
-
-    def _check_witnessed(self, breaks: list[VaultBreak], notes: list[str]) -> None:
-        """The ledger Vault has seen on this machine, and every checkpoint it witnessed,
-        against the local ledger: another ID or key, a witnessed head beyond the local
-        head (rolled back or truncated) or a different hash are breaks."""
-        assert self.mirror is not None  # noqa: S101 - checked by the caller
-        ledger_id = self.ledger.ledger_id
-        name = witness_name(self.settings)
-        seen = self.mirror.machine_record(name)
-        if seen is not None and (
-            seen.get("ledger") != ledger_id or seen.get("public_key") != self.ledger.public_key
-        ):
-            breaks.append(
-                VaultBreak(
-                    0,
-                    f"Vault has seen ledger {printable(str(seen.get('ledger')))} with another "
-                    f"checkpoint key on this machine ({name}); the local ledger is {ledger_id}: "
-                    "the ledger file was replaced",
-                )
-            )
-        local_head = self.ledger.head()[0]
-        for path, found in self.mirror.checkpoints(ledger_id):
-            data = found.data if found is not None else None
-            if not data:
-                breaks.append(VaultBreak(0, f"witnessed checkpoint {path} was deleted"))
-                continue
-            seq = data.get("seq")
-            head_hash = data.get("head_hash")
-            if not isinstance(seq, int) or not isinstance(head_hash, str):
-                breaks.append(VaultBreak(0, f"witnessed checkpoint {path} is malformed"))
-                continue
-            if not checkpoint_signed(self.ledger.public_key, ledger_id, data):
-                breaks.append(
-                    VaultBreak(seq, f"witnessed checkpoint {path} has no valid signature")
-                )
-                continue
-            if seq > local_head:
-                breaks.append(
-                    VaultBreak(
-                        seq,
-                        f"Vault witnessed checkpoint #{seq} of this ledger, but the local ledger "
-                        f"ends at #{local_head}: it was rolled back or truncated",
-                    )
-                )
-                continue
-            row = self.ledger.event_row(seq)
-            if row is None or row[2] != head_hash:
-                breaks.append(
-                    VaultBreak(
-                        seq,
-                        f"the local chain differs from checkpoint #{seq} witnessed in Vault "
-                        f"(head hash {printable(head_hash[:16])}...)",
-                    )
-                )
-        pending = len(self.unwitnessed_checkpoints())
-        if pending:
-            notes.append(
-                f"{pending} local checkpoint(s) not yet witnessed in Vault "
-                "('keycourier sync' delivers them)"
-            )
-
-    def _check_delivered(
-        self,
-        path: str,
-        versions: Mapping[int, KvVersion],
-        rows: list[tuple[int, int, dict[str, Any]]],
-        breaks: list[VaultBreak],
-    ) -> dict[int, int]:
-        """Check the locally recorded deliveries to one path; {Vault version: seq} matched."""
-        # lazy: threading and the Vault client, only when there is a Vault to talk to
-        from keycourier.ledger.mirror import SIGNATURE, same_record
-
-        assert self.mirror is not None  # noqa: S101 - checked by the caller
-        mine: dict[int, int] = {}
-        for seq, version, expected in rows:
-            found = versions.get(version)
-            where = f"{path} version {version}"
-            if found is None:
-                breaks.append(VaultBreak(seq, f"{where} is missing"))
-            elif found.data is None:
-                why = "destroyed" if found.destroyed else "deleted"
-                breaks.append(VaultBreak(seq, f"{where} was {why}"))
-            elif not same_record(found.data, expected):
-                breaks.append(VaultBreak(seq, f"{where} differs from the ledger"))
-            elif self.mirror.transit_key:
-                signature = found.data.get(SIGNATURE)
-                if not isinstance(signature, str) or not self.mirror.verify_signature(
-                    str(expected["hash"]), signature
-                ):
-                    breaks.append(VaultBreak(seq, f"{where} lacks a valid Transit signature"))
-            mine[version] = seq
-        return mine
+        checkpoint the ledger must still contain (``ledger.verify.verify_ledger``)."""
+        return verify_ledger(self, vault=vault, since=since)
 
     # -- bundle state ------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ import sys
 def test_ledger_import_is_cheap() -> None:
     code = (
         "import sys, keycourier.ledger, keycourier.ledger.recorder, keycourier.ledger.checkpoints,"
-        "keycourier.ledger.state, keycourier.ledger.export, keycourier.ledger.interface;"
+        "keycourier.ledger.state, keycourier.ledger.export, keycourier.ledger.sync,"
+        "keycourier.ledger.verify, keycourier.ledger.interface;"
         "heavy = ('sqlite_utils', 'hvac', 'requests', 'nacl');"
         "print(','.join(m for m in heavy if m in sys.modules))"
     )
