@@ -37,11 +37,12 @@ from keycourier.handover.opening import DecidingRecorder, Opened, OpenRequest, o
 from keycourier.handover.revoking import Revoked, RevokeRequest, revoke
 from keycourier.handover.sealing import RejectedError, Sealed, SealRequest, rotation_source, seal
 from keycourier.helper.service import Obtained, ProfileTokenSource, obtain_token
+from keycourier.ledger import recorder as _recorder
 from keycourier.ledger.checkpoints import export_checkpoint, ledger_verifier_key, prove_events
 from keycourier.ledger.export import export, timeline
 from keycourier.ledger.interface import Event, EventType, Recorder, RecordOutcome, VaultStatus
 from keycourier.ledger.memory import MemoryRecorder
-from keycourier.ledger.recorder import LedgerRecorder, open_recorder
+from keycourier.ledger.recorder import LedgerRecorder
 from keycourier.ledger.state import denied_lookup as deny_list
 from keycourier.ledger.state import stale, unconfirmed
 from keycourier.partner.connections.client import ConnectionClient, StaticTokenSource
@@ -55,13 +56,35 @@ from keycourier.partner.connections.workflow import (
     disconnect_connection,
     wait_for_connection,
 )
-from keycourier.policy import HandoverFacts, Policy, Report, SandboxContext, load_policy
+from keycourier.policy import (
+    HandoverFacts,
+    Policy,
+    Report,
+    SandboxContext,
+    load_policy,
+    policy_in_force,
+)
 from keycourier.receipt.service import inspect as inspect_receipt
 from keycourier.receipt.service import verify as verify_receipt
 from keycourier.redact import Secret
 from keycourier.vault.doctor import DoctorReport, Role
 from keycourier.vault.doctor import run as doctor
 from keycourier.vault.kv import VaultKv
+
+
+def open_recorder(
+    settings: Settings, *, require_vault: bool = False, policy: Policy | None = None
+) -> LedgerRecorder:
+    """The ledger at ``settings.ledger_path`` plus the Vault mirror when one is configured.
+
+    Events that name no policy are stamped with ``policy``; without one, with the policy in
+    force at ``settings.policy_path`` (the packaged policy when that is None), as the
+    command line does. Its text is kept in the ledger for evidence packs.
+    """
+    if policy is None:
+        policy = policy_in_force(settings.policy_path)
+    return _recorder.open_recorder(settings, require_vault=require_vault, policy=policy)
+
 
 __all__ = [
     "AuthError",

@@ -101,20 +101,33 @@ def _escape(ch: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+# Letters Unicode counts as printable that show as nothing: Hangul fillers, the braille blank.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _shown(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    return ch if ch.isprintable() and ch not in _INVISIBLE else _escape(ch)
+
+
 def printable(text: str, limit: int = 512, *, scrub: tuple[str, ...] = ()) -> str:
     """Text from outside (a platform's reply, a Vault record, a file) made safe to show.
 
     Each non-empty value in ``scrub`` (a secret the text may echo back) becomes
     ``****`` first. Then every character a terminal could act on (controls, ANSI
     escapes, bidi overrides and other format characters, line and paragraph
-    separators, unassigned code points) becomes a visible ``\\xNN``, ``\\uNNNN`` or
-    ``\\UNNNNNNNN`` escape, so nothing is hidden and nothing is interpreted. Text
-    longer than ``limit`` characters is cut there and ends with ``…``.
+    separators, unassigned code points, letters that show as nothing) becomes a visible
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN`` escape, and a backslash is shown as
+    ``\\\\``, so text that spells an escape cannot pass for one: nothing is hidden and
+    nothing is interpreted. Text longer than ``limit`` characters is cut there and ends
+    with ``…``.
     """
     for value in scrub:
         if value:
             text = text.replace(value, _MASK)
-    if text.isprintable() and len(text) <= limit:
+    plain = text.isprintable() and "\\" not in text and _INVISIBLE.isdisjoint(text)
+    if plain and len(text) <= limit:
         return text
-    out = "".join(ch if ch.isprintable() else _escape(ch) for ch in text[:limit])
+    out = "".join(_shown(ch) for ch in text[:limit])
     return out + ("…" if len(text) > limit else "")

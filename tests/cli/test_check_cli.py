@@ -762,6 +762,17 @@ def test_bad_policy_file_is_a_config_error(text: str, needle: str, tmp_path: Pat
         assert needle in str(result.exception)
 
 
+def test_a_bad_policy_is_reported_before_any_fact_is_read(tmp_path: Path) -> None:
+    """The policy in force is loaded first: with a broken policy and a bad fact, the answer
+    is the policy's exit 3, and the secret on stdin is never read."""
+    policy = tmp_path / "bad.toml"
+    policy.write_text("[rules\n")
+    args, _ = _args(qb(client_id="A" * 3000), tmp_path)
+    result = invoke([*args, "--policy", str(policy)])
+    assert exit_code(result) == 3
+    assert "not valid TOML" in str(result.exception)
+
+
 # --- real subprocesses for exit codes -----------------------------------------------
 
 

@@ -33,3 +33,13 @@ def test_the_result_is_always_printable_and_bounded(text: str, limit: int) -> No
     shown = out.removesuffix("…") if len(text) > limit else out
     # each of the first `limit` characters is kept or becomes one escape of at most 10
     assert len(shown) <= 10 * min(len(text), limit)
+
+
+def test_text_that_spells_an_escape_cannot_pass_for_one() -> None:
+    assert printable("denied\\x1b[2J") == "denied\\\\x1b[2J"
+    assert printable("denied\x1b[2J") == "denied\\x1b[2J"
+    assert printable("C:\\keys") == "C:\\\\keys"
+
+
+def test_letters_that_show_as_nothing_are_escaped() -> None:
+    assert printable("a\u3164b\u2800c") == "a\\u3164b\\u2800c"

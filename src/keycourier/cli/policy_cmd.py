@@ -60,9 +60,10 @@ def check(ctx: click.Context, /, as_json: bool, **options: object) -> None:
     policy_file = options.pop("policy")
     settings = _settings(ctx, str(policy_file) if policy_file else None)
     probe = bool(options.pop("probe"))
+    policy = load_policy(settings.policy_path)  # a broken policy is exit 3 before any input
     request = CheckRequest(
         facts=facts_from_options(options),
-        policy=load_policy(settings.policy_path),
+        policy=policy,
         denied=denied_lookup(settings),
         probe=probe,
     )

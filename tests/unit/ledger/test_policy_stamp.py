@@ -93,3 +93,14 @@ def test_the_memory_recorder_stamps_like_the_ledger() -> None:
     stamped = MemoryRecorder(policy=policy)
     stamped.record(token_event())
     assert stamped.events[0].event.policy_digest == policy.digest
+
+
+def test_the_api_recorder_stamps_the_policy_in_force_and_keeps_its_text(tmp_path: Path) -> None:
+    from keycourier import api
+
+    settings = config.Settings.local(tmp_path / "ledger.db")
+    policy = load_policy(None)
+    with api.open_recorder(settings) as recorder:
+        recorder.record(token_event())
+        assert recorder.ledger.policy_text(policy.digest) == policy.canonical
+    assert stored_digest(settings) == policy.digest
