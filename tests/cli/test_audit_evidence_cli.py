@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import string
 import subprocess
 import sys
 import time
@@ -24,9 +23,9 @@ from keycourier.tlog import checkpoint, merkle, note
 from tests.support import cli
 from tests.support.gotools import TlogCheck
 from tests.support.ledger_attacks import stored_node
+from tests.support.random_text import ALNUM
 
 PASS = "evidence passphrase 7"
-ALNUM = string.ascii_letters + string.digits
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

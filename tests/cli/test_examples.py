@@ -54,7 +54,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import uuid
@@ -71,10 +70,11 @@ from keycourier.cli.main import COMMANDS, cli
 from tests.support import cli as support_cli
 from tests.support.connections_standin import RunningPlatform, StandinConnection, start_platform
 from tests.support.openbao import BaoServer
+from tests.support.random_text import ALNUM
 
 ROOT = Path(__file__).resolve().parents[2]
 PASS = "example passphrase 42"
-ALNUM = string.ascii_letters + string.digits
+
 BIN = Path(sys.executable).parent
 
 _RUNS_KEYCOURIER = re.compile(r"(?:^|[\s;(|&]|\$\()keycourier\s")

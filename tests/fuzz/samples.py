@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -20,7 +19,8 @@ from keycourier.redact import Secret
 if TYPE_CHECKING:
     from keycourier.ledger.checkpoints import EventProof
 
-ALNUM = string.ascii_letters + string.digits
+from tests.support.random_text import ALNUM
+
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 PLAINTEXT = b"fuzz plaintext: the quick brown fox\n"
 PASSPHRASE = Secret("fuzz passphrase 7f3a")

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import string
 import subprocess
 import sys
 import uuid
@@ -33,11 +32,12 @@ from keycourier.tlog import note as tlog_note
 from keycourier.vault.kv import kv_list, kv_read, kv_read_metadata, kv_write
 from tests.support import cli
 from tests.support.openbao import BaoServer, start_dev_server
+from tests.support.random_text import ALNUM
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies" / "vault"
 ROLES = ("sender", "receiver", "auditor", "token-helper")
 PASS = "test passphrase 123"
-ALNUM = string.ascii_letters + string.digits
+
 CHECKPOINTS = "keycourier/checkpoints"
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import secrets
-import string
 import subprocess
 import threading
 import time
@@ -39,8 +38,8 @@ from keycourier.ledger.recorder import open_recorder
 from tests.support import cli
 from tests.support.openbao import BaoServer, free_port
 from tests.support.raft_cluster import Node, RaftCluster, census
+from tests.support.random_text import ALNUM
 
-ALNUM = string.ascii_letters + string.digits
 PASS = "reliability passphrase 1"
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import string
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import cli
+from tests.support.random_text import ALNUM as ALNUM
 
 ROOT = Path(__file__).resolve().parents[2]
-ALNUM = string.ascii_letters + string.digits
+
 PASS = "reliability passphrase 42"
 _DROP = ("VAULT_", "KEYCOURIER_", "BAO_")
 

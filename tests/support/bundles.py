@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
-import string
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +21,8 @@ from keycourier.bundle import (
 from keycourier.bundle.core import _plaintext
 from keycourier.bundle.model import manifest_parts
 from keycourier.redact import Secret
+from tests.support.random_text import ALNUM
 
-ALNUM = string.ascii_letters + string.digits
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import string
 import subprocess
 from pathlib import Path
 
 from tests.support import cli
 from tests.support.openbao import BaoServer
+from tests.support.random_text import ALNUM
 
 PASS = "test passphrase 123"
-ALNUM = string.ascii_letters + string.digits
 
 
 def run(

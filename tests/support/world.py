@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import string
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import cli
+from tests.support.random_text import ALNUM
 
-ALNUM = string.ascii_letters + string.digits
 PASS = "test passphrase 123"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +16,11 @@ import pytest
 from keycourier import api
 from tests.support.handover import nothing_denied
 from tests.support.openbao import BaoServer
+from tests.support.random_text import ALNUM
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "api.md"
 PASS = "api docs passphrase"
-ALNUM = string.ascii_letters + string.digits
 
 
 def python_blocks() -> list[str]:

@@ -5,7 +5,6 @@ and the events say what was stored where."""
 from __future__ import annotations
 
 import secrets
-import string
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -15,8 +14,8 @@ from keycourier.handover import ingesting
 from keycourier.vault.errors import CasMismatchError
 from keycourier.vault.kv import KvMetadata
 from tests.support.handover import nothing_denied
+from tests.support.random_text import ALNUM
 
-ALNUM = string.ascii_letters + string.digits
 PATH = "handed-over/acme/qbo"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import string
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -16,8 +15,8 @@ from keycourier import api
 from keycourier.handover.sealing import check_bundle_id
 from keycourier.ledger.interface import Event, RecordOutcome
 from tests.support.handover import nothing_denied
+from tests.support.random_text import ALNUM
 
-ALNUM = string.ascii_letters + string.digits
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 

@@ -14,8 +14,8 @@ from functools import cache
 
 from keycourier.policy import load_policy
 from keycourier.policy.rules import longest_repeat_run, longest_sequential_run
+from tests.support.random_text import ALNUM
 
-ALNUM = string.ascii_letters + string.digits
 HEX_UPPER = "0123456789ABCDEF"
 URLSAFE = ALNUM + "-_"
 

@@ -203,3 +203,11 @@ def test_context_parsing_and_merging(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="control characters"):
         parse_context(b'{"xero_tenant_name": "a\\u0007b"}')
     assert set(SandboxContext().to_dict()) >= {"api_base", "xero_is_demo_company"}
+
+
+def test_made_up_test_credentials_cannot_hold_a_placeholder_word() -> None:
+    from keycourier.policy import load_policy
+    from tests.support.random_text import ALNUM
+
+    words = load_policy(None).param("placeholder", "words")
+    assert not any(set(word.lower()) <= set(ALNUM.lower()) for word in words)
