@@ -106,8 +106,6 @@ _INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _shown(ch: str) -> str:
-    if ch == "\\":
-        return "\\\\"
     return ch if ch.isprintable() and ch not in _INVISIBLE else _escape(ch)
 
 
@@ -118,15 +116,15 @@ def printable(text: str, limit: int = 512, *, scrub: tuple[str, ...] = ()) -> st
     ``****`` first. Then every character a terminal could act on (controls, ANSI
     escapes, bidi overrides and other format characters, line and paragraph
     separators, unassigned code points, letters that show as nothing) becomes a visible
-    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN`` escape, and a backslash is shown as
-    ``\\\\``, so text that spells an escape cannot pass for one: nothing is hidden and
-    nothing is interpreted. Text longer than ``limit`` characters is cut there and ends
-    with ``…``.
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN`` escape: nothing is interpreted. A
+    backslash is shown as it is, so the function can be applied twice (a record sanitised
+    when read, then when shown); text that spells an escape therefore reads like one.
+    Text longer than ``limit`` characters is cut there and ends with ``…``.
     """
     for value in scrub:
         if value:
             text = text.replace(value, _MASK)
-    plain = text.isprintable() and "\\" not in text and _INVISIBLE.isdisjoint(text)
+    plain = text.isprintable() and _INVISIBLE.isdisjoint(text)
     if plain and len(text) <= limit:
         return text
     out = "".join(_shown(ch) for ch in text[:limit])
